@@ -1,0 +1,3 @@
+"""Diffusion Desk: a desktop app for local diffusion models."""
+
+__version__ = "0.1.0"

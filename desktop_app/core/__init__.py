@@ -1,0 +1,1 @@
+"""Plain data and storage: no Qt, no torch."""
