@@ -1,0 +1,47 @@
+"""What the app knows about a model without loading it: where the built-in one lives, its recommended settings."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+BUILTIN = "builtin"
+SETTINGS_FILE = "diffusion_desk.json"
+GENERIC_DEFAULTS: dict[str, Any] = {"steps": 25, "guidance": 7.0, "width": 512, "height": 512, "scheduler": "dpmpp_2m"}
+
+
+def builtin_model_path() -> Path:
+    """The shipped shapes model, inside the installed package."""
+    return Path(str(resources.files("desktop_app.resources").joinpath("models", "shapes")))
+
+
+def model_defaults(source: str | None) -> dict[str, Any]:
+    """Recommended steps, guidance, size and scheduler for a model (its diffusion_desk.json, else SD-like defaults)."""
+    path = builtin_model_path() if source in (None, "", BUILTIN) else Path(source)
+    defaults = dict(GENERIC_DEFAULTS)
+    settings = path / SETTINGS_FILE if path.is_dir() else None
+    if settings is not None and settings.is_file():
+        try:
+            data = json.loads(settings.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        defaults.update({k: data[k] for k in GENERIC_DEFAULTS if k in data})
+        if "name" in data:
+            defaults["name"] = data["name"]
+    elif path.is_dir() and (path / "vae" / "config.json").is_file():
+        defaults.update(_size_from_unet(path))
+    return defaults
+
+
+def _size_from_unet(path: Path) -> dict[str, int]:
+    """SD 1.x works at 512, SD 2.x-v at 768, XL at 1024: infer from the UNet's sample_size and the VAE's downscale."""
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    size = int(unet.get("sample_size", 64)) * factor
+    return {"width": size, "height": size}
