@@ -1,0 +1,362 @@
+"""EngineWorker: the one place where Qt meets the engine.
+
+A `QThread` runs a loop that takes jobs from a priority queue and calls the
+engine; the engine (and with it torch and diffusers) is imported and created
+lazily, on that thread, when the first job needs it, so the window shows
+before torch is imported.
+
+News from a job becomes Qt signals. They are emitted on the worker thread and
+reach receivers that live on the GUI thread through queued connections (the
+`EngineWorker` object itself lives on the GUI thread, so its own slots, which
+resolve the asyncio futures, run there too). Connect signals to methods of
+GUI-thread objects, not to lambdas.
+
+    job_id, future = worker.submit(request)   # future: asyncio (qasync) future -> Result
+    worker.cancel(job_id)                     # the engine stops within one step
+
+Signals (all carry the job id first):
+    jobStarted(int job_id, object request)
+    progress(int job_id, object Progress)
+    preview(int job_id, object Preview)       # Preview.image is a small PIL RGB image
+    notice(int job_id, str message)
+    finished(int job_id, object Result)
+    failed(int job_id, str message, str hint)
+    cancelled(int job_id)
+    queueChanged(int n)                       # jobs waiting or running
+    serviceDone(int job_id, str kind, object value)
+    serviceFailed(int job_id, str kind, str message, str hint)
+
+A job's future resolves with its Result, or raises the engine's exception
+(`UserError` for user-fixable problems) or `JobCancelled`. Futures exist only
+when an asyncio event loop is set for the GUI thread (qasync); without one
+`submit` returns None for the future and the signals still work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from desktop_app.core.errors import UserError
+from desktop_app.core.events import Notice, Preview, Progress
+
+log = logging.getLogger(__name__)
+
+_PRIORITY_SERVICE = 0  # decodes, previews, preloads go before queued generation jobs
+_PRIORITY_JOB = 1
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (the future of a cancelled job raises this)."""
+
+
+def default_engine_factory() -> Any:
+    """Import and build the real engine: called on the worker thread, the first time a job needs it."""
+    from desktop_app.engine.engine import Engine  # imports torch: never on the GUI thread
+
+    return Engine(device=None)
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    job_id: int = field(compare=False)
+    kind: str = field(compare=False)  # "run" or a service name
+    request: Any = field(compare=False, default=None)
+    call: Callable[[Any], Any] | None = field(compare=False, default=None)
+    cancel: threading.Event = field(compare=False, default_factory=threading.Event)
+    future: Any = field(compare=False, default=None)
+    done: bool = field(compare=False, default=False)
+
+
+class _WorkerThread(QThread):
+    def __init__(self, worker: "EngineWorker") -> None:
+        super().__init__()
+        self._worker = worker
+        self.setObjectName("engineWorkerThread")
+
+    def run(self) -> None:  # noqa: D401 - the thread body
+        self._worker._loop()
+
+
+class EngineWorker(QObject):
+    jobStarted = Signal(int, object)
+    progress = Signal(int, object)
+    preview = Signal(int, object)
+    notice = Signal(int, str)
+    finished = Signal(int, object)
+    failed = Signal(int, str, str)
+    cancelled = Signal(int)
+    queueChanged = Signal(int)
+    serviceDone = Signal(int, str, object)
+    serviceFailed = Signal(int, str, str, str)
+    # internal: carries exceptions to the GUI thread so futures get the original exception
+    _jobError = Signal(int, object)
+
+    def __init__(self, engine_factory: Callable[[], Any] | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._engine_factory = engine_factory or default_engine_factory
+        self._engine: Any = None
+        self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._jobs: dict[int, _Job] = {}  # not yet finished, GUI-thread bookkeeping
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._current: _Job | None = None
+        self._thread = _WorkerThread(self)
+        self._stopping = False
+        # Resolve futures on the GUI thread (queued: self lives on the GUI thread).
+        self.finished.connect(self._on_finished)
+        self.cancelled.connect(self._on_cancelled)
+        self._jobError.connect(self._on_job_error)
+        self.serviceDone.connect(self._on_service_done)
+
+    # -- life cycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread (cheap: nothing is imported until a job comes)."""
+        if not self._thread.isRunning():
+            self._stopping = False
+            self._thread.start()
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel everything, stop the thread; True when it stopped in time."""
+        self._stopping = True
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel.set()
+        self._queue.put(_Job(-1, -1, 0, "stop"))
+        if not self._thread.isRunning():
+            return True
+        ok = self._thread.wait(timeout_ms)
+        for job in jobs:
+            if job.future is not None and not job.future.done():
+                job.future.cancel()
+        return bool(ok)
+
+    @property
+    def engine_loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def current_job_id(self) -> int | None:
+        job = self._current
+        return job.job_id if job is not None else None
+
+    def pending(self) -> int:
+        """Generation jobs waiting or running."""
+        with self._lock:
+            return sum(1 for j in self._jobs.values() if j.kind == "run" and not j.done)
+
+    # -- submitting ------------------------------------------------------------
+    def submit(self, request: Any) -> tuple[int, "asyncio.Future[Any] | None"]:
+        """Queue a generation job; returns (job_id, future of its Result)."""
+        job = self._enqueue(_PRIORITY_JOB, "run", request=request)
+        self.queueChanged.emit(self.pending())
+        return job.job_id, job.future
+
+    def cancel(self, job_id: int | None = None) -> bool:
+        """Cancel a job (the running one when job_id is None). A waiting job is dropped at once."""
+        with self._lock:
+            if job_id is None:
+                job = self._current
+            else:
+                job = self._jobs.get(job_id)
+            if job is None or job.done:
+                return False
+            job.cancel.set()
+            started = job is self._current
+            if not started:
+                job.done = True
+                self._jobs.pop(job.job_id, None)
+        if not started:
+            # Never reached the engine: report it now, from the GUI thread.
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(JobCancelled(f"job {job.job_id} cancelled"))
+            if job.kind == "run":
+                self.cancelled.emit(job.job_id)
+        return True
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            ids = [j.job_id for j in self._jobs.values()]
+        for job_id in ids:
+            self.cancel(job_id)
+
+    # -- services on the worker thread ----------------------------------------
+    def call(self, kind: str, fn: Callable[[Any], Any]) -> tuple[int, "asyncio.Future[Any] | None"]:
+        """Run fn(engine) on the worker thread ahead of waiting jobs; serviceDone/serviceFailed report it."""
+        job = self._enqueue(_PRIORITY_SERVICE, kind, call=fn)
+        return job.job_id, job.future
+
+    def preload(self, model: str):
+        return self.call("preload", lambda engine: engine.preload(model))
+
+    def decode_trajectory(self, trajectory: Any, index: int, which: str = "x0"):
+        """Full VAE decode of a trajectory step -> PIL image."""
+        return self.call("decode_trajectory", lambda engine: engine.decode_trajectory(trajectory, index, which))
+
+    def forward_process(self, image: Any, model: str):
+        """A ForwardProcess for a source image (VAE encode); its .preview(t) is cheap numpy."""
+        return self.call("forward_process", lambda engine: engine.forward_process(image, model))
+
+    def decode_latent(self, latent: Any, model: str):
+        return self.call("decode_latent", lambda engine: engine.decode_latent(latent, model))
+
+    # -- internals (GUI thread) --------------------------------------------------
+    def _make_future(self) -> Any:
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            return None
+        if loop.is_closed():
+            return None
+        fut = loop.create_future()
+        fut.add_done_callback(_consume_exception)
+        return fut
+
+    def _enqueue(self, priority: int, kind: str, request: Any = None, call: Callable | None = None) -> _Job:
+        if self._stopping:
+            raise RuntimeError("the engine worker has been shut down")
+        self.start()
+        job = _Job(priority, next(self._seq), next(self._ids), kind, request=request, call=call)
+        job.future = self._make_future()
+        with self._lock:
+            self._jobs[job.job_id] = job
+        self._queue.put(job)
+        return job
+
+    def _finish(self, job_id: int) -> _Job | None:
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                job.done = True
+        return job
+
+    @Slot(int, object)
+    def _on_finished(self, job_id: int, result: Any) -> None:
+        job = self._finish(job_id)
+        if job is not None and job.future is not None and not job.future.done():
+            job.future.set_result(result)
+        self.queueChanged.emit(self.pending())
+
+    @Slot(int)
+    def _on_cancelled(self, job_id: int) -> None:
+        job = self._finish(job_id)
+        if job is not None and job.future is not None and not job.future.done():
+            job.future.set_exception(JobCancelled(f"job {job_id} cancelled"))
+        if job is None or job.kind == "run":
+            self.queueChanged.emit(self.pending())
+
+    @Slot(int, object)
+    def _on_job_error(self, job_id: int, exc: Any) -> None:
+        job = self._finish(job_id)
+        if job is not None and job.future is not None and not job.future.done():
+            job.future.set_exception(exc)
+        if job is None or job.kind == "run":
+            self.queueChanged.emit(self.pending())
+
+    @Slot(int, str, object)
+    def _on_service_done(self, job_id: int, kind: str, value: Any) -> None:
+        job = self._finish(job_id)
+        if job is not None and job.future is not None and not job.future.done():
+            job.future.set_result(value)
+
+    # -- the worker thread ---------------------------------------------------------
+    def _get_engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job.kind == "stop":
+                return
+            with self._lock:
+                if job.done or job.cancel.is_set():
+                    continue  # cancelled while waiting: already reported
+                self._current = job
+            try:
+                if job.kind == "run":
+                    self._run_job(job)
+                else:
+                    self._run_service(job)
+            except BaseException:  # never let the thread die
+                log.exception("worker loop error")
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def _run_job(self, job: _Job) -> None:
+        job_id = job.job_id
+        self.jobStarted.emit(job_id, job.request)
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, Progress):
+                self.progress.emit(job_id, event)
+            elif isinstance(event, Preview):
+                self.preview.emit(job_id, event)
+            elif isinstance(event, Notice):
+                self.notice.emit(job_id, event.message)
+            # Finished / Failed / Cancelled are reported from run()'s outcome below.
+
+        try:
+            engine = self._get_engine()
+            if job.cancel.is_set():
+                raise JobCancelled()
+            result = engine.run(job.request, on_event=on_event, cancel=job.cancel)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a signal
+            if job.cancel.is_set() or type(exc).__name__ in ("JobCancelled", "Cancelled"):
+                self.cancelled.emit(job_id)
+                return
+            message, hint = describe_error(exc)
+            if not isinstance(exc, UserError):
+                log.error("engine error in job %s:\n%s", job_id, "".join(traceback.format_exception(exc)))
+            self.failed.emit(job_id, message, hint)
+            self._jobError.emit(job_id, exc if isinstance(exc, Exception) else RuntimeError(message))
+            return
+        self.finished.emit(job_id, result)
+
+    def _run_service(self, job: _Job) -> None:
+        try:
+            value = job.call(self._get_engine())  # type: ignore[misc]
+        except BaseException as exc:  # noqa: BLE001
+            message, hint = describe_error(exc)
+            if not isinstance(exc, UserError):
+                log.error("engine error in %s:\n%s", job.kind, "".join(traceback.format_exception(exc)))
+            self.serviceFailed.emit(job.job_id, job.kind, message, hint)
+            self._jobError.emit(job.job_id, exc if isinstance(exc, Exception) else RuntimeError(message))
+            return
+        self.serviceDone.emit(job.job_id, job.kind, value)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """A readable message and hint for any exception from the engine."""
+    if isinstance(exc, UserError):
+        return exc.message, exc.hint
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    if "out of memory" in low:
+        return ("The device ran out of memory.", "Use a smaller size or batch, or close other programs using the GPU.")
+    if isinstance(exc, (ImportError, ModuleNotFoundError)):
+        return (f"The engine could not start: {text}", "Check the installation (torch and diffusers).")
+    return (f"The engine failed: {type(exc).__name__}: {text}", "See the log for details; the next job will still run.")
+
+
+def _consume_exception(fut: Any) -> None:
+    """Mark a future's exception as retrieved (nobody may await a fire-and-forget job)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+__all__ = ["EngineWorker", "JobCancelled", "default_engine_factory", "describe_error"]
