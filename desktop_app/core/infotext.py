@@ -1,0 +1,593 @@
+"""Generation parameters inside PNG files: write ours, read ours, AUTOMATIC1111's and InvokeAI's.
+
+Two text chunks go into every PNG Diffusion Desk writes:
+
+- ``parameters``: the AUTOMATIC1111 "infotext" that other tools read::
+
+      a red cube on a table
+      Negative prompt: blurry
+      Steps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 965400086, Size: 512x512, Model hash: 1a2b3c4d5e, Model: builtin, Mode: generate
+
+  Line 1 (and following) the prompt, then ``Negative prompt: ...`` (omitted when
+  empty), then one line of ``key: value`` pairs. A value containing ``,``, ``:``
+  or a newline is written JSON-quoted. Our own fields (mode, t0, edit method,
+  source prompt) sit in the same line under their own keys.
+- ``diffusion_desk``: our request as JSON, for exact replay.
+
+Reading never raises anything but `MetadataError` (a `UserError`), whatever the
+file holds. Plain data: no Qt, no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from desktop_app.core.errors import UserError
+from desktop_app.core.requests import REQUEST_TYPES, SCHEDULERS, GenerateRequest
+
+PARAMETERS_KEY = "parameters"
+OUR_KEY = "diffusion_desk"
+FORMAT_VERSION = 1
+MAX_INFOTEXT_CHARS = 256 * 1024  # real infotexts are a few KB; PIL caps a chunk at 1 MB
+_SAMPLER_TO_ID = {name.lower(): sid for sid, name in SCHEDULERS.items()}
+
+
+class MetadataError(UserError):
+    """An image's embedded generation parameters are missing, too large or malformed."""
+
+
+# --------------------------------------------------------------------------- format
+
+
+def quote(value: Any) -> str:
+    """AUTOMATIC1111's quoting: JSON-quote values with ``,`` ``:`` or a newline (and ours that would misparse)."""
+    text = str(value)
+    if (
+        "," not in text
+        and "\n" not in text
+        and "\r" not in text
+        and ":" not in text
+        and not text.startswith('"')
+        and text == text.strip()
+    ):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, str) else text
+
+
+def _number(value: float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _image_size(request: GenerateRequest, size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is not None:
+        return size
+    if request.width and request.height:
+        return request.width, request.height
+    image = getattr(request, "image", None)
+    return image.size if image is not None else None
+
+
+def parameter_pairs(
+    request: GenerateRequest,
+    seed: int | None,
+    model_id: str = "",
+    model_hash: str = "",
+    extra: dict[str, Any] | None = None,
+    size: tuple[int, int] | None = None,
+) -> list[tuple[str, Any]]:
+    """The ``key: value`` pairs of the last infotext line, in order, before quoting."""
+    pairs: list[tuple[str, Any]] = []
+    pairs.append(("Steps", request.steps))
+    if request.scheduler:
+        pairs.append(("Sampler", SCHEDULERS.get(request.scheduler, request.scheduler)))
+    if request.guidance is not None:
+        pairs.append(("CFG scale", _number(request.guidance)))
+    pairs.append(("Seed", seed if seed is not None else request.seed))
+    wh = _image_size(request, size)
+    if wh:
+        pairs.append(("Size", f"{wh[0]}x{wh[1]}"))
+    pairs.append(("Model hash", model_hash))
+    pairs.append(("Model", model_id or request.model))
+    strength = getattr(request, "strength", None)
+    if request.kind != "generate" and strength is not None:
+        pairs.append(("Denoising strength", _number(strength)))
+    if request.kind in ("inpaint", "edit") and getattr(request, "mask", None) is not None:
+        pairs.append(("Mask blur", getattr(request, "mask_blur", None)))
+    if request.kind == "inpaint" and getattr(request, "only_masked", False):
+        pairs.append(("Inpaint area", "Only masked"))
+        pairs.append(("Masked area padding", getattr(request, "only_masked_padding", None)))
+    pairs.append(("Mode", request.kind))
+    if request.kind == "edit":
+        pairs.append(("T0", getattr(request, "t0", None)))
+        pairs.append(("Edit method", getattr(request, "method", None)))
+        pairs.append(("Source prompt", getattr(request, "source_prompt", "")))
+    known = {k for k, _ in pairs}
+    for key, value in (extra or {}).items():
+        key = str(key).strip()
+        if key in known or not _is_key(key) or isinstance(value, (dict, list, tuple)):
+            continue
+        pairs.append((key, value))
+    from desktop_app import __version__
+
+    pairs.append(("Version", f"Diffusion Desk {__version__}"))
+    return [(k, v) for k, v in pairs if v is not None and str(v) != ""]
+
+
+_KEY_RE = re.compile(r"\w[\w \-/]+\Z")
+
+
+def _is_key(key: str) -> bool:
+    return bool(_KEY_RE.match(key)) and key.strip() == key
+
+
+def format_parameters(
+    request: GenerateRequest,
+    seed: int | None = None,
+    model_id: str = "",
+    model_hash: str = "",
+    extra: dict[str, Any] | None = None,
+    size: tuple[int, int] | None = None,
+) -> str:
+    """The AUTOMATIC1111 ``parameters`` text for one image of `request` made with `seed`."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    pairs = parameter_pairs(request, seed, model_id, model_hash, extra, size)
+    lines.append(", ".join(f"{k}: {quote(v)}" for k, v in pairs))
+    return "\n".join(lines)
+
+
+def request_record(
+    request: GenerateRequest,
+    seed: int | None,
+    model_id: str = "",
+    model_hash: str = "",
+    extra: dict[str, Any] | None = None,
+    history: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Our JSON chunk: the request of this one image (its seed, batch 1), without embedded images."""
+    req = request.to_dict(include_images=False)
+    if seed is not None:
+        req["seed"] = seed
+    req["batch"] = 1
+    record: dict[str, Any] = {
+        "format": OUR_KEY,
+        "version": FORMAT_VERSION,
+        "request": req,
+        "seed": seed if seed is not None else request.seed,
+        "model_id": model_id,
+        "model_hash": model_hash,
+        "info": _jsonable(extra or {}),
+    }
+    if history:
+        record["history"] = _jsonable(history)
+    return record
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            value = str(value)
+        out[str(key)] = value
+    return out
+
+
+def build_png_info(
+    request: GenerateRequest,
+    seed: int | None = None,
+    model_id: str = "",
+    model_hash: str = "",
+    extra: dict[str, Any] | None = None,
+    size: tuple[int, int] | None = None,
+    history: dict[str, Any] | None = None,
+) -> PngInfo:
+    """Both chunks for one image; pass to ``image.save(path, pnginfo=...)``."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(request, seed, model_id, model_hash, extra, size))
+    record = request_record(request, seed, model_id, model_hash, extra, history)
+    info.add_text(OUR_KEY, json.dumps(record, ensure_ascii=False, separators=(",", ":")), zip=True)
+    return info
+
+
+def _per_image(info: dict[str, Any], index: int, count: int) -> dict[str, Any]:
+    """Extra infotext fields of image `index`: a list with one value per image is indexed."""
+    out = {}
+    for key, value in (info or {}).items():
+        if isinstance(value, (list, tuple)) and count > 1 and len(value) == count:
+            value = value[index]
+        out[key] = value
+    return out
+
+
+def png_info(result: Any, index: int = 0, history: dict[str, Any] | None = None) -> PngInfo:
+    """Both chunks for image `index` of a `core.events.Result`."""
+    image = result.images[index]
+    seed = result.seeds[index] if index < len(result.seeds) else result.request.seed
+    extra = _per_image(result.info, index, len(result.images))
+    return build_png_info(result.request, seed, result.model_id, result.model_hash, extra, image.size, history)
+
+
+# --------------------------------------------------------------------------- parse
+
+_QUOTED_RE = re.compile(r'"(?:\\.|[^\\"])+"')
+_KEYCHARS_RE = re.compile(r"[\w \-/]*")
+_WORD_RE = re.compile(r"\w")
+_IMAGESIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+# AUTOMATIC1111's own pattern; kept for reference and tests. Its findall is
+# quadratic on long lines without colons, so `param_pairs` does the same in linear time.
+A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def param_pairs(line: str) -> list[tuple[str, str]]:
+    """``A1111_PARAM_RE.findall(line)`` in linear time: each ``(key, raw value)``."""
+    out: list[tuple[str, str]] = []
+    n = len(line)
+    pos = 0
+    while pos < n:
+        colon = line.find(":", pos)
+        if colon < 0:
+            break
+        run = _KEYCHARS_RE.match(line[pos:colon][::-1]).end()
+        word = _WORD_RE.search(line, colon - run, colon)
+        if word is None or colon - word.start() < 2:
+            pos = colon + 1
+            continue
+        key = line[word.start() : colon]
+        start = colon + 1
+        while start < n and line[start].isspace():
+            start += 1
+        quoted = _QUOTED_RE.match(line, start)
+        if quoted and (quoted.end() == n or line[quoted.end()] == ","):
+            end = quoted.end()
+        else:
+            comma = line.find(",", start)
+            end = n if comma < 0 else comma
+        # `$` also matches before a final newline; a line split on "\n" has none.
+        out.append((key, line[start:end]))
+        pos = end + 1
+    return out
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse AUTOMATIC1111 infotext as its own parser does.
+
+    Returns ``{"Prompt": ..., "Negative prompt": ..., "Steps": "20", ...}``: values as
+    strings, quoted ones unquoted, ``WxH`` sizes split into ``Size-1`` and ``Size-2``
+    (and kept whole as ``Size``). The last line counts as parameters only when it
+    holds at least 3 ``key: value`` pairs.
+    """
+    if not isinstance(text, str):
+        raise MetadataError("The generation parameters are not text.", "The image's metadata may be damaged.")
+    if len(text) > MAX_INFOTEXT_CHARS:
+        raise MetadataError(
+            f"The generation parameters are too large ({len(text):,} characters).",
+            "The image's metadata is not from a generator, or is damaged.",
+        )
+    if "\x00" in text:
+        raise MetadataError("The generation parameters contain binary data.", "The image's metadata may be damaged.")
+    res: dict[str, Any] = {}
+    prompt = ""
+    negative = ""
+    done_with_prompt = False
+    *lines, lastline = text.strip().split("\n")
+    pairs = param_pairs(lastline)
+    if len(pairs) < 3:
+        lines.append(lastline)
+        pairs = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    res["Prompt"] = prompt
+    res["Negative prompt"] = negative
+    for key, value in pairs:
+        if value[:1] == '"' and value[-1:] == '"':
+            value = unquote(value)
+        match = _IMAGESIZE_RE.match(value)
+        if match is not None:
+            res[f"{key}-1"] = match.group(1)
+            res[f"{key}-2"] = match.group(2)
+        res[key] = value
+    return res
+
+
+def _to_int(value: Any) -> int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number)
+
+
+def _to_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parameters_to_request(params: dict[str, Any]) -> GenerateRequest:
+    """Best-effort request (without images) from parsed A1111 parameters: what fills the prompt panel."""
+    kind = str(params.get("Mode", "generate"))
+    cls = REQUEST_TYPES.get(kind, GenerateRequest)
+    data: dict[str, Any] = {
+        "prompt": params.get("Prompt", ""),
+        "negative_prompt": params.get("Negative prompt", ""),
+        "steps": _to_int(params.get("Steps")),
+        "guidance": _to_float(params.get("CFG scale")),
+        "seed": _to_int(params.get("Seed")),
+        "width": _to_int(params.get("Size-1")),
+        "height": _to_int(params.get("Size-2")),
+    }
+    sampler = str(params.get("Sampler", "")).strip().lower()
+    if sampler in _SAMPLER_TO_ID:
+        data["scheduler"] = _SAMPLER_TO_ID[sampler]
+    if "Model" in params and params["Model"]:
+        data["model"] = str(params["Model"])
+    names = set(cls.field_names())
+    strength = _to_float(params.get("Denoising strength"))
+    if strength is not None and "strength" in names:
+        data["strength"] = strength
+    if kind == "edit":
+        data["t0"] = _to_int(params.get("T0"))
+        if params.get("Edit method"):
+            data["method"] = str(params["Edit method"])
+        data["source_prompt"] = str(params.get("Source prompt", ""))
+    if "mask_blur" in names and _to_int(params.get("Mask blur")) is not None:
+        data["mask_blur"] = _to_int(params.get("Mask blur"))
+    if data["seed"] is not None and not (0 <= data["seed"] < 2**32):
+        data["seed"] = None
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ParsedInfo:
+    """What an image says about how it was made."""
+
+    source: str  # "diffusion_desk", "a1111" or "invokeai"
+    prompt: str
+    negative_prompt: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)  # A1111-style keys, when present
+    request: GenerateRequest | None = None  # without images
+    seed: int | None = None
+    model_id: str = ""
+    model_hash: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # our JSON chunk, when source == "diffusion_desk"
+
+
+def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
+    if len(text) > 4 * MAX_INFOTEXT_CHARS:
+        raise MetadataError("The Diffusion Desk metadata is too large.", "The image's metadata may be damaged.")
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MetadataError("The Diffusion Desk metadata is not valid JSON.", "The image's metadata may be damaged.") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
+        raise MetadataError("The Diffusion Desk metadata has no request.", "The image's metadata may be damaged.")
+    try:
+        request = GenerateRequest.from_dict(record["request"])
+        # A field of the wrong type must not pass for a request.
+        for name in ("prompt", "negative_prompt", "model"):
+            if not isinstance(getattr(request, name), str):
+                raise TypeError(name)
+    except UserError as exc:
+        raise MetadataError(f"The Diffusion Desk metadata holds a bad request: {exc.message}", exc.hint) from exc
+    except Exception as exc:  # TypeError and friends from odd field values
+        raise MetadataError("The Diffusion Desk metadata holds a bad request.", "The image's metadata may be damaged.") from exc
+    seed = record.get("seed", request.seed)
+    return ParsedInfo(
+        source=OUR_KEY,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        parameters=params or {},
+        request=request,
+        seed=seed if isinstance(seed, int) else None,
+        model_id=str(record.get("model_id") or ""),
+        model_hash=str(record.get("model_hash") or ""),
+        data=record,
+    )
+
+
+def _params_to_info(text: str) -> ParsedInfo:
+    params = parse_parameters(text)
+    try:
+        request = parameters_to_request(params)
+    except Exception:  # noqa: BLE001 - an odd value must not stop the prompt from being read
+        request = None
+    return ParsedInfo(
+        source="a1111",
+        prompt=params["Prompt"],
+        negative_prompt=params["Negative prompt"],
+        parameters=params,
+        request=request,
+        seed=_to_int(params.get("Seed")),
+        model_id=str(params.get("Model", "")),
+        model_hash=str(params.get("Model hash", "")),
+    )
+
+
+def _invokeai_to_info(text: str) -> ParsedInfo:
+    if len(text) > 4 * MAX_INFOTEXT_CHARS:
+        raise MetadataError("The InvokeAI metadata is too large.", "The image's metadata may be damaged.")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MetadataError("The InvokeAI metadata is not valid JSON.", "The image's metadata may be damaged.") from exc
+    if not isinstance(meta, dict):
+        raise MetadataError("The InvokeAI metadata is not an object.", "The image's metadata may be damaged.")
+    prompt = meta.get("positive_prompt", meta.get("prompt", ""))
+    if isinstance(prompt, list):  # older InvokeAI: [{"prompt": ..., "weight": ...}]
+        prompt = " ".join(str(p.get("prompt", "")) if isinstance(p, dict) else str(p) for p in prompt)
+    negative = meta.get("negative_prompt", "")
+    model = meta.get("model")
+    model_id = str(model.get("name") or model.get("key") or "") if isinstance(model, dict) else str(model or "")
+    seed = _to_int(meta.get("seed"))
+    if seed is not None and not (0 <= seed < 2**32):
+        seed = None
+    request = GenerateRequest(
+        prompt=str(prompt or ""),
+        negative_prompt=str(negative or ""),
+        steps=_to_int(meta.get("steps")),
+        guidance=_to_float(meta.get("cfg_scale")),
+        width=_to_int(meta.get("width")),
+        height=_to_int(meta.get("height")),
+        seed=seed,
+    )
+    return ParsedInfo(
+        source="invokeai",
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        request=request,
+        seed=seed,
+        model_id=model_id,
+        data=meta,
+    )
+
+
+def _open_info(source: str | os.PathLike | bytes | Image.Image) -> dict[str, Any]:
+    if isinstance(source, Image.Image):
+        info = dict(source.info)
+        text = getattr(source, "text", None)  # PNG chunks after the image data
+        if isinstance(text, dict):
+            for key, value in text.items():
+                info.setdefault(key, value)
+        return info
+    label = "the image data" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
+        raise MetadataError(f"No image file at {label}.", "Check the path.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+            with Image.open(data) as img:
+                info = dict(img.info)
+                if img.format == "PNG" and not (OUR_KEY in info or PARAMETERS_KEY in info):
+                    try:  # text chunks after IDAT: read through to the end of the file
+                        text = img.text
+                    except Exception:  # noqa: BLE001 - truncated image data; keep what we have
+                        text = {}
+                    for key, value in text.items():
+                        info.setdefault(key, value)
+                return info
+    except MetadataError:
+        raise
+    except (ValueError, OSError, SyntaxError, zlib.error, EOFError, MemoryError, Image.DecompressionBombError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "too large" in reason.lower() or "too much memory" in reason.lower():
+            raise MetadataError(f"{label} has a text chunk that is too large.", "The image's metadata is damaged.") from exc
+        raise MetadataError(f"Cannot read {label}: not an image or corrupt ({reason}).", "Use a PNG file.") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow can raise odd things on crafted files
+        raise MetadataError(f"Cannot read {label}: {type(exc).__name__}.", "Use a PNG file.") from exc
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
+    return str(value) if isinstance(value, str) else None
+
+
+def read_png_metadata(source: str | os.PathLike | bytes | Image.Image) -> ParsedInfo:
+    """How an image was made: our chunk first, then AUTOMATIC1111's ``parameters``, then InvokeAI's.
+
+    Raises `MetadataError` (never anything else) when there is nothing usable.
+    """
+    info = _open_info(source)
+    first_error: MetadataError | None = None
+    params: dict[str, Any] | None = None
+    params_text = _text(info.get(PARAMETERS_KEY))
+    if params_text is not None:
+        try:
+            params = parse_parameters(params_text)
+        except MetadataError as exc:
+            first_error = exc
+    ours = _text(info.get(OUR_KEY))
+    if ours is not None:
+        try:
+            return _record_to_info(ours, params)
+        except MetadataError as exc:
+            first_error = first_error or exc
+    if params is not None:
+        try:
+            return _params_to_info(params_text)  # type: ignore[arg-type]
+        except MetadataError as exc:
+            first_error = first_error or exc
+    for key in ("invokeai_metadata", "sd-metadata"):
+        text = _text(info.get(key))
+        if text is None:
+            continue
+        try:
+            if key == "sd-metadata":
+                meta = json.loads(text)
+                image = meta.get("image", {}) if isinstance(meta, dict) else {}
+                if not isinstance(image, dict):
+                    raise MetadataError("The InvokeAI metadata is malformed.", "The image's metadata may be damaged.")
+                text = json.dumps({**image, "model": meta.get("model_weights", "")})
+            return _invokeai_to_info(text)
+        except MetadataError as exc:
+            first_error = first_error or exc
+        except (ValueError, RecursionError, TypeError, AttributeError):
+            first_error = first_error or MetadataError(
+                "The InvokeAI metadata is malformed.", "The image's metadata may be damaged."
+            )
+    if first_error is not None:
+        raise first_error
+    raise MetadataError(
+        "This image holds no generation parameters.",
+        "Only images from Diffusion Desk, AUTOMATIC1111-style tools or InvokeAI carry them.",
+    )
+
+
+__all__ = [
+    "MetadataError",
+    "ParsedInfo",
+    "build_png_info",
+    "format_parameters",
+    "parameter_pairs",
+    "param_pairs",
+    "parameters_to_request",
+    "parse_parameters",
+    "png_info",
+    "quote",
+    "read_png_metadata",
+    "request_record",
+    "unquote",
+]
+

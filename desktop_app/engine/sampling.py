@@ -1,0 +1,225 @@
+"""Generation, img2img and inpainting on diffusers pipelines, with cancel, per-step previews and trajectory capture.
+
+The denoising loops are diffusers' own; we hook two places: `scheduler.step`
+(to see x_t and the predicted clean latent x0_hat of every step) and
+`callback_on_step_end` (progress, preview, cancel). Raising from the callback
+stops the loop before the final decode, so a cancelled job decodes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from desktop_app.core.events import Notice, Preview, Progress
+from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
+from desktop_app.engine.models import LoadedModel
+from desktop_app.engine.preview import LatentPreviewer
+
+Emit = Callable[[Any], None]
+
+
+class JobCancelled(Exception):
+    """The user cancelled; raised inside the loop, caught by the engine."""
+
+
+def make_scheduler(name: str, base_config):
+    """A fresh scheduler of the chosen kind from the model's own config (cheap, no disk)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(base_config)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(base_config)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(base_config)
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(name)
+
+
+@dataclass
+class Trajectory:
+    """Per step: timestep, latent x_t and predicted clean latent x0_hat (CPU float32, shape (B, C, h, w))."""
+
+    timesteps: list[int] = field(default_factory=list)
+    xt: list[torch.Tensor] = field(default_factory=list)
+    x0: list[torch.Tensor] = field(default_factory=list)
+    previewer: LatentPreviewer | None = None
+    model_id: str = ""
+    final: torch.Tensor | None = None  # latent after the last step
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def latent(self, index: int, which: str = "x0", batch_index: int = 0) -> torch.Tensor:
+        return (self.x0 if which == "x0" else self.xt)[index][batch_index]
+
+    def previews(self, index: int, which: str = "x0", batch_index: int = 0) -> np.ndarray:
+        """Cheap RGB of a step (uint8, latent resolution): numpy only, fine on the GUI thread."""
+        key = (index, which, batch_index)
+        if key not in self._cache:
+            self._cache[key] = self.previewer.project(self.latent(index, which, batch_index).numpy())
+        return self._cache[key]
+
+
+def encode_prompt_tokens(pipe, prompt: str) -> tuple[int, int]:
+    """(tokens the prompt needs, tokens the encoder takes), so a too-long prompt gets a notice."""
+    tok = pipe.tokenizer
+    needed = len(tok(prompt, truncation=False, add_special_tokens=True).input_ids)
+    return needed, tok.model_max_length
+
+
+class StepHooks:
+    """Records each scheduler step and reports progress; one per run."""
+
+    def __init__(self, loaded: LoadedModel, emit: Emit, cancel, total: int, request: GenerateRequest, phase: str = "denoise") -> None:
+        self.loaded = loaded
+        self.emit = emit
+        self.cancel = cancel
+        self.total = total
+        self.request = request
+        self.phase = phase
+        self.trajectory = Trajectory(previewer=loaded.previewer, model_id=loaded.model_id) if request.trajectory else None
+        self.step = 0
+        self.started = time.perf_counter()
+        self._original_step = None
+        self._scheduler = None
+        self._last_x0: torch.Tensor | None = None
+
+    # -- scheduler.step wrapper: sees x_t, the model output and x0_hat ------------
+    def attach(self, scheduler) -> None:
+        self._scheduler = scheduler
+        self._original_step = scheduler.step
+        scheduler.step = self._scheduler_step
+
+    def detach(self) -> None:
+        if self._scheduler is not None and self._original_step is not None:
+            del self._scheduler.step  # drop the instance attribute; the class method shows again
+
+    def _scheduler_step(self, model_output, timestep, sample, *args, **kwargs):
+        sched = self._scheduler
+        sigma = None
+        if getattr(sched, "init_noise_sigma", 1.0) != 1.0 and hasattr(sched, "sigmas"):
+            index = sched.step_index if sched.step_index is not None else 0
+            sigma = float(sched.sigmas[index])
+        out = self._original_step(model_output, timestep, sample, *args, **kwargs)
+        x0 = getattr(out, "pred_original_sample", None) if not isinstance(out, tuple) else (out[1] if len(out) > 1 else None)
+        if x0 is None:
+            x0 = self._x0_from_output(sched, model_output, timestep, sample)
+        xt = sample / math.sqrt(sigma * sigma + 1.0) if sigma is not None else sample
+        self._last_x0 = x0
+        if self.trajectory is not None:
+            self.trajectory.timesteps.append(int(timestep))
+            self.trajectory.xt.append(xt.detach().float().cpu())
+            self.trajectory.x0.append(x0.detach().float().cpu())
+        return out
+
+    @staticmethod
+    def _x0_from_output(sched, model_output, timestep, sample) -> torch.Tensor:
+        if hasattr(sched, "model_outputs") and getattr(sched.config, "algorithm_type", "").startswith("dpmsolver") and sched.model_outputs[-1] is not None:
+            return sched.model_outputs[-1]  # DPM-Solver++ keeps its x0 prediction here
+        alpha = sched.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
+        if sched.config.prediction_type == "v_prediction":
+            return alpha.sqrt() * sample - (1 - alpha).sqrt() * model_output
+        return (sample - (1 - alpha).sqrt() * model_output) / alpha.sqrt()
+
+    # -- callback_on_step_end: progress, preview, cancel --------------------------
+    def on_step_end(self, pipe, i: int, t, callback_kwargs: dict) -> dict:
+        self.step += 1
+        self.report(int(t))
+        if self.cancel is not None and self.cancel.is_set():
+            raise JobCancelled()
+        return callback_kwargs
+
+    def report(self, timestep: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        rate = self.step / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.step) / rate if rate > 0 else 0.0
+        self.emit(Progress(self.step, self.total, timestep, rate, eta, self.phase))
+        if self.request.previews and self._last_x0 is not None:
+            rgb = self.loaded.previewer.project(self._last_x0[0].detach().float().cpu().numpy())
+            self.emit(Preview(self.step, Image.fromarray(rgb)))
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: image i of a batch is reproducible alone from seed + i, on any device."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def prompt_notices(pipe, request: GenerateRequest) -> list[str]:
+    notices = []
+    for label, text in (("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)):
+        if not text:
+            continue
+        needed, limit = encode_prompt_tokens(pipe, text)
+        if needed > limit:
+            notices.append(f"{label} is {needed - 2} tokens; the text encoder takes {limit - 2}: the last {needed - limit} were dropped.")
+    return notices
+
+
+def work_size(request: GenerateRequest, image: Image.Image | None) -> tuple[int, int]:
+    """Size the UNet works at: the request's, else the source image's rounded down to a multiple of 8."""
+    if request.width and request.height:
+        return request.width, request.height
+    assert image is not None
+    return max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
+
+
+def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int], emit: Emit, cancel) -> tuple[list[Image.Image], Trajectory | None, dict]:
+    """Run generate / img2img / inpaint for a validated request with its defaults filled in."""
+    mode = request.kind
+    pipe = loaded.pipeline(mode)
+    scheduler = make_scheduler(request.scheduler, loaded.scheduler_config)
+    pipe.scheduler = scheduler
+    kwargs: dict[str, Any] = dict(
+        prompt=[request.prompt] * len(seeds),
+        negative_prompt=[request.negative_prompt] * len(seeds) if request.negative_prompt else None,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        generator=generators(seeds),
+        height=request.height,
+        width=request.width,
+    )
+    info: dict[str, Any] = {}
+    total = request.steps
+    mask_for_overlay = None
+    if isinstance(request, Img2ImgRequest):
+        kwargs.pop("height"), kwargs.pop("width")
+        kwargs.update(image=request.image.resize((request.width, request.height), Image.LANCZOS), strength=request.strength)
+        total = min(int(request.steps * request.strength), request.steps)
+        info["Denoising strength"] = request.strength
+    elif isinstance(request, InpaintRequest):
+        mask = request.mask.convert("L")
+        if request.mask_blur:
+            mask = pipe.mask_processor.blur(mask, blur_factor=request.mask_blur)
+        kwargs.update(image=request.image, mask_image=mask, strength=request.strength)
+        if request.only_masked:
+            kwargs["padding_mask_crop"] = request.only_masked_padding
+        else:
+            mask_for_overlay = mask
+        total = min(int(request.steps * request.strength), request.steps)
+        info["Denoising strength"] = request.strength
+        info["Mask blur"] = request.mask_blur
+        if request.only_masked:
+            info["Inpaint area"] = "Only masked"
+    hooks = StepHooks(loaded, emit, cancel, max(total, 1), request)
+    hooks.attach(scheduler)
+    try:
+        with torch.inference_mode():
+            images = pipe(callback_on_step_end=hooks.on_step_end, **kwargs).images
+    finally:
+        hooks.detach()
+    if isinstance(request, InpaintRequest):
+        source = request.image
+        images = [im if im.size == source.size else im.resize(source.size, Image.LANCZOS) for im in images]
+        if mask_for_overlay is not None:
+            images = [pipe.image_processor.apply_overlay(mask_for_overlay, source, im) for im in images]
+    return images, hooks.trajectory, info
