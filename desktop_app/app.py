@@ -1,0 +1,96 @@
+"""The GUI application: QApplication + qasync loop; wires the window, the worker and the history.
+
+Nothing here imports torch: the engine is imported lazily on the worker thread
+when the first job runs, so the window shows first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from desktop_app.core.modelinfo import BUILTIN
+
+log = logging.getLogger(__name__)
+
+
+def _open_history(data_dir: str | os.PathLike | None) -> Any:
+    """The HistoryStore (another issue); None while it does not exist or cannot open."""
+    try:
+        from desktop_app.core.history import HistoryStore  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        if data_dir is None:
+            from desktop_app.core import paths
+
+            data_dir = paths.data_dir()
+        return HistoryStore(data_dir)
+    except Exception as exc:  # noqa: BLE001 - the window still works without history
+        log.warning("history unavailable: %s", exc)
+        return None
+
+
+def create_main_window(
+    model: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    engine_factory: Callable[[], Any] | None = None,
+    history: Any = None,
+):
+    """Build the main window with its worker (and history) on an existing QApplication.
+
+    Does not enter the event loop and does not show the window. `engine_factory`
+    (called on the worker thread) replaces the real engine, for tests and tools.
+    """
+    from PySide6.QtWidgets import QApplication
+
+    from desktop_app.ui.main_window import MainWindow, apply_dark_theme
+    from desktop_app.worker import EngineWorker
+
+    app = QApplication.instance()
+    if app is None:
+        raise RuntimeError("create a QApplication first")
+    apply_dark_theme(app)
+    worker = EngineWorker(engine_factory=engine_factory)
+    worker.start()
+    if history is None:
+        history = _open_history(data_dir)
+    window = MainWindow(worker=worker, model=model, data_dir=data_dir, history=history)
+    worker.setParent(window)
+    return window
+
+
+def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None, open_path: str | None = None, debug: bool = False) -> int:
+    """Run the desktop app until its window closes; returns the exit status."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if data_dir:
+        from desktop_app.core import paths
+
+        paths.set_data_dir(data_dir)
+    from PySide6.QtCore import QCoreApplication
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
+    import qasync
+
+    QCoreApplication.setOrganizationName("diffusion-desk")
+    QCoreApplication.setApplicationName("Diffusion Desk")
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    QGuiApplication.setDesktopFileName("diffusion-desk")
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    window = create_main_window(model=model if model not in (None, "") else None, data_dir=data_dir)
+    window.show()
+    if open_path:
+        window.open_image(open_path)
+    closed = asyncio.Event()
+    app.aboutToQuit.connect(closed.set)
+    app.lastWindowClosed.connect(closed.set)
+    with loop:
+        loop.run_until_complete(closed.wait())
+    return 0
+
+
+__all__ = ["create_main_window", "run_gui", "BUILTIN"]

@@ -1,0 +1,434 @@
+"""Prompt panel: prompt, negative prompt, mode, parameters and model picker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_app.core.modelinfo import BUILTIN, model_defaults
+from desktop_app.core.requests import EDIT_METHODS, MAX_SEED, SCHEDULERS
+
+MODES: list[tuple[str, str]] = [
+    ("generate", "Generate"),
+    ("img2img", "Img2Img"),
+    ("inpaint", "Inpaint"),
+    ("edit", "Edit"),
+]
+IMAGE_MODES = ("img2img", "inpaint", "edit")
+RANDOM_SEED = -1
+
+
+class PromptEdit(QPlainTextEdit):
+    """Multi-line prompt; Ctrl+Enter asks to run."""
+
+    submitted = Signal()
+
+    def __init__(self, placeholder: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setPlaceholderText(placeholder)
+        self.setTabChangesFocus(True)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            self.submitted.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+
+class SeedSpin(QDoubleSpinBox):
+    """Seeds go up to 2**32 - 1, past QSpinBox's int32 range; -1 shows as "random"."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDecimals(0)
+        self.setRange(RANDOM_SEED, MAX_SEED)
+        self.setSingleStep(1)
+        self.setSpecialValueText("random")
+        self.setValue(RANDOM_SEED)
+
+    def seed(self) -> int | None:
+        v = int(self.value())
+        return None if v < 0 else v
+
+
+class PromptPanel(QWidget):
+    runRequested = Signal()
+    modeChanged = Signal(str)
+    modelChanged = Signal(str)  # any change of the picker (user or code)
+    modelPicked = Signal(str)  # the user chose another model in the picker
+    manageModelsRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("promptPanel")
+        self._last_seed: int | None = None
+        self._model_signal_blocked = False
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(8, 8, 8, 8)
+        outer.setSpacing(8)
+
+        # mode
+        self.mode_selector = QComboBox(objectName="modeSelector")
+        self.mode_selector.setAccessibleName("Mode")
+        for key, label in MODES:
+            self.mode_selector.addItem(label, key)
+        self.mode_selector.setToolTip("Generate from text, change an image (Img2Img), repaint a masked area (Inpaint) or edit by inversion (Edit)")
+
+        # model
+        self.model_picker = QComboBox(objectName="modelPicker")
+        self.model_picker.setAccessibleName("Model")
+        self.model_picker.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_picker.setMinimumContentsLength(12)
+        self.model_picker.addItem("Built-in (shapes)", BUILTIN)
+        self.models_button = QToolButton(objectName="modelsButton")
+        self.models_button.setText("…")
+        self.models_button.setToolTip("Choose or add a model")
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_picker, 1)
+        model_row.addWidget(self.models_button)
+
+        top = QFormLayout()
+        top.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        top.addRow("Mode", self.mode_selector)
+        top.addRow("Model", model_row)
+        outer.addLayout(top)
+
+        # prompts
+        self.prompt_edit = PromptEdit("Describe the image…  (Ctrl+Enter to generate)")
+        self.prompt_edit.setObjectName("promptEdit")
+        self.prompt_edit.setAccessibleName("Prompt")
+        self.prompt_edit.setMinimumHeight(70)
+        self.negative_prompt_edit = PromptEdit("Negative prompt: what to avoid")
+        self.negative_prompt_edit.setObjectName("negativePromptEdit")
+        self.negative_prompt_edit.setAccessibleName("Negative prompt")
+        self.negative_prompt_edit.setMaximumHeight(64)
+        outer.addWidget(QLabel("Prompt"))
+        outer.addWidget(self.prompt_edit, 2)
+        outer.addWidget(QLabel("Negative prompt"))
+        outer.addWidget(self.negative_prompt_edit, 1)
+
+        # edit mode fields (the editing issue extends this group)
+        self.edit_group = QGroupBox("Edit", objectName="editGroup")
+        eg = QFormLayout(self.edit_group)
+        self.source_prompt_edit = QLineEdit(objectName="sourcePromptEdit")
+        self.source_prompt_edit.setPlaceholderText("What the source image shows")
+        self.edit_method_combo = QComboBox(objectName="editMethodCombo")
+        for m in EDIT_METHODS:
+            self.edit_method_combo.addItem(m, m)
+        self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index("direct"))
+        eg.addRow("Source prompt", self.source_prompt_edit)
+        eg.addRow("Method", self.edit_method_combo)
+        outer.addWidget(self.edit_group)
+
+        # inpaint fields
+        self.inpaint_group = QGroupBox("Inpaint", objectName="inpaintGroup")
+        ig = QFormLayout(self.inpaint_group)
+        self.mask_blur_spin = QSpinBox(objectName="maskBlurSpin")
+        self.mask_blur_spin.setRange(0, 64)
+        self.mask_blur_spin.setValue(4)
+        self.mask_blur_spin.setSuffix(" px")
+        ig.addRow("Mask blur", self.mask_blur_spin)
+        outer.addWidget(self.inpaint_group)
+
+        # parameters
+        params = QGroupBox("Parameters")
+        form = QFormLayout(params)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.steps_spin = QSpinBox(objectName="stepsSpin")
+        self.steps_spin.setRange(1, 150)
+        self.guidance_spin = QDoubleSpinBox(objectName="guidanceSpin")
+        self.guidance_spin.setRange(0.0, 30.0)
+        self.guidance_spin.setSingleStep(0.5)
+        self.guidance_spin.setDecimals(1)
+        self.seed_spin = SeedSpin()
+        self.seed_spin.setObjectName("seedSpin")
+        self.random_seed_button = QToolButton(objectName="randomSeedButton")
+        self.random_seed_button.setText("Random")
+        self.random_seed_button.setToolTip("Random seed for each job")
+        self.reuse_seed_button = QToolButton(objectName="reuseSeedButton")
+        self.reuse_seed_button.setText("Last")
+        self.reuse_seed_button.setToolTip("Reuse the last job's seed")
+        self.reuse_seed_button.setEnabled(False)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed_spin, 1)
+        seed_row.addWidget(self.random_seed_button)
+        seed_row.addWidget(self.reuse_seed_button)
+        self.width_spin = QSpinBox(objectName="widthSpin")
+        self.height_spin = QSpinBox(objectName="heightSpin")
+        for spin in (self.width_spin, self.height_spin):
+            spin.setRange(64, 2048)
+            spin.setSingleStep(8)
+            spin.setSuffix(" px")
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.width_spin, 1)
+        size_row.addWidget(QLabel("×"))
+        size_row.addWidget(self.height_spin, 1)
+        self.batch_spin = QSpinBox(objectName="batchSpin")
+        self.batch_spin.setRange(1, 16)
+        self.scheduler_combo = QComboBox(objectName="schedulerCombo")
+        self.scheduler_combo.addItem("Model default", None)
+        for key, name in SCHEDULERS.items():
+            self.scheduler_combo.addItem(name, key)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Guidance", self.guidance_spin)
+        form.addRow("Seed", seed_row)
+        form.addRow("Size", size_row)
+        form.addRow("Batch", self.batch_spin)
+        form.addRow("Scheduler", self.scheduler_combo)
+        outer.addWidget(params)
+
+        # run
+        self.generate_button = QPushButton("Generate", objectName="generateButton")
+        self.generate_button.setToolTip("Queue a job (Ctrl+Enter)")
+        self.generate_button.setDefault(True)
+        self.generate_button.setMinimumHeight(36)
+        self.generate_button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.cancel_button = QPushButton("Cancel", objectName="cancelButton")
+        self.cancel_button.setToolTip("Stop the current job (Esc)")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setMinimumHeight(36)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.generate_button, 3)
+        run_row.addWidget(self.cancel_button, 1)
+        outer.addLayout(run_row)
+        outer.addStretch(0)
+
+        for spin, name in (
+            (self.steps_spin, "Steps"),
+            (self.guidance_spin, "Guidance"),
+            (self.seed_spin, "Seed"),
+            (self.width_spin, "Width"),
+            (self.height_spin, "Height"),
+            (self.batch_spin, "Batch count"),
+        ):
+            spin.setAccessibleName(name)
+
+        self.prompt_edit.submitted.connect(self.runRequested)
+        self.negative_prompt_edit.submitted.connect(self.runRequested)
+        self.mode_selector.currentIndexChanged.connect(self._on_mode_changed)
+        self.model_picker.currentIndexChanged.connect(self._on_model_changed)
+        self.models_button.clicked.connect(self.manageModelsRequested)
+        self.random_seed_button.clicked.connect(lambda: self.seed_spin.setValue(RANDOM_SEED))
+        self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
+
+        self.apply_model_defaults(model_defaults(BUILTIN))
+        self._on_mode_changed()
+
+    # -- mode ------------------------------------------------------------------
+    def mode(self) -> str:
+        return self.mode_selector.currentData()
+
+    def set_mode(self, mode: str) -> None:
+        idx = self.mode_selector.findData(mode)
+        if idx < 0:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode_selector.setCurrentIndex(idx)
+
+    def _on_mode_changed(self, *_: Any) -> None:
+        mode = self.mode()
+        self.edit_group.setVisible(mode == "edit")
+        self.inpaint_group.setVisible(mode == "inpaint")
+        image_mode = mode in IMAGE_MODES
+        self.width_spin.setEnabled(not image_mode)
+        self.height_spin.setEnabled(not image_mode)
+        self.width_spin.setToolTip("Image modes use the source image's size" if image_mode else "")
+        self.modeChanged.emit(mode)
+
+    # -- model -----------------------------------------------------------------
+    def model(self) -> str:
+        return self.model_picker.currentData() or BUILTIN
+
+    def models(self) -> list[str]:
+        return [self.model_picker.itemData(i) for i in range(self.model_picker.count())]
+
+    def add_model(self, source: str, label: str | None = None) -> int:
+        idx = self.model_picker.findData(source)
+        if idx < 0:
+            from pathlib import Path
+
+            name = label or model_defaults(source).get("name") or Path(source).name or source
+            self.model_picker.addItem(str(name), source)
+            idx = self.model_picker.count() - 1
+            self.model_picker.setItemData(idx, source, Qt.ItemDataRole.ToolTipRole)
+        return idx
+
+    def set_model(self, source: str | None, user: bool = False) -> None:
+        """Select a model (added to the picker when new); applies its recommended settings."""
+        source = source or BUILTIN
+        idx = self.add_model(source)
+        if idx == self.model_picker.currentIndex():
+            return
+        self._model_signal_blocked = not user
+        try:
+            self.model_picker.setCurrentIndex(idx)
+        finally:
+            self._model_signal_blocked = False
+
+    def _on_model_changed(self, *_: Any) -> None:
+        source = self.model()
+        self.apply_model_defaults(model_defaults(source))
+        self.modelChanged.emit(source)
+        if not self._model_signal_blocked:
+            self.modelPicked.emit(source)
+
+    def apply_model_defaults(self, d: dict[str, Any]) -> None:
+        self.steps_spin.setValue(int(d.get("steps", 25)))
+        self.guidance_spin.setValue(float(d.get("guidance", 7.0)))
+        self.width_spin.setValue(int(d.get("width", 512)))
+        self.height_spin.setValue(int(d.get("height", 512)))
+        self.scheduler_combo.setCurrentIndex(0)
+        self.scheduler_combo.setItemText(0, f"Model default ({SCHEDULERS.get(d.get('scheduler'), d.get('scheduler'))})")
+
+    # -- seed ------------------------------------------------------------------
+    def set_last_seed(self, seed: int | None) -> None:
+        self._last_seed = seed
+        self.reuse_seed_button.setEnabled(seed is not None)
+        if seed is not None:
+            self.reuse_seed_button.setToolTip(f"Reuse the last job's seed ({seed})")
+
+    def reuse_last_seed(self) -> None:
+        if self._last_seed is not None:
+            self.seed_spin.setValue(self._last_seed)
+
+    # -- values ----------------------------------------------------------------
+    def values(self) -> dict[str, Any]:
+        """The request fields this panel sets (common to all request kinds)."""
+        return {
+            "prompt": self.prompt_edit.toPlainText().strip(),
+            "negative_prompt": self.negative_prompt_edit.toPlainText().strip(),
+            "model": self.model(),
+            "steps": self.steps_spin.value(),
+            "guidance": round(self.guidance_spin.value(), 2),
+            "width": self.width_spin.value(),
+            "height": self.height_spin.value(),
+            "seed": self.seed_spin.seed(),
+            "batch": self.batch_spin.value(),
+            "scheduler": self.scheduler_combo.currentData(),
+        }
+
+    def edit_values(self) -> dict[str, Any]:
+        return {"source_prompt": self.source_prompt_edit.text().strip(), "method": self.edit_method_combo.currentData()}
+
+    def fill(self, data: Any) -> None:
+        """Fill from a request object or a dict of request fields (unknown keys ignored)."""
+        if hasattr(data, "to_dict"):
+            data = data.to_dict(include_images=False)
+        data = dict(data)
+        kind = data.get("kind")
+        if kind in dict(MODES):
+            self.set_mode(kind)
+        if data.get("model"):
+            self.set_model(str(data["model"]))
+        if "prompt" in data:
+            self.prompt_edit.setPlainText(str(data["prompt"] or ""))
+        if "negative_prompt" in data:
+            self.negative_prompt_edit.setPlainText(str(data["negative_prompt"] or ""))
+        for key, spin, cast in (
+            ("steps", self.steps_spin, int),
+            ("guidance", self.guidance_spin, float),
+            ("width", self.width_spin, int),
+            ("height", self.height_spin, int),
+            ("batch", self.batch_spin, int),
+        ):
+            if data.get(key) is not None:
+                spin.setValue(cast(data[key]))
+        if "seed" in data:
+            self.seed_spin.setValue(RANDOM_SEED if data["seed"] is None else int(data["seed"]))
+        if "scheduler" in data:
+            idx = self.scheduler_combo.findData(data["scheduler"]) if data["scheduler"] else 0
+            self.scheduler_combo.setCurrentIndex(max(0, idx))
+        if "source_prompt" in data:
+            self.source_prompt_edit.setText(str(data["source_prompt"] or ""))
+        if data.get("method") in EDIT_METHODS:
+            self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index(data["method"]))
+        if data.get("mask_blur") is not None:
+            self.mask_blur_spin.setValue(int(data["mask_blur"]))
+
+    # -- persistence -----------------------------------------------------------
+    def save_settings(self, s: QSettings) -> None:
+        s.setValue("model/current", self.model())
+        s.setValue("model/known", [m for m in self.models() if m != BUILTIN])
+        s.setValue("params/mode", self.mode())
+        s.setValue("params/prompt", self.prompt_edit.toPlainText())
+        s.setValue("params/negative", self.negative_prompt_edit.toPlainText())
+        s.setValue("params/steps", self.steps_spin.value())
+        s.setValue("params/guidance", self.guidance_spin.value())
+        s.setValue("params/seed", int(self.seed_spin.value()))
+        s.setValue("params/width", self.width_spin.value())
+        s.setValue("params/height", self.height_spin.value())
+        s.setValue("params/batch", self.batch_spin.value())
+        s.setValue("params/scheduler", self.scheduler_combo.currentData() or "")
+        s.setValue("params/source_prompt", self.source_prompt_edit.text())
+        s.setValue("params/edit_method", self.edit_method_combo.currentData())
+        s.setValue("params/mask_blur", self.mask_blur_spin.value())
+
+    def restore_settings(self, s: QSettings, model: str | None = None) -> None:
+        known = s.value("model/known", [])
+        if isinstance(known, str):
+            known = [known]
+        for m in known or []:
+            try:
+                self.add_model(str(m))
+            except Exception:  # noqa: BLE001 - a stale entry must not stop the window
+                pass
+        saved_model = s.value("model/current", BUILTIN)
+        self.set_model(model or saved_model or BUILTIN)
+        if model and model != saved_model:
+            return  # another model than last time: keep its recommended settings
+        data: dict[str, Any] = {}
+        for key, name, cast in (
+            ("params/steps", "steps", int),
+            ("params/guidance", "guidance", float),
+            ("params/width", "width", int),
+            ("params/height", "height", int),
+            ("params/batch", "batch", int),
+            ("params/mask_blur", "mask_blur", int),
+        ):
+            v = s.value(key)
+            if v is not None:
+                try:
+                    data[name] = cast(v)
+                except (TypeError, ValueError):
+                    pass
+        seed = s.value("params/seed")
+        if seed is not None:
+            try:
+                data["seed"] = None if int(float(seed)) < 0 else int(float(seed))
+            except (TypeError, ValueError):
+                pass
+        for key, name in (
+            ("params/prompt", "prompt"),
+            ("params/negative", "negative_prompt"),
+            ("params/source_prompt", "source_prompt"),
+            ("params/edit_method", "method"),
+        ):
+            v = s.value(key)
+            if v is not None:
+                data[name] = str(v)
+        sched = s.value("params/scheduler")
+        if sched is not None:
+            data["scheduler"] = str(sched) or None
+        self.fill(data)
+        mode = s.value("params/mode")
+        if mode in dict(MODES):
+            self.set_mode(str(mode))
