@@ -60,6 +60,7 @@ def create_main_window(
         history = _open_history(data_dir)
     window = MainWindow(worker=worker, model=model, data_dir=data_dir, history=history)
     worker.setParent(window)
+    app.aboutToQuit.connect(worker.shutdown)
     return window
 
 

@@ -8,7 +8,7 @@ Public API (for wiring history and editing):
     open_image(path) -> bool        load a file as the source (errors shown, never raised)
     fill_from_request(request|dict) fill the prompt panel from a request or parsed parameters
     build_request() -> request      the request the panels describe (raises UserError)
-    generate() -> task              queue a job (async slot: awaits the worker's future)
+    generate() -> job_id            queue a job; an async task awaits the worker's future (await_job)
     cancel_current()                stop the running job
     show_error(message, hint)       the error banner
     canvas.mask_image()             PIL 'L' or None
@@ -18,6 +18,7 @@ settings (QSettings), last_error, current_result, source_image.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from qasync import asyncSlot
 
 from desktop_app.core.errors import UserError
 from desktop_app.core.images import load_image
@@ -107,7 +107,7 @@ class MainWindow(QMainWindow):
         self.source_image = None  # PIL RGB
         self._result_index = 0
         self._my_jobs: set[int] = set()
-        self._job_requests: dict[int, Any] = {}
+        self._tasks: set[Any] = set()
         self._running_job: int | None = None
         self._services: dict[int, tuple[str, Any]] = {}
         self._traj_cache: dict[tuple[int, str], Any] = {}
@@ -591,9 +591,11 @@ class MainWindow(QMainWindow):
     def _on_generate_clicked(self, *_: Any) -> None:
         self.generate()
 
-    @asyncSlot()
-    async def generate(self) -> Any:
-        """Queue a job from the panels; await it; show its result. Returns the Result or None."""
+    @Slot()
+    def generate(self) -> int | None:
+        """Queue a job from the panels (errors in the request are shown at once); returns its job id.
+
+        An async task then awaits the worker's future and shows the result (see `await_job`)."""
         try:
             request = self.build_request()
         except UserError as exc:
@@ -602,18 +604,22 @@ class MainWindow(QMainWindow):
         self.clear_error()
         job_id, future = self.worker.submit(request)
         self._my_jobs.add(job_id)
-        self._job_requests[job_id] = request
-        if future is None:
-            return None
+        if future is not None:
+            task = asyncio.ensure_future(self.await_job(job_id, future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return job_id
+
+    async def await_job(self, job_id: int, future: Any) -> Any:
+        """Wait for a job; show its result and emit resultReady. Returns the Result, or None (failed: already shown)."""
         try:
             result = await future
         except JobCancelled:
             return None
-        except Exception:  # noqa: BLE001 - already shown through the failed signal
+        except Exception:  # noqa: BLE001 - shown through the failed signal
             return None
         finally:
             self._my_jobs.discard(job_id)
-            self._job_requests.pop(job_id, None)
         self.show_result(result)
         self.resultReady.emit(result)
         return result
