@@ -1,2 +1,253 @@
-def main(argv=None):
+"""The `diffusion-desk` command: no subcommand opens the GUI; generate / img2img / inpaint / edit / history / models run headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from desktop_app import __version__
+from desktop_app.core import paths
+from desktop_app.core.errors import UserError
+from desktop_app.core.requests import EDIT_METHODS, SCHEDULERS
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x512, not {text!r}") from None
+    return width, height
+
+
+def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -> None:
+    parser.add_argument("--prompt", "-p", required=needs_prompt, default="", help="what the image should show")
+    parser.add_argument("--negative", "-n", default="", help="what it should not show")
+    parser.add_argument("--model", "-m", default=None, help="'builtin' (default), a diffusers folder, a .safetensors file or a hub id")
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None, help="override the automatic device choice")
+    parser.add_argument("--seed", type=int, default=None, help="random if left out; image i of a batch uses seed + i")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
+    parser.add_argument("--guidance", "--cfg", type=float, default=None, help="classifier-free guidance scale (model default)")
+    parser.add_argument("--size", type=_size, default=None, metavar="WxH", help="image size, multiples of 8 (model default)")
+    parser.add_argument("--batch", type=int, default=1, help="images to make")
+    parser.add_argument("--scheduler", "--sampler", choices=sorted(SCHEDULERS), default=None, help="sampler (model default)")
+    parser.add_argument("--out", "-o", required=True, help="output PNG; a batch writes NAME.png, NAME-2.png, ...")
+    parser.add_argument("--no-history", action="store_true", help="do not add the result to the history")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusion-desk", description="Diffusion Desk: local text-to-image, inpainting and inversion editing.")
+    parser.add_argument("--version", action="version", version=f"diffusion-desk {__version__}")
+    parser.add_argument("--data-dir", default=None, help=f"keep history, settings and logs here (or set {paths.DATA_DIR_ENV})")
+    parser.add_argument("--debug", action="store_true", help="verbose logging")
+    parser.add_argument("--smoke", action="store_true", help="open the window offscreen, make one image with the built-in model, exit")
+    parser.add_argument("--gui-model", dest="gui_model", default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command")
+
+    gen = sub.add_parser("generate", help="text to image")
+    _add_common(gen)
+
+    i2i = sub.add_parser("img2img", help="image to image")
+    _add_common(i2i)
+    i2i.add_argument("--image", "-i", required=True)
+    i2i.add_argument("--strength", type=float, default=0.6, help="0 keeps the image, 1 replaces it")
+
+    inp = sub.add_parser("inpaint", help="repaint the white part of a mask")
+    _add_common(inp)
+    inp.add_argument("--image", "-i", required=True)
+    inp.add_argument("--mask", required=True, help="white = change, black = keep")
+    inp.add_argument("--strength", type=float, default=1.0)
+    inp.add_argument("--mask-blur", type=int, default=4, help="feather in pixels")
+    inp.add_argument("--only-masked", action="store_true", help="work on the mask's area at model resolution and paste back")
+    inp.add_argument("--padding", type=int, default=32, help="context around the mask for --only-masked")
+
+    edit = sub.add_parser("edit", help="edit a real image by DDIM inversion")
+    _add_common(edit)
+    edit.add_argument("--image", "-i", required=True)
+    edit.add_argument("--source-prompt", default="", help="what the image shows now")
+    depth = edit.add_mutually_exclusive_group()
+    depth.add_argument("--t0", type=int, default=None, help="timestep to invert to (1-999): deeper allows bigger changes")
+    depth.add_argument("--strength", type=float, default=None, help="t0 as a fraction of the schedule")
+    edit.add_argument("--mask", default=None, help="optional: only the white part may change")
+    edit.add_argument("--method", choices=EDIT_METHODS, default=None)
+
+    try:
+        from desktop_app.history_cli import add_history_parser
+
+        add_history_parser(sub)
+    except ImportError:
+        pass
+
+    models = sub.add_parser("models", help="list models and their recommended settings")
+    models.add_argument("--json", action="store_true")
+
+    parser.add_argument("open_path", nargs="?", default=None, help="an image to open in the window")
+    return parser
+
+
+def _request_from_args(args: argparse.Namespace):
+    from desktop_app.core.images import load_image, load_mask
+    from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
+
+    common: dict[str, Any] = dict(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        model=args.model or "builtin",
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch=args.batch,
+        scheduler=args.scheduler,
+        trajectory=False,
+    )
+    if args.size:
+        common["width"], common["height"] = args.size
+    if args.command == "generate":
+        return GenerateRequest(**common)
+    image = load_image(args.image)
+    if args.command == "img2img":
+        return Img2ImgRequest(**common, image=image, strength=args.strength)
+    if args.command == "inpaint":
+        return InpaintRequest(
+            **common,
+            image=image,
+            mask=load_mask(args.mask),
+            strength=args.strength,
+            mask_blur=args.mask_blur,
+            only_masked=args.only_masked,
+            only_masked_padding=args.padding,
+        )
+    extra: dict[str, Any] = dict(source_prompt=args.source_prompt, t0=args.t0, strength=args.strength)
+    if args.method:
+        extra["method"] = args.method
+    if args.mask:
+        extra["mask"] = load_mask(args.mask)
+    return EditRequest(**common, image=image, **extra)
+
+
+def output_paths(out: str, count: int) -> list[Path]:
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(".png")
+    return [path] + [path.with_name(f"{path.stem}-{i + 1}{path.suffix}") for i in range(1, count)]
+
+
+def save_result(result, out: str) -> list[Path]:
+    """Write each image with its parameters (AUTOMATIC1111 text + our JSON); atomic per file."""
+    import os
+
+    from desktop_app.core.infotext import png_info
+
+    written = []
+    for index, (image, path) in enumerate(zip(result.images, output_paths(out, len(result.images)))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            image.save(tmp, format="PNG", pnginfo=png_info(result, index))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"Cannot write {path}: {exc.strerror or exc}.", "Check the folder exists and has free space.") from exc
+        written.append(path)
+    return written
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from desktop_app.core.events import Notice, Progress
+
+    request = _request_from_args(args)
+    request.validate()
+    from desktop_app.engine.engine import Engine, JobCancelled
+
+    engine = Engine(device=args.device)
+    bars: dict[str, tqdm] = {}
+
+    def on_event(event) -> None:
+        if isinstance(event, Progress):
+            bar = bars.get(event.phase)
+            if bar is None:
+                bar = bars[event.phase] = tqdm(total=event.total, desc=event.phase, unit="step", file=sys.stderr, leave=True)
+            bar.update(event.step - bar.n)
+            bar.set_postfix_str(f"t={event.timestep}")
+        elif isinstance(event, Notice):
+            tqdm.write(f"note: {event.message}", file=sys.stderr)
+
+    try:
+        result = engine.run(request, on_event)
+    except JobCancelled:
+        return EXIT_CANCELLED
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for path in save_result(result, args.out):
+        print(path)
+    if not args.no_history:
+        _add_to_history(result)
     return 0
+
+
+def _add_to_history(result) -> None:
+    try:
+        from desktop_app.core.history import HistoryStore
+    except ImportError:
+        return
+    try:
+        store = HistoryStore(paths.data_dir())
+        try:
+            store.add(result)
+        finally:
+            store.close()
+    except UserError as exc:
+        print(f"warning: not saved to the history: {exc}", file=sys.stderr)
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, model_defaults
+
+    rows = [{"id": BUILTIN, "path": str(builtin_model_path()), **model_defaults(BUILTIN)}]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['id']}\t{row.get('name', '')}\t{row['width']}x{row['height']}, {row['steps']} steps, CFG {row['guidance']}\t{row['path']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        paths.set_data_dir(args.data_dir)
+    from desktop_app.logs import setup_logging
+
+    setup_logging(args.debug)
+    try:
+        if args.smoke:
+            from desktop_app.app import run_smoke
+
+            return run_smoke()
+        if args.command in ("generate", "img2img", "inpaint", "edit"):
+            return _run_job(args)
+        if args.command == "history":
+            from desktop_app.history_cli import run_history
+
+            return run_history(args)
+        if args.command == "models":
+            return _list_models(args)
+        from desktop_app.app import run_gui
+
+        return run_gui(model=args.gui_model, data_dir=args.data_dir, open_path=args.open_path, debug=args.debug)
+    except UserError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED

@@ -141,7 +141,7 @@ class Engine:
     def decode_trajectory(self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
         key = ("full", index, which, batch_index)
         if key not in trajectory._cache:
-            trajectory._cache[key] = self.decode_latent(trajectory.latent(index, which, batch_index), trajectory.model_id or None)
+            trajectory._cache[key] = self.decode_latent(trajectory.latent(index, which, batch_index), trajectory.model or None)
         return trajectory._cache[key]
 
     def encode_image(self, image: Image.Image, model: str | None = None) -> torch.Tensor:

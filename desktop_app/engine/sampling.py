@@ -8,6 +8,7 @@ stops the loop before the final decode, so a cancelled job decodes nothing.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,8 +53,7 @@ class Trajectory:
     xt: list[torch.Tensor] = field(default_factory=list)
     x0: list[torch.Tensor] = field(default_factory=list)
     previewer: LatentPreviewer | None = None
-    model_id: str = ""
-    final: torch.Tensor | None = None  # latent after the last step
+    model: str = ""  # the request's model source, to decode with the same VAE
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -87,7 +87,7 @@ class StepHooks:
         self.total = total
         self.request = request
         self.phase = phase
-        self.trajectory = Trajectory(previewer=loaded.previewer, model_id=loaded.model_id) if request.trajectory else None
+        self.trajectory = Trajectory(previewer=loaded.previewer, model=request.model) if request.trajectory else None
         self.step = 0
         self.started = time.perf_counter()
         self._original_step = None
@@ -98,7 +98,12 @@ class StepHooks:
     def attach(self, scheduler) -> None:
         self._scheduler = scheduler
         self._original_step = scheduler.step
-        scheduler.step = self._scheduler_step
+        # wraps() keeps the signature visible: pipelines pass `generator`/`eta` only if step() declares them
+        def step(*args, **kwargs):
+            return self._scheduler_step(*args, **kwargs)
+
+        step.__signature__ = inspect.signature(scheduler.step)  # type: ignore[attr-defined]
+        scheduler.step = step
 
     def detach(self) -> None:
         if self._scheduler is not None and self._original_step is not None:

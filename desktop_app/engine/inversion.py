@@ -1,0 +1,552 @@
+"""DDIM inversion and inversion-based editing of real images.
+
+An edit runs in two phases on the loaded model's own components:
+
+1. **Invert** (phase "invert"): the source image's latent z_0 (VAE posterior mean)
+   is walked *up* the DDIM schedule, from t = 0 to t0, with the source prompt at
+   guidance 1 (`DDIMInverseScheduler`). Every level x_t is kept: the inversion
+   trajectory ``levels``.
+2. **Denoise** (phase "denoise"): from x_t0 back down to 0 with the target prompt
+   (`DDIMScheduler`, eta = 0), with classifier-free guidance, by one of three methods:
+
+   - ``ddim``: plain; uncond = the negative prompt. Drifts at guidance > 1.
+   - ``negative-prompt`` (Miyake et al. 2023): the *source* prompt's embedding
+     replaces the unconditional one, so at target == source the guided noise is
+     exactly the one inversion used. No extra cost.
+   - ``direct`` (Ju et al. 2023, "PnP Inversion"): a source branch is denoised
+     beside the target one; after every step the gap between the inversion level
+     and the source branch is added to both, so the source branch lands on the
+     inversion trajectory exactly and the target branch gets the same correction.
+     One extra guided pass per step (batched into the same UNet call).
+
+Optional mask (255 = may change): after every step the target latent outside the
+feathered mask is replaced by the inversion level (latent resolution), and the final
+image gets the source pixels pasted back outside the mask: identical to the source there.
+
+Exact shortcut: when the source image is a DDIM result of this app (a `Result` with
+its trajectory, or a generate request with its seed), its own latents are the
+trajectory, no inversion needed, and reconstruction is exact (`source=` keyword).
+
+Also: `suggest_mask` (DiffEdit's idea: where the noise predicted under the source
+and target prompts differ) and `replay_latents` (regenerate a stored DDIM request's
+trajectory deterministically).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageChops, ImageFilter
+
+from desktop_app.core.errors import InvalidRequest
+from desktop_app.core.events import Notice
+from desktop_app.core.requests import EditRequest, GenerateRequest
+from desktop_app.engine.models import LoadedModel
+from desktop_app.engine.sampling import StepHooks, Trajectory, generators, make_scheduler
+
+Emit = Callable[[Any], None]
+
+DEFAULT_T0 = 600  # timestep an edit starts from when the request gives neither t0 nor strength
+DEFAULT_METHOD = "direct"
+SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source image at least this well
+
+__all__ = [
+    "DEFAULT_T0",
+    "SourceLatents",
+    "edit_timesteps",
+    "invert",
+    "replay_latents",
+    "resolve_t0",
+    "run_edit",
+    "source_latents_from_result",
+    "suggest_mask",
+]
+
+
+# ----------------------------------------------------------------- schedule ---
+
+def _scheduler_config(loaded: LoadedModel) -> dict:
+    """The model's scheduler config with a spacing both DDIM schedulers support ("linspace" -> "leading")."""
+    config = dict(loaded.scheduler_config)
+    if config.get("timestep_spacing", "leading") not in ("leading", "trailing"):
+        config["timestep_spacing"] = "leading"
+    return config
+
+
+def _ddim(loaded: LoadedModel, steps: int):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(_scheduler_config(loaded))
+    scheduler.set_timesteps(steps, device="cpu")
+    return scheduler
+
+
+def _ddim_inverse(loaded: LoadedModel, steps: int):
+    from diffusers import DDIMInverseScheduler
+
+    scheduler = DDIMInverseScheduler.from_config(_scheduler_config(loaded))
+    scheduler.set_timesteps(steps, device="cpu")
+    return scheduler
+
+
+def resolve_t0(request: EditRequest, num_train_timesteps: int = 1000) -> int:
+    """The timestep the edit starts from: request.t0, else strength * T, else DEFAULT_T0 (scaled to T)."""
+    if request.t0 is not None:
+        t0 = int(request.t0)
+    elif request.strength is not None:
+        t0 = int(round(request.strength * num_train_timesteps))
+    else:
+        t0 = int(round(DEFAULT_T0 * num_train_timesteps / 1000))
+    if not 1 <= t0 <= num_train_timesteps - 1:
+        what = f"t0 {t0}" if request.t0 is not None else f"Strength {request.strength} (t0 {t0})"
+        raise InvalidRequest(
+            f"{what} is outside this model's schedule of timesteps 1 to {num_train_timesteps - 1}.",
+            "Pick a start timestep inside the schedule: shallow (200) keeps more of the image, deep (800) changes more.",
+        )
+    return t0
+
+
+def edit_timesteps(scheduler, t0: int) -> list[int]:
+    """Descending DDIM timesteps at or below t0: the denoising steps of an edit (the inversion runs them reversed)."""
+    timesteps = [int(t) for t in scheduler.timesteps if int(t) <= t0]
+    if not timesteps:
+        first = int(min(int(t) for t in scheduler.timesteps))
+        raise InvalidRequest(
+            f"t0 {t0} is below the first step of the schedule (timestep {first} with {len(scheduler.timesteps)} steps).",
+            f"Use t0 of at least {first}, or more steps.",
+        )
+    return timesteps
+
+
+# ------------------------------------------------------------- UNet helpers ---
+
+def _embed(pipe, text: str, device) -> torch.Tensor:
+    """(1, L, D) text-encoder hidden states of one prompt ("" gives the unconditional embedding)."""
+    embeds, _ = pipe.encode_prompt([text], device, 1, False)
+    return embeds
+
+
+def _unet(pipe, latents: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
+    """Noise prediction (B, C, h, w) as float32, for latents (B, C, h, w) and embeds (B, L, D)."""
+    unet = pipe.unet
+    out = unet(latents.to(unet.dtype), t, encoder_hidden_states=embeds.to(unet.dtype), return_dict=False)[0]
+    return out.float()
+
+
+def _guided(pipe, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guided noise for several branches in one UNet call.
+
+    latents: (B, C, h, w); cond, uncond: (B, L, D), one row per branch. Returns (B, C, h, w).
+    At guidance 1 the unconditional pass is skipped.
+    """
+    if guidance == 1.0:
+        return _unet(pipe, latents, t, cond)
+    batch = latents.shape[0]
+    eps = _unet(pipe, torch.cat([latents, latents]), t, torch.cat([uncond, cond]))  # (2B, C, h, w)
+    eps_uncond, eps_cond = eps[:batch], eps[batch:]
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def _decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    vae = pipe.vae
+    with torch.inference_mode():
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(pixels, output_type="pil")
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+# ---------------------------------------------------------------- inversion ---
+
+def invert(
+    loaded: LoadedModel,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    timesteps: list[int],
+    steps: int,
+    hooks: StepHooks | None = None,
+) -> list[torch.Tensor]:
+    """DDIM inversion of a clean latent up the schedule, conditioned on `cond`, at guidance 1.
+
+    z0: (1, C, h, w) scaled latent; cond: (1, L, D); timesteps: the edit's descending
+    denoising timesteps (from `edit_timesteps`). Returns the levels, float32 on the device:
+    levels[0] = z0 and levels[k] = x at timesteps[-k] (ascending), so levels[-1] is x_t0 and
+    denoising step i (from timesteps[i]) should land on levels[n - 1 - i].
+    """
+    pipe = loaded.pipe
+    inverse = _ddim_inverse(loaded, steps)
+    if hooks is not None:
+        hooks.attach(inverse)
+    levels = [z0.float()]
+    x = levels[0]
+    try:
+        with torch.inference_mode():
+            for i, t in enumerate(reversed(timesteps)):
+                # eps(x_{t-dt}, t): the usual approximation, the level below evaluated at the next timestep
+                eps = _unet(pipe, x, t, cond)  # (1, C, h, w)
+                x = inverse.step(eps, t, x).prev_sample  # (1, C, h, w) at alpha_bar_t
+                levels.append(x)
+                if hooks is not None:
+                    hooks.on_step_end(pipe, i, t, {})
+    finally:
+        if hooks is not None:
+            hooks.detach()
+    return levels
+
+
+# --------------------------------------------------------- source latents ---
+
+@dataclass
+class SourceLatents:
+    """A generated image's own DDIM trajectory: the latent entering each step, and the final latent."""
+
+    timesteps: list[int]  # descending, one per step
+    xt: list[torch.Tensor]  # (1, C, h, w) latent entering each step
+    final: torch.Tensor  # (1, C, h, w) latent after the last step: the image's latent
+    prompt: str = ""
+    negative_prompt: str = ""
+    guidance: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def levels(self, timesteps: list[int]) -> list[torch.Tensor] | None:
+        """Levels in `invert`'s layout for these edit timesteps, or None when the schedules differ."""
+        index = {t: i for i, t in enumerate(self.timesteps)}
+        if any(t not in index for t in timesteps):
+            return None
+        # edit timesteps are a suffix of the source's: the step after the last is the final latent
+        if self.timesteps[-len(timesteps):] != timesteps:
+            return None
+        return [self.final.float()] + [self.xt[index[t]].float() for t in reversed(timesteps)]
+
+
+def _final_from_last_step(loaded: LoadedModel, steps: int, t: int, xt: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """DDIM (eta 0) step from the last recorded (x_t, x0_hat) pair: the latent the run ended on."""
+    scheduler = _ddim(loaded, steps)
+    alphas = scheduler.alphas_cumprod
+    a_t = alphas[t].double()
+    prev = t - scheduler.config.num_train_timesteps // steps
+    a_prev = alphas[prev].double() if prev >= 0 else scheduler.final_alpha_cumprod.double()
+    xt, x0 = xt.double(), x0.double()
+    eps = (xt - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).float()
+
+
+def source_latents_from_result(loaded: LoadedModel, result, index: int = 0) -> SourceLatents | None:
+    """The trajectory a finished DDIM generate job recorded (engine Result), or None if it has none usable."""
+    request = getattr(result, "request", None)
+    trajectory: Trajectory | None = getattr(result, "trajectory", None)
+    if request is None or request.kind != "generate" or (request.scheduler or "ddim") != "ddim":
+        return None
+    if trajectory is None or len(trajectory) != request.steps or not trajectory.xt:
+        return None
+    xt = [x[index : index + 1].to(loaded.device) for x in trajectory.xt]
+    stored_final = getattr(trajectory, "final", None)
+    final = stored_final[index : index + 1].to(loaded.device) if stored_final is not None else _final_from_last_step(
+        loaded, request.steps, trajectory.timesteps[-1], xt[-1], trajectory.x0[-1][index : index + 1].to(loaded.device)
+    )
+    return SourceLatents(
+        timesteps=list(trajectory.timesteps), xt=xt, final=final,
+        prompt=request.prompt, negative_prompt=request.negative_prompt, guidance=request.guidance,
+    )
+
+
+def replay_latents(
+    loaded: LoadedModel,
+    source_request: GenerateRequest,
+    seed: int | None = None,
+    hooks: StepHooks | None = None,
+) -> SourceLatents:
+    """Regenerate a stored generate request's DDIM trajectory, deterministically, with the pipeline that made it.
+
+    `source_request` must have its defaults filled in (steps, guidance, size; as stored in
+    the history); `seed` is the image's own seed (request.seed + batch index), default
+    request.seed. Costs one generation. Its final latent decodes to the stored image when
+    the request was run with the DDIM scheduler.
+    """
+    pipe = loaded.pipe
+    scheduler = make_scheduler("ddim", loaded.scheduler_config)
+    pipe.scheduler = scheduler
+    record = StepHooks(loaded, lambda event: None, None, source_request.steps, source_request.replace(trajectory=True, previews=False))
+    outer = hooks
+    original_step = None
+    record.attach(scheduler)
+    try:
+        if outer is not None:  # progress / previews / cancel of the caller's job, on the recorded steps
+            original_step = scheduler.step
+
+            def step(*args, **kwargs):
+                out = original_step(*args, **kwargs)
+                outer._last_x0 = record._last_x0
+                return out
+
+            scheduler.step = step
+
+        def on_step_end(p, i, t, kwargs):
+            return outer.on_step_end(p, i, t, kwargs) if outer is not None else kwargs
+
+        with torch.inference_mode():
+            final = pipe(
+                prompt=[source_request.prompt],
+                negative_prompt=[source_request.negative_prompt] if source_request.negative_prompt else None,
+                num_inference_steps=source_request.steps,
+                guidance_scale=source_request.guidance,
+                generator=generators([source_request.seed if seed is None else seed]),
+                height=source_request.height,
+                width=source_request.width,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+            ).images  # (1, C, h, w)
+    finally:
+        if original_step is not None:
+            scheduler.step = original_step
+        record.detach()
+    trajectory = record.trajectory
+    return SourceLatents(
+        timesteps=list(trajectory.timesteps),
+        xt=[x.to(loaded.device) for x in trajectory.xt],
+        final=final.float(),
+        prompt=source_request.prompt,
+        negative_prompt=source_request.negative_prompt,
+        guidance=source_request.guidance,
+    )
+
+
+def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int], work_image: Image.Image, hooks: StepHooks, emit: Emit):
+    """Levels from the source's own trajectory when it is a known DDIM result of this app; else None (with a notice)."""
+    pipe = loaded.pipe
+    src_request = getattr(source, "request", source)
+    if not isinstance(src_request, GenerateRequest) or src_request.kind != "generate":
+        return None, None
+    reason = None
+    if src_request.model != request.model:
+        reason = "it was made with another model"
+    elif (src_request.scheduler or "ddim") != "ddim":
+        reason = f"it was made with the {src_request.scheduler} scheduler, not DDIM"
+    elif src_request.steps != request.steps:
+        reason = f"it was made with {src_request.steps} steps and this edit uses {request.steps}"
+    elif (src_request.width, src_request.height) != (request.width, request.height):
+        reason = "its size differs"
+    elif src_request.seed is None:
+        reason = "its seed is unknown"
+    if reason is not None:
+        emit(Notice(f"The source is a past result but {reason}: inverted it instead of replaying its trajectory."))
+        return None, None
+    latents = source_latents_from_result(loaded, source) if source is not src_request else None
+    how = "stored trajectory"
+    if latents is None:
+        hooks.total = src_request.steps + len(timesteps)
+        latents = replay_latents(loaded, src_request, hooks=hooks)
+        how = "replayed trajectory"
+    levels = latents.levels(timesteps)
+    if levels is None:
+        return None, None
+    if _psnr(_decode(pipe, latents.final)[0], work_image) < SHORTCUT_MIN_PSNR:
+        emit(Notice("The source image does not match its stored request (edited since?): inverted it instead."))
+        return None, None
+    return levels, how
+
+
+# --------------------------------------------------------------------- masks ---
+
+def feather_mask(mask: Image.Image, blur: int) -> Image.Image:
+    """Feather a mask inwards only: pixels outside the painted mask stay exactly 0."""
+    mask = mask.convert("L")
+    if blur <= 0:
+        return mask
+    return ImageChops.darker(mask, mask.filter(ImageFilter.GaussianBlur(blur)))
+
+
+def _latent_mask(mask: Image.Image, width: int, height: int, factor: int, device) -> torch.Tensor:
+    """(1, 1, h, w) float mask at latent resolution (area average of the work-size mask)."""
+    small = mask.resize((width, height), Image.BILINEAR).resize((width // factor, height // factor), Image.BOX)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None, None].to(device)
+
+
+# ---------------------------------------------------------------- the edit ---
+
+def run_edit(
+    loaded: LoadedModel,
+    request: EditRequest,
+    seeds: list[int],
+    emit: Emit,
+    cancel,
+    *,
+    source=None,
+) -> tuple[list[Image.Image], Trajectory | None, dict]:
+    """Invert request.image to t0 under the source prompt, then denoise under the target prompt.
+
+    `request` is validated with its defaults filled (width/height the work size, a multiple
+    of 8). `source`: optionally the engine `Result` the image came from, or its
+    `GenerateRequest` with the seed filled: a DDIM result is then replayed from its own
+    trajectory instead of inverted (exact). Returns (images at the source image's size,
+    the denoising trajectory, infotext fields). An edit is deterministic: a batch gets copies.
+    """
+    pipe = loaded.pipe
+    device = loaded.device
+    steps, guidance = int(request.steps), float(request.guidance)
+    width, height = int(request.width), int(request.height)
+    source_image = request.image.convert("RGB")
+    work_image = source_image if source_image.size == (width, height) else source_image.resize((width, height), Image.LANCZOS)
+
+    scheduler = _ddim(loaded, steps)
+    t0 = resolve_t0(request, scheduler.config.num_train_timesteps)
+    timesteps = edit_timesteps(scheduler, t0)
+    n = len(timesteps)
+    method = request.method
+    same_prompt = request.prompt == request.source_prompt
+
+    from desktop_app.engine.engine import encode
+
+    hooks = StepHooks(loaded, emit, cancel, 2 * n, request, phase="invert")
+    with torch.inference_mode():
+        cond_src = _embed(pipe, request.source_prompt, device)  # (1, L, D)
+        cond_tgt = cond_src if same_prompt else _embed(pipe, request.prompt, device)
+        uncond = _embed(pipe, request.negative_prompt, device)
+
+    # -- phase 1: the inversion trajectory (or the source's own) ----------------------
+    levels, how = (None, None)
+    if source is not None:
+        levels, how = _shortcut_levels(loaded, request, source, timesteps, work_image, hooks, emit)
+        hooks.total = hooks.step + (n if levels is not None else 2 * n)
+    if levels is None:
+        z0 = encode(loaded, work_image, (width, height)).float()  # (1, C, h, w)
+        levels = invert(loaded, z0, cond_src, timesteps, steps, hooks)
+        how = None
+
+    # -- phase 2: denoise from t0 under the target prompt -----------------------------
+    inverting, hooks = hooks, StepHooks(loaded, emit, cancel, hooks.total, request, phase="denoise")
+    hooks.step, hooks.started = inverting.step, inverting.started  # one progress count over both phases
+    latent_mask = None
+    feathered = None
+    if request.mask is not None:
+        feathered = feather_mask(request.mask, request.mask_blur)
+        latent_mask = _latent_mask(feathered, width, height, loaded.latent_factor, device)  # (1, 1, h, w)
+
+    negative = cond_src if method == "negative-prompt" else uncond
+    source_scheduler = _ddim(loaded, steps)  # steps the direct method's source branch, unhooked
+    hooks.attach(scheduler)
+    x = levels[-1].clone()  # (1, C, h, w) target branch at x_t0
+    try:
+        with torch.inference_mode():
+            for i, t in enumerate(timesteps):
+                target_level = levels[n - 1 - i]  # where the inversion says this step lands
+                if method == "direct":
+                    x_src = levels[n - i]  # the source branch, corrected onto the trajectory
+                    if same_prompt:  # the target branch is the source branch (up to rounding): one pass
+                        eps_src = eps = _guided(pipe, x_src, t, cond_src, uncond, guidance)
+                    else:  # both branches in one UNet call: (2, C, h, w)
+                        both = _guided(pipe, torch.cat([x_src, x]), t, torch.cat([cond_src, cond_tgt]), torch.cat([uncond, uncond]), guidance)
+                        eps_src, eps = both[:1], both[1:]
+                    src_next = source_scheduler.step(eps_src, t, x_src).prev_sample
+                    x = scheduler.step(eps, t, x).prev_sample + (target_level - src_next)
+                else:
+                    eps = _guided(pipe, x, t, cond_tgt, negative, guidance)  # (1, C, h, w)
+                    x = scheduler.step(eps, t, x).prev_sample
+                if latent_mask is not None:
+                    x = latent_mask * x + (1.0 - latent_mask) * target_level
+                hooks.on_step_end(pipe, i, t, {})
+    finally:
+        hooks.detach()
+    trajectory = hooks.trajectory
+    if trajectory is not None and hasattr(trajectory, "final"):
+        trajectory.final = x.detach().float().cpu()
+
+    image = _decode(pipe, x)[0]
+    if image.size != source_image.size:
+        image = image.resize(source_image.size, Image.LANCZOS)
+    if feathered is not None:
+        image = pipe.image_processor.apply_overlay(feathered, source_image, image)
+    info: dict[str, Any] = {"Edit method": method, "t0": timesteps[0], "Source prompt": request.source_prompt}
+    if request.mask is not None:
+        info["Mask blur"] = request.mask_blur
+    if how is not None:
+        info["Edit source"] = how
+    if len(seeds) > 1:
+        emit(Notice(f"An edit is deterministic: the {len(seeds)} images of the batch are the same."))
+    return [image.copy() for _ in seeds], trajectory, info
+
+
+# ------------------------------------------------------------ suggested mask ---
+
+def _remove_specks(binary: np.ndarray, min_cells: int) -> np.ndarray:
+    """Drop 4-connected components smaller than min_cells (latent resolution, so small arrays)."""
+    out = binary.copy()
+    seen = np.zeros_like(binary, dtype=bool)
+    h, w = binary.shape
+    for y0, x0 in zip(*np.nonzero(binary)):
+        if seen[y0, x0]:
+            continue
+        stack, cells = [(y0, x0)], []
+        seen[y0, x0] = True
+        while stack:
+            y, x = stack.pop()
+            cells.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and binary[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        if len(cells) < min_cells:
+            ys, xs = zip(*cells)
+            out[list(ys), list(xs)] = False
+    return out
+
+
+def suggest_mask(
+    loaded: LoadedModel,
+    image: Image.Image,
+    source_prompt: str,
+    target_prompt: str,
+    *,
+    t: int = 500,
+    draws: int = 4,
+    seed: int = 0,
+    threshold: float = 0.5,
+    min_area: float = 0.01,
+) -> Image.Image:
+    """Where the edit should happen, DiffEdit-style: a mode 'L' mask (0 / 255) of the image's size.
+
+    The image is noised to timestep t with `draws` noise draws; the UNet predicts the noise
+    under each prompt; |eps_target - eps_source|, averaged over draws and channels, is
+    normalised, smoothed, thresholded, cleaned of specks smaller than `min_area` of the
+    image and upsampled. Identical prompts give an empty mask. Engine-free: the worker or
+    `Engine.suggest_mask` calls it with a loaded model.
+    """
+    from desktop_app.engine.engine import encode
+
+    pipe = loaded.pipe
+    image = image.convert("RGB")
+    width, height = max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
+    scheduler = _ddim(loaded, 50)
+    t = int(min(max(t, 1), scheduler.config.num_train_timesteps - 1))
+    with torch.inference_mode():
+        z0 = encode(loaded, image, (width, height)).float()  # (1, C, h, w)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((draws,) + tuple(z0.shape[1:]), generator=generator).to(loaded.device)  # (D, C, h, w)
+        xt = scheduler.add_noise(z0.expand(draws, -1, -1, -1), noise, torch.full((draws,), t, dtype=torch.long))
+        embeds = torch.cat([_embed(pipe, source_prompt, loaded.device), _embed(pipe, target_prompt, loaded.device)])  # (2, L, D)
+        eps = _unet(pipe, torch.cat([xt, xt]), t, embeds.repeat_interleave(draws, dim=0))  # (2D, C, h, w)
+        diff = (eps[draws:] - eps[:draws]).abs().mean(dim=(0, 1))  # (h, w)
+    diff = diff.cpu().numpy().astype(np.float64)
+    reference = float(np.abs(eps.cpu().numpy()).mean()) + 1e-12
+    if diff.max() <= 1e-4 * reference:  # the prompts do not differ where the model looks
+        return Image.new("L", image.size, 0)
+    # smooth a little at latent resolution (3x3 box), normalise, threshold, drop specks
+    padded = np.pad(diff, 1, mode="edge")
+    smooth = sum(padded[dy : dy + diff.shape[0], dx : dx + diff.shape[1]] for dy in range(3) for dx in range(3)) / 9.0
+    smooth = smooth / smooth.max()
+    binary = smooth >= threshold
+    binary = _remove_specks(binary, max(1, int(round(min_area * binary.size))))
+    small = Image.fromarray((binary * 255).astype(np.uint8), "L")
+    # upsample with soft edges, then threshold again for a crisp mask the brush can correct
+    factor = max(1, width // binary.shape[1])
+    big = small.resize(image.size, Image.BILINEAR).filter(ImageFilter.GaussianBlur(factor / 2))
+    return big.point(lambda v: 255 if v >= 128 else 0)
