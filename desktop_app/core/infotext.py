@@ -50,15 +50,16 @@ class MetadataError(UserError):
 
 # --------------------------------------------------------------------------- format
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
 
 def quote(value: Any) -> str:
     """AUTOMATIC1111's quoting: JSON-quote values with ``,`` ``:`` or a newline (and ours that would misparse)."""
     text = str(value)
     if (
         "," not in text
-        and "\n" not in text
-        and "\r" not in text
         and ":" not in text
+        and not _CONTROL_RE.search(text)
         and not text.startswith('"')
         and text == text.strip()
     ):
@@ -153,9 +154,9 @@ def format_parameters(
     size: tuple[int, int] | None = None,
 ) -> str:
     """The AUTOMATIC1111 ``parameters`` text for one image of `request` made with `seed`."""
-    lines = [request.prompt]
+    lines = [request.prompt.replace("\x00", "")]
     if request.negative_prompt:
-        lines.append(f"Negative prompt: {request.negative_prompt}")
+        lines.append(f"Negative prompt: {request.negative_prompt}".replace("\x00", ""))
     pairs = parameter_pairs(request, seed, model_id, model_hash, extra, size)
     lines.append(", ".join(f"{k}: {quote(v)}" for k, v in pairs))
     return "\n".join(lines)

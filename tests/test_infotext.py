@@ -1,0 +1,311 @@
+"""AUTOMATIC1111-compatible infotext: format, parse, PNG chunks, and parsing hostile input cleanly."""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from desktop_app.core.errors import UserError
+from desktop_app.core.infotext import (
+    A1111_PARAM_RE,
+    MetadataError,
+    build_png_info,
+    format_parameters,
+    param_pairs,
+    parse_parameters,
+    png_info,
+    quote,
+    read_png_metadata,
+    unquote,
+)
+from desktop_app.core.requests import EditRequest, GenerateRequest
+from test_history_support import edit_result, generate_result, inpaint_result
+
+A1111_SAMPLE = (
+    "masterpiece, best quality, 1girl, (smile:1.2)\n"
+    "Negative prompt: lowres, bad anatomy\n"
+    "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 965400086, Size: 512x768, "
+    "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.5, Hires upscale: 2, "
+    'Lora hashes: "add_detail: 7c6bad76eb54", Version: v1.6.0'
+)
+
+
+def png_bytes(chunks: dict[str, str] | None = None, zip_: bool = False) -> bytes:
+    info = PngInfo()
+    for key, value in (chunks or {}).items():
+        info.add_text(key, value, zip=zip_)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+# -- format -----------------------------------------------------------------------
+
+
+def test_format_generate_matches_a1111_layout():
+    request = GenerateRequest(
+        prompt="a red cube", negative_prompt="blurry", steps=20, guidance=7.0, width=512, height=512,
+        seed=1, scheduler="dpmpp_2m",
+    )
+    text = format_parameters(request, seed=965400086, model_id="builtin", model_hash="1a2b3c4d5e")
+    lines = text.split("\n")
+    assert lines[0] == "a red cube"
+    assert lines[1] == "Negative prompt: blurry"
+    assert lines[2].startswith(
+        "Steps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 965400086, Size: 512x512, Model hash: 1a2b3c4d5e, Model: builtin"
+    )
+    assert "Mode: generate" in lines[2]
+
+
+def test_format_omits_empty_negative_prompt_and_quotes_values():
+    request = EditRequest(
+        prompt="cat", source_prompt='a dog, sitting: "good"\nboy', t0=600, steps=10, guidance=5.5, width=64, height=64,
+        method="direct", strength=0.75,
+    )
+    text = format_parameters(request, seed=3, model_id="C:\\models\\x.safetensors", model_hash="ff")
+    assert "Negative prompt" not in text
+    assert len(text.split("\n")) == 2
+    last = text.split("\n")[1]
+    assert 'Source prompt: "a dog, sitting: \\"good\\"\\nboy"' in last
+    assert 'Model: "C:\\\\models\\\\x.safetensors"' in last
+    assert "T0: 600" in last and "Edit method: direct" in last and "Denoising strength: 0.75" in last
+    params = parse_parameters(text)
+    assert params["Source prompt"] == 'a dog, sitting: "good"\nboy'
+    assert params["Model"] == "C:\\models\\x.safetensors"
+    assert params["Mode"] == "edit"
+
+
+def test_quote_unquote():
+    for value in ["plain", "a, b", "a: b", "line\nbreak", '"quoted"', " padded ", 'x"y', "ünïcødé, ✓"]:
+        assert unquote(quote(value)) == value
+    assert quote("plain") == "plain"
+
+
+def test_png_info_per_image_seed_and_extra():
+    result = generate_result(n=3, seed=10, info={"Token merging ratio": 0.5, "Per image": [1, 2, 3]})
+    for index in range(3):
+        info = png_info(result, index)
+        buf = io.BytesIO()
+        result.images[index].save(buf, format="PNG", pnginfo=info)
+        parsed = read_png_metadata(buf.getvalue())
+        assert parsed.source == "diffusion_desk"
+        assert parsed.seed == 10 + index
+        assert parsed.request.seed == 10 + index and parsed.request.batch == 1
+        assert parsed.parameters["Seed"] == str(10 + index)
+        assert parsed.parameters["Token merging ratio"] == "0.5"
+        assert parsed.parameters["Per image"] == str(index + 1)
+
+
+# -- parse --------------------------------------------------------------------------
+
+
+def test_parse_real_a1111_text():
+    params = parse_parameters(A1111_SAMPLE)
+    assert params["Prompt"] == "masterpiece, best quality, 1girl, (smile:1.2)"
+    assert params["Negative prompt"] == "lowres, bad anatomy"
+    assert params["Steps"] == "28"
+    assert params["Sampler"] == "DPM++ 2M Karras"
+    assert params["Size-1"] == "512" and params["Size-2"] == "768"
+    assert params["Lora hashes"] == "add_detail: 7c6bad76eb54"
+    assert params["Version"] == "v1.6.0"
+
+
+def test_last_line_needs_three_pairs():
+    params = parse_parameters("a photo\nstyle: film, grain: fine")
+    assert params["Prompt"] == "a photo\nstyle: film, grain: fine"
+    assert "style" not in params
+
+
+def test_multiline_prompt_and_negative():
+    text = "line one\nline two\nNegative prompt: bad\nworse\nSteps: 5, Seed: 1, CFG scale: 3"
+    params = parse_parameters(text)
+    assert params["Prompt"] == "line one\nline two"
+    assert params["Negative prompt"] == "bad\nworse"
+    assert params["Steps"] == "5"
+
+
+def test_read_a1111_png_and_request():
+    parsed = read_png_metadata(png_bytes({"parameters": A1111_SAMPLE}))
+    assert parsed.source == "a1111"
+    assert parsed.prompt.startswith("masterpiece")
+    assert parsed.seed == 965400086
+    assert parsed.request.steps == 28 and parsed.request.width == 512 and parsed.request.height == 768
+    assert parsed.request.guidance == 7.0
+
+
+def test_read_invokeai_png():
+    meta = {
+        "positive_prompt": "a lighthouse at dusk", "negative_prompt": "people", "seed": 42, "steps": 30,
+        "cfg_scale": 7.5, "width": 512, "height": 640, "model": {"name": "sd-1.5", "base": "sd-1"},
+        "scheduler": "euler",
+    }
+    parsed = read_png_metadata(png_bytes({"invokeai_metadata": json.dumps(meta)}))
+    assert parsed.source == "invokeai"
+    assert parsed.prompt == "a lighthouse at dusk" and parsed.negative_prompt == "people"
+    assert parsed.seed == 42 and parsed.model_id == "sd-1.5"
+    assert parsed.request.height == 640
+
+
+def test_ours_wins_over_parameters(tmp_path):
+    result = edit_result()
+    path = tmp_path / "x.png"
+    result.images[0].save(path, pnginfo=png_info(result, 0))
+    parsed = read_png_metadata(path)
+    assert parsed.source == "diffusion_desk"
+    assert isinstance(parsed.request, EditRequest)
+    assert parsed.request.source_prompt == "a green cube, on: wood"
+    assert parsed.request.t0 == 600 and parsed.request.image is None
+    assert parsed.parameters["Mode"] == "edit"
+    # inpaint too
+    result = inpaint_result()
+    result.images[0].save(path, pnginfo=png_info(result, 0))
+    assert read_png_metadata(path).request.kind == "inpaint"
+
+
+def test_broken_ours_falls_back_to_parameters():
+    parsed = read_png_metadata(png_bytes({"diffusion_desk": "{not json", "parameters": A1111_SAMPLE}))
+    assert parsed.source == "a1111"
+
+
+def test_no_metadata_and_not_an_image(tmp_path):
+    with pytest.raises(MetadataError):
+        read_png_metadata(png_bytes())
+    with pytest.raises(MetadataError):
+        read_png_metadata(b"definitely not a png")
+    with pytest.raises(MetadataError):
+        read_png_metadata(tmp_path / "nope.png")
+    with pytest.raises(MetadataError):
+        read_png_metadata(png_bytes({"diffusion_desk": json.dumps({"request": {"kind": "teleport"}})}))
+    with pytest.raises(MetadataError):
+        read_png_metadata(png_bytes({"diffusion_desk": json.dumps({"request": {"prompt": 5, "steps": "x"}})}))
+
+
+def test_huge_chunks_are_clean_errors():
+    with pytest.raises(MetadataError, match="too large"):
+        read_png_metadata(png_bytes({"parameters": "a, " * 200_000}))
+    with pytest.raises(MetadataError):  # past Pillow's 1 MB chunk limit, compressed to almost nothing
+        read_png_metadata(png_bytes({"parameters": "x" * 3_000_000}, zip_=True))
+    assert issubclass(MetadataError, UserError)
+
+
+def test_long_line_without_colons_is_fast():
+    import time
+
+    start = time.perf_counter()
+    parse_parameters("prompt\n" + "a" * 200_000)
+    parse_parameters("prompt\n" + "ab " * 80_000)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_text_after_image_data_is_read():
+    """Some tools write text chunks after IDAT."""
+    raw = png_bytes()
+    chunk_data = b"parameters\x00" + A1111_SAMPLE.encode("latin-1")
+    chunk = struct.pack(">I", len(chunk_data)) + b"tEXt" + chunk_data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + chunk_data) & 0xFFFFFFFF)
+    iend = raw.rindex(b"IEND") - 4
+    data = raw[:iend] + chunk + raw[iend:]
+    assert read_png_metadata(data).seed == 965400086
+
+
+# -- fuzz -------------------------------------------------------------------------------
+
+_PARAM_ALPHABET = st.sampled_from(list('ab1 :,"\\-/_\tx\u00e9\u2028'))
+_line = st.text(alphabet=_PARAM_ALPHABET, max_size=40) | st.text(max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_line.filter(lambda s: "\n" not in s))
+def test_param_pairs_equal_a1111_regex(line):
+    assert param_pairs(line) == A1111_PARAM_RE.findall(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.text(alphabet=_PARAM_ALPHABET | st.just("\n"), max_size=300))
+def test_parse_parameters_never_raises_other_errors(text):
+    try:
+        params = parse_parameters(text)
+    except MetadataError:
+        return
+    assert isinstance(params["Prompt"], str) and isinstance(params["Negative prompt"], str)
+
+
+_prompt_line = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x85"), min_size=1, max_size=30
+).map(str.strip).filter(lambda s: s and not s.startswith("Negative prompt:"))
+_prompt = st.lists(_prompt_line, min_size=1, max_size=3).map("\n".join)
+_anything = st.text(max_size=40)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_prompt, st.one_of(st.just(""), _prompt), _anything, _anything, st.integers(0, 2**32 - 1))
+def test_round_trip_a1111_and_ours(prompt, negative, source_prompt, model_id, seed):
+    request = EditRequest(
+        prompt=prompt, negative_prompt=negative, source_prompt=source_prompt, t0=500, steps=12, guidance=6.5,
+        width=64, height=64, seed=seed, method="ddim", strength=0.8,
+    )
+    text = format_parameters(request, seed=seed, model_id=model_id, model_hash="abc")
+    params = parse_parameters(text)
+    assert params["Prompt"] == prompt
+    assert params["Negative prompt"] == negative
+    assert params["Seed"] == str(seed)
+    assert params.get("Source prompt", "") == source_prompt
+    assert params["Steps"] == "12" and params["CFG scale"] == "6.5" and params["T0"] == "500"
+    if model_id:
+        assert params["Model"] == model_id
+    # our chunk replays exactly
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG", pnginfo=build_png_info(request, seed, model_id, "abc"))
+    parsed = read_png_metadata(buf.getvalue())
+    assert parsed.request == request.replace(batch=1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["parameters", "diffusion_desk", "invokeai_metadata", "sd-metadata"]),
+    st.one_of(
+        st.text(max_size=500),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+            max_leaves=20,
+        ).map(json.dumps),
+        st.fixed_dictionaries(
+            {"request": st.dictionaries(st.sampled_from(["kind", "prompt", "steps", "seed", "width", "image", "t0"]),
+                                        st.none() | st.integers() | st.text(max_size=10) | st.floats(), max_size=5)}
+        ).map(json.dumps),
+    ),
+    st.booleans(),
+)
+def test_read_png_metadata_only_raises_metadata_error(key, value, zip_):
+    try:
+        info = PngInfo()
+        info.add_text(key, value, zip=zip_)
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(buf, format="PNG", pnginfo=info)
+    except Exception:  # noqa: BLE001 - values Pillow itself refuses to write are not our concern
+        return
+    try:
+        read_png_metadata(buf.getvalue())
+    except MetadataError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 400))
+def test_read_png_metadata_on_damaged_bytes(junk, position):
+    data = bytearray(png_bytes({"parameters": A1111_SAMPLE}, zip_=True))
+    position = min(position, len(data))
+    data[position : position + len(junk)] = junk
+    try:
+        read_png_metadata(bytes(data))
+    except MetadataError:
+        pass
