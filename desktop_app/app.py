@@ -6,7 +6,6 @@ when the first job runs, so the window shows first.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -17,18 +16,16 @@ from desktop_app.core.modelinfo import BUILTIN
 log = logging.getLogger(__name__)
 
 
-def _open_history(data_dir: str | os.PathLike | None) -> Any:
-    """The HistoryStore (another issue); None while it does not exist or cannot open."""
+def open_history(data_dir: str | os.PathLike | None) -> Any:
+    """The HistoryStore (desktop_app.core.history) under data_dir/history; None when missing or broken."""
     try:
-        from desktop_app.core.history import HistoryStore  # type: ignore[import-not-found]
+        from desktop_app.core.history import HistoryStore
     except ImportError:
         return None
     try:
-        if data_dir is None:
-            from desktop_app.core import paths
+        from pathlib import Path
 
-            data_dir = paths.data_dir()
-        return HistoryStore(data_dir)
+        return HistoryStore(Path(data_dir) / "history" if data_dir else None)
     except Exception as exc:  # noqa: BLE001 - the window still works without history
         log.warning("history unavailable: %s", exc)
         return None
@@ -39,11 +36,15 @@ def create_main_window(
     data_dir: str | os.PathLike | None = None,
     engine_factory: Callable[[], Any] | None = None,
     history: Any = None,
+    defer_history: bool = False,
 ):
     """Build the main window with its worker (and history) on an existing QApplication.
 
     Does not enter the event loop and does not show the window. `engine_factory`
     (called on the worker thread) replaces the real engine, for tests and tools.
+    `history`: a HistoryStore to use instead of opening the one under data_dir.
+    `defer_history`: leave it to the caller to `window.attach_history(open_history(data_dir))`
+    later (run_gui does it right after the first paint).
     """
     from PySide6.QtWidgets import QApplication
 
@@ -56,12 +57,16 @@ def create_main_window(
     apply_dark_theme(app)
     worker = EngineWorker(engine_factory=engine_factory)
     worker.start()
-    if history is None:
-        history = _open_history(data_dir)
+    if history is None and not defer_history:
+        history = open_history(data_dir)
     window = MainWindow(worker=worker, model=model, data_dir=data_dir, history=history)
     worker.setParent(window)
     app.aboutToQuit.connect(worker.shutdown)
     return window
+
+
+# Called with the window right after it is created in run_gui (bench/startup.py uses it to time the first paint).
+window_created_hooks: list[Callable[[Any], None]] = []
 
 
 def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None, open_path: str | None = None, debug: bool = False) -> int:
@@ -74,16 +79,24 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
     from PySide6.QtCore import QCoreApplication
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
-    import qasync
 
     QCoreApplication.setOrganizationName("diffusion-desk")
     QCoreApplication.setApplicationName("Diffusion Desk")
     app = QApplication.instance() or QApplication(sys.argv[:1])
     QGuiApplication.setDesktopFileName("diffusion-desk")
+    window = create_main_window(model=model if model not in (None, "") else None, data_dir=data_dir, defer_history=True)
+    for hook in window_created_hooks:
+        hook(window)
+    window.show()
+    app.processEvents()  # first paint now; the history, asyncio and qasync load after it
+    window.attach_history(open_history(data_dir))
+
+    import asyncio
+
+    import qasync
+
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    window = create_main_window(model=model if model not in (None, "") else None, data_dir=data_dir)
-    window.show()
     if open_path:
         window.open_image(open_path)
     closed = asyncio.Event()

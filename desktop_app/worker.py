@@ -34,7 +34,6 @@ when an asyncio event loop is set for the GUI thread (qasync); without one
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import queue
@@ -158,7 +157,7 @@ class EngineWorker(QObject):
             return sum(1 for j in self._jobs.values() if j.kind == "run" and not j.done)
 
     # -- submitting ------------------------------------------------------------
-    def submit(self, request: Any) -> tuple[int, "asyncio.Future[Any] | None"]:
+    def submit(self, request: Any) -> tuple[int, Any]:
         """Queue a generation job; returns (job_id, future of its Result)."""
         job = self._enqueue(_PRIORITY_JOB, "run", request=request)
         self.queueChanged.emit(self.pending())
@@ -193,7 +192,7 @@ class EngineWorker(QObject):
             self.cancel(job_id)
 
     # -- services on the worker thread ----------------------------------------
-    def call(self, kind: str, fn: Callable[[Any], Any]) -> tuple[int, "asyncio.Future[Any] | None"]:
+    def call(self, kind: str, fn: Callable[[Any], Any]) -> tuple[int, Any]:
         """Run fn(engine) on the worker thread ahead of waiting jobs; serviceDone/serviceFailed report it."""
         job = self._enqueue(_PRIORITY_SERVICE, kind, call=fn)
         return job.job_id, job.future
@@ -214,6 +213,8 @@ class EngineWorker(QObject):
 
     # -- internals (GUI thread) --------------------------------------------------
     def _make_future(self) -> Any:
+        import asyncio  # not at import time: the window paints before asyncio / qasync load
+
         try:
             loop = asyncio.get_event_loop_policy().get_event_loop()
         except RuntimeError:

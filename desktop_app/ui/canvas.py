@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from desktop_app.ui.qt_images import numpy_to_qimage, pil_to_qimage, qimage_to_pil
+from desktop_app.ui.qt_images import LazyModule, numpy_to_qimage, pil_to_qimage, qimage_to_pil
+
+np = LazyModule("numpy")  # imported when the first image arrives, not at start-up
 
 MAX_UNDO = 64
 MIN_SCALE, MAX_SCALE = 0.02, 64.0
@@ -43,9 +44,9 @@ class _Edit:
 def _to_qimage(img) -> QImage:
     if isinstance(img, QImage):
         return img
-    if isinstance(img, np.ndarray):
-        return numpy_to_qimage(img)
-    return pil_to_qimage(img)
+    if isinstance(img, Image.Image):
+        return pil_to_qimage(img)
+    return numpy_to_qimage(img)
 
 
 class MaskCanvas(QWidget):

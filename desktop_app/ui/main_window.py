@@ -18,7 +18,6 @@ settings (QSettings), last_error, current_result, source_image.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -346,6 +345,18 @@ class MainWindow(QMainWindow):
         self._sync_brush_controls()
         self._update_actions()
 
+    def attach_history(self, history: Any) -> None:
+        """Use `history` (a HistoryStore, or None) and rebuild the history panel for it."""
+        self.history = history
+        old = self.history_panel
+        sizes = self.splitter.sizes()
+        new = _make_history_panel(self)
+        new.setMinimumWidth(old.minimumWidth())
+        self.splitter.replaceWidget(self.splitter.indexOf(old), new)
+        self.splitter.setSizes(sizes)
+        self.history_panel = new
+        old.deleteLater()
+
     # -- settings ------------------------------------------------------------------
     def restore_settings(self, model: str | None = None) -> None:
         s = self.settings
@@ -605,6 +616,8 @@ class MainWindow(QMainWindow):
         job_id, future = self.worker.submit(request)
         self._my_jobs.add(job_id)
         if future is not None:
+            import asyncio
+
             task = asyncio.ensure_future(self.await_job(job_id, future))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-import numpy as np
+import importlib
+from typing import Any
+
 from PIL import Image
 from PySide6.QtGui import QImage
 
 
-def numpy_to_qimage(arr: np.ndarray) -> QImage:
+class LazyModule:
+    """A module imported on first attribute access: numpy stays out of start-up (the window paints sooner)."""
+
+    def __init__(self, name: str) -> None:
+        self.__dict__["_name"] = name
+        self.__dict__["_module"] = None
+
+    def __getattr__(self, attr: str) -> Any:
+        module = self.__dict__["_module"]
+        if module is None:
+            module = self.__dict__["_module"] = importlib.import_module(self.__dict__["_name"])
+        return getattr(module, attr)
+
+
+np = LazyModule("numpy")
+
+
+def numpy_to_qimage(arr: Any) -> QImage:
     """HxWx3 (RGB), HxWx4 (RGBA) or HxW (grey) uint8 array -> QImage (a deep copy)."""
     arr = np.ascontiguousarray(arr)
     if arr.dtype != np.uint8:
@@ -36,7 +55,7 @@ def pil_to_qimage(img: Image.Image) -> QImage:
     return numpy_to_qimage(np.asarray(img))
 
 
-def qimage_to_numpy(qimg: QImage, mode: str = "RGB") -> np.ndarray:
+def qimage_to_numpy(qimg: QImage, mode: str = "RGB") -> Any:
     """QImage -> HxWx3 (mode 'RGB'), HxWx4 ('RGBA') or HxW ('L') uint8 array (a copy)."""
     if mode == "L":
         q = qimg.convertToFormat(QImage.Format.Format_Grayscale8)
