@@ -52,6 +52,7 @@ Emit = Callable[[Any], None]
 
 DEFAULT_T0 = 600  # timestep an edit starts from when the request gives neither t0 nor strength
 DEFAULT_METHOD = "direct"
+INVERSION_REFINE = 0  # fixed-point refinements per inversion step (each one more UNet pass)
 SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source image at least this well
 
 __all__ = [
@@ -174,6 +175,7 @@ def invert(
     timesteps: list[int],
     steps: int,
     hooks: StepHooks | None = None,
+    refine: int = 0,
 ) -> list[torch.Tensor]:
     """DDIM inversion of a clean latent up the schedule, conditioned on `cond`, at guidance 1.
 
@@ -193,7 +195,11 @@ def invert(
             for i, t in enumerate(reversed(timesteps)):
                 # eps(x_{t-dt}, t): the usual approximation, the level below evaluated at the next timestep
                 eps = _unet(pipe, x, t, cond)  # (1, C, h, w)
-                x = inverse.step(eps, t, x).prev_sample  # (1, C, h, w) at alpha_bar_t
+                below = x
+                x = inverse.step(eps, t, below).prev_sample  # (1, C, h, w) at alpha_bar_t
+                for _ in range(refine):  # fixed point: x_t whose own DDIM step lands on the level below
+                    eps = _unet(pipe, x, t, cond)
+                    x = inverse.step(eps, t, below).prev_sample
                 levels.append(x)
                 if hooks is not None:
                     hooks.on_step_end(pipe, i, t, {})
@@ -381,13 +387,15 @@ def run_edit(
     cancel,
     *,
     source=None,
+    refine: int | None = None,
 ) -> tuple[list[Image.Image], Trajectory | None, dict]:
     """Invert request.image to t0 under the source prompt, then denoise under the target prompt.
 
     `request` is validated with its defaults filled (width/height the work size, a multiple
     of 8). `source`: optionally the engine `Result` the image came from, or its
     `GenerateRequest` with the seed filled: a DDIM result is then replayed from its own
-    trajectory instead of inverted (exact). Returns (images at the source image's size,
+    trajectory instead of inverted (exact). `refine`: fixed-point iterations per inversion
+    step (default INVERSION_REFINE). Returns (images at the source image's size,
     the denoising trajectory, infotext fields). An edit is deterministic: a batch gets copies.
     """
     pipe = loaded.pipe
@@ -419,7 +427,7 @@ def run_edit(
         hooks.total = hooks.step + (n if levels is not None else 2 * n)
     if levels is None:
         z0 = encode(loaded, work_image, (width, height)).float()  # (1, C, h, w)
-        levels = invert(loaded, z0, cond_src, timesteps, steps, hooks)
+        levels = invert(loaded, z0, cond_src, timesteps, steps, hooks, INVERSION_REFINE if refine is None else refine)
         how = None
 
     # -- phase 2: denoise from t0 under the target prompt -----------------------------
