@@ -1,0 +1,99 @@
+"""The headless commands: PNGs with parameters, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from desktop_app.cli import main
+from desktop_app.core.infotext import read_png_metadata
+
+
+@pytest.fixture()
+def source_png(tmp_path):
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture()
+def mask_png(tmp_path):
+    path = tmp_path / "mask.png"
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(path)
+    return path
+
+
+def test_generate_writes_png_with_parameters(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code = main(["generate", "--prompt", "a red circle on a blue background", "--model", str(tiny_model_dir), "--seed", "11",
+                 "--steps", "3", "--guidance", "6", "--negative", "blurry", "--scheduler", "euler", "--batch", "2", "--out", str(out)])
+    assert code == 0
+    assert out.is_file() and (tmp_path / "out-2.png").is_file()
+    text = Image.open(out).text["parameters"]
+    assert text.splitlines()[0] == "a red circle on a blue background"
+    assert "Negative prompt: blurry" in text
+    assert "Steps: 3, Sampler: Euler, CFG scale: 6, Seed: 11, Size: 64x64" in text
+    assert "Seed: 12" in Image.open(tmp_path / "out-2.png").text["parameters"]
+    assert "denoise" in capsys.readouterr().err  # the progress bar
+
+
+def test_generate_replays_from_its_own_metadata(tiny_model_dir, tmp_path):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    args = ["generate", "-p", "x", "--model", str(tiny_model_dir), "--steps", "2", "--no-history"]
+    assert main(args + ["--out", str(first)]) == 0
+    seed = read_png_metadata(first).request.seed
+    assert main(args + ["--seed", str(seed), "--out", str(second)]) == 0
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+
+
+def test_img2img_and_inpaint(tiny_model_dir, tmp_path, source_png, mask_png):
+    out = tmp_path / "i2i.png"
+    assert main(["img2img", "--image", str(source_png), "--strength", "0.5", "-p", "x", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert "Denoising strength: 0.5" in Image.open(out).text["parameters"]
+    out = tmp_path / "inp.png"
+    assert main(["inpaint", "--image", str(source_png), "--mask", str(mask_png), "-p", "x", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    result, src = np.asarray(Image.open(out)), np.asarray(Image.open(source_png))
+    assert np.array_equal(result[:4], src[:4])
+    assert not np.array_equal(result[28:36, 28:36], src[28:36, 28:36])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["generate", "--size", "65x64"], "multiple of 8"),
+        (["generate", "--steps", "500"], "Steps"),
+        (["generate", "--guidance", "99"], "Guidance"),
+        (["generate", "--seed", "-5"], "Seed"),
+        (["generate", "--model", "/no/such/folder"], "No model folder"),
+        (["img2img", "--image", "/no/such.png"], "No image file"),
+        (["img2img", "--image", "__corrupt__"], "not an image"),
+        (["inpaint", "--image", "__src__", "--mask", "__empty__"], "mask is empty"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(tiny_model_dir, tmp_path, source_png, capsys, extra, message):
+    corrupt = tmp_path / "c.png"
+    corrupt.write_bytes(b"garbage")
+    empty = tmp_path / "e.png"
+    Image.new("L", (64, 64)).save(empty)
+    subs = {"__corrupt__": str(corrupt), "__src__": str(source_png), "__empty__": str(empty)}
+    args = [subs.get(a, a) for a in extra]
+    if "--model" not in args:
+        args += ["--model", str(tiny_model_dir)]
+    code = main(args + ["-p", "x", "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "error:" in err and "hint:" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_python_m_desktop_app_matches_the_command():
+    out = subprocess.run([sys.executable, "-m", "desktop_app", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("diffusion-desk ")
+    helped = subprocess.run([sys.executable, "-m", "desktop_app", "generate", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--guidance" in helped.stdout and "--size" in helped.stdout
