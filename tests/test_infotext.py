@@ -309,3 +309,9 @@ def test_read_png_metadata_on_damaged_bytes(junk, position):
         read_png_metadata(bytes(data))
     except MetadataError:
         pass
+
+
+def test_format_parameters_of_a_result():
+    result = generate_result(n=2, seed=31)
+    text = format_parameters(result)
+    assert text == format_parameters(result.request, 31, "builtin", "0123456789", {}, (64, 64))

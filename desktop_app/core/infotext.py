@@ -153,7 +153,18 @@ def format_parameters(
     extra: dict[str, Any] | None = None,
     size: tuple[int, int] | None = None,
 ) -> str:
-    """The AUTOMATIC1111 ``parameters`` text for one image of `request` made with `seed`."""
+    """The AUTOMATIC1111 ``parameters`` text for one image of `request` made with `seed`.
+
+    Given a `core.events.Result` instead of a request, describes its first image.
+    """
+    if hasattr(request, "images") and hasattr(request, "request"):
+        result = request
+        request = result.request
+        seed = result.seeds[0] if seed is None and result.seeds else seed
+        model_id = model_id or result.model_id
+        model_hash = model_hash or result.model_hash
+        extra = _per_image(result.info, 0, len(result.images)) if extra is None else extra
+        size = size or (result.images[0].size if result.images else None)
     lines = [request.prompt.replace("\x00", "")]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}".replace("\x00", ""))

@@ -1,0 +1,798 @@
+"""The history panel: a lazily loaded grid of thumbnails, newest first, with search and filters.
+
+``HistoryPanel(history=None, window=None, parent=None)`` (objectName ``historyPanel``).
+
+- `history`: a `core.history.HistoryService` (HistoryStore) or None (the panel then says the history is
+  unavailable).
+- `window`: the MainWindow, optional. Given one, the panel wires itself to the window's public API:
+  ``window.resultReady`` -> `add_result` (every result is saved, in the background, and appears at once);
+  open -> ``window.show_result``; reuse -> ``window.fill_from_request``; use as source ->
+  ``window.set_source_image``; errors -> ``window.show_error``; ``window.sourceChanged`` tells the panel
+  which entry (if any) the source came from, so an edit or inpaint of it is saved with that parent.
+  Without a window, connect the signals below yourself.
+
+Signals: openRequested(object: Result built from the entry), reuseRequested(object: request with its
+source image and mask when stored), sourceRequested(object: PIL image), entrySelected(object: Entry),
+saved(object: list[Entry]), saveFailed(object: Result, str message, str hint),
+errorOccurred(str message, str hint).
+
+Methods: add_result(result, parent_id=None), set_history(history), refresh(), set_search(text),
+set_kind(kind|None), set_favourites_only(bool), entries() (loaded), selected_entries(),
+open_entry(entry), reuse_entry(entry), use_as_source(entry), toggle_favourite(entries),
+reveal_entry(entry), copy_entry(entry), delete_entries(entries, confirm=True), wait_for_saves(timeout).
+
+No torch here; images reach the window as PIL images.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterable
+
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QMimeData,
+    QModelIndex,
+    QObject,
+    QRunnable,
+    QSize,
+    Qt,
+    QThreadPool,
+    QTimer,
+    QUrl,
+    Signal,
+    Slot,
+)
+from PySide6.QtGui import QAction, QColor, QDesktopServices, QGuiApplication, QImage, QKeySequence, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QMenu,
+    QMessageBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_app.core.errors import HistoryError, UserError
+
+log = logging.getLogger(__name__)
+
+ICON = 112
+PAGE = 120
+EntryRole = Qt.ItemDataRole.UserRole + 1
+KIND_FILTERS = (("All kinds", None), ("Generate", "generate"), ("Image to image", "img2img"), ("Inpaint", "inpaint"), ("Edit", "edit"))
+
+
+class _Resources:
+    """What must be released when the panel goes: not a QObject, so it outlives the widget's C++ side."""
+
+    def __init__(self) -> None:
+        self.unsubscribe: Any = None
+        self.saver: ThreadPoolExecutor | None = None
+
+    def close(self, *_: Any) -> None:
+        if self.unsubscribe is not None:
+            self.unsubscribe()
+            self.unsubscribe = None
+        if self.saver is not None:
+            self.saver.shutdown(wait=False)
+            self.saver = None
+
+
+class _Bridge(QObject):
+    """Carries news from other threads to the UI thread (queued)."""
+
+    storeEvent = Signal(str, object)
+    thumbLoaded = Signal(int, object)  # entry id, QImage or None
+    saveDone = Signal(object, object, object)  # result, entries or None, exception or None
+
+
+class _ThumbJob(QRunnable):
+    def __init__(self, store: Any, entry: Any, bridge: _Bridge) -> None:
+        super().__init__()
+        self.store, self.entry, self.bridge = store, entry, bridge
+        self.setAutoDelete(True)
+
+    def run(self) -> None:  # worker thread: QImage (not QPixmap) is fine here
+        image = None
+        try:
+            path = self.store.thumbnail(self.entry) if hasattr(self.store, "thumbnail") else self.entry.thumbnail_path
+            if path is not None:
+                loaded = QImage(str(path))
+                image = None if loaded.isNull() else loaded
+        except Exception as exc:  # noqa: BLE001 - a bad thumbnail shows a placeholder
+            log.debug("thumbnail of %s: %s", getattr(self.entry, "id", "?"), exc)
+        try:
+            self.bridge.thumbLoaded.emit(self.entry.id, image)
+        except RuntimeError:  # the panel is gone
+            pass
+
+
+def _placeholder(text: str, color: str) -> QPixmap:
+    pix = QPixmap(ICON, ICON)
+    pix.fill(QColor(color))
+    painter = QPainter(pix)
+    painter.setPen(QColor("#9aa0a6"))
+    painter.drawText(pix.rect(), Qt.AlignmentFlag.AlignCenter, text)
+    painter.end()
+    return pix
+
+
+class HistoryModel(QAbstractListModel):
+    """Entries newest first, fetched a page at a time (`canFetchMore` / `fetchMore`); thumbnails load off-thread."""
+
+    def __init__(self, store: Any, bridge: _Bridge, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.bridge = bridge
+        self.search: str | None = None
+        self.kind: str | None = None
+        self.favourite: bool | None = None
+        self._entries: list[Any] = []
+        self._total = 0
+        self._thumbs: collections.OrderedDict[int, QPixmap] = collections.OrderedDict()
+        self._pending: set[int] = set()
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(2)
+        self._loading = _placeholder("…", "#2a2d33")
+        self._missing = _placeholder("missing", "#3a2a2a")
+        bridge.thumbLoaded.connect(self._on_thumb)
+        self.reset()
+
+    # -- loading -------------------------------------------------------------------
+    def _filters(self) -> dict[str, Any]:
+        return {"search": self.search or None, "kind": self.kind, "favourite": self.favourite}
+
+    def reset(self) -> None:
+        self.beginResetModel()
+        self._entries = []
+        self._total = 0
+        if self.store is not None:
+            try:
+                self._total = self.store.count(**self._filters())
+                self._entries = self.store.list(offset=0, limit=PAGE, **self._filters())
+            except UserError as exc:
+                log.warning("history: %s", exc)
+        self.endResetModel()
+
+    def total(self) -> int:
+        return self._total
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+        return 0 if parent.isValid() else len(self._entries)
+
+    def canFetchMore(self, parent: QModelIndex = QModelIndex()) -> bool:  # noqa: N802, B008
+        return not parent.isValid() and self.store is not None and len(self._entries) < self._total
+
+    def fetchMore(self, parent: QModelIndex = QModelIndex()) -> None:  # noqa: N802, B008
+        if not self.canFetchMore(parent):
+            return
+        try:
+            more = self.store.list(offset=len(self._entries), limit=PAGE, **self._filters())
+        except UserError as exc:
+            log.warning("history: %s", exc)
+            return
+        known = {e.id for e in self._entries}
+        more = [e for e in more if e.id not in known]
+        if not more:
+            self._total = len(self._entries)
+            return
+        first = len(self._entries)
+        self.beginInsertRows(QModelIndex(), first, first + len(more) - 1)
+        self._entries.extend(more)
+        self.endInsertRows()
+
+    # -- data ------------------------------------------------------------------------
+    def entry(self, row: int) -> Any:
+        return self._entries[row] if 0 <= row < len(self._entries) else None
+
+    def entries(self) -> list[Any]:
+        return list(self._entries)
+
+    def row_of(self, entry_id: int) -> int:
+        for row, entry in enumerate(self._entries):
+            if entry.id == entry_id:
+                return row
+        return -1
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        entry = self.entry(index.row()) if index.isValid() else None
+        if entry is None:
+            return None
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self._thumb(entry)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return ("★ " if entry.favourite else "") + entry.kind
+        if role == Qt.ItemDataRole.ToolTipRole:
+            when = entry.created.astimezone().strftime("%Y-%m-%d %H:%M")
+            prompt = entry.prompt if len(entry.prompt) < 300 else entry.prompt[:297] + "…"
+            lines = [f"#{entry.id} · {entry.kind} · {when}", prompt]
+            if entry.negative_prompt:
+                lines.append(f"Negative: {entry.negative_prompt[:200]}")
+            lines.append(f"Seed {entry.seed} · {entry.width}×{entry.height} · {entry.model_id}")
+            return "\n".join(lines)
+        if role == EntryRole:
+            return entry
+        return None
+
+    def flags(self, index: QModelIndex) -> Qt.ItemFlag:
+        base = super().flags(index)
+        return base | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else base
+
+    def mimeTypes(self) -> list[str]:  # noqa: N802
+        return ["text/uri-list"]
+
+    def mimeData(self, indexes: Iterable[QModelIndex]) -> QMimeData:  # noqa: N802
+        data = QMimeData()
+        urls = [QUrl.fromLocalFile(str(e.image_path)) for e in (self.entry(i.row()) for i in indexes) if e is not None]
+        data.setUrls(urls)
+        return data
+
+    def _thumb(self, entry: Any) -> QPixmap:
+        pix = self._thumbs.get(entry.id)
+        if pix is not None:
+            self._thumbs.move_to_end(entry.id)
+            return pix
+        if entry.id not in self._pending and self.store is not None:
+            self._pending.add(entry.id)
+            self._pool.start(_ThumbJob(self.store, entry, self.bridge))
+        return self._loading
+
+    @Slot(int, object)
+    def _on_thumb(self, entry_id: int, image: Any) -> None:
+        self._pending.discard(entry_id)
+        pix = QPixmap.fromImage(image) if image is not None else self._missing
+        if not pix.isNull() and (pix.width() > ICON or pix.height() > ICON):
+            pix = pix.scaled(ICON, ICON, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        self._thumbs[entry_id] = pix
+        while len(self._thumbs) > 2000:
+            self._thumbs.popitem(last=False)
+        row = self.row_of(entry_id)
+        if row >= 0:
+            index = self.index(row)
+            self.dataChanged.emit(index, index, [Qt.ItemDataRole.DecorationRole])
+
+    def wait_for_thumbnails(self, msecs: int = 5000) -> bool:
+        return self._pool.waitForDone(msecs)
+
+    # -- changes -------------------------------------------------------------------------
+    def _matches(self, entry: Any) -> bool:
+        if self.kind and entry.kind != self.kind:
+            return False
+        if self.favourite is not None and entry.favourite != self.favourite:
+            return False
+        return not self.search
+
+    def prepend(self, entries: list[Any]) -> None:
+        if self.search:  # only the index knows what matches a search
+            self.reset()
+            return
+        known = {e.id for e in self._entries}
+        new = sorted((e for e in entries if e.id not in known and self._matches(e)), key=lambda e: (e.created_at, e.id), reverse=True)
+        if not new:
+            return
+        newest = self._entries[0].created_at if self._entries else float("-inf")
+        if any(e.created_at < newest for e in new):  # adopted old entries: their place is further down
+            self.reset()
+            return
+        self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
+        self._entries[0:0] = new
+        self._total += len(new)
+        self.endInsertRows()
+
+    def remove(self, ids: Iterable[int]) -> None:
+        ids = set(ids)
+        for row in range(len(self._entries) - 1, -1, -1):
+            if self._entries[row].id in ids:
+                self.beginRemoveRows(QModelIndex(), row, row)
+                del self._entries[row]
+                self._total -= 1
+                self.endRemoveRows()
+        for entry_id in ids:
+            self._thumbs.pop(entry_id, None)
+
+    def update(self, entries: list[Any]) -> None:
+        for entry in entries:
+            row = self.row_of(entry.id)
+            if row < 0:
+                continue
+            if self.favourite is not None and entry.favourite != self.favourite:
+                self.beginRemoveRows(QModelIndex(), row, row)
+                del self._entries[row]
+                self._total -= 1
+                self.endRemoveRows()
+                continue
+            self._entries[row] = entry
+            index = self.index(row)
+            self.dataChanged.emit(index, index)
+
+
+class HistoryPanel(QWidget):
+    """Gallery of past results. See the module docstring for its API."""
+
+    openRequested = Signal(object)
+    reuseRequested = Signal(object)
+    sourceRequested = Signal(object)
+    entrySelected = Signal(object)
+    saved = Signal(object)
+    saveFailed = Signal(object, str, str)
+    errorOccurred = Signal(str, str)
+
+    def __init__(self, history: Any = None, window: Any = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("historyPanel")
+        self.history = None
+        self.window_ = None
+        self._bridge = _Bridge(self)
+        self._bridge.storeEvent.connect(self._on_store_event)
+        self._bridge.saveDone.connect(self._on_save_done)
+        self._res = _Resources()
+        self._saves: list[Future] = []
+        self._saved_results: collections.deque[int] = collections.deque(maxlen=64)
+        self._recent_images: collections.deque[tuple[int, Any]] = collections.deque(maxlen=24)
+        self._source_entry: int | None = None
+        self._expect_source: Any = None
+        self.to_trash = True
+        self._build_ui()
+        self.set_history(history)
+        if window is not None:
+            self.connect_window(window)
+        self.destroyed.connect(self._res.close)
+
+    # -- construction ---------------------------------------------------------------
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
+        title_row = QHBoxLayout()
+        title = QLabel("History")
+        title.setStyleSheet("font-weight: 600;")
+        title_row.addWidget(title)
+        title_row.addStretch(1)
+        self.count_label = QLabel("")
+        self.count_label.setObjectName("historyCount")
+        self.count_label.setStyleSheet("color: #8a8f98;")
+        title_row.addWidget(self.count_label)
+        layout.addLayout(title_row)
+
+        self.banner = QLabel("")
+        self.banner.setObjectName("historyBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("background: #4a3b1f; color: #f0d9a8; padding: 4px; border-radius: 3px;")
+        self.banner.hide()
+        layout.addWidget(self.banner)
+
+        self.search_edit = QLineEdit()
+        self.search_edit.setObjectName("historySearch")
+        self.search_edit.setPlaceholderText("Search prompts…")
+        self.search_edit.setClearButtonEnabled(True)
+        layout.addWidget(self.search_edit)
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(250)
+        self._search_timer.timeout.connect(self._apply_search)
+        self.search_edit.textChanged.connect(lambda _t: self._search_timer.start())
+        self.search_edit.returnPressed.connect(self._apply_search)
+
+        filter_row = QHBoxLayout()
+        self.kind_combo = QComboBox()
+        self.kind_combo.setObjectName("historyKind")
+        for label, kind in KIND_FILTERS:
+            self.kind_combo.addItem(label, kind)
+        self.kind_combo.currentIndexChanged.connect(lambda _i: self.set_kind(self.kind_combo.currentData()))
+        filter_row.addWidget(self.kind_combo, 1)
+        self.favourite_button = QToolButton()
+        self.favourite_button.setObjectName("historyFavourites")
+        self.favourite_button.setText("★")
+        self.favourite_button.setToolTip("Only favourites")
+        self.favourite_button.setCheckable(True)
+        self.favourite_button.toggled.connect(self.set_favourites_only)
+        filter_row.addWidget(self.favourite_button)
+        layout.addLayout(filter_row)
+
+        self.view = QListView()
+        self.view.setObjectName("historyGrid")
+        self.view.setViewMode(QListView.ViewMode.IconMode)
+        self.view.setIconSize(QSize(ICON, ICON))
+        self.view.setGridSize(QSize(ICON + 12, ICON + 26))
+        self.view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.view.setMovement(QListView.Movement.Static)
+        self.view.setUniformItemSizes(True)
+        self.view.setWrapping(True)
+        self.view.setLayoutMode(QListView.LayoutMode.Batched)
+        self.view.setBatchSize(60)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setDragEnabled(True)
+        self.view.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._context_menu)
+        self.view.doubleClicked.connect(lambda index: self.open_entry(index.data(EntryRole)))
+        layout.addWidget(self.view, 1)
+
+        self.empty_label = QLabel("Results you make appear here.")
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setStyleSheet("color: #8a8f98;")
+        layout.addWidget(self.empty_label)
+
+        for text, keys, slot in (
+            ("Open", [QKeySequence(Qt.Key.Key_Return), QKeySequence(Qt.Key.Key_Enter)], lambda: self._on_selection(self.open_entry)),
+            ("Delete", [QKeySequence(QKeySequence.StandardKey.Delete)], lambda: self.delete_entries(self.selected_entries())),
+            ("Copy", [QKeySequence(QKeySequence.StandardKey.Copy)], lambda: self._on_selection(self.copy_entry)),
+        ):
+            action = QAction(text, self.view)
+            action.setShortcuts(keys)
+            action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+            action.triggered.connect(slot)
+            self.view.addAction(action)
+
+    def set_history(self, history: Any) -> None:
+        """Show `history` (a HistoryService) or, with None, say the history is unavailable."""
+        if self._res.unsubscribe is not None:
+            self._res.unsubscribe()
+            self._res.unsubscribe = None
+        self.history = history
+        self.model = HistoryModel(history, self._bridge, self)
+        self.view.setModel(self.model)
+        self.view.selectionModel().currentChanged.connect(self._on_current_changed)
+        self.model.modelReset.connect(self._update_labels)
+        self.model.rowsInserted.connect(self._update_labels)
+        self.model.rowsRemoved.connect(self._update_labels)
+        enabled = history is not None
+        for widget in (self.search_edit, self.kind_combo, self.favourite_button):
+            widget.setEnabled(enabled)
+        if history is not None and hasattr(history, "subscribe"):
+            bridge = self._bridge
+
+            def forward(event: str, data: Any) -> None:
+                try:
+                    bridge.storeEvent.emit(event, data)
+                except RuntimeError:  # the panel is gone
+                    pass
+
+            self._res.unsubscribe = history.subscribe(forward)
+        notes = []
+        if history is None:
+            notes.append("The history is unavailable: results are not being saved.")
+        else:
+            if getattr(history, "recovery_message", None):
+                notes.append(history.recovery_message)
+            check = getattr(history, "last_check", None)
+            if check is not None and check.message():
+                notes.append("History check: " + check.message())
+        self._show_banner(" ".join(notes))
+        self._update_labels()
+
+    def connect_window(self, window: Any) -> None:
+        """Wire to a MainWindow's public API (see the module docstring)."""
+        self.window_ = window
+        if hasattr(window, "resultReady"):
+            window.resultReady.connect(self.add_result)
+        if hasattr(window, "sourceChanged"):
+            window.sourceChanged.connect(self._on_source_changed)
+        if hasattr(window, "show_result"):
+            self.openRequested.connect(window.show_result)
+        if hasattr(window, "fill_from_request"):
+            self.reuseRequested.connect(window.fill_from_request)
+        if hasattr(window, "set_source_image"):
+            self.sourceRequested.connect(window.set_source_image)
+        if hasattr(window, "show_error"):
+            self.errorOccurred.connect(window.show_error)
+            self.saveFailed.connect(lambda _result, message, hint: window.show_error(message, hint))
+
+    # -- labels ------------------------------------------------------------------------------
+    def _show_banner(self, text: str) -> None:
+        self.banner.setText(text)
+        self.banner.setVisible(bool(text))
+
+    def _update_labels(self, *_: Any) -> None:
+        total = self.model.total() if self.history is not None else 0
+        self.count_label.setText(f"{total:,}" if self.history is not None else "")
+        filtered = bool(self.model.search or self.model.kind or self.model.favourite)
+        self.empty_label.setText("Nothing matches." if filtered else "Results you make appear here.")
+        self.empty_label.setVisible(self.history is not None and self.model.rowCount() == 0)
+
+    # -- filters -------------------------------------------------------------------------------
+    def _apply_search(self) -> None:
+        self._search_timer.stop()
+        self.set_search(self.search_edit.text())
+
+    def set_search(self, text: str | None) -> None:
+        text = (text or "").strip() or None
+        if self.search_edit.text().strip() != (text or ""):
+            self.search_edit.blockSignals(True)
+            self.search_edit.setText(text or "")
+            self.search_edit.blockSignals(False)
+        if text != self.model.search:
+            self.model.search = text
+            self.model.reset()
+
+    def set_kind(self, kind: str | None) -> None:
+        index = self.kind_combo.findData(kind)
+        if index >= 0 and index != self.kind_combo.currentIndex():
+            self.kind_combo.setCurrentIndex(index)  # comes back here through the signal
+            return
+        if kind != self.model.kind:
+            self.model.kind = kind
+            self.model.reset()
+
+    def set_favourites_only(self, only: bool) -> None:
+        if self.favourite_button.isChecked() != bool(only):
+            self.favourite_button.setChecked(bool(only))
+            return
+        value = True if only else None
+        if value != self.model.favourite:
+            self.model.favourite = value
+            self.model.reset()
+
+    def refresh(self) -> None:
+        self.model.reset()
+
+    # -- selection -------------------------------------------------------------------------------
+    def entries(self) -> list[Any]:
+        return self.model.entries()
+
+    def selected_entries(self) -> list[Any]:
+        rows = sorted({i.row() for i in self.view.selectionModel().selectedIndexes()})
+        return [e for e in (self.model.entry(r) for r in rows) if e is not None]
+
+    def _on_selection(self, fn: Any) -> None:
+        selected = self.selected_entries()
+        if selected:
+            fn(selected[0])
+
+    def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        entry = current.data(EntryRole) if current.isValid() else None
+        if entry is not None:
+            self.entrySelected.emit(entry)
+
+    # -- saving ------------------------------------------------------------------------------------
+    @Slot(object)
+    def add_result(self, result: Any, parent_id: int | None = None) -> Future | None:
+        """Save `result` to the history in the background; its entries appear when saved.
+        A failure (disk full...) is reported through saveFailed / errorOccurred; the result stays in memory."""
+        if self.history is None or result is None or not getattr(result, "images", None):
+            return None
+        if id(result) in self._saved_results:  # wired twice: save once
+            return None
+        self._saved_results.append(id(result))
+        if parent_id is None and getattr(result.request, "kind", "generate") != "generate":
+            parent_id = self._source_entry
+        if self._res.saver is None:
+            self._res.saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-save")
+        history, bridge = self.history, self._bridge
+
+        def save() -> Any:
+            entries, error = None, None
+            try:
+                entries = history.add(result, parent_id=parent_id)
+            except Exception as exc:  # noqa: BLE001 - reported on the UI thread
+                error = exc
+            try:
+                bridge.saveDone.emit(result, entries, error)
+            except RuntimeError:
+                pass
+            if error is not None:
+                raise error
+            return entries
+
+        future = self._res.saver.submit(save)
+        self._saves = [f for f in self._saves if not f.done()] + [future]
+        return future
+
+    def wait_for_saves(self, timeout: float = 10.0) -> bool:
+        """Block until background saves are done (tests, shutdown)."""
+        import concurrent.futures
+
+        pending = [f for f in self._saves if not f.done()]
+        if not pending:
+            return True
+        done, not_done = concurrent.futures.wait(pending, timeout=timeout)
+        return not not_done
+
+    @Slot(object, object, object)
+    def _on_save_done(self, result: Any, entries: Any, error: Any) -> None:
+        if error is None:
+            for entry, image in zip(entries or [], result.images):
+                self._recent_images.append((entry.id, image))
+            self.saved.emit(entries or [])
+            return
+        if isinstance(error, UserError):
+            message, hint = error.message, error.hint
+        else:
+            log.error("history: saving failed", exc_info=error)
+            message, hint = f"Could not save the result to the history: {error}", "The image stays open; save it with Save as."
+        self.saveFailed.emit(result, message, hint)
+        if self.window_ is None:
+            self.errorOccurred.emit(message, hint)
+
+    @Slot(str, object)
+    def _on_store_event(self, event: str, data: Any) -> None:
+        if event == "added":
+            self.model.prepend(list(data))
+        elif event == "deleted":
+            self.model.remove(data)
+        elif event == "changed":
+            self.model.update(list(data))
+        self._update_labels()
+
+    # -- which entry the source came from (the parent of the next edit or inpaint) -------------------
+    @Slot(object)
+    def _on_source_changed(self, image: Any) -> None:
+        if image is None:
+            self._source_entry = None
+            return
+        if self._expect_source is not None:
+            self._source_entry, self._expect_source = self._expect_source, None
+            return
+        self._source_entry = None
+        for entry_id, recent in reversed(self._recent_images):
+            try:
+                if recent.size == image.size and recent.convert("RGB").tobytes() == image.convert("RGB").tobytes():
+                    self._source_entry = entry_id
+                    return
+            except Exception:  # noqa: BLE001 - a closed image: no parent
+                continue
+
+    # -- actions on entries ---------------------------------------------------------------------------
+    def _load_image(self, entry: Any) -> Any:
+        from desktop_app.core.images import load_image
+
+        if not entry.image_path.is_file():
+            raise HistoryError(f"The image of entry {entry.id} is missing ({entry.image_path}).", "Delete the entry, or restore the file.")
+        return load_image(entry.image_path)
+
+    def _report(self, exc: UserError) -> None:
+        self.errorOccurred.emit(exc.message, exc.hint)
+
+    def open_entry(self, entry: Any) -> Any:
+        """Emit openRequested with a Result holding the entry's image (for window.show_result)."""
+        if entry is None:
+            return None
+        from desktop_app.core.events import Result
+
+        try:
+            image = self._load_image(entry)
+            request = entry.to_request()
+        except UserError as exc:
+            self._report(exc)
+            return None
+        result = Result(
+            request=request, images=[image], seeds=[entry.seed if entry.seed is not None else 0],
+            model_id=entry.model_id, model_hash=entry.model_hash, elapsed=entry.elapsed or 0.0,
+        )
+        self._saved_results.append(id(result))  # already in the history
+        self._recent_images.append((entry.id, image))
+        self.openRequested.emit(result)
+        return result
+
+    def reuse_entry(self, entry: Any) -> Any:
+        """Emit reuseRequested with the entry's request (its source image and mask included when stored)."""
+        if entry is None:
+            return None
+        try:
+            request = self.history.load_request(entry.id)
+        except UserError:
+            try:
+                request = entry.to_request()  # the parameters, without the missing source
+            except UserError as exc:
+                self._report(exc)
+                return None
+        if getattr(request, "image", None) is not None:
+            self._expect_source = entry.parent_id
+        self.reuseRequested.emit(request)
+        self._expect_source = None
+        return request
+
+    def use_as_source(self, entry: Any) -> Any:
+        """Emit sourceRequested with the entry's image; the next edit or inpaint is saved as its child."""
+        if entry is None:
+            return None
+        try:
+            image = self._load_image(entry)
+        except UserError as exc:
+            self._report(exc)
+            return None
+        self._expect_source = entry.id
+        self.sourceRequested.emit(image)
+        if self._expect_source is not None:  # nobody emitted sourceChanged (not wired to a window)
+            self._source_entry, self._expect_source = entry.id, None
+        return image
+
+    def toggle_favourite(self, entries: Any) -> None:
+        entries = [entries] if not isinstance(entries, (list, tuple)) else list(entries)
+        if not entries or self.history is None:
+            return
+        try:
+            entries = [self.history.get(e.id) for e in entries]  # the state now, not when the menu opened
+            value = not all(e.favourite for e in entries)
+            self.history.set_favourite([e.id for e in entries], value)
+        except UserError as exc:
+            self._report(exc)
+
+    def reveal_entry(self, entry: Any) -> None:
+        """Show the file in the system's file manager."""
+        path = entry.image_path
+        target = path if path.exists() else path.parent
+        try:
+            if sys.platform == "darwin" and path.exists():
+                subprocess.Popen(["open", "-R", str(path)])  # noqa: S603,S607
+            elif sys.platform == "win32" and path.exists():
+                subprocess.Popen(["explorer", "/select,", str(path)])  # noqa: S603,S607
+            else:
+                self._open_url(QUrl.fromLocalFile(str(target if target.is_dir() else target.parent)))
+        except OSError as exc:
+            self.errorOccurred.emit(f"Cannot show the file: {exc}", str(path))
+
+    def _open_url(self, url: QUrl) -> bool:
+        return QDesktopServices.openUrl(url)
+
+    def copy_entry(self, entry: Any) -> None:
+        """Put the image (and its file) on the clipboard."""
+        if not entry.image_path.is_file():
+            self._report(HistoryError(f"The image of entry {entry.id} is missing.", "Nothing to copy."))
+            return
+        data = QMimeData()
+        data.setImageData(QImage(str(entry.image_path)))
+        data.setUrls([QUrl.fromLocalFile(str(entry.image_path))])
+        data.setText(entry.prompt)
+        QGuiApplication.clipboard().setMimeData(data)
+
+    def _confirm(self, text: str) -> bool:
+        answer = QMessageBox.question(self, "Delete from history", text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def delete_entries(self, entries: Any, confirm: bool = True) -> bool:
+        entries = [entries] if not isinstance(entries, (list, tuple)) else list(entries)
+        if not entries or self.history is None:
+            return False
+        n = len(entries)
+        where = "to the trash" if self.to_trash else "permanently"
+        if confirm and not self._confirm(f"Delete {n} entr{'y' if n == 1 else 'ies'} and {'its' if n == 1 else 'their'} image{'s' if n > 1 else ''} ({where})?"):
+            return False
+        try:
+            self.history.delete([e.id for e in entries], to_trash=self.to_trash)
+        except UserError as exc:
+            self._report(exc)
+            self.refresh()
+            return False
+        return True
+
+    def _context_menu(self, pos: Any) -> None:
+        index = self.view.indexAt(pos)
+        entry = index.data(EntryRole) if index.isValid() else None
+        if entry is None:
+            return
+        selected = self.selected_entries()
+        if entry not in selected:
+            self.view.setCurrentIndex(index)
+            selected = [entry]
+        menu = self._build_menu(entry, selected)
+        menu.exec(self.view.viewport().mapToGlobal(pos))
+
+    def _build_menu(self, entry: Any, selected: list[Any]) -> QMenu:
+        menu = QMenu(self)
+        menu.setObjectName("historyMenu")
+        menu.addAction("Open on canvas", lambda: self.open_entry(entry))
+        menu.addAction("Reuse parameters", lambda: self.reuse_entry(entry))
+        menu.addAction("Use as source (edit / inpaint)", lambda: self.use_as_source(entry))
+        menu.addSeparator()
+        star = "Remove from favourites" if all(e.favourite for e in selected) else "Add to favourites"
+        menu.addAction(star, lambda: self.toggle_favourite(selected))
+        menu.addAction("Show file", lambda: self.reveal_entry(entry))
+        menu.addAction("Copy image", lambda: self.copy_entry(entry))
+        menu.addSeparator()
+        n = len(selected)
+        menu.addAction(f"Delete{f' {n} entries' if n > 1 else ''}…", lambda: self.delete_entries(selected))
+        return menu
+
+
+__all__ = ["HistoryModel", "HistoryPanel", "EntryRole"]
