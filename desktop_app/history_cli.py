@@ -19,7 +19,7 @@ from desktop_app.core.errors import UserError
 def add_history_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``history`` and its subcommands to `subparsers` (from ``parser.add_subparsers()``)."""
     parser = subparsers.add_parser("history", help="list, show, export or delete history entries")
-    sub = parser.add_subparsers(dest="history_command", metavar="{list,show,export,delete}")
+    sub = parser.add_subparsers(dest="history_command", metavar="{list,show,export,delete,check}")
     sub.required = True
 
     p_list = sub.add_parser("list", help="list entries, newest first")
@@ -41,6 +41,9 @@ def add_history_parser(subparsers: Any) -> argparse.ArgumentParser:
     p_delete = sub.add_parser("delete", help="delete entries and their files")
     p_delete.add_argument("id", type=int, nargs="+")
     p_delete.add_argument("--trash", action="store_true", help="move the files to the desktop trash")
+
+    p_check = sub.add_parser("check", help="make files and database agree; report entries whose image is gone")
+    p_check.add_argument("--full", action="store_true", help="rescan every folder and verify the database file")
 
     parser.set_defaults(run=run_history)
     return parser
@@ -146,7 +149,19 @@ def _delete(store: Any, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"list": _list, "show": _show, "export": _export, "delete": _delete}
+def _check(store: Any, args: argparse.Namespace, out: TextIO) -> int:
+    report = store.check(full=args.full)
+    if store.recovery_message:
+        out.write(store.recovery_message + "\n")
+    out.write((report.message() or "The history is consistent.") + "\n")
+    for entry in report.missing:
+        out.write(f"missing image: entry {entry.id}: {entry.image_path}\n")
+    for path in report.set_aside:
+        out.write(f"set aside (no metadata): {path}\n")
+    return 0
+
+
+_COMMANDS = {"list": _list, "show": _show, "export": _export, "delete": _delete, "check": _check}
 
 
 def run_history(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -291,3 +291,36 @@ def test_quick_check_rescans_only_changed_folders(store):
     entry.image_path.unlink()
     os.utime(folder, (old + 5, old + 5))
     assert store.check().missing and store.check().missing
+
+
+def test_sqlite_errors_become_history_errors(store):
+    class Broken:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, *a, **k):
+            error = sqlite3.DatabaseError("database disk image is malformed")
+            error.sqlite_errorcode = 11
+            raise error
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+    real = store._conn
+    store._conn = Broken(real)
+    try:
+        for call in (lambda: store.list(), lambda: store.count(search="x"), lambda: store.get(1)):
+            with pytest.raises(HistoryError, match="damaged") as info:
+                call()
+            assert "Restart" in info.value.hint
+    finally:
+        store._conn = real
+
+
+def test_cli_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSION_DESK_DATA_DIR", str(tmp_path / "data"))
+    with HistoryStore() as store:
+        [entry] = store.add(generate_result())
+    entry.image_path.unlink()
+    code, out, err = run_cli(["history", "check", "--full"])
+    assert code == 0 and f"missing image: entry {entry.id}" in out

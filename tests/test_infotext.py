@@ -222,7 +222,7 @@ _PARAM_ALPHABET = st.sampled_from(list('ab1 :,"\\-/_\tx\u00e9\u2028'))
 _line = st.text(alphabet=_PARAM_ALPHABET, max_size=40) | st.text(max_size=40)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_line.filter(lambda s: "\n" not in s))
 def test_param_pairs_equal_a1111_regex(line):
     assert param_pairs(line) == A1111_PARAM_RE.findall(line)
@@ -245,7 +245,7 @@ _prompt = st.lists(_prompt_line, min_size=1, max_size=3).map("\n".join)
 _anything = st.text(max_size=40)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_prompt, st.one_of(st.just(""), _prompt), _anything, _anything, st.integers(0, 2**32 - 1))
 def test_round_trip_a1111_and_ours(prompt, negative, source_prompt, model_id, seed):
     request = EditRequest(
@@ -268,7 +268,7 @@ def test_round_trip_a1111_and_ours(prompt, negative, source_prompt, model_id, se
     assert parsed.request == request.replace(batch=1)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(["parameters", "diffusion_desk", "invokeai_metadata", "sd-metadata"]),
     st.one_of(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -387,6 +388,34 @@ def _save_error(exc: BaseException) -> HistoryError:
     return HistoryError(f"Could not save to the history: {exc}", "The image stays open; save it with Save as.")
 
 
+def _db_error(exc: sqlite3.Error) -> HistoryError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in _CORRUPT_CODES:
+        return HistoryError(
+            f"The history database is damaged ({exc}).",
+            "Restart Diffusion Desk: it keeps the damaged file aside and rebuilds the history from the images.",
+        )
+    if _disk_full(exc):
+        return HistoryError("The disk is full: the history cannot be changed.", "Free some disk space.")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
+        return HistoryError("The history is busy (another Diffusion Desk is writing to it).", "Try again in a moment.")
+    return HistoryError(f"The history database failed: {exc}", "Restart Diffusion Desk; if it persists, run 'history check --full'.")
+
+
+def _db_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """SQLite errors out of a public method become HistoryError (a UserError the UI shows)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            log.error("history: %s failed: %s", method.__name__, exc)
+            raise _db_error(exc) from exc
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -605,6 +634,7 @@ class HistoryStore(HistoryService):
         created.append(path)
         return self._rel(path)
 
+    @_db_errors
     def add(self, result: Any, parent_id: int | None = None) -> builtins.list[Entry]:
         if not result.images:
             raise HistoryError("The result has no images to save.", "Run the job again.")
@@ -695,6 +725,7 @@ class HistoryStore(HistoryService):
         return [by_uid[uid] for uid in uids if uid in by_uid]
 
     # -- reading ---------------------------------------------------------------------------
+    @_db_errors
     def get(self, entry_id: int) -> Entry:
         with self._lock:
             row = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?", (int(entry_id),)).fetchone()
@@ -726,6 +757,7 @@ class HistoryStore(HistoryService):
             args.append(1 if favourite else 0)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
+    @_db_errors
     def list(
         self,
         offset: int = 0,
@@ -742,11 +774,13 @@ class HistoryStore(HistoryService):
 
     entries = list
 
+    @_db_errors
     def count(self, search: str | None = None, kind: str | Sequence[str] | None = None, favourite: bool | None = None) -> int:
         where, args = self._where(search, kind, favourite)
         with self._lock:
             return self._db().execute(f"SELECT count(*) FROM entries{where}", args).fetchone()[0]
 
+    @_db_errors
     def load_request(self, entry_id: int) -> GenerateRequest:
         entry = self.get(entry_id)
         try:
@@ -785,6 +819,7 @@ class HistoryStore(HistoryService):
         return thumb
 
     # -- changing --------------------------------------------------------------------------
+    @_db_errors
     def set_favourite(self, ids: int | Iterable[int], favourite: bool = True) -> None:
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         if not ids:
@@ -802,6 +837,7 @@ class HistoryStore(HistoryService):
             rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", ids).fetchall()
         self._notify("changed", [self._entry(r) for r in rows])
 
+    @_db_errors
     def delete(self, ids: int | Iterable[int], to_trash: bool = False) -> builtins.list[Entry]:
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         if not ids:
@@ -903,6 +939,7 @@ class HistoryStore(HistoryService):
         parts = rel.split("/")
         return parts[1] if len(parts) > 2 else ""
 
+    @_db_errors
     def check(self, full: bool = False, verify: bool = True) -> CheckReport:
         """Make files and rows agree: clean temporary files, adopt (or set aside) images without a row,
         finish interrupted deletions, and report (not drop) rows whose image is gone.
