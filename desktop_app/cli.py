@@ -199,7 +199,7 @@ def _add_to_history(result) -> None:
     except ImportError:
         return
     try:
-        store = HistoryStore(paths.data_dir())
+        store = HistoryStore()
         try:
             store.add(result)
         finally:

@@ -97,3 +97,13 @@ def test_python_m_desktop_app_matches_the_command():
     assert out.returncode == 0 and out.stdout.startswith("diffusion-desk ")
     helped = subprocess.run([sys.executable, "-m", "desktop_app", "generate", "--help"], capture_output=True, text=True, timeout=60)
     assert "--guidance" in helped.stdout and "--size" in helped.stdout
+
+
+def test_generated_images_land_in_the_history(tiny_model_dir, tmp_path, capsys):
+    assert main(["generate", "-p", "a purple triangle", "--model", str(tiny_model_dir), "--steps", "2", "--out", str(tmp_path / "h.png")]) == 0
+    capsys.readouterr()
+    assert main(["history", "list", "--search", "purple", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and "purple triangle" in json.dumps(rows)
