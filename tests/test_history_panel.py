@@ -83,7 +83,7 @@ def test_object_name_and_empty_state(panel):
 def test_without_history(qtbot):
     p = HistoryPanel(None)
     qtbot.addWidget(p)
-    assert "unavailable" in p.banner.text()
+    assert "not open" in p.empty_label.text() and p.banner.text() == ""
     assert p.add_result(generate_result()) is None
 
 

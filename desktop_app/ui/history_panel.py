@@ -460,9 +460,7 @@ class HistoryPanel(QWidget):
 
             self._res.unsubscribe = history.subscribe(forward)
         notes = []
-        if history is None:
-            notes.append("The history is unavailable: results are not being saved.")
-        else:
+        if history is not None:
             if getattr(history, "recovery_message", None):
                 notes.append(history.recovery_message)
             check = getattr(history, "last_check", None)
@@ -497,8 +495,11 @@ class HistoryPanel(QWidget):
         total = self.model.total() if self.history is not None else 0
         self.count_label.setText(f"{total:,}" if self.history is not None else "")
         filtered = bool(self.model.search or self.model.kind or self.model.favourite)
-        self.empty_label.setText("Nothing matches." if filtered else "Results you make appear here.")
-        self.empty_label.setVisible(self.history is not None and self.model.rowCount() == 0)
+        if self.history is None:  # not opened yet (it opens after the first paint), or it failed to open
+            self.empty_label.setText("The history is not open: results are not saved to it.")
+        else:
+            self.empty_label.setText("Nothing matches." if filtered else "Results you make appear here.")
+        self.empty_label.setVisible(self.history is None or self.model.rowCount() == 0)
 
     # -- filters -------------------------------------------------------------------------------
     def _apply_search(self) -> None:
