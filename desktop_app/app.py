@@ -59,7 +59,7 @@ def create_main_window(
     worker.start()
     if history is None and not defer_history:
         history = open_history(data_dir)
-    window = MainWindow(worker=worker, model=model, data_dir=data_dir, history=history)
+    window = MainWindow(worker=worker, model=model, data_dir=data_dir, history=history, history_deferred=defer_history)
     worker.setParent(window)
     app.aboutToQuit.connect(worker.shutdown)
     return window

@@ -226,11 +226,15 @@ class EngineWorker(QObject):
         return fut
 
     def _enqueue(self, priority: int, kind: str, request: Any = None, call: Callable | None = None) -> _Job:
-        if self._stopping:
-            raise RuntimeError("the engine worker has been shut down")
-        self.start()
         job = _Job(priority, next(self._seq), next(self._ids), kind, request=request, call=call)
         job.future = self._make_future()
+        if self._stopping:  # after shutdown (a late timer while the window closes): never runs
+            job.done = True
+            job.cancel.set()
+            if job.future is not None:
+                job.future.set_exception(JobCancelled("the engine worker has been shut down"))
+            return job
+        self.start()
         with self._lock:
             self._jobs[job.job_id] = job
         self._queue.put(job)

@@ -401,3 +401,34 @@ def test_model_that_fails_to_load_shows_error(qtbot, window):
     window.prompt_panel.set_model("/nowhere/missing-model", user=True)
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=5000)
     assert "missing-model" in window.last_error[0]
+
+
+def test_run_gui_shows_window_and_exits_cleanly(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from PySide6.QtCore import QTimer
+        from desktop_app import app as gui
+        seen = []
+        def hook(w):
+            seen.append(w)
+            QTimer.singleShot(300, w.close)
+        gui.window_created_hooks.append(hook)
+        rc = gui.run_gui(data_dir={str(tmp_path)!r})
+        w = seen[0]
+        print("RC", rc, w.findChild(type(w.history_panel), "historyPanel") is not None, w.history is not None)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                         env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RC 0 True" in out.stdout
+    assert (tmp_path / "settings.ini").is_file()
+
+
+def test_attach_history_swaps_the_panel(qtbot, window):
+    old = window.history_panel
+    window.attach_history(None)
+    assert window.history_panel is not old
+    assert window.history_panel.objectName() == "historyPanel"
+    assert window.splitter.indexOf(window.history_panel) == 2

@@ -186,3 +186,11 @@ def test_awaiting_the_future_in_a_coroutine(qtbot, worker, qloop):
     qtbot.waitUntil(task.done, timeout=5000)
     assert out["result"].images
 
+
+
+def test_jobs_after_shutdown_are_cancelled_not_raised(qtbot, qapp, qloop):
+    w = EngineWorker(engine_factory=FakeEngine)
+    w.start()
+    assert w.shutdown(5000)
+    _, fut = w.decode_latent(None, "builtin")
+    assert fut.done() and isinstance(fut.exception(), JobCancelled)

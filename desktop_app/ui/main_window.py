@@ -54,12 +54,15 @@ from desktop_app.worker import EngineWorker, JobCancelled
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
 
 
-def _make_history_panel(window: "MainWindow") -> QWidget:
-    """The history panel (objectName 'historyPanel'); a placeholder until desktop_app.ui.history_panel exists."""
-    try:
-        from desktop_app.ui.history_panel import HistoryPanel  # another engineer's widget
-    except ImportError:
-        HistoryPanel = None  # noqa: N806
+def _make_history_panel(window: "MainWindow", placeholder: bool = False) -> QWidget:
+    """The history panel (objectName 'historyPanel'): desktop_app.ui.history_panel.HistoryPanel(history, window),
+    or a placeholder (while the history loads, or when that module is missing)."""
+    HistoryPanel = None  # noqa: N806
+    if not placeholder:
+        try:
+            from desktop_app.ui.history_panel import HistoryPanel  # noqa: N806 - another engineer's widget
+        except ImportError:
+            pass
     if HistoryPanel is not None:
         for args in ((window.history, window), (window.history,), ()):
             try:
@@ -74,7 +77,7 @@ def _make_history_panel(window: "MainWindow") -> QWidget:
     title = QLabel("History")
     title.setStyleSheet("font-weight: 600;")
     lay.addWidget(title)
-    hint = QLabel("Results you make appear here.")
+    hint = QLabel("Loading…" if placeholder else "Results you make appear here.")
     hint.setWordWrap(True)
     hint.setStyleSheet("color: #8a8f98;")
     lay.addWidget(hint)
@@ -93,6 +96,7 @@ class MainWindow(QMainWindow):
         data_dir: str | os.PathLike | None = None,
         history: Any = None,
         settings: QSettings | None = None,
+        history_deferred: bool = False,
     ) -> None:
         super().__init__()
         self.setObjectName("mainWindow")
@@ -115,6 +119,7 @@ class MainWindow(QMainWindow):
         self._forward_job: int | None = None
         self._forward_key: Any = None
         self._preview_size: tuple[int, int] | None = None
+        self._history_deferred = history_deferred
 
         self._build_ui()
         self._build_actions()
@@ -129,7 +134,8 @@ class MainWindow(QMainWindow):
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(280)
+        scroll.setMinimumWidth(330)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.canvas = MaskCanvas()
         self.timestep_panel = TimestepPanel()
@@ -140,16 +146,17 @@ class MainWindow(QMainWindow):
         self.canvas_toolbar.setMovable(False)
         self.brush_size_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushSizeSlider")
         self.brush_size_slider.setRange(1, 512)
-        self.brush_size_slider.setMaximumWidth(140)
+        self.brush_size_slider.setFixedWidth(90)
         self.brush_size_slider.setToolTip("Brush size in image pixels ([ and ])")
         self.brush_size_label = QLabel()
+        self.brush_size_label.setMinimumWidth(44)
         self.hardness_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushHardnessSlider")
         self.hardness_slider.setRange(0, 100)
-        self.hardness_slider.setMaximumWidth(90)
+        self.hardness_slider.setFixedWidth(56)
         self.hardness_slider.setToolTip("Brush hardness")
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal, objectName="maskOpacitySlider")
         self.opacity_slider.setRange(5, 100)
-        self.opacity_slider.setMaximumWidth(90)
+        self.opacity_slider.setFixedWidth(56)
         self.opacity_slider.setToolTip("Mask overlay opacity")
 
         # error banner
@@ -195,8 +202,8 @@ class MainWindow(QMainWindow):
         cl.addWidget(self.timestep_panel)
         cl.addLayout(prog)
 
-        self.history_panel = _make_history_panel(self)
-        self.history_panel.setMinimumWidth(160)
+        self.history_panel = _make_history_panel(self, placeholder=self._history_deferred)
+        self.history_panel.setMinimumWidth(150)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal, objectName="mainSplitter")
         self.splitter.addWidget(scroll)
@@ -205,7 +212,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
-        self.splitter.setSizes([320, 760, 220])
+        self.splitter.setSizes([340, 780, 210])
         self.splitter.setChildrenCollapsible(False)
         self.setCentralWidget(self.splitter)
 
@@ -276,16 +283,14 @@ class MainWindow(QMainWindow):
             m.addSeparator() if act is None else m.addAction(act)
 
         tb = self.canvas_toolbar
-        tb.addAction(self.act_open)
-        tb.addSeparator()
         tb.addAction(self.act_brush)
         tb.addAction(self.act_eraser)
         tb.addWidget(QLabel(" Size "))
         tb.addWidget(self.brush_size_slider)
         tb.addWidget(self.brush_size_label)
-        tb.addWidget(QLabel("  Hardness "))
+        tb.addWidget(QLabel("  Hard "))
         tb.addWidget(self.hardness_slider)
-        tb.addWidget(QLabel("  Mask "))
+        tb.addWidget(QLabel("  Overlay "))
         tb.addWidget(self.opacity_slider)
         tb.addSeparator()
         tb.addAction(self.act_undo)
@@ -293,14 +298,14 @@ class MainWindow(QMainWindow):
         tb.addAction(self.act_clear)
         tb.addAction(self.act_invert)
         tb.addSeparator()
-        tb.addAction(self.act_fit)
         tb.addAction(self.act_use)
         self.act_undo.setText("Undo")
         self.act_redo.setText("Redo")
         self.act_clear.setText("Clear")
         self.act_invert.setText("Invert")
         self.act_fit.setText("Fit")
-        self.act_use.setText("Use as source")
+        self.act_use.setText("Use result")
+        self.act_use.setToolTip("Make the result the source of the next job (Ctrl+Shift+U)")
         self.act_open.setText("Open…")
         self.act_brush.setChecked(True)
 
@@ -394,6 +399,7 @@ class MainWindow(QMainWindow):
         s.sync()
 
     def closeEvent(self, event) -> None:  # noqa: N802
+        self.timestep_panel.stop_timers()
         self.save_settings()
         self.worker.shutdown(5000)
         super().closeEvent(event)

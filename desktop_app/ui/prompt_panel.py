@@ -98,7 +98,7 @@ class PromptPanel(QWidget):
         self.model_picker = QComboBox(objectName="modelPicker")
         self.model_picker.setAccessibleName("Model")
         self.model_picker.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.model_picker.setMinimumContentsLength(12)
+        self.model_picker.setMinimumContentsLength(8)
         self.model_picker.addItem("Built-in (shapes)", BUILTIN)
         self.models_button = QToolButton(objectName="modelsButton")
         self.models_button.setText("…")
@@ -186,6 +186,8 @@ class PromptPanel(QWidget):
         self.batch_spin = QSpinBox(objectName="batchSpin")
         self.batch_spin.setRange(1, 16)
         self.scheduler_combo = QComboBox(objectName="schedulerCombo")
+        self.scheduler_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.scheduler_combo.setMinimumContentsLength(10)
         self.scheduler_combo.addItem("Model default", None)
         for key, name in SCHEDULERS.items():
             self.scheduler_combo.addItem(name, key)

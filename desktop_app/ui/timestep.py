@@ -43,7 +43,7 @@ class TimestepPanel(QWidget):
         self.which_combo.addItem("noisy xₜ", "xt")
         self.which_combo.setToolTip("Show the predicted clean image or the noisy latent at this step")
         self.t0_button = QToolButton(objectName="startTimestepButton")
-        self.t0_button.setText("Set t₀")
+        self.t0_button.setText("Start t")
         self.t0_button.setToolTip("Use the slider to set the start timestep of the next img2img / edit run")
         self.t0_button.setCheckable(True)
         self.left_label = QLabel("noise")
@@ -143,6 +143,9 @@ class TimestepPanel(QWidget):
             self.set_mode("trajectory" if self._timesteps else "off")
         elif available and self._mode == "off":
             self.set_mode("t0")
+
+    def stop_timers(self) -> None:
+        self._rest.stop()
 
     # -- internals -------------------------------------------------------------
     def _update_label(self) -> None:
