@@ -65,6 +65,8 @@ def create_main_window(
     return window
 
 
+WARM_UP_DELAY_MS = 800
+
 # Called with the window right after it is created in run_gui (bench/startup.py uses it to time the first paint).
 window_created_hooks: list[Callable[[Any], None]] = []
 
@@ -90,6 +92,10 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
     window.show()
     app.processEvents()  # first paint now; the history, asyncio and qasync load after it
     window.attach_history(open_history(data_dir))
+    # Import torch/diffusers on the worker thread while the user types the first prompt (the window is up).
+    from PySide6.QtCore import QTimer
+
+    QTimer.singleShot(WARM_UP_DELAY_MS, window.worker.warm_up)
 
     import asyncio
 

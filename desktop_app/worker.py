@@ -197,6 +197,10 @@ class EngineWorker(QObject):
         job = self._enqueue(_PRIORITY_SERVICE, kind, call=fn)
         return job.job_id, job.future
 
+    def warm_up(self):
+        """Create the engine (imports torch and diffusers) now, on the worker thread, without loading a model."""
+        return self.call("warm_up", lambda engine: None)
+
     def preload(self, model: str):
         return self.call("preload", lambda engine: engine.preload(model))
 

@@ -173,3 +173,32 @@ def test_view_image_shows_over_base(qtbot, canvas):
     canvas.clear_view()
     assert canvas.shown_image().size == (160, 100)
     canvas.grab()  # paints without error
+
+
+def test_space_drag_pans(qtbot, canvas):
+    canvas.set_zoom(2.0)
+    canvas.setFocus()
+    before = canvas.image_to_widget(0, 0)
+    qtbot.keyPress(canvas, Qt.Key.Key_Space)
+    drag(qtbot, canvas, [(100, 100), (90, 140)])
+    qtbot.keyRelease(canvas, Qt.Key.Key_Space)
+    after = canvas.image_to_widget(0, 0)
+    assert (after.x() - before.x(), after.y() - before.y()) == pytest.approx((-10, 40))
+    assert canvas.mask_image() is None
+    drag(qtbot, canvas, [(100, 100)])  # space released: paints again
+    assert canvas.mask_image() is not None
+
+
+def test_wheel_zooms_around_the_cursor(qtbot, canvas):
+    from PySide6.QtCore import QPoint as P
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    anchor = QPointF(150, 120)
+    ix, iy = canvas.widget_to_image(anchor)
+    s0 = canvas.scale
+    ev = QWheelEvent(anchor, canvas.mapToGlobal(anchor), P(0, 0), P(0, 120), Qt.MouseButton.NoButton,
+                     Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(canvas, ev)
+    assert canvas.scale == pytest.approx(s0 * 1.25)
+    assert canvas.widget_to_image(anchor) == pytest.approx((ix, iy))

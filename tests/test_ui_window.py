@@ -124,8 +124,13 @@ def test_generate_click_gives_progress_per_step_and_result_on_canvas(qtbot, wind
     child(window, "widthSpin").setValue(96)
     child(window, "heightSpin").setValue(64)
     child(window, "seedSpin").setValue(42)
+    previews = []
+    orig = window.canvas.set_view
+    window.canvas.set_view = lambda img, size=None: (previews.append(getattr(img, "size", None)), orig(img, size))
     result = click_generate(qtbot, window)
+    window.canvas.set_view = orig
     assert steps.steps == [1, 2, 3, 4, 5, 6]
+    assert len(previews) >= 6  # a live preview each step, then the result
     req = fake_engine.runs[-1]
     assert isinstance(req, GenerateRequest) and req.prompt == "a red square" and req.steps == 6
     assert (req.width, req.height, req.seed) == (96, 64, 42)
@@ -148,7 +153,8 @@ def test_ctrl_enter_in_prompt_runs(qtbot, window, fake_engine):
     child(window, "stepsSpin").setValue(2)
     with qtbot.waitSignal(window.resultReady, timeout=10000):
         qtbot.keyClick(edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-    assert len(fake_engine.runs) == 1
+    qtbot.wait(100)
+    assert len(fake_engine.runs) == 1  # one job, not one from the action and one from the edit
 
 
 def test_inpaint_leaves_unmasked_pixels_unchanged(qtbot, window, fake_engine, tmp_path):
