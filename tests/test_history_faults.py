@@ -45,7 +45,10 @@ WRITER = textwrap.dedent(
         os.write = half_write
     history._fault_hook = hook
     store = history.HistoryStore(sys.argv[1])
-    store.add(generate_result(n=2) if kind == "batch" else edit_result())
+    if kind == "delete":
+        store.delete([e.id for e in store.list()])
+    else:
+        store.add(generate_result(n=2) if kind == "batch" else edit_result())
     print("finished")
     """
 )
@@ -85,6 +88,27 @@ def test_writer_killed_at_each_stage(tmp_path, stage, nth, kind, expected):
                 assert request.source_prompt == "a green cube, on: wood"
         if stage in ("replaced",):
             assert len(store.last_check.adopted) == count
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_deleter_killed_after_commit(tmp_path):
+    """Rows gone, files not yet: the next start finishes the deletion instead of adopting the files back."""
+    root = tmp_path / "history"
+    with HistoryStore(root) as store:
+        entries = store.add(edit_result()) + store.add(generate_result(n=2))
+        keep = store.add(generate_result(prompt="keep me"))[0]
+        store.set_favourite(keep.id)
+    script = tmp_path / "deleter.py"
+    script.write_text(WRITER.format(tests=str(TESTS)).replace("store.list()", "store.list(favourite=False)"))
+    proc = subprocess.run([sys.executable, str(script), str(root), "rows_deleted", "1", "delete"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert all(e.image_path.exists() for e in entries)  # the crash left the files
+    with HistoryStore(root) as store:
+        assert [e.id for e in store.list()] == [keep.id]
+        assert not store.last_check.adopted
+        assert not any(e.image_path.exists() or e.thumbnail_path.exists() for e in entries)
+        assert store._db().execute("SELECT count(*) FROM tombstones").fetchone()[0] == 0
+    assert assert_consistent(root) == 1
 
 
 def test_corrupt_database_is_set_aside_and_rebuilt(tmp_path):

@@ -71,7 +71,8 @@ TEMP_GRACE_S = 3600  # a temporary file this old is stale even if its pid is tak
 SOURCE_GRACE_S = 3600  # an unreferenced source image may belong to a save in progress
 KINDS = ("generate", "img2img", "inpaint", "edit")
 
-# Test seam: called with "temp_written", "replaced", "committed" as a save passes each stage.
+# Test seam: called with "temp_written", "replaced", "committed" as a save passes each stage,
+# and "rows_deleted" between a deletion's commit and the removal of its files.
 _fault_hook: Callable[[str], None] | None = None
 
 
@@ -856,6 +857,7 @@ class HistoryStore(HistoryService):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            _stage("rows_deleted")
             # Sources still used by other entries stay.
             shared = set()
             for rel in {p for e in entries for p in (e.source_path, e.mask_path) if p is not None}:
