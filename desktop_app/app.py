@@ -11,8 +11,6 @@ import os
 import sys
 from typing import Any, Callable
 
-from desktop_app.core.modelinfo import BUILTIN
-
 log = logging.getLogger(__name__)
 
 
@@ -113,4 +111,60 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
     return 0
 
 
-__all__ = ["create_main_window", "run_gui", "BUILTIN"]
+def run_smoke(model: str | None = None, timeout_s: float = 600.0) -> int:
+    """`diffusion-desk --smoke`: open the real window offscreen, make one image (built-in model), exit.
+
+    Prints one line; returns 0 when an image came back, 1 otherwise. Settings and history go
+    where desktop_app.core.paths says (the CLI has applied --data-dir)."""
+    import time
+
+    from PySide6.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+
+    import asyncio
+
+    import qasync
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    started = time.perf_counter()
+    window = create_main_window(model=model)
+    window.show()
+    app.processEvents()
+    shown = time.perf_counter() - started
+    window.prompt_panel.prompt_edit.setPlainText("a red circle on a blue background")
+    window.prompt_panel.seed_spin.setValue(1)
+    window.prompt_panel.set_mode("generate")
+    outcome: dict[str, Any] = {}
+
+    async def smoke() -> None:
+        done = asyncio.get_event_loop().create_future()
+        window.resultReady.connect(lambda r: done.done() or done.set_result(r))
+        window.worker.failed.connect(lambda _id, message, hint: done.done() or done.set_exception(RuntimeError(f"{message} {hint}".strip())))
+        if window.generate() is None:
+            outcome["error"] = " ".join(window.last_error or ("could not start",))
+            return
+        try:
+            result = await asyncio.wait_for(done, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = str(exc) or type(exc).__name__
+            return
+        outcome["result"] = result
+
+    with loop:
+        loop.run_until_complete(smoke())
+        window.close()
+    result = outcome.get("result")
+    if result is None or not result.images:
+        print(f"smoke: FAILED: {outcome.get('error', 'no image')}", file=sys.stderr)
+        return 1
+    img = result.images[0]
+    print(f"smoke: ok: window shown in {shown:.2f} s, {img.width}x{img.height} image from {result.model_id or 'builtin'} "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+__all__ = ["create_main_window", "open_history", "run_gui", "run_smoke", "window_created_hooks"]
