@@ -438,3 +438,28 @@ def test_attach_history_swaps_the_panel(qtbot, window):
     assert window.history_panel is not old
     assert window.history_panel.objectName() == "historyPanel"
     assert window.splitter.indexOf(window.history_panel) == 2
+
+
+def test_text_shortcuts_stay_with_the_prompt(qtbot, window):
+    from PySide6.QtGui import QGuiApplication
+
+    QGuiApplication.clipboard().setText("pasted words")
+    edit = child(window, "promptEdit")
+    edit.setFocus()
+    qtbot.keyClick(edit, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert edit.toPlainText() == "pasted words"
+    assert window.last_error is None and window.source_image is None
+    qtbot.keyClick(edit, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert edit.toPlainText() == ""
+
+
+def test_image_modes_show_the_source_size(qtbot, window):
+    child(window, "widthSpin").setValue(128)
+    child(window, "heightSpin").setValue(256)
+    window.set_source_image(Image.new("RGB", (96, 64)))
+    window.prompt_panel.set_mode("img2img")
+    assert (child(window, "widthSpin").value(), child(window, "heightSpin").value()) == (96, 64)
+    assert not child(window, "widthSpin").isEnabled()
+    window.prompt_panel.set_mode("generate")
+    assert (child(window, "widthSpin").value(), child(window, "heightSpin").value()) == (128, 256)
+    assert (window.build_request().width, window.build_request().height) == (128, 256)

@@ -739,8 +739,8 @@ class MainWindow(QMainWindow):
     # -- timestep slider --------------------------------------------------------------
     def _on_mode_changed(self, mode: str) -> None:
         self.timestep_panel.set_t0_available(mode in ("img2img", "edit") and self.source_image is not None)
-        if self.source_image is not None and mode in IMAGE_MODES:
-            self._update_size_label()
+        image_mode = self.source_image is not None and mode in IMAGE_MODES
+        self.prompt_panel.show_source_size(self.source_image.size if image_mode else None)
 
     def _ensure_forward(self) -> bool:
         """The forward process of the source is computed once per (source, model) on the worker thread."""

@@ -81,6 +81,7 @@ class PromptPanel(QWidget):
         super().__init__(parent)
         self.setObjectName("promptPanel")
         self._last_seed: int | None = None
+        self._generate_size: tuple[int, int] | None = None
         self._model_signal_blocked = False
 
         outer = QVBoxLayout(self)
@@ -256,6 +257,25 @@ class PromptPanel(QWidget):
         self.width_spin.setToolTip("Image modes use the source image's size" if image_mode else "")
         self.modeChanged.emit(mode)
 
+    def show_source_size(self, size: tuple[int, int] | None) -> None:
+        """Image modes work at the source's size: show it in the (disabled) size spins; None restores the user's size."""
+        if size is not None:
+            if self._generate_size is None:
+                self._generate_size = (self.width_spin.value(), self.height_spin.value())
+            w, h = size
+            for spin, v in ((self.width_spin, w), (self.height_spin, h)):
+                spin.blockSignals(True)
+                spin.setValue(max(64, min(2048, int(v))))
+                spin.blockSignals(False)
+        elif self._generate_size is not None:
+            self.width_spin.setValue(self._generate_size[0])
+            self.height_spin.setValue(self._generate_size[1])
+            self._generate_size = None
+
+    def generate_size(self) -> tuple[int, int]:
+        """The size for text-to-image jobs (what the user set, even while a source's size is shown)."""
+        return self._generate_size or (self.width_spin.value(), self.height_spin.value())
+
     # -- model -----------------------------------------------------------------
     def model(self) -> str:
         return self.model_picker.currentData() or BUILTIN
@@ -296,8 +316,12 @@ class PromptPanel(QWidget):
     def apply_model_defaults(self, d: dict[str, Any]) -> None:
         self.steps_spin.setValue(int(d.get("steps", 25)))
         self.guidance_spin.setValue(float(d.get("guidance", 7.0)))
-        self.width_spin.setValue(int(d.get("width", 512)))
-        self.height_spin.setValue(int(d.get("height", 512)))
+        size = (int(d.get("width", 512)), int(d.get("height", 512)))
+        if self._generate_size is not None:
+            self._generate_size = size
+        else:
+            self.width_spin.setValue(size[0])
+            self.height_spin.setValue(size[1])
         self.scheduler_combo.setCurrentIndex(0)
         self.scheduler_combo.setItemText(0, f"Model default ({SCHEDULERS.get(d.get('scheduler'), d.get('scheduler'))})")
 
@@ -376,8 +400,9 @@ class PromptPanel(QWidget):
         s.setValue("params/steps", self.steps_spin.value())
         s.setValue("params/guidance", self.guidance_spin.value())
         s.setValue("params/seed", int(self.seed_spin.value()))
-        s.setValue("params/width", self.width_spin.value())
-        s.setValue("params/height", self.height_spin.value())
+        gw, gh = self.generate_size()
+        s.setValue("params/width", gw)
+        s.setValue("params/height", gh)
         s.setValue("params/batch", self.batch_spin.value())
         s.setValue("params/scheduler", self.scheduler_combo.currentData() or "")
         s.setValue("params/source_prompt", self.source_prompt_edit.text())
