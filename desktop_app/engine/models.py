@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ def quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+?))?(?::(?P<subfolder>[\w./-]+))?")
+PICKLE_RISK = (
+    "{name} is a pickle checkpoint: unpickling can run any code hidden in the file, so it is refused.",
+    "Use a .safetensors version of the model, or, if you trust its source, turn on 'Allow pickle checkpoints' (--allow-pickle): "
+    "it is then read with torch.load(weights_only=True), which loads tensors only.",
+)
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,12 @@ class ModelSource:
 
     kind: str  # builtin | folder | single_file | hub
     location: str
+    revision: str | None = None  # hub only: branch, tag or commit
+    subfolder: str | None = None  # hub only: the pipeline inside the repo
 
     @classmethod
     def parse(cls, text: str | None) -> "ModelSource":
+        """'builtin', a folder, a file, or a hub id 'owner/name[@revision][:subfolder]'."""
         text = (text or BUILTIN).strip()
         if text == BUILTIN:
             return cls("builtin", str(builtin_model_path()))
@@ -54,14 +65,19 @@ class ModelSource:
             if not path.is_file():
                 raise ModelError(f"No model file at {path}.", "Check the path.")
             return cls("single_file", str(path.resolve()))
-        looks_like_path = os.sep in text or text.startswith((".", "~")) or path.suffix
-        if looks_like_path or text.count("/") != 1:
-            raise ModelError(f"No model folder at {text}.", "Give a diffusers folder with model_index.json, or 'builtin'.")
-        return cls("hub", text)
+        hub = HUB_ID.fullmatch(text)
+        looks_like_path = text.startswith((".", "~", os.sep)) or (os.sep != "/" and os.sep in text) or Path(text.split("@")[0].split(":")[0]).suffix
+        if looks_like_path or hub is None:
+            raise ModelError(f"No model folder at {text}.", "Give a diffusers folder with model_index.json, a .safetensors file, a hub id (owner/name), or 'builtin'.")
+        return cls("hub", hub["repo"], hub["revision"] or None, hub["subfolder"] or None)
 
     @property
     def model_id(self) -> str:
-        return BUILTIN if self.kind == "builtin" else Path(self.location).name if self.kind != "hub" else self.location
+        if self.kind == "builtin":
+            return BUILTIN
+        if self.kind != "hub":
+            return Path(self.location).name
+        return self.location + (f"@{self.revision}" if self.revision else "") + (f":{self.subfolder}" if self.subfolder else "")
 
 
 def short_hash(path: Path) -> str:
@@ -104,7 +120,7 @@ class LoadedModel:
     """One model's components, on its device, with the pipelines derived from them."""
 
     source: ModelSource
-    pipe: Any  # StableDiffusionPipeline: owns the components
+    pipe: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline: owns the components
     device: torch.device
     dtype: torch.dtype
     model_hash: str
@@ -112,19 +128,42 @@ class LoadedModel:
     scheduler_config: Any
     previewer: LatentPreviewer
     _derived: dict[str, Any] = field(default_factory=dict)
+    family: str = ""  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint, "" when unknown (diffusers folders report theirs)
+    loras: dict[str, float] = field(default_factory=dict)  # adapter name -> weight, see engine.lora
 
     @property
     def model_id(self) -> str:
         return self.source.model_id
 
+    @property
+    def is_xl(self) -> bool:
+        return getattr(self.pipe, "text_encoder_2", None) is not None or "XL" in type(self.pipe).__name__
+
+    @property
+    def inpaint_unet(self) -> bool:
+        """A 9-channel inpainting UNet: every mode runs through the inpainting pipeline (a full mask for generate)."""
+        return int(self.pipe.unet.config.in_channels) == 9
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler_config.get("prediction_type", "epsilon"))
+
     def pipeline(self, mode: str):
         """The pipeline for a mode, sharing this model's modules (from_pipe): switching mode loads nothing."""
+        if mode not in ("generate", "img2img", "inpaint"):
+            raise KeyError(mode)
+        if self.inpaint_unet:
+            mode = "inpaint"
         if mode == "generate":
             return self.pipe
         if mode not in self._derived:
-            from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+            import diffusers
 
-            cls = {"img2img": StableDiffusionImg2ImgPipeline, "inpaint": StableDiffusionInpaintPipeline}[mode]
+            names = {
+                False: {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"},
+                True: {"img2img": "StableDiffusionXLImg2ImgPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
+            }
+            cls = getattr(diffusers, names[self.is_xl][mode])
             derived = cls.from_pipe(self.pipe)
             derived.set_progress_bar_config(disable=True)
             self._derived[mode] = derived
@@ -135,71 +174,223 @@ class LoadedModel:
         return getattr(self.pipe, "vae_scale_factor", 8)
 
 
-def load_pipeline(source: ModelSource, dtype: torch.dtype):
-    """Read a model from disk: the one place that does."""
-    from diffusers import StableDiffusionPipeline
+# -- reading models from disk ------------------------------------------------------------------
+def _folder_pipeline_class(folder: Path):
+    """StableDiffusionPipeline or StableDiffusionXLPipeline, from model_index.json; others get a clear message."""
+    import diffusers
 
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot read {folder / 'model_index.json'}: {exc}", "Check that the folder is a complete diffusers model.") from exc
+    name = str(index.get("_class_name", "StableDiffusionPipeline"))
+    if "text_encoder_2" in index and index.get("text_encoder_2", [None])[0] is not None and "XL" in name:
+        return diffusers.StableDiffusionXLPipeline
+    if "XL" in name and "Refiner" not in name and index.get("text_encoder_2"):
+        return diffusers.StableDiffusionXLPipeline
+    if name.startswith("StableDiffusion") and "XL" not in name and "3" not in name and "Upscale" not in name and "Depth" not in name and "Pix2Pix" not in name:
+        return diffusers.StableDiffusionPipeline
+    raise ModelError(
+        f"{folder.name} is a {name} model: Diffusion Desk runs Stable Diffusion 1.x, 2.x and XL.",
+        "Choose an SD 1.x, 2.x or XL model.",
+    )
+
+
+def _from_pretrained(cls, location: str, dtype: torch.dtype, **kwargs):
+    extra = {"safety_checker": None, "requires_safety_checker": False} if cls.__name__ == "StableDiffusionPipeline" else {}
+    return cls.from_pretrained(location, dtype=dtype, local_files_only=True, **extra, **kwargs)
+
+
+def _read_pickle(path: Path) -> dict[str, Any]:
+    """An opted-in pickle checkpoint: tensors only (weights_only=True), never arbitrary objects."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # UnpicklingError for anything that is not plain tensors
+        raise ModelError(
+            f"{path.name} could not be read as tensors only ({type(exc).__name__}): it holds Python objects that a safe load refuses.",
+            "Use a .safetensors version of the model.",
+        ) from exc
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelError(f"{path.name} does not hold a state dict.", "Use a .safetensors version of the model.")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def load_single_file(path: Path, dtype: torch.dtype, *, allow_pickle: bool = False):
+    """A single-file SD 1.x / 2.x / XL checkpoint, with the shipped configs: no network. Returns (pipe, Detection)."""
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    from desktop_app.engine import checkpoints
+
+    state_dict = None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            message, hint = PICKLE_RISK
+            raise ModelError(message.format(name=path.name), hint)
+        state_dict = _read_pickle(path)
+    elif path.suffix.lower() != ".safetensors":
+        raise ModelError(f"{path.name}: unknown checkpoint format.", "Use a .safetensors checkpoint.")
+    detection = checkpoints.detect_file(path, state_dict)
+    config = checkpoints.config_folder(detection.family)
+    cls = diffusers.StableDiffusionXLPipeline if detection.is_xl else diffusers.StableDiffusionPipeline
+    components: dict[str, Any] = {}
+    for name in ("tokenizer", "tokenizer_2"):
+        folder = config / name
+        if (folder / "vocab.json").is_file():
+            components[name] = CLIPTokenizer.from_pretrained(str(folder))
+        elif folder.is_dir():
+            pad = json.loads((folder / "pad_token.json").read_text(encoding="utf-8")).get("pad_token", "<|endoftext|>") if (folder / "pad_token.json").is_file() else "<|endoftext|>"
+            components[name] = checkpoints.shared_tokenizer(pad)
+    if not detection.is_xl:
+        components.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
+    kwargs = dict(config=str(config), dtype=dtype, local_files_only=True, **components)
+    try:
+        if state_dict is None:
+            pipe = cls.from_single_file(str(path), **kwargs)
+        else:
+            from unittest import mock
+
+            with mock.patch("diffusers.loaders.single_file.load_single_file_checkpoint", return_value=state_dict):
+                pipe = cls.from_single_file(str(path), **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:  # diffusers raises many kinds here
+        raise ModelError(
+            f"Cannot load {path.name} as {detection.name}: {exc}".splitlines()[0][:300],
+            "The file may be damaged or a variant with a different layout; try its diffusers version.",
+        ) from exc
+    finally:
+        state_dict = None
+    if detection.family == "sd2-v" and not detection.prediction_known:
+        # same layout as the epsilon 2.x base: ask the UNet which one it is
+        if not checkpoints.probe_v_prediction(pipe.unet):
+            detection = checkpoints.Detection("sd2", detection.in_channels, detection.context_dim, "epsilon", detection.evidence + ("prediction type epsilon (probed)",))
+        else:
+            detection = checkpoints.Detection("sd2-v", detection.in_channels, detection.context_dim, "v_prediction", detection.evidence + ("prediction type v (probed)",))
+    if pipe.scheduler.config.get("prediction_type") != detection.prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=detection.prediction_type)
+    pipe._diffusion_desk_family = detection.family  # read by ModelManager
+    return pipe, detection
+
+
+def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool = False, download=None):
+    """Read a model from disk: the one place that does. `download(source) -> folder` fetches hub models (engine.hub)."""
     quiet_libraries()
     if source.kind in ("builtin", "folder"):
         if not (Path(source.location) / "model_index.json").is_file():
             raise ModelError(f"The model folder {source.location} has no model_index.json.", "Reinstall the app, or pick another model.")
+        cls = _folder_pipeline_class(Path(source.location))
         try:
-            return StableDiffusionPipeline.from_pretrained(
-                source.location, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-            )
-        except (OSError, ValueError, KeyError) as exc:
+            return _from_pretrained(cls, source.location, dtype)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"Cannot load the model at {source.location}: {exc}".splitlines()[0][:300], "Check that the folder is a complete Stable Diffusion model.") from exc
     if source.kind == "single_file":
-        if Path(source.location).suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelError(
-                f"{Path(source.location).name} is a pickle checkpoint: loading it could run code hidden in the file.",
-                "Use a .safetensors version of the model.",
-            )
-        try:
-            return StableDiffusionPipeline.from_single_file(source.location, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True)
-        except Exception as exc:  # diffusers raises many kinds here
-            raise ModelError(f"Cannot load {Path(source.location).name}: {exc}".splitlines()[0][:300], "Only SD 1.x / 2.x / XL checkpoints are supported.") from exc
+        pipe, _ = load_single_file(Path(source.location), dtype, allow_pickle=allow_pickle)
+        return pipe
+    from desktop_app.engine import hub
+
+    folder = Path(download(source) if download is not None else hub.download_model(source.location, revision=source.revision, subfolder=source.subfolder))
+    cls = _folder_pipeline_class(folder)
     try:
-        return StableDiffusionPipeline.from_pretrained(source.location, dtype=dtype, safety_checker=None, requires_safety_checker=False)
-    except Exception as exc:
-        raise ModelError(f"Cannot load {source.location} from the hub: {exc}".splitlines()[0][:300], "Check the repo id and your network connection.") from exc
+        return _from_pretrained(cls, str(folder), dtype)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"Cannot load {source.model_id}: {exc}".splitlines()[0][:300], "The download may be incomplete: download it again.") from exc
+
+
+def family_of_pipeline(pipe) -> str:
+    """sd1 / sd2 / sd2-v / sdxl (+ -inpaint) of a loaded pipeline, for the registry and the UI."""
+    family = getattr(pipe, "_diffusion_desk_family", "")
+    if family:
+        return family
+    unet = pipe.unet.config
+    inpaint = "-inpaint" if int(unet.in_channels) == 9 else ""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl" + inpaint
+    if int(unet.cross_attention_dim) == 1024 or getattr(pipe.text_encoder.config, "hidden_act", "") == "gelu":
+        if inpaint:
+            return "sd2-inpaint"
+        return "sd2-v" if pipe.scheduler.config.get("prediction_type") == "v_prediction" else "sd2"
+    return "sd1" + inpaint
 
 
 class ModelManager:
     """Keeps one model loaded; asking for it again is free, asking for another unloads the first."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, memory: MemoryOptions | None = None) -> None:
+    def __init__(self, device: torch.device, dtype: torch.dtype, memory: MemoryOptions | None = None, *, allow_pickle: bool = False) -> None:
         self.device = device
         self.dtype = dtype
         self.memory = memory or MemoryOptions()
+        self.allow_pickle = allow_pickle  # the user's explicit opt-in (setting, --allow-pickle)
         self.loaded: LoadedModel | None = None
         self.loads = 0  # how many times a model was read from disk
 
-    def get(self, model: str | None) -> LoadedModel:
+    def get(self, model: str | None, emit=None, cancel=None) -> LoadedModel:
+        """The loaded model for a source; `emit` gets download Progress (phase "download"), `cancel` stops a download."""
         source = ModelSource.parse(model)
         if self.loaded is not None and self.loaded.source == source:
             return self.loaded
         self.unload()
-        pipe = load_pipeline(source, self.dtype)
+        download = None
+        if source.kind == "hub":
+            from desktop_app.engine import hub
+
+            def download(src: ModelSource) -> Path:
+                return hub.download_model(src.location, revision=src.revision, subfolder=src.subfolder, progress=hub.progress_to_events(emit), cancel=cancel)
+
+        pipe = load_pipeline(source, self.dtype, allow_pickle=self.allow_pickle, download=download)
         self.loads += 1
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, self.memory, self.device)
         vae = pipe.vae
         previewer = LatentPreviewer.fit(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
+        location = source.location
+        if source.kind == "hub":
+            location = str(Path(pipe.config._name_or_path)) if getattr(pipe.config, "_name_or_path", None) else source.location
+        family = family_of_pipeline(pipe)
+        defaults = model_defaults(location if source.kind != "builtin" else BUILTIN)
+        if source.kind == "single_file":
+            defaults = _family_defaults(family, defaults)
         self.loaded = LoadedModel(
             source=source,
             pipe=pipe,
             device=self.device,
             dtype=self.dtype,
-            model_hash=short_hash(Path(source.location)) if source.kind != "hub" else "",
-            defaults=model_defaults(source.location if source.kind != "builtin" else BUILTIN),
+            model_hash=short_hash(Path(location)),
+            defaults=defaults,
             scheduler_config=pipe.scheduler.config,
             previewer=previewer,
+            family=family,
         )
-        log.info("loaded %s on %s (%s)", source.model_id, self.device, self.dtype)
+        _remember(source, family, self.loaded.model_hash)
+        log.info("loaded %s (%s) on %s (%s)", source.model_id, family, self.device, self.dtype)
         return self.loaded
 
     def unload(self) -> None:
         if self.loaded is not None:
             self.loaded = None
             free_memory(self.device)
+
+
+def _family_defaults(family: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A single file has no diffusion_desk.json: use its family's (the shipped config folder's, or a test override's)."""
+    from desktop_app.engine import checkpoints
+
+    try:
+        folder = checkpoints.config_folder(family)
+    except ModelError:
+        return defaults
+    return model_defaults(str(folder))
+
+
+def _remember(source: ModelSource, family: str, model_hash: str) -> None:
+    """Record the model in the registry (last used); a registry problem never stops a job."""
+    if source.kind == "builtin":
+        return
+    try:
+        from desktop_app.core.model_registry import ModelRegistry
+
+        ModelRegistry().touch(source.location if source.kind != "hub" else source.model_id, kind=source.kind, family=family, model_hash=model_hash)
+    except Exception:  # noqa: BLE001 - the registry is a convenience
+        log.warning("could not update the model registry", exc_info=True)

@@ -199,8 +199,18 @@ def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int]
     if isinstance(request, Img2ImgRequest):
         kwargs.pop("height"), kwargs.pop("width")
         kwargs.update(image=request.image.resize((request.width, request.height), Image.LANCZOS), strength=request.strength)
+        if loaded.inpaint_unet:
+            # a 9-channel UNet runs img2img as inpainting of the whole image (as AUTOMATIC1111 does)
+            kwargs.update(mask_image=Image.new("L", (request.width, request.height), 255), height=request.height, width=request.width)
         total = min(int(request.steps * request.strength), request.steps)
         info["Denoising strength"] = request.strength
+    elif mode == "generate" and loaded.inpaint_unet:
+        # text-to-image on an inpainting UNet: inpaint everything (full white mask) from pure noise
+        kwargs.update(
+            image=Image.new("RGB", (request.width, request.height), (127, 127, 127)),
+            mask_image=Image.new("L", (request.width, request.height), 255),
+            strength=1.0,
+        )
     elif isinstance(request, InpaintRequest):
         mask = request.mask.convert("L")
         if request.mask_blur:
