@@ -1,0 +1,266 @@
+"""Editing by DDIM inversion, measured on the built-in shapes model (an evaluation, not a test).
+
+Held-out shapes pictures (captions never seen in training, jittered renders) go through
+the edit's own functions (`inversion.invert` once per t0, `inversion.denoise` per method,
+batched over the images; `Engine.run` for the timing), and the script prints:
+
+1. Reconstruction (target prompt = source prompt): PSNR against the VAE reconstruction
+   (encode -> decode, the best any latent edit can do), per method and guidance, 50 steps.
+   Targets: >= 30 dB at guidance 1; >= 27 dB at guidance 7.5 with the default method.
+2. Edit success for colour edits ("a red circle ..." -> "a blue circle ..."): share of
+   results whose shape colour (tools/shapes.classify) is the asked one, and the
+   background PSNR against the source (pixels 3 px or more away from the shape).
+   Unmasked: >= 80% and >= 25 dB. Masked (a rough box around the shape, as a user would
+   paint it): >= 80% and identical outside the mask. Also the suggested mask's overlap.
+3. Cost: a full edit (inversion + denoising, default method and t0) over a plain
+   generation with the same steps and guidance, median of a few runs. Target <= 2.2x.
+
+    python bench/inversion_eval.py [--model PATH] [--n 16] [--steps 50] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from desktop_app.core.modelinfo import builtin_model_path  # noqa: E402
+from desktop_app.core.requests import EditRequest, GenerateRequest  # noqa: E402
+from desktop_app.engine import inversion  # noqa: E402
+from desktop_app.engine.engine import Engine, encode  # noqa: E402
+from tools import shapes  # noqa: E402
+
+METHODS = ("ddim", "negative-prompt", "direct")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def arr(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(radius):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def shape_mask(image: Image.Image, spec: dict) -> np.ndarray:
+    """Pixels of the source that are not plain background (the shape and its anti-aliased edge)."""
+    pixels = arr(image).astype(np.float32)
+    background = np.array(shapes.PALETTE[spec["background"]], dtype=np.float32)
+    return np.abs(pixels - background).max(-1) > 24
+
+
+def new_colour(spec: dict) -> str:
+    """A deterministic colour other than the shape's and the background's ("red" -> "blue" style)."""
+    order = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
+    start = order.index(spec["colour"])
+    for k in range(1, len(order)):
+        colour = order[(start + 3 * k) % len(order)]
+        if colour not in (spec["colour"], spec["background"]):
+            return colour
+    raise AssertionError
+
+
+def held_out(n: int, seed: int = 0) -> list[tuple[dict, Image.Image]]:
+    rng = random.Random(seed)
+    return [(spec, shapes.render(spec, 64, rng)) for spec in shapes.heldout_specs()[:n]]
+
+
+class Batch:
+    """Held-out images inverted once (per t0) as one batch: every method and target reuses the levels."""
+
+    def __init__(self, engine: Engine, model: str, items, steps: int, t0: int, refine: int) -> None:
+        self.loaded = loaded = engine.models.get(model)
+        pipe = loaded.pipe
+        self.items, self.steps = items, steps
+        scheduler = inversion._ddim(loaded, steps)
+        self.timesteps = inversion.edit_timesteps(scheduler, t0)
+        with torch.inference_mode():
+            self.z0 = torch.cat([encode(loaded, image, (64, 64)).float() for _, image in items])  # (B, C, h, w)
+            self.refs = [arr(im) for im in inversion._decode(pipe, self.z0)]  # the VAE reconstructions
+            self.cond_src = torch.cat([inversion._embed(pipe, shapes.caption(spec), loaded.device) for spec, _ in items])  # (B, L, D)
+            self.uncond = inversion._embed(pipe, "", loaded.device).expand_as(self.cond_src)
+        started = time.perf_counter()
+        self.levels = inversion.invert(loaded, self.z0, self.cond_src, self.timesteps, steps, refine=refine)
+        self.invert_seconds = time.perf_counter() - started
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([inversion._embed(self.loaded.pipe, text, self.loaded.device) for text in texts])
+
+    def run(self, method: str, guidance: float, cond_tgt=None, latent_mask=None) -> list[Image.Image]:
+        x = inversion.denoise(self.loaded, self.levels, self.timesteps, self.steps, method, guidance, self.cond_src,
+                              self.cond_src if cond_tgt is None else cond_tgt, self.uncond, latent_mask=latent_mask)
+        return inversion._decode(self.loaded.pipe, x)
+
+
+def reconstruction(batch: Batch, guidances, methods) -> dict:
+    table = {}
+    for guidance in guidances:
+        for method in methods:
+            outs = batch.run(method, guidance)
+            scores = [psnr(arr(out), ref) for out, ref in zip(outs, batch.refs)]
+            finite = [s if math.isfinite(s) else 99.0 for s in scores]
+            table[(guidance, method)] = (statistics.mean(finite), min(finite))
+            print(f"  guidance {guidance:>4}  {method:<16} mean {statistics.mean(finite):6.2f} dB   worst {min(finite):6.2f} dB", flush=True)
+    return table
+
+
+def edits(batch: Batch, guidance: float, method: str, masked: bool, suggest: bool = False) -> dict:
+    loaded, items = batch.loaded, batch.items
+    colours = [new_colour(spec) for spec, _ in items]
+    targets = [shapes.caption(dict(spec, colour=colour)) for (spec, _), colour in zip(items, colours)]
+    shape_masks = [shape_mask(image, spec) for spec, image in items]
+    masks, feathered, ious = [], [], []
+    for (spec, image), shape, target in zip(items, shape_masks, targets):
+        if masked:  # a rough box around the shape, as a user would paint it
+            box = np.zeros_like(shape)
+            ys, xs = np.nonzero(shape)
+            box[max(ys.min() - 4, 0) : ys.max() + 5, max(xs.min() - 4, 0) : xs.max() + 5] = True
+            masks.append(Image.fromarray((box * 255).astype(np.uint8), "L"))
+            feathered.append(inversion.feather_mask(masks[-1], 4))
+        if suggest:
+            suggested = np.asarray(inversion.suggest_mask(loaded, image, shapes.caption(spec), target)) > 0
+            truth = dilate(shape, 2)
+            ious.append((suggested & truth).sum() / max((suggested | truth).sum(), 1))
+    latent_mask = None
+    if masked:
+        latent_mask = torch.cat([inversion._latent_mask(f, 64, 64, loaded.latent_factor, loaded.device) for f in feathered])
+    outs = batch.run(method, guidance, batch.embed(targets), latent_mask)
+    ok, bg_psnr, identical = 0, [], 0
+    for i, ((spec, image), out) in enumerate(zip(items, outs)):
+        if masked:
+            out = loaded.pipe.image_processor.apply_overlay(feathered[i], image, out)
+        ok += shapes.classify(out)["colour"] == colours[i]
+        background = ~dilate(shape_masks[i], 3)
+        bg_psnr.append(psnr(arr(out)[background], arr(image)[background]))
+        if masked:
+            outside = np.asarray(masks[i]) == 0
+            identical += bool(np.array_equal(arr(out)[outside], arr(image)[outside]))
+    finite = [p if math.isfinite(p) else 99.0 for p in bg_psnr]
+    return {
+        "success": ok / len(items),
+        "bg_psnr": statistics.mean(finite),
+        "bg_worst": min(finite),
+        "identical": identical / len(items) if masked else None,
+        "iou": statistics.mean(ious) if ious else None,
+    }
+
+
+def cost(engine, model, steps, guidance, t0, method, reps) -> tuple[float, float, float]:
+    spec = shapes.heldout_specs()[0]
+    image = shapes.render(spec, 64, random.Random(0))
+    target = shapes.caption(dict(spec, colour=new_colour(spec)))
+    generate = GenerateRequest(prompt=target, model=model, steps=steps, guidance=guidance, scheduler="ddim", seed=0)
+    edit = EditRequest(prompt=target, source_prompt=shapes.caption(spec), model=model, image=image, steps=steps,
+                       guidance=guidance, t0=t0, method=method, seed=0)
+    engine.run(generate), engine.run(edit)  # warm up
+    gen_times, edit_times = [], []
+    for _ in range(reps):
+        for request, times in ((generate, gen_times), (edit, edit_times)):
+            started = time.perf_counter()
+            engine.run(request)
+            times.append(time.perf_counter() - started)
+    g, e = statistics.median(gen_times), statistics.median(edit_times)
+    return g, e, e / g
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(builtin_model_path()))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n", type=int, default=16, help="held-out images")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--t0", type=int, default=inversion.DEFAULT_T0, help="reconstruction and edit start timestep")
+    ap.add_argument("--recon-t0", type=int, nargs="*", default=None, help="t0 values for the reconstruction table (default: --t0)")
+    ap.add_argument("--recon-methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--no-suggest", action="store_true", help="skip the suggested-mask overlap")
+    ap.add_argument("--cost-methods", nargs="*", default=["ddim", inversion.DEFAULT_METHOD])
+    ap.add_argument("--edit-t0", type=int, nargs="*", default=None, help="t0 values for the edit table (default: --t0)")
+    ap.add_argument("--edit-guidance", type=float, nargs="*", default=[7.5])
+    ap.add_argument("--edit-methods", nargs="*", default=[inversion.DEFAULT_METHOD])
+    ap.add_argument("--refine", type=int, default=None, help="fixed-point refinements per inversion step")
+    ap.add_argument("--cost-reps", type=int, default=3)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["recon", "edit", "masked", "cost"])
+    ap.add_argument("--quick", action="store_true", help="4 images, 20 steps: a plumbing check")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.n, args.steps, args.cost_reps = 4, 20, 1
+    if args.refine is not None:
+        inversion.INVERSION_REFINE = args.refine
+    if not (Path(args.model) / "model_index.json").is_file():
+        print(f"No model at {args.model}: train the built-in model first (tools/train_builtin.py).")
+        return 1
+    engine = Engine(device=args.device)
+    model = args.model
+    items = held_out(args.n)
+    print(f"model {model}  device {engine.device}  held-out images {len(items)}  steps {args.steps}  "
+          f"default method {inversion.DEFAULT_METHOD}  refine {inversion.INVERSION_REFINE}")
+    started = time.perf_counter()
+
+    refine = inversion.INVERSION_REFINE
+    batches: dict[int, Batch] = {}
+
+    def batch_for(t0: int) -> Batch:
+        if t0 not in batches:
+            batches.clear()
+            batches[t0] = Batch(engine, model, items, args.steps, t0, refine)
+        return batches[t0]
+
+    if "recon" not in args.skip:
+        for t0 in args.recon_t0 if args.recon_t0 is not None else [args.t0]:
+            batch = batch_for(t0)
+            print(f"\n1. Reconstruction PSNR vs the VAE reconstruction (target = source), t0 {batch.timesteps[0]} "
+                  f"({len(batch.timesteps)} of {args.steps} steps; inversion {batch.invert_seconds:.0f} s):", flush=True)
+            reconstruction(batch, (1.0, 7.5), args.recon_methods)
+
+    if "edit" not in args.skip:
+        print("\n2. Colour edits (success >= 80%; background >= 25 dB unmasked, identical masked):")
+        print(f"  {'method':<16}{'t0':>5}{'cfg':>6}  {'mask':<6}{'success':>8}{'bg PSNR':>9}{'worst':>8}{'identical':>10}{'sugg. IoU':>10}")
+        for t0 in args.edit_t0 if args.edit_t0 is not None else [args.t0]:
+            batch = batch_for(t0)
+            for method in args.edit_methods:
+                for guidance in args.edit_guidance:
+                    for masked in (False, True) if "masked" not in args.skip else (False,):
+                        r = edits(batch, guidance, method, masked, suggest=masked and not args.no_suggest)
+                        ident = f"{r['identical']:.0%}" if r["identical"] is not None else "-"
+                        iou = f"{r['iou']:.2f}" if r["iou"] is not None else "-"
+                        print(f"  {method:<16}{batch.timesteps[0]:>5}{guidance:>6}  {'box' if masked else 'none':<6}{r['success']:>8.0%}"
+                              f"{r['bg_psnr']:>9.2f}{r['bg_worst']:>8.2f}{ident:>10}{iou:>10}", flush=True)
+                        args.no_suggest = args.no_suggest or masked  # it depends on neither method nor guidance
+
+    if "cost" not in args.skip:
+        print("\n3. Cost of an edit over a generation with the same steps (median):")
+        for method in args.cost_methods:
+            g, e, ratio = cost(engine, model, args.steps, args.edit_guidance[0], args.t0, method, args.cost_reps)
+            print(f"  {method:<16} t0 {args.t0}: generation {g * 1000:7.0f} ms, edit {e * 1000:7.0f} ms, ratio {ratio:.2f}x", flush=True)
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
