@@ -463,3 +463,39 @@ def test_image_modes_show_the_source_size(qtbot, window):
     window.prompt_panel.set_mode("generate")
     assert (child(window, "widthSpin").value(), child(window, "heightSpin").value()) == (128, 256)
     assert (window.build_request().width, window.build_request().height) == (128, 256)
+
+
+def test_batch_results_can_be_browsed(qtbot, window):
+    child(window, "stepsSpin").setValue(1)
+    child(window, "seedSpin").setValue(10)
+    window.prompt_panel.batch_spin.setValue(3)
+    result = click_generate(qtbot, window)
+    assert len(result.images) == 3 and window.next_image_button.isVisible()
+    assert window.image_index_label.text() == "1 / 3"
+    window.canvas.setFocus()
+    qtbot.keyClick(window.canvas, Qt.Key.Key_Right, Qt.KeyboardModifier.AltModifier)
+    assert window.image_index_label.text() == "2 / 3"
+    assert np.array_equal(np.asarray(window.canvas.shown_image()), np.asarray(result.images[1]))
+    window.prev_image_button.click()
+    window.prev_image_button.click()
+    assert window.image_index_label.text() == "3 / 3"
+    window.prompt_panel.reuse_seed_button.click()
+    assert int(child(window, "seedSpin").value()) == 12
+
+
+def test_drop_an_image_file_on_the_canvas(qtbot, window, tmp_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    path = tmp_path / "dropped.png"
+    Image.new("RGB", (72, 48), (9, 9, 9)).save(path)
+    md = QMimeData()
+    md.setUrls([QUrl.fromLocalFile(str(path))])
+    enter = QDragEnterEvent(QPoint(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window.canvas, enter)
+    assert enter.isAccepted()
+    # Qt only delivers a drop during a real drag; call the handler as the drag machinery would
+    ev = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    window.canvas.dropEvent(ev)
+    assert window.source_image is not None and window.source_image.size == (72, 48)

@@ -126,15 +126,18 @@ class FakeEngine:
                 if (i + 1) % self.progress_per_step == 0:
                     shade = int(255 * (i + 1) / total)
                     on_event(Preview(i + 1, Image.new("RGB", (max(8, width // 8), max(8, height // 8)), (shade, 0, 0))))
-            color = (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
-            out = Image.new("RGB", (width, height), color)
-            mask = getattr(request, "mask", None)
-            if request.kind == "inpaint" and image is not None and mask is not None:
-                out = Image.composite(out, image.convert("RGB"), mask.convert("L").point(lambda v: 255 if v else 0))
+            seeds = [seed + i for i in range(request.batch)]
+            images = []
+            for s in seeds:
+                out = Image.new("RGB", (width, height), (s * 37 % 256, s * 91 % 256, s * 53 % 256))
+                mask = getattr(request, "mask", None)
+                if request.kind == "inpaint" and image is not None and mask is not None:
+                    out = Image.composite(out, image.convert("RGB"), mask.convert("L").point(lambda v: 255 if v else 0))
+                images.append(out)
             result = Result(
                 request=request.replace(seed=seed, steps=steps, width=width, height=height),
-                images=[out],
-                seeds=[seed],
+                images=images,
+                seeds=seeds,
                 model_id=request.model,
                 elapsed=time.perf_counter() - start,
                 trajectory=FakeTrajectory(steps, (width, height), seed),

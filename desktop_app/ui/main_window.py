@@ -187,10 +187,22 @@ class MainWindow(QMainWindow):
         self.progress_bar.setFormat("Idle")
         self.queue_label = QLabel("Queue: 0", objectName="queueLabel")
         self.queue_label.setMinimumWidth(70)
+        self.prev_image_button = QToolButton(objectName="previousImageButton")
+        self.prev_image_button.setText("◀")
+        self.prev_image_button.setToolTip("Previous image of the batch (Alt+Left)")
+        self.next_image_button = QToolButton(objectName="nextImageButton")
+        self.next_image_button.setText("▶")
+        self.next_image_button.setToolTip("Next image of the batch (Alt+Right)")
+        self.image_index_label = QLabel(objectName="imageIndexLabel")
         prog = QHBoxLayout()
         prog.setContentsMargins(8, 0, 8, 6)
+        prog.addWidget(self.prev_image_button)
+        prog.addWidget(self.image_index_label)
+        prog.addWidget(self.next_image_button)
         prog.addWidget(self.progress_bar, 1)
         prog.addWidget(self.queue_label)
+        for w in (self.prev_image_button, self.image_index_label, self.next_image_button):
+            w.hide()
 
         center = QWidget(objectName="canvasArea")
         cl = QVBoxLayout(center)
@@ -269,9 +281,11 @@ class MainWindow(QMainWindow):
         self.act_zoom_out = a("Zoom &out", lambda: self.canvas.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut, "actionZoomOut")
         self.act_show_source = a("Show &source", self.show_source, "Ctrl+2", "actionShowSource")
         self.act_show_result = a("Show &result", self.show_current_result, "Ctrl+3", "actionShowResult")
+        self.act_next_image = a("&Next image", self.next_result_image, "Alt+Right", "actionNextImage")
+        self.act_prev_image = a("&Previous image", self.previous_result_image, "Alt+Left", "actionPreviousImage")
         m = mb.addMenu("&View")
         for act in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out, None,
-                    self.act_show_source, self.act_show_result):
+                    self.act_show_source, self.act_show_result, self.act_prev_image, self.act_next_image):
             m.addSeparator() if act is None else m.addAction(act)
 
         self.act_generate = a("&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "actionGenerate")
@@ -325,6 +339,8 @@ class MainWindow(QMainWindow):
         pp = self.prompt_panel
         pp.generate_button.clicked.connect(self._on_generate_clicked)
         pp.cancel_button.clicked.connect(self.cancel_current)
+        self.prev_image_button.clicked.connect(self.previous_result_image)
+        self.next_image_button.clicked.connect(self.next_result_image)
         pp.runRequested.connect(self._on_generate_clicked)
         pp.modeChanged.connect(self._on_mode_changed)
         pp.modelPicked.connect(self._on_model_picked)
@@ -483,6 +499,24 @@ class MainWindow(QMainWindow):
             return self.current_result.images[min(self._result_index, len(self.current_result.images) - 1)]
         return None
 
+    def show_result_image(self, index: int) -> None:
+        """Show image `index` of the current result's batch."""
+        if self.current_result is None or not self.current_result.images:
+            return
+        n = len(self.current_result.images)
+        self._result_index = index % n
+        self.canvas.set_view(self.current_result.images[self._result_index])
+        self.image_index_label.setText(f"{self._result_index + 1} / {n}")
+        seeds = self.current_result.seeds
+        if self._result_index < len(seeds):
+            self.prompt_panel.set_last_seed(seeds[self._result_index])
+
+    def next_result_image(self) -> None:
+        self.show_result_image(self._result_index + 1)
+
+    def previous_result_image(self) -> None:
+        self.show_result_image(self._result_index - 1)
+
     def copy_result(self) -> None:
         img = self._result_image() or self.canvas.shown_image()
         if img is None:
@@ -551,7 +585,11 @@ class MainWindow(QMainWindow):
         if img is not None:
             self.canvas.set_view(img)  # over the source, if any: "Use as source" makes it the next source
         if result.seeds:
-            self.prompt_panel.set_last_seed(result.seeds[-1] if len(result.seeds) == 1 else result.seeds[0])
+            self.prompt_panel.set_last_seed(result.seeds[0])
+        n_images = len(result.images)
+        for w in (self.prev_image_button, self.image_index_label, self.next_image_button):
+            w.setVisible(n_images > 1)
+        self.image_index_label.setText(f"1 / {n_images}")
         traj = getattr(result, "trajectory", None)
         self._traj_owner = traj
         timesteps = list(getattr(traj, "timesteps", []) or []) if traj is not None else []
