@@ -150,13 +150,18 @@ def test_a_result_of_the_app_is_replayed_exactly(engine, tiny_model_dir):
     loaded = engine.models.get(str(tiny_model_dir))
     request = edit(tiny_model_dir, image=made.images[0], method="ddim", guidance=5.0, steps=6, t0=700, width=64, height=64, seed=0)
     request.validate()
-    events = []
-    for source in (made, made.request):  # the stored trajectory, then a replay of the request and seed
+    for source, how in ((made, "stored trajectory"), (made.request, "replayed trajectory")):
+        events = []
         images, trajectory, info = inversion.run_edit(loaded, request, [0], events.append, None, source=source)
         assert np.abs(np.asarray(images[0]).astype(np.int16) - np.asarray(made.images[0]).astype(np.int16)).max() <= 1
-        assert info["Edit source"] in ("stored trajectory", "replayed trajectory")
+        assert info["Edit source"] == how
+        progress = [e for e in events if isinstance(e, Progress)]
+        assert [p.step for p in progress] == list(range(1, progress[-1].total + 1))
+        replayed = 6 if how == "replayed trajectory" else 0  # a replay regenerates all 6 steps, then 5 steps below t0 700
+        assert [p.phase for p in progress] == ["invert"] * replayed + ["denoise"] * 5
     # a source that is not the stored result's image is inverted instead, with a notice
     other = Image.fromarray(255 - np.asarray(made.images[0]))
+    events = []
     images, _, info = inversion.run_edit(loaded, request.replace(image=other), [0], events.append, None, source=made)
     assert "Edit source" not in info
     assert any(isinstance(e, Notice) and "does not match" in e.message for e in events)

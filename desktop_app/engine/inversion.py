@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_T0",
     "SourceLatents",
     "edit_timesteps",
+    "denoise",
     "invert",
     "replay_latents",
     "resolve_t0",
@@ -209,6 +210,63 @@ def invert(
     return levels
 
 
+def denoise(
+    loaded: LoadedModel,
+    levels: list[torch.Tensor],
+    timesteps: list[int],
+    steps: int,
+    method: str,
+    guidance: float,
+    cond_src: torch.Tensor,
+    cond_tgt: torch.Tensor,
+    uncond: torch.Tensor,
+    *,
+    latent_mask: torch.Tensor | None = None,
+    hooks: StepHooks | None = None,
+) -> torch.Tensor:
+    """Denoise from levels[-1] (x_t0) to a clean latent under the target prompt, by `method`.
+
+    levels: `invert`'s layout, each (B, C, h, w); cond_src, cond_tgt, uncond: (B, L, D);
+    latent_mask: (B or 1, 1, h, w), 1 where the latent may change, else None. Batched
+    over B images (the benchmark uses that; an edit job has B = 1). `hooks` (progress,
+    previews, cancel, trajectory) sees the target branch. Returns the latent (B, C, h, w).
+    """
+    pipe = loaded.pipe
+    n = len(timesteps)
+    batch = levels[-1].shape[0]
+    same_prompt = cond_tgt is cond_src or torch.equal(cond_tgt, cond_src)
+    negative = cond_src if method == "negative-prompt" else uncond
+    scheduler = _ddim(loaded, steps)  # the target branch (hooked)
+    source_scheduler = _ddim(loaded, steps)  # the direct method's source branch, unhooked
+    if hooks is not None:
+        hooks.attach(scheduler)
+    x = levels[-1].clone()  # (B, C, h, w) target branch at x_t0
+    try:
+        with torch.inference_mode():
+            for i, t in enumerate(timesteps):
+                target_level = levels[n - 1 - i]  # where the inversion says this step lands
+                if method == "direct":
+                    x_src = levels[n - i]  # the source branch, corrected onto the trajectory
+                    if same_prompt:  # the target branch is the source branch (up to rounding): one pass
+                        eps_src = eps = _guided(pipe, x_src, t, cond_src, uncond, guidance)
+                    else:  # both branches in one UNet call: (2B, C, h, w)
+                        both = _guided(pipe, torch.cat([x_src, x]), t, torch.cat([cond_src, cond_tgt]), torch.cat([uncond, uncond]), guidance)
+                        eps_src, eps = both[:batch], both[batch:]
+                    src_next = source_scheduler.step(eps_src, t, x_src).prev_sample
+                    x = scheduler.step(eps, t, x).prev_sample + (target_level - src_next)
+                else:
+                    eps = _guided(pipe, x, t, cond_tgt, negative, guidance)  # (B, C, h, w)
+                    x = scheduler.step(eps, t, x).prev_sample
+                if latent_mask is not None:
+                    x = latent_mask * x + (1.0 - latent_mask) * target_level
+                if hooks is not None:
+                    hooks.on_step_end(pipe, i, t, {})
+    finally:
+        if hooks is not None:
+            hooks.detach()
+    return x
+
+
 # --------------------------------------------------------- source latents ---
 
 @dataclass
@@ -276,29 +334,17 @@ def replay_latents(
     `source_request` must have its defaults filled in (steps, guidance, size; as stored in
     the history); `seed` is the image's own seed (request.seed + batch index), default
     request.seed. Costs one generation. Its final latent decodes to the stored image when
-    the request was run with the DDIM scheduler.
+    the request was run with the DDIM scheduler. `hooks` (progress, previews, cancel) must
+    record a trajectory; by default a silent one is made.
     """
     pipe = loaded.pipe
+    if hooks is None or hooks.trajectory is None:
+        hooks = StepHooks(loaded, lambda event: None, None, source_request.steps, source_request.replace(trajectory=True, previews=False))
+    start = len(hooks.trajectory)
     scheduler = make_scheduler("ddim", loaded.scheduler_config)
     pipe.scheduler = scheduler
-    record = StepHooks(loaded, lambda event: None, None, source_request.steps, source_request.replace(trajectory=True, previews=False))
-    outer = hooks
-    original_step = None
-    record.attach(scheduler)
+    hooks.attach(scheduler)
     try:
-        if outer is not None:  # progress / previews / cancel of the caller's job, on the recorded steps
-            original_step = scheduler.step
-
-            def step(*args, **kwargs):
-                out = original_step(*args, **kwargs)
-                outer._last_x0 = record._last_x0
-                return out
-
-            scheduler.step = step
-
-        def on_step_end(p, i, t, kwargs):
-            return outer.on_step_end(p, i, t, kwargs) if outer is not None else kwargs
-
         with torch.inference_mode():
             final = pipe(
                 prompt=[source_request.prompt],
@@ -309,16 +355,14 @@ def replay_latents(
                 height=source_request.height,
                 width=source_request.width,
                 output_type="latent",
-                callback_on_step_end=on_step_end,
+                callback_on_step_end=hooks.on_step_end,
             ).images  # (1, C, h, w)
     finally:
-        if original_step is not None:
-            scheduler.step = original_step
-        record.detach()
-    trajectory = record.trajectory
+        hooks.detach()
+    trajectory = hooks.trajectory
     return SourceLatents(
-        timesteps=list(trajectory.timesteps),
-        xt=[x.to(loaded.device) for x in trajectory.xt],
+        timesteps=list(trajectory.timesteps[start:]),
+        xt=[x.to(loaded.device) for x in trajectory.xt[start:]],
         final=final.float(),
         prompt=source_request.prompt,
         negative_prompt=source_request.negative_prompt,
@@ -350,7 +394,10 @@ def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int],
     how = "stored trajectory"
     if latents is None:
         hooks.total = src_request.steps + len(timesteps)
-        latents = replay_latents(loaded, src_request, hooks=hooks)
+        replaying = StepHooks(loaded, hooks.emit, hooks.cancel, hooks.total, request.replace(trajectory=True), phase="invert")
+        replaying.step, replaying.started = hooks.step, hooks.started
+        latents = replay_latents(loaded, src_request, hooks=replaying)
+        hooks.step = replaying.step
         how = "replayed trajectory"
     levels = latents.levels(timesteps)
     if levels is None:
@@ -439,31 +486,7 @@ def run_edit(
         feathered = feather_mask(request.mask, request.mask_blur)
         latent_mask = _latent_mask(feathered, width, height, loaded.latent_factor, device)  # (1, 1, h, w)
 
-    negative = cond_src if method == "negative-prompt" else uncond
-    source_scheduler = _ddim(loaded, steps)  # steps the direct method's source branch, unhooked
-    hooks.attach(scheduler)
-    x = levels[-1].clone()  # (1, C, h, w) target branch at x_t0
-    try:
-        with torch.inference_mode():
-            for i, t in enumerate(timesteps):
-                target_level = levels[n - 1 - i]  # where the inversion says this step lands
-                if method == "direct":
-                    x_src = levels[n - i]  # the source branch, corrected onto the trajectory
-                    if same_prompt:  # the target branch is the source branch (up to rounding): one pass
-                        eps_src = eps = _guided(pipe, x_src, t, cond_src, uncond, guidance)
-                    else:  # both branches in one UNet call: (2, C, h, w)
-                        both = _guided(pipe, torch.cat([x_src, x]), t, torch.cat([cond_src, cond_tgt]), torch.cat([uncond, uncond]), guidance)
-                        eps_src, eps = both[:1], both[1:]
-                    src_next = source_scheduler.step(eps_src, t, x_src).prev_sample
-                    x = scheduler.step(eps, t, x).prev_sample + (target_level - src_next)
-                else:
-                    eps = _guided(pipe, x, t, cond_tgt, negative, guidance)  # (1, C, h, w)
-                    x = scheduler.step(eps, t, x).prev_sample
-                if latent_mask is not None:
-                    x = latent_mask * x + (1.0 - latent_mask) * target_level
-                hooks.on_step_end(pipe, i, t, {})
-    finally:
-        hooks.detach()
+    x = denoise(loaded, levels, timesteps, steps, method, guidance, cond_src, cond_tgt, uncond, latent_mask=latent_mask, hooks=hooks)
     trajectory = hooks.trajectory
     if trajectory is not None and hasattr(trajectory, "final"):
         trajectory.final = x.detach().float().cpu()
