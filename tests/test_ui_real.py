@@ -149,3 +149,17 @@ def test_smoke_entry_point(tiny_model_dir, tmp_path):
                          timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "smoke: ok" in out.stdout
+
+
+def test_real_edit_from_the_window(qtbot, real_window):
+    ev = Events(real_window.worker)
+    real_window.set_source_image(Image.new("RGB", (64, 64), (30, 60, 220)))
+    real_window.prompt_panel.set_mode("edit")
+    real_window.prompt_panel.source_prompt_edit.setText("a blue background")
+    real_window.timestep_panel.set_t0(500)
+    with qtbot.waitSignal(real_window.resultReady, timeout=60000) as blocker:
+        real_window.generate()
+    result = blocker.args[0]
+    assert result.request.kind == "edit" and result.request.t0 == 500
+    assert result.images[0].size == (64, 64)
+    assert ev.steps  # inversion and denoising both report progress
