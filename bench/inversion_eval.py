@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, default=16, help="held-out images")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--t0", type=int, default=inversion.DEFAULT_T0, help="reconstruction and edit start timestep")
+    ap.add_argument("--t0", type=int, default=None, help="reconstruction and edit start timestep (default: the engine's for this model)")
     ap.add_argument("--recon-t0", type=int, nargs="*", default=None, help="t0 values for the reconstruction table (default: --t0)")
     ap.add_argument("--recon-methods", nargs="*", default=list(METHODS))
     ap.add_argument("--no-suggest", action="store_true", help="skip the suggested-mask overlap")
@@ -217,6 +217,8 @@ def main(argv=None) -> int:
         return 1
     engine = Engine(device=args.device)
     model = args.model
+    if args.t0 is None:
+        args.t0 = inversion.default_t0(engine.models.get(model).pipe.scheduler.alphas_cumprod)
     items = held_out(args.n)
     print(f"model {model}  device {engine.device}  held-out images {len(items)}  steps {args.steps}  "
           f"default method {inversion.DEFAULT_METHOD}  refine {inversion.INVERSION_REFINE}")

@@ -219,6 +219,11 @@ def test_t0_and_strength_resolve_on_the_schedule():
     assert inversion.resolve_t0(EditRequest(t0=250)) == 250
     assert inversion.resolve_t0(EditRequest(strength=0.45)) == 450
     assert inversion.resolve_t0(EditRequest()) == inversion.DEFAULT_T0
+    from diffusers import DDIMScheduler
+
+    sd = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    assert abs(inversion.resolve_t0(EditRequest(), 1000, sd) - 600) <= 5  # the default depth follows the schedule
+    assert inversion.resolve_t0(EditRequest(t0=250), 1000, sd) == 250
     with pytest.raises(InvalidRequest):
         inversion.resolve_t0(EditRequest(strength=0.0))
     with pytest.raises(InvalidRequest):

@@ -50,7 +50,10 @@ from desktop_app.engine.sampling import StepHooks, Trajectory, generators, make_
 
 Emit = Callable[[Any], None]
 
-DEFAULT_T0 = 600  # timestep an edit starts from when the request gives neither t0 nor strength
+DEFAULT_T0 = 600  # timestep an edit starts from when the request gives neither t0 nor strength (schedule unknown)
+# With the schedule known, the default depth is where the signal share alpha_bar_t falls to this level
+# (SD 1.x's scaled-linear schedule: t = 600; the built-in model's linear one: t = 423).
+DEFAULT_SIGNAL = 0.16
 DEFAULT_METHOD = "direct"
 INVERSION_REFINE = 0  # fixed-point refinements per inversion step (each one more UNet pass)
 SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source image at least this well
@@ -58,6 +61,7 @@ SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source 
 __all__ = [
     "DEFAULT_T0",
     "SourceLatents",
+    "default_t0",
     "edit_timesteps",
     "denoise",
     "invert",
@@ -95,14 +99,27 @@ def _ddim_inverse(loaded: LoadedModel, steps: int):
     return scheduler
 
 
-def resolve_t0(request: EditRequest, num_train_timesteps: int = 1000) -> int:
-    """The timestep the edit starts from: request.t0, else strength * T, else DEFAULT_T0 (scaled to T)."""
+def default_t0(alphas_cumprod=None, num_train_timesteps: int = 1000) -> int:
+    """The start timestep of an edit that names none: where alpha_bar_t falls to DEFAULT_SIGNAL.
+
+    Schedules differ (at t = 600 SD keeps 16% of the signal, the built-in model 3%), so the
+    default depth follows the schedule; the UI can start its t0 slider here.
+    """
+    if alphas_cumprod is None:
+        return int(round(DEFAULT_T0 * num_train_timesteps / 1000))
+    alphas = np.asarray(alphas_cumprod, dtype=np.float64)
+    below = np.nonzero(alphas <= DEFAULT_SIGNAL)[0]
+    return int(below[0]) if len(below) else len(alphas) - 1
+
+
+def resolve_t0(request: EditRequest, num_train_timesteps: int = 1000, alphas_cumprod=None) -> int:
+    """The timestep the edit starts from: request.t0, else strength * T, else `default_t0`."""
     if request.t0 is not None:
         t0 = int(request.t0)
     elif request.strength is not None:
         t0 = int(round(request.strength * num_train_timesteps))
     else:
-        t0 = int(round(DEFAULT_T0 * num_train_timesteps / 1000))
+        t0 = default_t0(alphas_cumprod, num_train_timesteps)
     if not 1 <= t0 <= num_train_timesteps - 1:
         what = f"t0 {t0}" if request.t0 is not None else f"Strength {request.strength} (t0 {t0})"
         raise InvalidRequest(
@@ -453,7 +470,7 @@ def run_edit(
     work_image = source_image if source_image.size == (width, height) else source_image.resize((width, height), Image.LANCZOS)
 
     scheduler = _ddim(loaded, steps)
-    t0 = resolve_t0(request, scheduler.config.num_train_timesteps)
+    t0 = resolve_t0(request, scheduler.config.num_train_timesteps, scheduler.alphas_cumprod)
     timesteps = edit_timesteps(scheduler, t0)
     n = len(timesteps)
     method = request.method
