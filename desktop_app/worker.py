@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import traceback
@@ -61,7 +62,23 @@ def default_engine_factory() -> Any:
     """Import and build the real engine: called on the worker thread, the first time a job needs it."""
     from desktop_app.engine.engine import Engine  # imports torch: never on the GUI thread
 
+    leave_a_core_for_the_gui()
     return Engine(device=None)
+
+
+def leave_a_core_for_the_gui() -> None:
+    """CPU inference uses every core by default and the GUI thread then waits for one (stalls while
+    painting previews): keep one core free unless the user chose a thread count (OMP_NUM_THREADS)."""
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("DIFFUSION_DESK_ALL_CORES"):
+        return
+    try:
+        import torch
+
+        cores = os.cpu_count() or 1
+        if cores > 1 and torch.get_num_threads() >= cores:
+            torch.set_num_threads(cores - 1)
+    except Exception:  # noqa: BLE001 - only a tuning
+        pass
 
 
 @dataclass(order=True)
