@@ -291,10 +291,14 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
         return pipe
     from desktop_app.engine import hub
 
-    folder = Path(download(source) if download is not None else hub.download_model(source.location, revision=source.revision, subfolder=source.subfolder))
+    folder = Path(
+        download(source)
+        if download is not None
+        else hub.download_model(source.location, revision=source.revision, subfolder=source.subfolder, prefer_fp16=dtype != torch.float32)
+    )
     cls = _folder_pipeline_class(folder)
     try:
-        return _from_pretrained(cls, str(folder), dtype)
+        return _from_pretrained(cls, str(folder), dtype, variant=hub.weights_variant(folder))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"Cannot load {source.model_id}: {exc}".splitlines()[0][:300], "The download may be incomplete: download it again.") from exc
 
@@ -337,9 +341,21 @@ class ModelManager:
             from desktop_app.engine import hub
 
             def download(src: ModelSource) -> Path:
-                return hub.download_model(src.location, revision=src.revision, subfolder=src.subfolder, progress=hub.progress_to_events(emit), cancel=cancel)
+                return hub.download_model(
+                    src.location, revision=src.revision, subfolder=src.subfolder, progress=hub.progress_to_events(emit), cancel=cancel,
+                    prefer_fp16=self.dtype != torch.float32,
+                )
 
-        pipe = load_pipeline(source, self.dtype, allow_pickle=self.allow_pickle, download=download)
+        try:
+            pipe = load_pipeline(source, self.dtype, allow_pickle=self.allow_pickle, download=download)
+        except Exception as exc:
+            from desktop_app.engine import hub
+
+            if isinstance(exc, hub.DownloadCancelled):
+                from desktop_app.engine.sampling import JobCancelled
+
+                raise JobCancelled() from exc
+            raise
         self.loads += 1
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, self.memory, self.device)
@@ -347,11 +363,16 @@ class ModelManager:
         previewer = LatentPreviewer.fit(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
         location = source.location
         if source.kind == "hub":
-            location = str(Path(pipe.config._name_or_path)) if getattr(pipe.config, "_name_or_path", None) else source.location
+            location = str(getattr(pipe, "name_or_path", "") or source.location)
         family = family_of_pipeline(pipe)
         defaults = model_defaults(location if source.kind != "builtin" else BUILTIN)
         if source.kind == "single_file":
             defaults = _family_defaults(family, defaults)
+        elif source.kind == "hub" and not (Path(location) / "diffusion_desk.json").is_file():
+            from desktop_app.engine import hub
+
+            pick = hub.curated(source.location)
+            defaults = {**defaults, **pick.defaults()} if pick else _family_defaults(family, defaults)
         self.loaded = LoadedModel(
             source=source,
             pipe=pipe,

@@ -1,0 +1,200 @@
+"""Hub downloads against a local stand-in for the hub (127.0.0.1, HF_ENDPOINT): progress, cancel, resume, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from desktop_app.core.errors import ModelError
+from desktop_app.engine import hub
+
+REPO = "tester/tiny-sd"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """Serves a folder in the hub's URL layout: /api/models/{repo}[/revision/{rev}] and /{repo}/resolve/{rev}/{path}."""
+
+    def __init__(self, folder: Path, extra: dict[str, bytes] | None = None) -> None:
+        self.files: dict[str, bytes] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        self.files.update(extra or {})
+        self.delay = 0.0  # seconds per 16 KiB chunk
+        self.requests: list[tuple[str, str, str]] = []
+        hub_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _file(self):
+                m = re.fullmatch(rf"/{REPO}/resolve/[^/]+/(.+)", self.path.split("?")[0])
+                return m and hub_self.files.get(m[1])
+
+            def do_GET(self):
+                hub_self.requests.append(("GET", self.path, self.headers.get("Range", "")))
+                if self.path.startswith(f"/api/models/{REPO}"):
+                    body = json.dumps({"id": REPO, "sha": COMMIT, "siblings": [{"rfilename": k, "size": len(v)} for k, v in hub_self.files.items()]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                data = self._file()
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                if rng:
+                    start = int(rng[1])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self._headers(data, len(data) - start)
+                try:
+                    for i in range(start, len(data), 16384):
+                        self.wfile.write(data[i : i + 16384])
+                        if hub_self.delay:
+                            time.sleep(hub_self.delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_HEAD(self):
+                hub_self.requests.append(("HEAD", self.path, ""))
+                data = self._file()
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self._headers(data, len(data))
+
+            def _headers(self, data, length):
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+                self.send_header("Content-Length", str(length))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def restore_hub_constants():
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    yield
+    constants.HF_HUB_OFFLINE = saved
+
+
+@pytest.fixture
+def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
+    # a pickle next to the safetensors must never be fetched
+    with FakeHub(tiny_model_dir, {"unet/diffusion_pytorch_model.bin": b"not for download" * 100, "v1-5-pruned.ckpt": b"x" * 5000}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        yield server
+
+
+def _weights(server) -> int:
+    return sum(len(v) for k, v in server.files.items() if not k.endswith((".bin", ".ckpt")))
+
+
+def test_download_reports_bytes_rate_and_eta_and_lands_in_the_hf_cache(fake_hub, tmp_path):
+    events = []
+    folder = hub.download_model(REPO, progress=events.append)
+    assert (folder / "model_index.json").is_file() and (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert str(folder).startswith(str(tmp_path / "hf" / "hub"))
+    assert not (folder / "unet" / "diffusion_pytorch_model.bin").exists() and not (folder / "v1-5-pruned.ckpt").exists()
+    assert not any(path.endswith((".bin", ".ckpt")) for _, path, _ in fake_hub.requests)
+    last = events[-1]
+    assert last.done_bytes == last.total_bytes and last.files_done == last.files_total
+    assert last.total_bytes <= _weights(fake_hub)
+    assert all(b.done_bytes >= a.done_bytes for a, b in zip(events, events[1:]))
+    assert any(e.rate > 0 for e in events)
+
+
+def test_cancel_stops_the_download_and_the_next_one_resumes(fake_hub, monkeypatch):
+    monkeypatch.setattr(hub, "CHUNK_SIZE", 16384)
+    fake_hub.delay = 0.005
+    cancel = threading.Event()
+    seen = []
+
+    def on_progress(p):
+        seen.append(p)
+        if p.file == "unet/diffusion_pytorch_model.safetensors" and p.files_done < p.files_total - 1:
+            cancel.set()
+
+    with pytest.raises(hub.DownloadCancelled):
+        hub.download_model(REPO, progress=on_progress, cancel=cancel)
+    partial = list((Path(hub.cache_dir())).rglob("*.incomplete"))
+    assert partial and partial[0].stat().st_size > 0
+    fake_hub.delay = 0.0
+    fake_hub.requests.clear()
+    folder = hub.download_model(REPO)
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert any(rng.startswith("bytes=") and rng != "bytes=0-" for _, _, rng in fake_hub.requests), "resumed with a Range request"
+    assert not list(Path(hub.cache_dir()).rglob("*.incomplete"))
+
+
+def test_offline_uses_the_cache_or_says_why_it_cannot(fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE") as info:
+        hub.download_model(REPO)
+    assert "Connect" in info.value.hint
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    online = hub.download_model(REPO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.download_model(REPO) == online
+
+
+def test_unreachable_hub_is_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(ModelError, match="cannot be reached"):
+        hub.download_model(REPO, timeout=2)
+
+
+def test_engine_loads_a_hub_model_with_download_progress_events(fake_hub, engine):
+    from desktop_app.core.events import Progress
+
+    events = []
+    engine.models.unload()
+    loaded = engine.models.get(REPO, emit=events.append)
+    assert loaded.source.kind == "hub" and loaded.family == "sd1"
+    downloads = [e for e in events if isinstance(e, Progress) and e.phase == "download"]
+    assert downloads and downloads[-1].step == downloads[-1].total
+    assert loaded.model_hash  # hashed like any local model
+
+
+def test_curated_list_names_sizes_and_families():
+    repos = {m.repo for m in hub.CURATED}
+    assert len(hub.CURATED) == 7 and len(repos) == 7
+    assert {m.family for m in hub.CURATED} >= {"sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-inpaint"}
+    assert all(0 < m.size_gb < m.size_gb_fp32 for m in hub.CURATED)
