@@ -118,6 +118,7 @@ def test_window_shows_before_torch_is_imported(tmp_path):
 
 
 def test_generate_click_gives_progress_per_step_and_result_on_canvas(qtbot, window, fake_engine):
+    fake_engine.step_delay = 0.03
     steps = Steps(window.worker)
     set_prompt(window, "a red square")
     child(window, "stepsSpin").setValue(6)
@@ -130,7 +131,7 @@ def test_generate_click_gives_progress_per_step_and_result_on_canvas(qtbot, wind
     result = click_generate(qtbot, window)
     window.canvas.set_view = orig
     assert steps.steps == [1, 2, 3, 4, 5, 6]
-    assert len(previews) >= 6  # a live preview each step, then the result
+    assert len(previews) >= 2  # live previews (the newest when the GUI falls behind), then the result
     req = fake_engine.runs[-1]
     assert isinstance(req, GenerateRequest) and req.prompt == "a red square" and req.steps == 6
     assert (req.width, req.height, req.seed) == (96, 64, 42)

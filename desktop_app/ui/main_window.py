@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self._forward_key: Any = None
         self._preview_size: tuple[int, int] | None = None
         self._history_deferred = history_deferred
+        self._pending_preview: Any = None
 
         self._build_ui()
         self._build_actions()
@@ -713,7 +714,16 @@ class MainWindow(QMainWindow):
 
     @Slot(int, object)
     def _on_preview(self, job_id: int, ev: Any) -> None:
-        self.canvas.set_view(ev.image, size=getattr(self, "_preview_size", None))
+        # Coalesce: when the GUI thread falls behind, only the newest preview is drawn.
+        pending = self._pending_preview is not None
+        self._pending_preview = ev.image
+        if not pending:
+            QTimer.singleShot(0, self._show_pending_preview)
+
+    def _show_pending_preview(self) -> None:
+        img, self._pending_preview = self._pending_preview, None
+        if img is not None and self._running_job is not None:
+            self.canvas.set_view(img, size=self._preview_size)
 
     @Slot(int, str)
     def _on_notice(self, job_id: int, message: str) -> None:
