@@ -500,3 +500,15 @@ def test_drop_an_image_file_on_the_canvas(qtbot, window, tmp_path):
     ev = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     window.canvas.dropEvent(ev)
     assert window.source_image is not None and window.source_image.size == (72, 48)
+
+
+def test_progress_labels_for_each_phase(window):
+    from desktop_app.core.events import Progress
+
+    window._on_progress(1, Progress(3, 10, 700, 2.5, 2.8))
+    assert window.progress_bar.format().startswith("Step 3/10 · t=700 · 2.5 it/s · ETA 3 s")
+    window._on_progress(1, Progress(2, 20, 100, 4.0, 90, "invert"))
+    assert window.progress_bar.format().startswith("Inverting 2/20") and "ETA 1 min 30 s" in window.progress_bar.format()
+    window._on_progress(1, Progress(3 * 2**30, 5 * 2**30, 0, 50 * 2**20, 40, "download"))
+    assert window.progress_bar.format() == "Downloading 3.0 GB / 5.0 GB · 50.0 MB/s · ETA 40 s"
+    assert window.progress_bar.value() == 600

@@ -704,13 +704,23 @@ class MainWindow(QMainWindow):
 
     @Slot(int, object)
     def _on_progress(self, job_id: int, ev: Any) -> None:
+        phase = getattr(ev, "phase", "denoise")
+        eta = f" · ETA {_duration(ev.eta_seconds)}" if ev.eta_seconds and ev.eta_seconds >= 1 else ""
+        if phase == "download":  # step / total are bytes (may pass 2**31): show per mille
+            total = max(1, int(ev.total))
+            if self.progress_bar.maximum() != 1000:
+                self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(int(1000 * min(ev.step, total) / total))
+            self.progress_bar.setFormat(
+                f"Downloading {_size(ev.step)} / {_size(total)} · {_size(ev.its_per_sec)}/s{eta}"
+            )
+            return
         total = max(1, int(ev.total))
         if self.progress_bar.maximum() != total:
             self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(int(ev.step))
-        phase = "Inverting" if getattr(ev, "phase", "denoise") == "invert" else "Step"
-        eta = f" · ETA {ev.eta_seconds:.0f} s" if ev.eta_seconds and ev.eta_seconds >= 1 else ""
-        self.progress_bar.setFormat(f"{phase} {ev.step}/{ev.total} · t={ev.timestep} · {ev.its_per_sec:.1f} it/s{eta}")
+        label = "Inverting" if phase == "invert" else "Step"
+        self.progress_bar.setFormat(f"{label} {ev.step}/{ev.total} · t={ev.timestep} · {ev.its_per_sec:.1f} it/s{eta}")
 
     @Slot(int, object)
     def _on_preview(self, job_id: int, ev: Any) -> None:
@@ -903,6 +913,19 @@ class MainWindow(QMainWindow):
         has_result = self._result_image() is not None
         for act in (self.act_copy, self.act_save, self.act_use, self.act_show_result):
             act.setEnabled(has_result)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} GB"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def _html(text: str) -> str:
