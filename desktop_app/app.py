@@ -108,7 +108,19 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
     app.lastWindowClosed.connect(closed.set)
     with loop:
         loop.run_until_complete(closed.wait())
+    _exit_if_engine_busy(window.worker)
     return 0
+
+
+def _exit_if_engine_busy(worker: Any, code: int = 0) -> None:
+    """A model load cannot be interrupted: give it a while, then leave without waiting for it
+    (Qt aborts the process when a running QThread is destroyed)."""
+    if worker.is_running() and not worker.shutdown(30_000):
+        log.warning("the engine is still busy; exiting without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def run_smoke(model: str | None = None, timeout_s: float = 600.0) -> int:
@@ -160,10 +172,12 @@ def run_smoke(model: str | None = None, timeout_s: float = 600.0) -> int:
     result = outcome.get("result")
     if result is None or not result.images:
         print(f"smoke: FAILED: {outcome.get('error', 'no image')}", file=sys.stderr)
+        _exit_if_engine_busy(window.worker, 1)
         return 1
     img = result.images[0]
     print(f"smoke: ok: window shown in {shown:.2f} s, {img.width}x{img.height} image from {result.model_id or 'builtin'} "
           f"in {time.perf_counter() - started:.1f} s")
+    _exit_if_engine_busy(window.worker, 0)
     return 0
 
 

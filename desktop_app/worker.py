@@ -159,6 +159,10 @@ class EngineWorker(QObject):
                 job.future.cancel()
         return bool(ok)
 
+    def is_running(self) -> bool:
+        """Whether the worker thread is alive (it may still be in an engine call after a timed-out shutdown)."""
+        return self._thread.isRunning()
+
     @property
     def engine_loaded(self) -> bool:
         return self._engine is not None
