@@ -1,0 +1,137 @@
+"""LoRAs on a loaded model: added, re-weighted and removed without reloading the base model.
+
+diffusers' PEFT integration does the work (`load_lora_weights`, `set_adapters`,
+`delete_adapters`); it reads both the diffusers / PEFT layout and kohya's
+(`lora_unet_*`, `lora_te_*`, `.lora_down/.lora_up/.alpha`). The pipelines of every
+mode share the model's modules, so a LoRA set once applies to generate, img2img,
+inpaint and edit alike. Removing a LoRA removes its layers: the model computes
+exactly what it did before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from desktop_app.core.errors import ModelError
+from desktop_app.engine.models import PICKLE_RISK, PICKLE_SUFFIXES, LoadedModel, short_hash
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """'path' or 'path:weight' (a Windows drive letter is not a weight)."""
+        match = re.fullmatch(r"(.+?):(-?\d+(?:\.\d*)?)", text.strip())
+        if match and not re.fullmatch(r"[A-Za-z]", match[1]):
+            return cls(match[1], float(match[2]))
+        return cls(text.strip(), 1.0)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
+def adapter_name(path: str | Path) -> str:
+    """A stable PEFT adapter name for a file: its stem (sanitised) plus a short digest of the full path."""
+    path = Path(path).expanduser().resolve()
+    stem = re.sub(r"[^0-9A-Za-z_]", "_", path.stem)[:40] or "lora"
+    return f"{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+
+
+def _read(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor] | str:
+    if not path.is_file():
+        raise ModelError(f"No LoRA file at {path}.", "Check the path; the LoRA may have been moved or deleted.")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            message, hint = PICKLE_RISK
+            raise ModelError(message.format(name=path.name), hint)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"{path.name} could not be read as tensors only.", "Use a .safetensors version of the LoRA.") from exc
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if path.suffix.lower() != ".safetensors":
+        raise ModelError(f"{path.name}: unknown LoRA format.", "Use a .safetensors LoRA.")
+    return str(path)
+
+
+def _shapes(source: dict[str, torch.Tensor] | str) -> dict[str, tuple[int, ...]]:
+    if isinstance(source, dict):
+        return {k: tuple(v.shape) for k, v in source.items()}
+    from desktop_app.engine.checkpoints import read_header
+
+    return read_header(source)[0]
+
+
+def check_compatible(shapes: dict[str, tuple[int, ...]], loaded: LoadedModel, name: str) -> None:
+    """A LoRA made for another family fails with a message instead of a shape error deep in PEFT."""
+    if not any(("lora" in k.lower()) or k.endswith(".alpha") for k in shapes):
+        raise ModelError(f"{name} does not look like a LoRA (no lora_* tensors).", "Choose a LoRA .safetensors file.")
+    xl_keys = any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")) or "text_encoder_2" in k for k in shapes)
+    if xl_keys and not loaded.is_xl:
+        raise ModelError(f"{name} is an SDXL LoRA; the loaded model is not SDXL.", "Load an SDXL model, or choose a LoRA made for this one.")
+    widths = {v[-1] for k, v in shapes.items() if re.search(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)", k) and len(v) >= 2}
+    expected = int(loaded.pipe.unet.config.cross_attention_dim)
+    if widths and expected not in widths:
+        family = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}.get(next(iter(widths)), f"a model with text width {next(iter(widths))}")
+        raise ModelError(
+            f"{name} was made for {family}; the loaded model ({loaded.family or loaded.model_id}) has text width {expected}.",
+            "Choose a LoRA made for the loaded model's family.",
+        )
+
+
+def apply_loras(loaded: LoadedModel, specs: Iterable[LoraSpec | tuple[str, float] | str], *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Make the model's LoRAs exactly `specs` (path, weight). Loads only new files; returns infotext fields."""
+    wanted: dict[str, LoraSpec] = {}
+    for spec in specs:
+        if isinstance(spec, str):
+            spec = LoraSpec.parse(spec)
+        elif not isinstance(spec, LoraSpec):
+            spec = LoraSpec(str(spec[0]), float(spec[1]))
+        wanted[adapter_name(spec.path)] = spec
+    pipe = loaded.pipe
+    if wanted and importlib.util.find_spec("peft") is None:
+        raise ModelError("LoRAs need the 'peft' package, which is not installed.", "Install it: pip install peft")
+    current = dict(loaded.loras)
+    for name in [n for n in current if n not in wanted]:
+        pipe.delete_adapters(name)
+        del loaded.loras[name]
+    for name, spec in wanted.items():
+        if name in loaded.loras:
+            continue
+        path = Path(spec.path).expanduser()
+        source = _read(path, allow_pickle)
+        check_compatible(_shapes(source), loaded, path.name)
+        try:
+            pipe.load_lora_weights(source, adapter_name=name)
+        except ModelError:
+            raise
+        except Exception as exc:  # a layout PEFT cannot map, a damaged file
+            try:
+                pipe.delete_adapters(name)
+            except Exception:  # noqa: BLE001 - it may not have been registered at all
+                pass
+            raise ModelError(f"Cannot apply the LoRA {path.name}: {exc}".splitlines()[0][:300], "It may be made for another model family, or damaged.") from exc
+        loaded.loras[name] = spec.weight
+    if wanted:
+        pipe.set_adapters(list(wanted), adapter_weights=[wanted[n].weight for n in wanted])
+        for name in wanted:
+            loaded.loras[name] = wanted[name].weight
+    if not wanted:
+        return {}
+    hashes = ", ".join(f"{spec.name}: {short_hash(Path(spec.path).expanduser())}" for spec in wanted.values())
+    return {"Lora hashes": hashes, "Loras": ", ".join(f"{spec.name}:{spec.weight:g}" for spec in wanted.values())}
+
+
+def remove_all(loaded: LoadedModel) -> None:
+    apply_loras(loaded, [])

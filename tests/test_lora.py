@@ -1,0 +1,138 @@
+"""LoRAs: diffusers and kohya layouts, a weight each, added and removed without reloading the base model."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from desktop_app.core.errors import ModelError
+from desktop_app.core.requests import GenerateRequest
+from desktop_app.engine.lora import LoraSpec, adapter_name, apply_loras
+
+pytest.importorskip("peft")
+
+
+def _peft_layers(pipe, seed: int, text_encoder: bool = False):
+    """Random (non-zero) LoRA layers on the UNet (and text encoder), as a diffusers-layout state dict."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    pipe.unet.add_adapter(config, adapter_name="make")
+    unet = {k: v * 4 for k, v in get_peft_model_state_dict(pipe.unet, adapter_name="make").items()}
+    te = None
+    if text_encoder:
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), pipe.text_encoder, adapter_name="make")
+        te = get_peft_model_state_dict(pipe.text_encoder, adapter_name="make")
+    return unet, te
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory, tiny_model_dir):
+    """A diffusers-layout and a kohya-layout LoRA for the tiny SD 1.x model."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("loras")
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    unet, te = _peft_layers(pipe, 1, text_encoder=True)
+    StableDiffusionPipeline.save_lora_weights(str(root), unet_lora_layers=unet, text_encoder_lora_layers=te, weight_name="style_diffusers.safetensors")
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    unet, _ = _peft_layers(pipe, 2)
+    kohya = {}
+    for key, value in unet.items():
+        module, kind = key.rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.lora_down.weight" if kind.startswith("A") else f"{name}.lora_up.weight"] = value.contiguous()
+        kohya[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(kohya, str(root / "style_kohya.safetensors"), metadata={"ss_network_module": "networks.lora"})
+    return root / "style_diffusers.safetensors", root / "style_kohya.safetensors"
+
+
+def _image(engine, model, seed=3):
+    result = engine.run(GenerateRequest(prompt="a red circle", model=str(model), seed=seed, steps=2))
+    return np.asarray(result.images[0]).astype(np.int16)
+
+
+def test_lora_changes_the_image_and_removing_it_restores_it_exactly(engine, tiny_model_dir, lora_files):
+    diffusers_lora, kohya_lora = lora_files
+    base = _image(engine, tiny_model_dir)
+    loaded = engine.models.loaded
+    loads = engine.models.loads
+    info = apply_loras(loaded, [LoraSpec(str(diffusers_lora), 1.0)])
+    assert "Lora hashes" in info and "style_diffusers" in info["Loras"]
+    assert any("lora" in name for name, _ in loaded.pipe.text_encoder.named_modules())  # its text-encoder part too
+    full = _image(engine, tiny_model_dir)
+    assert np.abs(full - base).mean() > 0.5
+    apply_loras(loaded, [LoraSpec(str(diffusers_lora), 0.3)])
+    weak = _image(engine, tiny_model_dir)
+    assert 0 < np.abs(weak - base).mean() < np.abs(full - base).mean()
+    apply_loras(loaded, [LoraSpec(str(diffusers_lora), 1.0), LoraSpec(str(kohya_lora), 0.8)])
+    both = _image(engine, tiny_model_dir)
+    assert not np.array_equal(both, full)
+    assert set(loaded.loras) == {adapter_name(diffusers_lora), adapter_name(kohya_lora)}
+    apply_loras(loaded, [])
+    assert loaded.loras == {}
+    assert np.array_equal(_image(engine, tiny_model_dir), base)
+    assert engine.models.loads == loads  # never reloaded
+
+
+def test_kohya_layout_loads_alone(engine, tiny_model_dir, lora_files):
+    _, kohya_lora = lora_files
+    base = _image(engine, tiny_model_dir, seed=5)
+    loaded = engine.models.loaded
+    apply_loras(loaded, [str(kohya_lora) + ":1.0"])
+    try:
+        assert not np.array_equal(_image(engine, tiny_model_dir, seed=5), base)
+    finally:
+        apply_loras(loaded, [])
+
+
+def test_lora_for_another_family_or_pickle_is_refused(engine, tiny_model_dir, lora_files, tmp_path):
+    from safetensors.torch import save_file
+
+    engine.models.get(str(tiny_model_dir))
+    loaded = engine.models.loaded
+    xl = tmp_path / "xl_lora.safetensors"
+    save_file({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 1280)}, str(xl))
+    with pytest.raises(ModelError, match="SDXL"):
+        apply_loras(loaded, [LoraSpec(str(xl))])
+    wide = tmp_path / "sd2_lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(4, 1024)}, str(wide))
+    with pytest.raises(ModelError, match="SD 2"):
+        apply_loras(loaded, [LoraSpec(str(wide))])
+    pickle = tmp_path / "old_lora.pt"
+    torch.save({"x": torch.zeros(1)}, pickle)
+    with pytest.raises(ModelError, match="pickle"):
+        apply_loras(loaded, [LoraSpec(str(pickle))])
+    assert loaded.loras == {}
+    assert _image(engine, tiny_model_dir).shape == (64, 64, 3)  # the model still works
+
+
+def test_spec_parsing():
+    assert LoraSpec.parse("/a/b/style.safetensors:0.7") == LoraSpec("/a/b/style.safetensors", 0.7)
+    assert LoraSpec.parse("C:/loras/x.safetensors") == LoraSpec("C:/loras/x.safetensors", 1.0)
+    assert LoraSpec.parse("x.safetensors").name == "x"
+
+
+def test_sdxl_lora_applies_to_every_mode(engine, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from test_models_tiny import build_tiny_sdxl
+
+    folder = build_tiny_sdxl(tmp_path / "xl")
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True)
+    unet, _ = _peft_layers(pipe, 3)
+    StableDiffusionXLPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=unet, weight_name="xl_style.safetensors")
+    base = _image(engine, folder)
+    loaded = engine.models.loaded
+    apply_loras(loaded, [LoraSpec(str(tmp_path / "xl_style.safetensors"), 1.0)])
+    assert not np.array_equal(_image(engine, folder), base)
+    assert loaded.pipeline("img2img").unet is loaded.pipe.unet
+    apply_loras(loaded, [])
+    assert np.array_equal(_image(engine, folder), base)
