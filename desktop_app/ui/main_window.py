@@ -131,6 +131,7 @@ class MainWindow(QMainWindow):
     # -- construction ------------------------------------------------------------
     def _build_ui(self) -> None:
         self.prompt_panel = PromptPanel()
+        style_accent_button(self.prompt_panel.generate_button)
         scroll = QScrollArea(objectName="promptScroll")
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
@@ -932,6 +933,17 @@ def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def style_accent_button(button) -> None:
+    """The blue, bold primary button (Generate), by palette."""
+    pal = button.palette()
+    pal.setColor(QPalette.ColorRole.Button, QColor(75, 111, 224))
+    pal.setColor(QPalette.ColorRole.ButtonText, QColor(255, 255, 255))
+    button.setPalette(pal)
+    font = button.font()
+    font.setBold(True)
+    button.setFont(font)
+
+
 def apply_dark_theme(app: QApplication) -> None:
     """Fusion with a dark palette and a few touches; idempotent."""
     if app.property("diffusionDeskTheme"):
@@ -961,18 +973,5 @@ def apply_dark_theme(app: QApplication) -> None:
     for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
         pal.setColor(QPalette.ColorGroup.Disabled, role, QColor(110, 113, 120))
     app.setPalette(pal)
-    app.setStyleSheet(
-        """
-        QGroupBox { border: 1px solid #3a3d44; border-radius: 6px; margin-top: 14px; padding-top: 6px; }
-        QGroupBox::title { subcontrol-origin: margin; left: 8px; padding: 0 4px; color: #aab0bb; }
-        QPushButton#generateButton { background: #4b6fe0; color: white; font-weight: 600; border-radius: 5px; border: none; }
-        QPushButton#generateButton:hover { background: #5a7cf0; }
-        QPushButton#generateButton:pressed { background: #3d5cc0; }
-        QPushButton#cancelButton { border-radius: 5px; }
-        QProgressBar { border: 1px solid #3a3d44; border-radius: 4px; text-align: center; background: #1e1f22; min-height: 18px; }
-        QProgressBar::chunk { background: #4b6fe0; border-radius: 3px; }
-        QToolBar#canvasToolbar { border: none; spacing: 4px; padding: 2px 6px; }
-        QPlainTextEdit, QLineEdit { border: 1px solid #3a3d44; border-radius: 4px; padding: 3px; }
-        QSplitter::handle { background: #26272b; }
-        """
-    )
+    # No application style sheet: it makes every widget slower to create and paint (start-up);
+    # the accents are set with palettes (see style_accent_button).
