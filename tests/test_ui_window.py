@@ -512,3 +512,16 @@ def test_progress_labels_for_each_phase(window):
     window._on_progress(1, Progress(3 * 2**30, 5 * 2**30, 0, 50 * 2**20, 40, "download"))
     assert window.progress_bar.format() == "Downloading 3.0 GB / 5.0 GB · 50.0 MB/s · ETA 40 s"
     assert window.progress_bar.value() == 600
+
+
+def test_show_result_from_history_without_trajectory(qtbot, window):
+    from desktop_app.core.events import Result
+
+    window.set_source_image(Image.new("RGB", (64, 64)))
+    window.prompt_panel.set_mode("img2img")
+    req = GenerateRequest(prompt="old", seed=5)
+    window.show_result(Result(request=req, images=[Image.new("RGB", (80, 48), (1, 2, 3))], seeds=[5]))
+    assert window.canvas.shown_image().size == (80, 48)
+    assert window.timestep_panel.mode == "t0"
+    window.use_result_as_source()
+    assert window.source_image.size == (80, 48)

@@ -600,6 +600,8 @@ class MainWindow(QMainWindow):
         except TypeError:
             ok = bool(timesteps)
         self.timestep_panel.set_trajectory(timesteps if ok else None)
+        if not ok:  # a result without a trajectory (from the history): the slider goes back to t0, if it applies
+            self._on_mode_changed(self.prompt_panel.mode())
         self._update_size_label()
         self._update_actions()
         n = len(result.images)
