@@ -75,7 +75,7 @@ def leave_a_core_for_the_gui() -> None:
         import torch
 
         cores = os.cpu_count() or 1
-        if cores > 1 and torch.get_num_threads() >= cores:
+        if cores > 2 and torch.get_num_threads() >= cores:  # on two cores halving the speed costs more than a stall
             torch.set_num_threads(cores - 1)
     except Exception:  # noqa: BLE001 - only a tuning
         pass

@@ -450,8 +450,27 @@ class MainWindow(QMainWindow):
             self.show_error(exc.message, exc.hint)
             return False
         self.set_source_image(img)
+        self._fill_from_metadata(path)
         self._status(f"Opened {Path(path).name} ({img.width}×{img.height})")
         return True
+
+    def _fill_from_metadata(self, path: str) -> None:
+        """An image made by us, AUTOMATIC1111 or InvokeAI fills the prompt panel with how it was made."""
+        from desktop_app.core.infotext import MetadataError, read_png_metadata
+
+        try:
+            info = read_png_metadata(path)
+        except MetadataError:
+            return
+        if info is None or not (info.prompt or info.request):
+            return
+        mode = self.prompt_panel.mode()
+        data = info.request.to_dict(include_images=False) if info.request is not None else {}
+        data.update(prompt=info.prompt, negative_prompt=info.negative_prompt)
+        data.pop("kind", None)
+        data.pop("model", None)  # the model that made it may not be here; keep the current one
+        self.prompt_panel.fill(data)
+        self.prompt_panel.set_mode(mode)
 
     def set_source_image(self, img) -> None:
         """Make `img` (PIL, QImage or None) the source; the mask is kept when the size is the same."""
@@ -540,19 +559,10 @@ class MainWindow(QMainWindow):
         if img is None:
             return False
         try:
-            pnginfo = None
-            try:  # A1111 parameters when the infotext module is there (another issue)
-                from PIL.PngImagePlugin import PngInfo
+            from desktop_app.core.infotext import png_info
 
-                from desktop_app.core import infotext  # type: ignore[attr-defined]
-
-                fmt = getattr(infotext, "format_infotext", None) or getattr(infotext, "format_parameters", None)
-                if fmt is not None:
-                    pnginfo = PngInfo()
-                    pnginfo.add_text("parameters", fmt(self.current_result))
-            except Exception:  # noqa: BLE001 - saving the pixels matters more
-                pnginfo = None
-            img.save(path, pnginfo=pnginfo) if pnginfo is not None else img.save(path)
+            index = min(self._result_index, len(self.current_result.images) - 1)
+            img.save(path, format="PNG", pnginfo=png_info(self.current_result, index))
         except OSError as exc:
             self.show_error(f"Could not save {path}: {exc.strerror or exc}", "Choose another folder.")
             return False
