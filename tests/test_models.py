@@ -232,3 +232,20 @@ def test_shipped_configs_match_the_real_checkpoint_layouts(family, monkeypatch):
     tokenizer = checkpoints.shared_tokenizer()
     assert len(tokenizer) == parts.text_encoder.config.vocab_size == 49408
     assert tokenizer("a photograph of an astronaut riding a horse").input_ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
+
+
+def test_v_prediction_probe_tells_the_two_sd2_kinds_apart():
+    """The UNet test AUTOMATIC1111 uses when an SD 2.x file carries no hint (here on stand-in UNets)."""
+
+    class FakeUNet(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.scale = scale
+            self.config = type("C", (), {"in_channels": 4, "cross_attention_dim": 8})()
+
+        def forward(self, x, t, encoder_hidden_states):
+            return type("O", (), {"sample": x * self.scale})()
+
+    assert checkpoints.probe_v_prediction(FakeUNet(-5.0)) is True  # v at t=999 ~ -x0: far below the input
+    assert checkpoints.probe_v_prediction(FakeUNet(1.0)) is False  # epsilon at t=999 ~ the input itself

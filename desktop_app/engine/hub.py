@@ -22,44 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 from desktop_app.core.errors import ModelError
+from desktop_app.core.model_registry import CURATED, CuratedModel, curated  # noqa: F401 - plain data, re-exported
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".onnx_data", ".h5", ".pb", ".pkl")
 PICKLE_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 CHUNK_SIZE = 1 << 20  # progress and cancel granularity
-
-
-@dataclass(frozen=True)
-class CuratedModel:
-    """A model a new user can pick without knowing repo ids. Sizes are the download (fp16 where a GPU uses it)."""
-
-    name: str
-    repo: str
-    family: str
-    size_gb: float  # download with the fp16 variant (GPU)
-    size_gb_fp32: float  # full-precision download (CPU)
-    note: str
-    steps: int = 25
-    guidance: float = 7.0
-    size: int = 512
-    scheduler: str = "dpmpp_2m"
-
-    def defaults(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "guidance": self.guidance, "width": self.size, "height": self.size, "scheduler": self.scheduler}
-
-
-CURATED: tuple[CuratedModel, ...] = (
-    CuratedModel("Stable Diffusion 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd1", 2.1, 4.3, "The classic; huge ecosystem of LoRAs. 512x512."),
-    CuratedModel("Stable Diffusion 1.5 Inpainting", "stable-diffusion-v1-5/stable-diffusion-inpainting", "sd1-inpaint", 2.1, 4.3, "Fills masked areas seamlessly. 512x512."),
-    CuratedModel("Stable Diffusion 2.1", "stabilityai/stable-diffusion-2-1", "sd2-v", 2.6, 5.2, "v-prediction, 768x768.", size=768),
-    CuratedModel("SD-Turbo", "stabilityai/sd-turbo", "sd2", 2.6, 5.2, "1-4 steps, no guidance: fast on small GPUs. 512x512.", steps=2, guidance=0.0, scheduler="euler_a"),
-    CuratedModel("Stable Diffusion XL", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 6.9, 13.9, "Best quality; needs about 8 GB of GPU memory. 1024x1024.", steps=30, guidance=6.0, size=1024),
-    CuratedModel("SDXL-Turbo", "stabilityai/sdxl-turbo", "sdxl", 6.9, 13.9, "1-4 steps, no guidance. 512x512.", steps=2, guidance=0.0, scheduler="euler_a"),
-    CuratedModel("SDXL Inpainting", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "sdxl-inpaint", 6.9, 13.9, "Inpainting at 1024x1024.", steps=30, guidance=6.0, size=1024),
-)
-
-
-def curated(repo: str) -> CuratedModel | None:
-    return next((m for m in CURATED if m.repo == repo), None)
 
 
 @dataclass(frozen=True)
