@@ -198,3 +198,22 @@ def test_curated_list_names_sizes_and_families():
     assert len(hub.CURATED) == 7 and len(repos) == 7
     assert {m.family for m in hub.CURATED} >= {"sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-inpaint"}
     assert all(0 < m.size_gb < m.size_gb_fp32 for m in hub.CURATED)
+
+
+def test_console_download_prints_bytes_rate_and_eta(fake_hub):
+    import io
+
+    out = io.StringIO()
+    folder = hub.download_with_console_progress(REPO + "@main", stream=out)
+    assert (folder / "model_index.json").is_file()
+    assert "/s" in out.getvalue() and "ETA" in out.getvalue() and out.getvalue().endswith("\n")
+
+
+def test_registry_rows_list_known_then_curated_models(tmp_path):
+    from desktop_app.core.model_registry import ModelRegistry, list_rows
+
+    registry = ModelRegistry(tmp_path / "models.json")
+    registry.add(str(tmp_path / "gone.safetensors"), "single_file", family="sd1")
+    rows = list_rows(registry)
+    assert rows[0]["missing"] is True and rows[0]["family"] == "sd1"
+    assert [r["kind"] for r in rows[1:]] == ["hub (curated)"] * len(hub.CURATED)

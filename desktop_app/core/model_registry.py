@@ -173,3 +173,23 @@ def _key(location: str) -> str:
     if path.is_absolute() or path.exists():
         return str(path.resolve())
     return location
+
+
+def list_rows(registry: ModelRegistry | None = None) -> list[dict]:
+    """Known models (most recent first, missing ones flagged) then the curated hub list: for `models` in the CLI."""
+    rows = []
+    for m in (registry or ModelRegistry()).all():
+        rows.append(
+            {
+                "id": m.location,
+                "name": m.display_name,
+                "kind": m.kind,
+                "family": m.family,
+                "hash": m.model_hash,
+                "last_used": m.last_used,
+                "missing": m.missing,
+            }
+        )
+    for c in CURATED:
+        rows.append({"id": c.repo, "name": c.name, "kind": "hub (curated)", "family": c.family, "download_gb": c.size_gb, "note": c.note})
+    return rows

@@ -392,3 +392,26 @@ def format_size(num_bytes: float) -> str:
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
         num_bytes /= 1024
     return f"{num_bytes:.1f} GB"
+
+
+def download_with_console_progress(repo_id: str, *, prefer_fp16: bool = False, stream=None) -> Path:
+    """`diffusion-desk models --download REPO[@REV][:SUB]`: one updating line of bytes, rate and ETA; Ctrl+C cancels (resumable)."""
+    import sys
+
+    from desktop_app.engine.models import HUB_ID
+
+    out = stream or sys.stderr
+    match = HUB_ID.fullmatch(repo_id.strip())
+    if match is None:
+        raise ModelError(f"{repo_id!r} is not a hub id.", "Use owner/name, optionally @revision and :subfolder.")
+
+    def show(p: DownloadProgress) -> None:
+        out.write(
+            f"\r{format_size(p.done_bytes)} / {format_size(p.total_bytes)}  {format_size(p.rate)}/s  ETA {p.eta_seconds:4.0f} s  "
+            f"({p.files_done}/{p.files_total} files)   "
+        )
+        out.flush()
+
+    folder = download_model(match["repo"], revision=match["revision"], subfolder=match["subfolder"], progress=show, prefer_fp16=prefer_fp16)
+    out.write("\n")
+    return folder
