@@ -249,3 +249,18 @@ def test_v_prediction_probe_tells_the_two_sd2_kinds_apart():
 
     assert checkpoints.probe_v_prediction(FakeUNet(-5.0)) is True  # v at t=999 ~ -x0: far below the input
     assert checkpoints.probe_v_prediction(FakeUNet(1.0)) is False  # epsilon at t=999 ~ the input itself
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_text_conditioning_drives_a_direct_unet_call(engine, zoo, family):
+    """For code that calls the UNet itself (inversion): SDXL needs pooled text and time ids as added conditioning."""
+    from desktop_app.engine.models import text_conditioning
+
+    root, _ = zoo
+    loaded = engine.models.get(str(root / family))
+    embeds, added = text_conditioning(loaded, ["a cat", "a dog"], 64, 64)
+    assert (added is not None) == (family == "sdxl")
+    latents = torch.zeros(2, 4, 8, 8)
+    with torch.inference_mode():
+        out = loaded.pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+    assert out.shape == latents.shape

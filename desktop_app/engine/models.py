@@ -197,6 +197,26 @@ def _share_components(cls, pipe):
     return derived
 
 
+def text_conditioning(loaded: "LoadedModel", prompts: list[str], height: int, width: int) -> tuple[torch.Tensor, dict | None]:
+    """What a direct UNet call needs for these prompts: encoder_hidden_states, and for SDXL the added_cond_kwargs.
+
+    SD 1.x / 2.x: (embeds, None). SDXL: both text encoders' penultimate states joined,
+    plus {"text_embeds": pooled, "time_ids": (orig size, crop 0,0, target size)},
+    as the SDXL pipelines build them. For code (DDIM inversion) that calls
+    `unet(x, t, encoder_hidden_states=e, added_cond_kwargs=c)` itself.
+    """
+    pipe = loaded.pipe
+    device = loaded.device
+    if not loaded.is_xl:
+        embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+        return embeds, None
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    time_ids = pipe._get_add_time_ids(
+        (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim
+    )
+    return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
+
+
 # -- reading models from disk ------------------------------------------------------------------
 def _folder_pipeline_class(folder: Path):
     """StableDiffusionPipeline or StableDiffusionXLPipeline, from model_index.json; others get a clear message."""
