@@ -264,3 +264,21 @@ def test_text_conditioning_drives_a_direct_unet_call(engine, zoo, family):
     with torch.inference_mode():
         out = loaded.pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=embeds, added_cond_kwargs=added).sample
     assert out.shape == latents.shape
+
+
+def test_a_folder_with_pickle_weights_only_is_refused_without_opt_in(tiny_model_dir, tmp_path):
+    import shutil
+
+    from desktop_app.engine.models import ModelSource, load_pipeline
+
+    folder = tmp_path / "old-style"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ModelError, match="pickle"):
+        load_pipeline(ModelSource.parse(str(folder)), torch.float32)
+    pipe = load_pipeline(ModelSource.parse(str(folder)), torch.float32, allow_pickle=True)
+    assert pipe.unet.config.in_channels == 4

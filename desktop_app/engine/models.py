@@ -239,6 +239,18 @@ def _folder_pipeline_class(folder: Path):
     )
 
 
+def _refuse_pickle_only_components(folder: Path) -> None:
+    """A diffusers folder whose weights are pickles only (.bin) is refused like a .ckpt, unless opted in."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        names = [p.name for p in sub.iterdir()]
+        if any(n.endswith(".safetensors") for n in names):
+            continue
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            message, hint = PICKLE_RISK
+            raise ModelError(message.format(name=f"{folder.name}/{sub.name}/{pickles[0]}"), hint)
+
+
 def _from_pretrained(cls, location: str, dtype: torch.dtype, **kwargs):
     extra = {"safety_checker": None, "requires_safety_checker": False} if cls.__name__ == "StableDiffusionPipeline" else {}
     return cls.from_pretrained(location, dtype=dtype, local_files_only=True, **extra, **kwargs)
@@ -324,6 +336,8 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
     if source.kind in ("builtin", "folder"):
         if not (Path(source.location) / "model_index.json").is_file():
             raise ModelError(f"The model folder {source.location} has no model_index.json.", "Reinstall the app, or pick another model.")
+        if not allow_pickle:
+            _refuse_pickle_only_components(Path(source.location))
         cls = _folder_pipeline_class(Path(source.location))
         try:
             return _from_pretrained(cls, source.location, dtype)
