@@ -50,6 +50,11 @@ start=$(date +%s)
 build_s=$(( $(date +%s) - start ))
 APP="$(cd "$DIST/diffusion-desk" && pwd)"
 BIN="$APP/diffusion-desk"
+# the launcher entry, icons and install script, so the unpacked folder can put itself in the menu:
+#   bash diffusion-desk/linux/install.sh   (and --uninstall)
+rm -rf "$APP/linux"
+mkdir -p "$APP/linux"
+cp -r packaging/linux/install.sh packaging/linux/icons packaging/linux/*.desktop packaging/linux/*.metainfo.xml "$APP/linux/"
 size_mb=$(du -sm "$APP" | cut -f1)
 files=$(find "$APP" -type f | wc -l)
 echo "built $APP in ${build_s} s: ${size_mb} MB, ${files} files"

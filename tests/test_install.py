@@ -197,3 +197,24 @@ def test_install_script_installs_a_wheel_into_an_environment(wheel, tmp_path):
     assert out.stdout.strip() == f"diffusion-desk {desktop_app.__version__}"
     assert _run_install(home, "--uninstall").returncode == 0
     assert venv.is_dir()  # it was there before the install
+
+
+def test_install_script_registers_an_unpacked_bundle(tmp_path):
+    """The bundle ships linux/install.sh next to its program; run from there it registers that program."""
+    bundle = tmp_path / "diffusion-desk"
+    (bundle / "_internal").mkdir(parents=True)
+    program = bundle / "diffusion-desk"
+    program.write_text(f"#!/bin/sh\necho diffusion-desk {desktop_app.__version__}\n", encoding="utf-8")
+    program.chmod(0o755)
+    shutil.copytree(INSTALL_SH.parent, bundle / "linux", ignore=shutil.ignore_patterns("render_icons.sh"))
+    home = tmp_path / "home"
+    e = _clean_env(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_BIN_HOME=str(home / "bin"))
+    proc = subprocess.run(["bash", str(bundle / "linux" / "install.sh")], env=e, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = (home / "data" / "applications" / f"{APP_ID}.desktop").read_text(encoding="utf-8")
+    assert f'Exec="{program}" %F' in text
+    assert os.readlink(home / "bin" / "diffusion-desk") == str(program)
+    assert f"{desktop_app.__version__} installed" in proc.stdout
+    proc = subprocess.run(["bash", str(bundle / "linux" / "install.sh"), "--uninstall"], env=e, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and _tree(home) == {}
+    assert program.is_file()  # the bundle itself is the user's to delete

@@ -17,6 +17,8 @@
 #   --wheel FILE       install this wheel instead of this checkout
 #   --no-pip           do not create or change the environment: only register the launcher for the
 #                      `diffusion-desk` already in --venv (e.g. a developer's .venv)
+#   --bundle DIR       register the PyInstaller bundle in DIR (DIR/diffusion-desk) instead of a Python install;
+#                      the default when this script runs from a bundle's linux/ folder
 # Environment: PYTHON (default python3), TORCH_VERSION, TORCH_CUDA (cu126, cu128, ...; forces a CUDA build),
 #   PIP_ARGS (extra arguments for installing the app, e.g. --no-deps), XDG_DATA_HOME, XDG_BIN_HOME.
 set -euo pipefail
@@ -35,6 +37,10 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 ACTION=install
 WHEEL=""
 NO_PIP=0
+BUNDLE=""
+if [[ -x "$HERE/../diffusion-desk" && -d "$HERE/../_internal" ]]; then  # shipped inside a bundle (build_bundle.sh)
+    BUNDLE="$(cd "$HERE/.." && pwd)"
+fi
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -44,7 +50,9 @@ while [[ $# -gt 0 ]]; do
         --wheel) WHEEL="$2"; shift ;;
         --wheel=*) WHEEL="${1#*=}" ;;
         --no-pip) NO_PIP=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --bundle) BUNDLE="$2"; shift ;;
+        --bundle=*) BUNDLE="${1#*=}" ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -137,20 +145,27 @@ install_file() {  # install_file SRC DEST [MODE]
 }
 
 install_desktop_side() {
-    local exe="$VENV/bin/diffusion-desk"
+    local exe cli
+    if [[ -n "$BUNDLE" ]]; then
+        exe="$BUNDLE/diffusion-desk"
+        cli="$exe"  # the bundle's program is both (it has a console on Linux)
+    else
+        exe="$VENV/bin/diffusion-desk"
+        cli="$VENV/bin/diffusion-desk-cli"
+    fi
     if [[ ! -x "$exe" ]]; then
-        echo "error: $exe is missing (run without --no-pip, or point --venv at an environment with Diffusion Desk)" >&2
+        echo "error: $exe is missing (run without --no-pip, or point --venv / --bundle at an install of Diffusion Desk)" >&2
         exit 1
     fi
     mkdir -p "$APP_HOME" "$BIN_HOME"
-    printf '#venv %s\n' "$VENV" > "$MANIFEST.new"
+    if [[ -n "$BUNDLE" ]]; then : > "$MANIFEST.new"; else printf '#venv %s\n' "$VENV" > "$MANIFEST.new"; fi
     # command-line launchers; the menu entry uses the absolute path, so ~/.local/bin need not be on PATH
-    for name in diffusion-desk diffusion-desk-cli; do
-        if [[ -x "$VENV/bin/$name" ]]; then
-            ln -sfn "$VENV/bin/$name" "$BIN_HOME/$name"
-            record "$BIN_HOME/$name"
-        fi
-    done
+    ln -sfn "$exe" "$BIN_HOME/diffusion-desk"
+    record "$BIN_HOME/diffusion-desk"
+    if [[ -x "$cli" ]]; then
+        ln -sfn "$cli" "$BIN_HOME/diffusion-desk-cli"
+        record "$BIN_HOME/diffusion-desk-cli"
+    fi
     # the launcher entry, pointing at this install
     local desktop="$DATA_HOME/applications/$APP_ID.desktop"
     mkdir -p "$(dirname "$desktop")"
@@ -172,12 +187,16 @@ if [[ "$ACTION" == uninstall ]]; then
     uninstall
     exit 0
 fi
-if [[ "$NO_PIP" == 0 ]]; then
-    install_python_side
+if [[ -n "$BUNDLE" ]]; then
+    BUNDLE="$(cd "$BUNDLE" && pwd)"
+else
+    if [[ "$NO_PIP" == 0 ]]; then
+        install_python_side
+    fi
+    VENV="$(cd "$VENV" 2>/dev/null && pwd || echo "$VENV")"
 fi
-VENV="$(cd "$VENV" && pwd)"
 install_desktop_side
-say "Diffusion Desk $("$VENV/bin/diffusion-desk-cli" --version 2>/dev/null | awk '{print $NF}') installed:"
+say "Diffusion Desk $("$BIN_HOME/diffusion-desk-cli" --version 2>/dev/null | awk '{print $NF}') installed:"
 say "  menu entry  $DATA_HOME/applications/$APP_ID.desktop"
 say "  command     $BIN_HOME/diffusion-desk (add $BIN_HOME to PATH if your shell does not find it)"
 say "  remove with bash $0 --uninstall"
