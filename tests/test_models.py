@@ -282,3 +282,33 @@ def test_a_folder_with_pickle_weights_only_is_refused_without_opt_in(tiny_model_
         load_pipeline(ModelSource.parse(str(folder)), torch.float32)
     pipe = load_pipeline(ModelSource.parse(str(folder)), torch.float32, allow_pickle=True)
     assert pipe.unet.config.in_channels == 4
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_shipped_model_index_and_shared_tokenizer_path(zoo, family, tmp_path, monkeypatch):
+    """A config folder laid out like the shipped ones (model_index.json from resources, tokenizer/pad_token.json
+    instead of vocab files) loads, with the shared CLIP BPE tokenizer and the family's pad token."""
+    import shutil
+
+    from importlib import resources
+
+    root, files = zoo
+    shipped = Path(str(resources.files("desktop_app.resources").joinpath("configs", family)))
+    custom = tmp_path / "configs" / family
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler"):
+        if (root / family / sub).is_dir():
+            (custom / sub).mkdir(parents=True)
+            for name in ("config.json", "scheduler_config.json"):
+                if (root / family / sub / name).is_file():
+                    shutil.copy(root / family / sub / name, custom / sub / name)
+    shutil.copy(shipped / "model_index.json", custom / "model_index.json")
+    for sub in ("tokenizer", "tokenizer_2"):
+        if (shipped / sub).is_dir():
+            shutil.copytree(shipped / sub, custom / sub)
+    (tmp_path / "configs" / "clip_tokenizer").symlink_to(shipped.parent / "clip_tokenizer")
+    monkeypatch.setenv(checkpoints.CONFIGS_ENV, str(tmp_path / "configs"))
+    pipe, detection = load_single_file(files[family], torch.float32)
+    assert detection.family == family
+    assert len(pipe.tokenizer) == 49408 and pipe.tokenizer.pad_token == "<|endoftext|>"
+    if family == "sdxl":
+        assert pipe.tokenizer_2.pad_token == "!"
