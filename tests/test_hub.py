@@ -26,6 +26,7 @@ class FakeHub:
         self.files: dict[str, bytes] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
         self.files.update(extra or {})
         self.delay = 0.0  # seconds per 16 KiB chunk
+        self.drop_after: int | None = None  # close the connection after this many body bytes (a network drop)
         self.requests: list[tuple[str, str, str]] = []
         hub_self = self
 
@@ -63,12 +64,17 @@ class FakeHub:
                     self.send_response(200)
                 self._headers(data, len(data) - start)
                 try:
-                    for i in range(start, len(data), 16384):
-                        self.wfile.write(data[i : i + 16384])
+                    end = len(data) if hub_self.drop_after is None or len(data) < 100_000 else start + hub_self.drop_after
+                    for i in range(start, end, 16384):
+                        self.wfile.write(data[i : min(i + 16384, end)])
                         if hub_self.delay:
                             time.sleep(hub_self.delay)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+                if end < len(data):
+                    self.close_connection = True
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
 
             def do_HEAD(self):
                 hub_self.requests.append(("HEAD", self.path, ""))
@@ -140,7 +146,6 @@ def test_download_reports_bytes_rate_and_eta_and_lands_in_the_hf_cache(fake_hub,
 
 
 def test_cancel_stops_the_download_and_the_next_one_resumes(fake_hub, monkeypatch):
-    monkeypatch.setattr(hub, "CHUNK_SIZE", 16384)
     fake_hub.delay = 0.005
     cancel = threading.Event()
     seen = []
@@ -217,3 +222,16 @@ def test_registry_rows_list_known_then_curated_models(tmp_path):
     rows = list_rows(registry)
     assert rows[0]["missing"] is True and rows[0]["family"] == "sd1"
     assert [r["kind"] for r in rows[1:]] == ["hub (curated)"] * len(hub.CURATED)
+
+
+def test_a_dropped_connection_is_a_clear_message_and_the_next_try_resumes(fake_hub):
+    fake_hub.drop_after = 200_000
+    with pytest.raises(ModelError, match="stopped") as info:
+        hub.download_model(REPO)
+    assert "resumes" in info.value.hint
+    fake_hub.drop_after = None
+    fake_hub.requests.clear()
+    folder = hub.download_model(REPO)
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    resumed = [int(rng[6:-1]) for _, _, rng in fake_hub.requests if rng.startswith("bytes=")]
+    assert resumed and 0 < resumed[0] <= 200_000

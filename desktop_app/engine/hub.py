@@ -26,7 +26,6 @@ from desktop_app.core.model_registry import CURATED, CuratedModel, curated  # no
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".onnx_data", ".h5", ".pb", ".pkl")
 PICKLE_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-CHUNK_SIZE = 1 << 20  # progress and cancel granularity
 
 
 @dataclass(frozen=True)
@@ -347,7 +346,7 @@ def fetch_file(repo: str, filename: str, revision: str, tracker: _Tracker, timeo
                 if mode == "wb" and have:
                     tracker.add(-have, fresh=False)  # the server ignored the Range: start over
                 with open(partial, mode) as fh:
-                    for chunk in response.iter_bytes(chunk_size=CHUNK_SIZE):
+                    for chunk in response.iter_bytes():  # as it arrives: a drop loses nothing already received
                         fh.write(chunk)
                         tracker.add(len(chunk))
         size = partial.stat().st_size
