@@ -235,3 +235,14 @@ def test_a_dropped_connection_is_a_clear_message_and_the_next_try_resumes(fake_h
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     resumed = [int(rng[6:-1]) for _, _, rng in fake_hub.requests if rng.startswith("bytes=")]
     assert resumed and 0 < resumed[0] <= 200_000
+
+
+def test_cancelling_a_download_inside_the_model_manager_is_a_job_cancel(fake_hub, engine):
+    from desktop_app.engine.sampling import JobCancelled
+
+    cancel = threading.Event()
+    cancel.set()
+    engine.models.unload()
+    with pytest.raises(JobCancelled):
+        engine.models.get(REPO, cancel=cancel)
+    assert engine.models.loaded is None
