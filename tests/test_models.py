@@ -312,3 +312,22 @@ def test_shipped_model_index_and_shared_tokenizer_path(zoo, family, tmp_path, mo
     assert len(pipe.tokenizer) == 49408 and pipe.tokenizer.pad_token == "<|endoftext|>"
     if family == "sdxl":
         assert pipe.tokenizer_2.pad_token == "!"
+
+
+def test_vae_helpers_upcast_an_fp16_sdxl_vae_and_put_it_back(zoo):
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from desktop_app.engine.models import vae_decode, vae_encode
+
+    root, _ = zoo
+    vae = AutoencoderKL.from_pretrained(str(root / "sdxl" / "vae"), local_files_only=True)
+    vae.register_to_config(force_upcast=True)
+    vae.to(torch.float16)
+    loaded = SimpleNamespace(pipe=SimpleNamespace(vae=vae), dtype=torch.float16)
+    latents = vae_encode(loaded, torch.zeros(1, 3, 64, 64, dtype=torch.float16))
+    assert latents.dtype == torch.float16 and latents.shape == (1, 4, 8, 8)
+    pixels = vae_decode(loaded, latents)
+    assert pixels.dtype == torch.float32 and torch.isfinite(pixels).all()
+    assert vae.dtype == torch.float16  # back to half precision afterwards

@@ -217,6 +217,40 @@ def text_conditioning(loaded: "LoadedModel", prompts: list[str], height: int, wi
     return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
 
 
+def vae_decode(loaded: "LoadedModel", latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> pixels in [-1, 1]. The SDXL VAE overflows in fp16 (its config says force_upcast):
+    it then runs in fp32 for this call, as the SDXL pipelines do, and goes back to fp16 after."""
+    vae = loaded.pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    with _vae_precision(vae) as dtype:
+        latents = latents.to(vae.device, dtype) / vae.config.scaling_factor + shift
+        return vae.decode(latents, return_dict=False)[0]
+
+
+def vae_encode(loaded: "LoadedModel", pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (posterior mean), upcast like vae_decode when needed."""
+    vae = loaded.pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    with _vae_precision(vae) as dtype:
+        mean = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mean
+        return ((mean - shift) * vae.config.scaling_factor).to(loaded.dtype)
+
+
+class _vae_precision:
+    def __init__(self, vae) -> None:
+        self.vae = vae
+        self.upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+
+    def __enter__(self) -> torch.dtype:
+        if self.upcast:
+            self.vae.to(torch.float32)
+        return self.vae.dtype
+
+    def __exit__(self, *exc) -> None:
+        if self.upcast:
+            self.vae.to(torch.float16)
+
+
 # -- reading models from disk ------------------------------------------------------------------
 def _folder_pipeline_class(folder: Path):
     """StableDiffusionPipeline or StableDiffusionXLPipeline, from model_index.json; others get a clear message."""
