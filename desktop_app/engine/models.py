@@ -451,7 +451,8 @@ class ModelManager:
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, self.memory, self.device)
         vae = pipe.vae
-        previewer = LatentPreviewer.fit(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
+        with _vae_precision(vae):  # the SDXL VAE overflows in fp16
+            previewer = LatentPreviewer.fit(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
         location = source.location
         if source.kind == "hub":
             location = str(getattr(pipe, "name_or_path", "") or source.location)
