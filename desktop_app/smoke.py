@@ -110,6 +110,9 @@ def _run(model: str | os.PathLike | None, timeout: float, data_dir: Path, starte
             return loop.run_until_complete(_drive(window, timeout, started))
     finally:
         try:
+            panel = getattr(window, "history_panel", None)
+            if panel is not None and hasattr(panel, "wait_for_saves"):
+                panel.wait_for_saves(30.0)  # before the temporary data folder goes
             window.close()
             window.deleteLater()
         except RuntimeError:  # already deleted
@@ -137,6 +140,14 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
 
     window.resultReady.connect(on_result)
     window.worker.failed.connect(on_failed)
+    # The history saves each result in the background: the smoke test waits for that too (and checks it worked).
+    saved: asyncio.Future = loop.create_future()
+    panel_ = getattr(window, "history_panel", None)
+    if panel_ is not None and hasattr(panel_, "saved") and getattr(panel_, "history", None) is not None:
+        panel_.saved.connect(lambda entries: saved.done() or saved.set_result(entries))
+        panel_.saveFailed.connect(lambda result, message, hint: saved.done() or saved.set_exception(RuntimeError(f"{message} {hint}".strip())))
+    else:
+        saved.set_result(None)  # no history in this window: nothing to wait for
     window.show()
     await asyncio.sleep(0)  # let the first paint happen
 
@@ -180,7 +191,16 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
     if pixels.std() == 0:
         _say("FAILED: the image is blank")
         return EXIT_FAILED
-    _say(f"ok: {image.width}x{image.height} image on the canvas in {time.perf_counter() - clicked:.1f} s "
+    try:
+        entries = await asyncio.wait_for(saved, timeout=60.0)
+    except asyncio.TimeoutError:
+        _say("FAILED: the result was not saved to the history within 60 s")
+        return EXIT_FAILED
+    except RuntimeError as exc:
+        _say(f"FAILED: saving to the history: {exc}")
+        return EXIT_FAILED
+    kept = "" if entries is None else f", saved to the history ({len(entries)} entry)"
+    _say(f"ok: {image.width}x{image.height} image on the canvas in {time.perf_counter() - clicked:.1f} s{kept} "
          f"(total {time.perf_counter() - started:.1f} s)")
     return EXIT_OK
 

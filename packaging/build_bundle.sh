@@ -55,6 +55,7 @@ BIN="$APP/diffusion-desk"
 rm -rf "$APP/linux"
 mkdir -p "$APP/linux"
 cp -r packaging/linux/install.sh packaging/linux/icons packaging/linux/*.desktop packaging/linux/*.metainfo.xml "$APP/linux/"
+chmod -R a+rX "$APP"  # readable by every user when unpacked system-wide (model exports can be 0600)
 size_mb=$(du -sm "$APP" | cut -f1)
 files=$(find "$APP" -type f | wc -l)
 echo "built $APP in ${build_s} s: ${size_mb} MB, ${files} files"
