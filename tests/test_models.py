@@ -20,7 +20,7 @@ from desktop_app.engine import checkpoints
 from desktop_app.engine.models import ModelSource, load_single_file, short_hash
 from test_models_tiny import build_family, save_single_file
 
-FAMILIES = ["sd1", "sd2-v", "sdxl", "sdxl-inpaint"]
+FAMILIES = ["sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-inpaint"]
 
 
 @pytest.fixture(scope="module")
