@@ -50,7 +50,7 @@ VAE_CONFIG = dict(
     in_channels=3, out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,
     up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=16,
+    block_out_channels=(8, 16, 32), layers_per_block=1, norm_num_groups=1,
     latent_channels=4, sample_size=64, act_fn="silu",
 )
 
@@ -63,10 +63,10 @@ TEXT_CONFIG = dict(
 
 UNET_CONFIG = dict(
     sample_size=16, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
-    block_out_channels=(48, 96), layers_per_block=2, norm_num_groups=16,
+    block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=4,
     cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4,  # (= number of heads in diffusers' naming)
     addition_embed_type="text", addition_embed_type_num_heads=4,
 )
@@ -231,7 +231,7 @@ def stage_vae(args, device):
             log(f"vae: step {st['step']} -> decoder-only fine-tune")
         frac = st["elapsed"] / total_s
         if not dec_mode:
-            lr = 1e-3 if frac < 0.5 else 3e-4
+            lr = 2e-3 if frac < 0.5 else 5e-4
         else:
             lr = 3e-4 * (1 - (frac - (1 - dec_s / total_s)) / (dec_s / total_s)) + 2e-5
         for pg in opt.param_groups:
@@ -239,7 +239,8 @@ def stage_vae(args, device):
         idx = torch.randint(0, len(data), (bs,), generator=g)
         x = data[idx].to(device)
         post = vae.encode(x).latent_dist
-        z = post.sample()
+        # deterministic (posterior mean) early on: learns far faster; sampled later for a robust decoder
+        z = post.mode() if (dec_mode or frac < 0.6) else post.sample()
         rec = vae.decode(z).sample
         kl = post.kl().mean()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * kl
@@ -521,7 +522,7 @@ def main(argv=None):
     ap.add_argument("--vocab-size", type=int, default=600)
     ap.add_argument("--vae-images", type=int, default=12000)
     ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--unet-images", type=int, default=30000)
+    ap.add_argument("--unet-images", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
