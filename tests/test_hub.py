@@ -118,7 +118,18 @@ def restore_hub_constants():
 @pytest.fixture
 def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
     # a pickle next to the safetensors must never be fetched
-    with FakeHub(tiny_model_dir, {"unet/diffusion_pytorch_model.bin": b"not for download" * 100, "v1-5-pruned.ckpt": b"x" * 5000}) as server:
+    # like the real SD 1.5 repo: safety checker and feature extractor listed, a pickle beside the safetensors, a root .ckpt
+    index = json.loads((tiny_model_dir / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"], feature_extractor=["transformers", "CLIPImageProcessor"])
+    extra = {
+        "model_index.json": json.dumps(index).encode(),
+        "unet/diffusion_pytorch_model.bin": b"not for download" * 100,
+        "v1-5-pruned.ckpt": b"x" * 5000,
+        "safety_checker/model.safetensors": b"s" * 5000,
+        "safety_checker/config.json": b"{}",
+        "feature_extractor/preprocessor_config.json": b"{}",
+    }
+    with FakeHub(tiny_model_dir, extra) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
         monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -128,7 +139,7 @@ def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def _weights(server) -> int:
-    return sum(len(v) for k, v in server.files.items() if not k.endswith((".bin", ".ckpt")))
+    return sum(len(v) for k, v in server.files.items() if not k.endswith((".bin", ".ckpt")) and not k.startswith(("safety_checker", "feature_extractor")))
 
 
 def test_download_reports_bytes_rate_and_eta_and_lands_in_the_hf_cache(fake_hub, tmp_path):
@@ -137,7 +148,7 @@ def test_download_reports_bytes_rate_and_eta_and_lands_in_the_hf_cache(fake_hub,
     assert (folder / "model_index.json").is_file() and (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert str(folder).startswith(str(tmp_path / "hf" / "hub"))
     assert not (folder / "unet" / "diffusion_pytorch_model.bin").exists() and not (folder / "v1-5-pruned.ckpt").exists()
-    assert not any(path.endswith((".bin", ".ckpt")) for _, path, _ in fake_hub.requests)
+    assert not any(path.endswith((".bin", ".ckpt")) or "safety_checker" in path for _, path, _ in fake_hub.requests)
     last = events[-1]
     assert last.done_bytes == last.total_bytes and last.files_done == last.files_total
     assert last.total_bytes <= _weights(fake_hub)
@@ -246,3 +257,32 @@ def test_cancelling_a_download_inside_the_model_manager_is_a_job_cancel(fake_hub
     with pytest.raises(JobCancelled):
         engine.models.get(REPO, cancel=cancel)
     assert engine.models.loaded is None
+
+
+def test_variant_and_pickle_selection():
+    files = {
+        "model_index.json": 1,
+        "unet/config.json": 1,
+        "unet/diffusion_pytorch_model.safetensors": 10,
+        "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors": 3,
+        "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors": 2,
+        "unet/diffusion_pytorch_model.safetensors.index.fp16.json": 1,
+        "unet/diffusion_pytorch_model.non_ema.safetensors": 10,
+        "vae/config.json": 1,
+        "vae/diffusion_pytorch_model.bin": 5,
+        "sd_xl_base_1.0.safetensors": 100,
+    }
+    index = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    with pytest.raises(ModelError, match="pickle weights only"):
+        hub.select_files(files, index)
+    files["vae/diffusion_pytorch_model.safetensors"] = 5
+    plain, variant = hub.select_files(files, index)
+    assert variant is None and "unet/diffusion_pytorch_model.safetensors" in plain and not any("fp16" in p or "non_ema" in p for p in plain)
+    half, variant = hub.select_files(files, index, prefer_fp16=True)
+    assert variant == "fp16"
+    assert {p for p in half if p.startswith("unet/") and "fp16" in p} == {
+        "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
+    }
+    assert "sd_xl_base_1.0.safetensors" not in half + plain

@@ -128,7 +128,8 @@ def _variant_of(name: str) -> str | None:
     for suffix in (".safetensors",):
         if stem.endswith(suffix):
             parts = stem[: -len(suffix)].split(".")
-            return parts[-1] if len(parts) > 1 else None
+            # "model.fp16.safetensors", sharded "model.fp16-00001-of-00002.safetensors"
+            return parts[-1].split("-")[0] if len(parts) > 1 else None
     return None
 
 

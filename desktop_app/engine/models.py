@@ -286,7 +286,10 @@ def _refuse_pickle_only_components(folder: Path) -> None:
 
 
 def _from_pretrained(cls, location: str, dtype: torch.dtype, **kwargs):
-    extra = {"safety_checker": None, "requires_safety_checker": False} if cls.__name__ == "StableDiffusionPipeline" else {}
+    # optional parts we never use (and never download): hub repos list them in model_index.json
+    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    if cls.__name__ == "StableDiffusionPipeline":
+        extra.update(safety_checker=None, requires_safety_checker=False)
     return cls.from_pretrained(location, dtype=dtype, local_files_only=True, **extra, **kwargs)
 
 
