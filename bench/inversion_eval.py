@@ -204,6 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--edit-methods", nargs="*", default=[inversion.DEFAULT_METHOD])
     ap.add_argument("--refine", type=int, default=None, help="fixed-point refinements per inversion step")
     ap.add_argument("--cost-reps", type=int, default=3)
+    ap.add_argument("--cost-t0", type=int, nargs="*", default=None, help="t0 values for the cost (default: --t0 and 999)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["recon", "edit", "masked", "cost"])
     ap.add_argument("--quick", action="store_true", help="4 images, 20 steps: a plumbing check")
     args = ap.parse_args(argv)
@@ -257,9 +258,10 @@ def main(argv=None) -> int:
 
     if "cost" not in args.skip:
         print("\n3. Cost of an edit over a generation with the same steps (median):")
-        for method in args.cost_methods:
-            g, e, ratio = cost(engine, model, args.steps, args.edit_guidance[0], args.t0, method, args.cost_reps)
-            print(f"  {method:<16} t0 {args.t0}: generation {g * 1000:7.0f} ms, edit {e * 1000:7.0f} ms, ratio {ratio:.2f}x", flush=True)
+        for t0 in args.cost_t0 if args.cost_t0 is not None else sorted({args.t0, 999}):
+            for method in args.cost_methods:
+                g, e, ratio = cost(engine, model, args.steps, args.edit_guidance[0], t0, method, args.cost_reps)
+                print(f"  {method:<16} t0 {t0:>3}: generation {g * 1000:7.0f} ms, edit {e * 1000:7.0f} ms, ratio {ratio:.2f}x", flush=True)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
 
