@@ -64,6 +64,20 @@ def create_main_window(
 
 
 WARM_UP_DELAY_MS = 800
+DESKTOP_ID = "io.github.diffusiondesk.DiffusionDesk"
+
+
+def app_icon():
+    """The window and taskbar icon, from the installed package's resources."""
+    from importlib import resources
+
+    from PySide6.QtGui import QIcon
+
+    icons = resources.files("desktop_app.resources").joinpath("icons")
+    icon = QIcon()
+    for size in (16, 24, 32, 48, 64, 128, 256, 512):
+        icon.addFile(str(icons.joinpath(f"diffusion-desk-{size}.png")))
+    return icon
 
 # Called with the window right after it is created in run_gui (bench/startup.py uses it to time the first paint).
 window_created_hooks: list[Callable[[Any], None]] = []
@@ -83,10 +97,22 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
     QCoreApplication.setOrganizationName("diffusion-desk")
     QCoreApplication.setApplicationName("Diffusion Desk")
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    QGuiApplication.setDesktopFileName("diffusion-desk")
+    QGuiApplication.setDesktopFileName(DESKTOP_ID)
+    from desktop_app.crash import install_crash_handler
+    from desktop_app.logs import setup_logging
+    from desktop_app.single_instance import SingleInstance
+
+    crash = install_crash_handler(setup_logging(debug))
+    instance = SingleInstance()
+    if instance.try_hand_off([open_path] if open_path else []):
+        log.info("handed %s to the running window", open_path or "activation")
+        return 0
+    app.setWindowIcon(app_icon())
     window = create_main_window(model=model if model not in (None, "") else None, data_dir=data_dir, defer_history=True)
     for hook in window_created_hooks:
         hook(window)
+    instance.listen()
+    instance.attach(window)
     window.show()
     app.processEvents()  # first paint now; the history, asyncio and qasync load after it
     window.attach_history(open_history(data_dir))
@@ -101,6 +127,7 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
 
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
+    crash.install_asyncio(loop)
     if open_path:
         window.open_image(open_path)
     closed = asyncio.Event()
@@ -123,62 +150,4 @@ def _exit_if_engine_busy(worker: Any, code: int = 0) -> None:
         os._exit(code)
 
 
-def run_smoke(model: str | None = None, timeout_s: float = 600.0) -> int:
-    """`diffusion-desk --smoke`: open the real window offscreen, make one image (built-in model), exit.
-
-    Prints one line; returns 0 when an image came back, 1 otherwise. Settings and history go
-    where desktop_app.core.paths says (the CLI has applied --data-dir)."""
-    import time
-
-    from PySide6.QtWidgets import QApplication
-
-    if QApplication.instance() is None:
-        os.environ["QT_QPA_PLATFORM"] = "offscreen"
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-
-    import asyncio
-
-    import qasync
-
-    loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(loop)
-    started = time.perf_counter()
-    window = create_main_window(model=model)
-    window.show()
-    app.processEvents()
-    shown = time.perf_counter() - started
-    window.prompt_panel.prompt_edit.setPlainText("a red circle on a blue background")
-    window.prompt_panel.seed_spin.setValue(1)
-    window.prompt_panel.set_mode("generate")
-    outcome: dict[str, Any] = {}
-
-    async def smoke() -> None:
-        done = asyncio.get_event_loop().create_future()
-        window.resultReady.connect(lambda r: done.done() or done.set_result(r))
-        window.worker.failed.connect(lambda _id, message, hint: done.done() or done.set_exception(RuntimeError(f"{message} {hint}".strip())))
-        if window.generate() is None:
-            outcome["error"] = " ".join(window.last_error or ("could not start",))
-            return
-        try:
-            result = await asyncio.wait_for(done, timeout_s)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            outcome["error"] = str(exc) or type(exc).__name__
-            return
-        outcome["result"] = result
-
-    with loop:
-        loop.run_until_complete(smoke())
-        window.close()
-    result = outcome.get("result")
-    if result is None or not result.images:
-        print(f"smoke: FAILED: {outcome.get('error', 'no image')}", file=sys.stderr)
-        _exit_if_engine_busy(window.worker, 1)
-        return 1
-    img = result.images[0]
-    print(f"smoke: ok: window shown in {shown:.2f} s, {img.width}x{img.height} image from {result.model_id or 'builtin'} "
-          f"in {time.perf_counter() - started:.1f} s")
-    _exit_if_engine_busy(window.worker, 0)
-    return 0
-
-
-__all__ = ["create_main_window", "open_history", "run_gui", "run_smoke", "window_created_hooks"]
+__all__ = ["app_icon", "create_main_window", "open_history", "run_gui", "window_created_hooks"]

@@ -230,9 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.debug)
     try:
         if args.smoke:
-            from desktop_app.app import run_smoke
+            from desktop_app.smoke import run_smoke
 
-            return run_smoke()
+            return run_smoke(model=args.gui_model)
         if args.command in ("generate", "img2img", "inpaint", "edit"):
             return _run_job(args)
         if args.command == "history":

@@ -135,22 +135,6 @@ def test_real_t0_slider_forward_process_and_img2img(qtbot, real_window):
     assert blocker.args[0].request.strength == pytest.approx(0.99)
 
 
-@pytest.mark.slow
-def test_smoke_entry_point(tiny_model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from desktop_app.core import paths; paths.set_data_dir(sys.argv[1]);"
-        "from desktop_app.app import run_smoke; sys.exit(run_smoke(model=sys.argv[2]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tiny_model_dir)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "smoke: ok" in out.stdout
-
-
 def test_real_edit_from_the_window(qtbot, real_window):
     ev = Events(real_window.worker)
     real_window.set_source_image(Image.new("RGB", (64, 64), (30, 60, 220)))
