@@ -72,7 +72,9 @@ UNET_CONFIG = dict(
 )
 
 SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+    # SD's schedule: terminal alpha_bar 0.0047.  (A linear 1e-4..0.02 schedule, alpha_bar_T = 4e-5, made
+    # epsilon-prediction errors at t~999 blow up into latent DC offsets with 20-step DDIM.)
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
     timestep_spacing="trailing",
 )
@@ -386,6 +388,12 @@ def stage_unet(args, device):
                 st["total_s"] = st["elapsed"] + args.minutes * 60
         torch.set_rng_state(c["rng"])
         log(f"unet: resuming at step {st['step']} ({st['elapsed']:.0f}s of {st['total_s']:.0f}s)")
+    elif args.init_from:
+        c = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        unet.load_state_dict(c["unet"])
+        te.load_state_dict(c["te"])
+        ema = EMA([unet, te], args.ema)
+        log(f"unet: initialised from {args.init_from} (step {c['st']['step']})")
     total_s = st["total_s"]
     n_unet = sum(p.numel() for p in unet.parameters())
     n_te = sum(p.numel() for p in te.parameters())
@@ -533,6 +541,8 @@ def main(argv=None):
     ap.add_argument("--stop-after-steps", type=int, default=0, help="smoke tests: stop the UNet after N steps")
     ap.add_argument("--reset-budget", action="store_true",
                     help="unet: replace the remaining time budget by --minutes")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="unet: start from the weights of another unet.pt checkpoint (fresh optimizer)")
     ap.add_argument("--fp16", action="store_true", help="export fp16 weights (default fp32)")
     ap.add_argument("--force", action="store_true", help="vae: train further even if done")
     args = ap.parse_args(argv)
