@@ -50,10 +50,12 @@ from desktop_app.engine.sampling import StepHooks, Trajectory, generators, make_
 
 Emit = Callable[[Any], None]
 
-DEFAULT_T0 = 600  # timestep an edit starts from when the request gives neither t0 nor strength (schedule unknown)
-# With the schedule known, the default depth is where the signal share alpha_bar_t falls to this level
-# (SD 1.x's scaled-linear schedule: t = 600; the built-in model's linear one: t = 423).
-DEFAULT_SIGNAL = 0.16
+DEFAULT_T0 = 700  # timestep an edit starts from when the request gives neither t0 nor strength (schedule unknown)
+# With the schedule known, the default depth is where the signal share alpha_bar_t falls to this level:
+# t = 699 on the built-in model's linear schedule (tuned there: colour edits with direct inversion
+# succeed from about this depth on while the background keeps > 25 dB), t = 965 on SD 1.x's
+# scaled-linear one (direct inversion is usually run over the whole schedule there).
+DEFAULT_SIGNAL = 0.007
 DEFAULT_METHOD = "direct"
 INVERSION_REFINE = 0  # fixed-point refinements per inversion step (each one more UNet pass)
 SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source image at least this well
