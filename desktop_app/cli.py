@@ -38,6 +38,12 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
     parser.add_argument("--scheduler", "--sampler", choices=sorted(SCHEDULERS), default=None, help="sampler (model default)")
     parser.add_argument("--out", "-o", required=True, help="output PNG; a batch writes NAME.png, NAME-2.png, ...")
     parser.add_argument("--no-history", action="store_true", help="do not add the result to the history")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]", help="apply a LoRA (.safetensors) with a weight (default 1); repeatable")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .ckpt/.pt/.bin checkpoints and LoRAs: read with torch.load(weights_only=True), tensors only; pickles can hide code, so only from sources you trust",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
 
-    models = sub.add_parser("models", help="list models and their recommended settings")
+    models = sub.add_parser("models", help="list models (built-in, used before, curated hub list); detect a checkpoint; download one")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--detect", metavar="FILE", default=None, help="say which family a .safetensors checkpoint is (reads its header only)")
+    models.add_argument("--download", metavar="REPO", default=None, help="download a hub model (owner/name[@revision][:subfolder]) into the Hugging Face cache")
+    models.add_argument("--fp16", action="store_true", help="with --download: fetch the half-precision weights when the repo has them (GPUs)")
 
     parser.add_argument("open_path", nargs="?", default=None, help="an image to open in the window")
     return parser
+
+
+def _lora_spec(text: str):
+    from desktop_app.engine.lora import LoraSpec
+
+    return LoraSpec.parse(text)
 
 
 def _request_from_args(args: argparse.Namespace):
@@ -104,6 +119,7 @@ def _request_from_args(args: argparse.Namespace):
         batch=args.batch,
         scheduler=args.scheduler,
         trajectory=False,
+        loras=tuple((str(Path(spec.path).expanduser().resolve()), spec.weight) for spec in map(_lora_spec, args.lora)),
     )
     if args.size:
         common["width"], common["height"] = args.size
@@ -166,16 +182,20 @@ def _run_job(args: argparse.Namespace) -> int:
     request.validate()
     from desktop_app.engine.engine import Engine, JobCancelled
 
-    engine = Engine(device=args.device)
+    engine = Engine(device=args.device, allow_pickle=args.allow_pickle)
     bars: dict[str, tqdm] = {}
 
     def on_event(event) -> None:
         if isinstance(event, Progress):
             bar = bars.get(event.phase)
             if bar is None:
-                bar = bars[event.phase] = tqdm(total=event.total, desc=event.phase, unit="step", file=sys.stderr, leave=True)
+                download = event.phase == "download"
+                bar = bars[event.phase] = tqdm(
+                    total=event.total, desc=event.phase, unit="B" if download else "step", unit_scale=download, file=sys.stderr, leave=True
+                )
             bar.update(event.step - bar.n)
-            bar.set_postfix_str(f"t={event.timestep}")
+            if event.phase != "download":
+                bar.set_postfix_str(f"t={event.timestep}")
         elif isinstance(event, Notice):
             tqdm.write(f"note: {event.message}", file=sys.stderr)
 
@@ -209,14 +229,33 @@ def _add_to_history(result) -> None:
 
 
 def _list_models(args: argparse.Namespace) -> int:
+    from desktop_app.core.model_registry import list_rows
     from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, model_defaults
 
+    if args.detect:
+        from desktop_app.engine.checkpoints import detect_file
+
+        found = detect_file(args.detect)
+        if args.json:
+            print(json.dumps({"family": found.family, "name": found.name, "prediction_type": found.prediction_type, "evidence": list(found.evidence)}, indent=2))
+        else:
+            print(f"{found.family}\t{found.name}\t{'; '.join(found.evidence)}")
+        return 0
+    if args.download:
+        from desktop_app.engine.hub import download_with_console_progress
+
+        print(download_with_console_progress(args.download, prefer_fp16=args.fp16))
+        return 0
     rows = [{"id": BUILTIN, "path": str(builtin_model_path()), **model_defaults(BUILTIN)}]
+    known = list_rows()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + known, indent=2))
     else:
         for row in rows:
             print(f"{row['id']}\t{row.get('name', '')}\t{row['width']}x{row['height']}, {row['steps']} steps, CFG {row['guidance']}\t{row['path']}")
+        for row in known:
+            size = f"{row['download_gb']:.1f} GB download" if "download_gb" in row else ("MISSING" if row.get("missing") else row.get("hash", ""))
+            print(f"{row['id']}\t{row['name']}\t{row['kind']}, {row['family']}\t{size}")
     return 0
 
 

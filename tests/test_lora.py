@@ -55,8 +55,9 @@ def lora_files(tmp_path_factory, tiny_model_dir):
     return root / "style_diffusers.safetensors", root / "style_kohya.safetensors"
 
 
-def _image(engine, model, seed=3):
-    result = engine.run(GenerateRequest(prompt="a red circle", model=str(model), seed=seed, steps=2))
+def _image(engine, model, seed=3, loras=()):
+    """The request names its LoRAs; the engine applies exactly those (and removes any others)."""
+    result = engine.run(GenerateRequest(prompt="a red circle", model=str(model), seed=seed, steps=2, loras=tuple((str(p), w) for p, w in loras)))
     return np.asarray(result.images[0]).astype(np.int16)
 
 
@@ -68,30 +69,23 @@ def test_lora_changes_the_image_and_removing_it_restores_it_exactly(engine, tiny
     info = apply_loras(loaded, [LoraSpec(str(diffusers_lora), 1.0)])
     assert "Lora hashes" in info and "style_diffusers" in info["Loras"]
     assert any("lora" in name for name, _ in loaded.pipe.text_encoder.named_modules())  # its text-encoder part too
-    full = _image(engine, tiny_model_dir)
+    full = _image(engine, tiny_model_dir, loras=[(diffusers_lora, 1.0)])
     assert np.abs(full - base).mean() > 0.5
-    apply_loras(loaded, [LoraSpec(str(diffusers_lora), 0.3)])
-    weak = _image(engine, tiny_model_dir)
+    weak = _image(engine, tiny_model_dir, loras=[(diffusers_lora, 0.3)])
     assert 0 < np.abs(weak - base).mean() < np.abs(full - base).mean()
-    apply_loras(loaded, [LoraSpec(str(diffusers_lora), 1.0), LoraSpec(str(kohya_lora), 0.8)])
-    both = _image(engine, tiny_model_dir)
+    both = _image(engine, tiny_model_dir, loras=[(diffusers_lora, 1.0), (kohya_lora, 0.8)])
     assert not np.array_equal(both, full)
     assert set(loaded.loras) == {adapter_name(diffusers_lora), adapter_name(kohya_lora)}
-    apply_loras(loaded, [])
+    assert np.array_equal(_image(engine, tiny_model_dir), base)  # a request without LoRAs removes them
     assert loaded.loras == {}
-    assert np.array_equal(_image(engine, tiny_model_dir), base)
     assert engine.models.loads == loads  # never reloaded
 
 
 def test_kohya_layout_loads_alone(engine, tiny_model_dir, lora_files):
     _, kohya_lora = lora_files
     base = _image(engine, tiny_model_dir, seed=5)
-    loaded = engine.models.loaded
-    apply_loras(loaded, [str(kohya_lora) + ":1.0"])
-    try:
-        assert not np.array_equal(_image(engine, tiny_model_dir, seed=5), base)
-    finally:
-        apply_loras(loaded, [])
+    assert LoraSpec.parse(str(kohya_lora) + ":1.0").weight == 1.0
+    assert not np.array_equal(_image(engine, tiny_model_dir, seed=5, loras=[(kohya_lora, 1.0)]), base)
 
 
 def test_lora_for_another_family_or_pickle_is_refused(engine, tiny_model_dir, lora_files, tmp_path):
@@ -131,8 +125,6 @@ def test_sdxl_lora_applies_to_every_mode(engine, tmp_path):
     StableDiffusionXLPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=unet, weight_name="xl_style.safetensors")
     base = _image(engine, folder)
     loaded = engine.models.loaded
-    apply_loras(loaded, [LoraSpec(str(tmp_path / "xl_style.safetensors"), 1.0)])
-    assert not np.array_equal(_image(engine, folder), base)
+    assert not np.array_equal(_image(engine, folder, loras=[(tmp_path / "xl_style.safetensors", 1.0)]), base)
     assert loaded.pipeline("img2img").unet is loaded.pipe.unet
-    apply_loras(loaded, [])
     assert np.array_equal(_image(engine, folder), base)

@@ -50,6 +50,7 @@ class GenerateRequest:
     scheduler: str | None = None
     previews: bool = True
     trajectory: bool = True
+    loras: tuple[tuple[str, float], ...] = ()  # (path, weight) per LoRA
 
     # -- defaults and checks -------------------------------------------------
     def with_defaults(self, **defaults: Any) -> "GenerateRequest":
@@ -81,6 +82,8 @@ class GenerateRequest:
         _check_range("Batch", self.batch, 1, 16, "Make at most 16 images per job.")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InvalidRequest(f"Unknown scheduler {self.scheduler!r}.", "Choose one of: " + ", ".join(SCHEDULERS))
+        for path, weight in self.loras:
+            _check_range("LoRA weight", weight, -4, 4, "0.5 to 1 suits most LoRAs.")
         self._validate_images()
         return self
 
@@ -112,6 +115,8 @@ class GenerateRequest:
             raise InvalidRequest(f"Unknown request kind {kind!r}.", "Known: " + ", ".join(REQUEST_TYPES))
         known = set(cls.field_names())
         kwargs = {k: v for k, v in data.items() if k in known}
+        if "loras" in kwargs:
+            kwargs["loras"] = tuple((str(p), float(w)) for p, w in kwargs["loras"])
         for name in _IMAGE_FIELDS:
             if isinstance(kwargs.get(name), str):
                 kwargs[name] = image_from_data_url(kwargs[name])

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from desktop_app.core.errors import OutOfMemory, UserError
+from desktop_app.core.errors import ModelError, OutOfMemory, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Result
 from desktop_app.core.requests import MAX_SEED, EditRequest, GenerateRequest
 from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
-from desktop_app.engine.models import LoadedModel, ModelManager
+from desktop_app.engine.models import LoadedModel, ModelManager, vae_decode, vae_encode
 from desktop_app.engine.sampling import JobCancelled, Trajectory, prompt_notices, run_pipeline, work_size
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ class ForwardProcess:
 class Engine:
     """Runs requests on the local device. Models load lazily on first use and stay loaded."""
 
-    def __init__(self, device: str | None = None, dtype: str | None = None, memory: MemoryOptions | None = None) -> None:
+    def __init__(self, device: str | None = None, dtype: str | None = None, memory: MemoryOptions | None = None, allow_pickle: bool = False) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
-        self.models = ModelManager(self.device, self.dtype, memory)
+        self.models = ModelManager(self.device, self.dtype, memory, allow_pickle=allow_pickle)
         self._lock = threading.Lock()
 
     # -- the entry point -----------------------------------------------------------
@@ -90,7 +90,12 @@ class Engine:
 
     def _run(self, request: GenerateRequest, emit: OnEvent, cancel: threading.Event | None) -> Result:
         request.validate()
-        loaded = self.models.get(request.model)
+        loaded = self.models.get(request.model, emit=emit, cancel=cancel)
+        lora_info = {}
+        if request.loras or loaded.loras:
+            from desktop_app.engine.lora import apply_loras
+
+            lora_info = apply_loras(loaded, request.loras, allow_pickle=self.models.allow_pickle)
         image = getattr(request, "image", None)
         if image is not None and not (request.width and request.height):
             width, height = work_size(request, image)
@@ -108,9 +113,16 @@ class Engine:
         if isinstance(request, EditRequest):
             from desktop_app.engine.inversion import run_edit
 
+            if loaded.family.startswith("sdxl"):
+                raise ModelError(
+                    "Editing by inversion works with SD 1.x / 2.x models and the built-in one, not yet with SDXL.",
+                    "Use img2img or inpaint with this model, or pick an SD 1.x / 2.x model for Edit.",
+                )
+
             images, trajectory, info = run_edit(loaded, request, seeds, emit, cancel)
         else:
             images, trajectory, info = run_pipeline(loaded, request, seeds, emit, cancel)
+        info = {**info, **lora_info}
         return Result(
             request=request,
             images=images,
@@ -132,10 +144,9 @@ class Engine:
         with self._lock:
             loaded = self.models.get(model) if model is not None else self.models.loaded
             pipe = loaded.pipe
-            tensor = torch.as_tensor(np.asarray(latent) if not isinstance(latent, torch.Tensor) else latent)
-            tensor = tensor[None].to(loaded.device, loaded.dtype)
+            tensor = torch.as_tensor(np.asarray(latent) if not isinstance(latent, torch.Tensor) else latent)[None]
             with torch.inference_mode():
-                pixels = pipe.vae.decode(tensor / pipe.vae.config.scaling_factor, return_dict=False)[0]
+                pixels = vae_decode(loaded, tensor)
             return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
 
     def decode_trajectory(self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
@@ -167,7 +178,6 @@ def encode(loaded: LoadedModel, image: Image.Image, size: tuple[int, int] | None
     """VAE posterior mean, scaled: the deterministic latent inversion and previews need."""
     pipe = loaded.pipe
     width, height = size or (max(64, image.width - image.width % 8), max(64, image.height - image.height % 8))
-    pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(loaded.device, loaded.dtype)
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(loaded.device)
     with torch.inference_mode():
-        latent = pipe.vae.encode(pixels).latent_dist.mean
-    return latent * pipe.vae.config.scaling_factor
+        return vae_encode(loaded, pixels)
