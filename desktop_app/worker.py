@@ -225,6 +225,16 @@ class EngineWorker(QObject):
     def preload(self, model: str):
         return self.call("preload", lambda engine: engine.preload(model))
 
+    def download_model(self, repo: str, on_progress: Callable[[Any], None], cancel: threading.Event):
+        """Fetch a hub model into the Hugging Face cache on the worker thread (fp16 weights on GPUs); a future of its folder."""
+
+        def fetch(engine: Any) -> Any:
+            from desktop_app.engine.hub import download_model
+
+            return download_model(repo, progress=on_progress, cancel=cancel, prefer_fp16=engine.device.type != "cpu")
+
+        return self.call("download", fetch)[1]
+
     def decode_trajectory(self, trajectory: Any, index: int, which: str = "x0"):
         """Full VAE decode of a trajectory step -> PIL image."""
         return self.call("decode_trajectory", lambda engine: engine.decode_trajectory(trajectory, index, which))

@@ -799,7 +799,8 @@ class MainWindow(QMainWindow):
     def open_models_dialog(self) -> None:
         from desktop_app.ui.models_dialog import ModelsDialog
 
-        dlg = ModelsDialog(self.prompt_panel.models(), self.prompt_panel.model(), self)
+        allow_pickle = str(self.settings.value("models/allow_pickle", "false")).lower() == "true"
+        dlg = ModelsDialog(self.prompt_panel.models(), self.prompt_panel.model(), self, downloader=self.worker.download_model, allow_pickle=allow_pickle)
         if dlg.exec():
             for m in dlg.models():
                 self.prompt_panel.add_model(m)
