@@ -98,7 +98,7 @@ def inversion_psnr(pipe, n=20, steps=50, seed=0):
     vals = []
     for s in specs:
         img = shapes.render(s, 64, rng)
-        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
         z0 = vae.encode(x).latent_dist.mode() * sf
         ref = vae.decode(z0 / sf).sample.clamp(-1, 1)
         ids = pipe.tokenizer([shapes.caption(s)], padding="max_length", max_length=pipe.tokenizer.model_max_length,
