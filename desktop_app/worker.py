@@ -88,6 +88,7 @@ class _Job:
     job_id: int = field(compare=False)
     kind: str = field(compare=False)  # "run" or a service name
     request: Any = field(compare=False, default=None)
+    source: Any = field(compare=False, default=None)  # an edit's source Result, for the exact replay
     call: Callable[[Any], Any] | None = field(compare=False, default=None)
     cancel: threading.Event = field(compare=False, default_factory=threading.Event)
     future: Any = field(compare=False, default=None)
@@ -178,9 +179,9 @@ class EngineWorker(QObject):
             return sum(1 for j in self._jobs.values() if j.kind == "run" and not j.done)
 
     # -- submitting ------------------------------------------------------------
-    def submit(self, request: Any) -> tuple[int, Any]:
-        """Queue a generation job; returns (job_id, future of its Result)."""
-        job = self._enqueue(_PRIORITY_JOB, "run", request=request)
+    def submit(self, request: Any, source: Any = None) -> tuple[int, Any]:
+        """Queue a generation job; returns (job_id, future of its Result). `source`: see Engine.run."""
+        job = self._enqueue(_PRIORITY_JOB, "run", request=request, source=source)
         self.queueChanged.emit(self.pending())
         return job.job_id, job.future
 
@@ -225,6 +226,10 @@ class EngineWorker(QObject):
     def preload(self, model: str):
         return self.call("preload", lambda engine: engine.preload(model))
 
+    def suggest_mask(self, image: Any, source_prompt: str, target_prompt: str, model: str | None = None):
+        """A DiffEdit-style mask of where the target prompt differs from the source; (id, future of a PIL 'L' image)."""
+        return self.call("suggest_mask", lambda engine: engine.suggest_mask(image, source_prompt, target_prompt, model))
+
     def download_model(self, repo: str, on_progress: Callable[[Any], None], cancel: threading.Event):
         """Fetch a hub model into the Hugging Face cache on the worker thread (fp16 weights on GPUs); a future of its folder."""
 
@@ -260,8 +265,8 @@ class EngineWorker(QObject):
         fut.add_done_callback(_consume_exception)
         return fut
 
-    def _enqueue(self, priority: int, kind: str, request: Any = None, call: Callable | None = None) -> _Job:
-        job = _Job(priority, next(self._seq), next(self._ids), kind, request=request, call=call)
+    def _enqueue(self, priority: int, kind: str, request: Any = None, call: Callable | None = None, source: Any = None) -> _Job:
+        job = _Job(priority, next(self._seq), next(self._ids), kind, request=request, call=call, source=source)
         job.future = self._make_future()
         if self._stopping:  # after shutdown (a late timer while the window closes): never runs
             job.done = True
@@ -354,7 +359,7 @@ class EngineWorker(QObject):
             engine = self._get_engine()
             if job.cancel.is_set():
                 raise JobCancelled()
-            result = engine.run(job.request, on_event=on_event, cancel=job.cancel)
+            result = engine.run(job.request, on_event=on_event, cancel=job.cancel, **({"source": job.source} if job.source is not None else {}))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a signal
             if job.cancel.is_set() or type(exc).__name__ in ("JobCancelled", "Cancelled"):
                 self.cancelled.emit(job_id)

@@ -147,3 +147,46 @@ def test_real_edit_from_the_window(qtbot, real_window):
     assert result.request.kind == "edit" and result.request.t0 == 500
     assert result.images[0].size == (64, 64)
     assert ev.steps  # inversion and denoising both report progress
+
+
+def test_editing_our_own_result_replays_its_trajectory(qtbot, real_window):
+    with qtbot.waitSignal(real_window.resultReady, timeout=60000) as made:
+        real_window.generate()
+    assert made.args[0].request.scheduler == "ddim"
+    real_window.use_result_as_source()
+    real_window.prompt_panel.set_mode("edit")
+    real_window.prompt_panel.source_prompt_edit.setText("a red circle")
+    real_window.timestep_panel.set_t0(600)
+    with qtbot.waitSignal(real_window.resultReady, timeout=60000) as edited:
+        real_window.generate()
+    assert "Edit source" in edited.args[0].info  # replayed, not inverted
+    # a source opened from elsewhere is inverted as usual
+    real_window.set_source_image(made.args[0].images[0].copy())
+    with qtbot.waitSignal(real_window.resultReady, timeout=60000) as inverted:
+        real_window.generate()
+    assert "Edit source" not in inverted.args[0].info
+
+
+def test_suggest_mask_fills_the_canvas_mask(qtbot, real_window):
+    real_window.set_source_image(Image.new("RGB", (64, 64), (200, 30, 30)))
+    real_window.canvas.set_mask(np.zeros((64, 64), np.uint8))
+    real_window.prompt_panel.set_mode("edit")
+    real_window.prompt_panel.source_prompt_edit.setText("a red square")
+    real_window.prompt_panel.prompt_edit.setPlainText("a green triangle on a yellow background")
+    button = child(real_window, "suggestMaskButton")
+    assert button is not None and button.isVisible()
+    with qtbot.waitSignal(real_window.worker.serviceDone, timeout=60000):
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: real_window.canvas.mask_image() is not None or real_window.last_error is not None, timeout=10000)
+    mask = real_window.canvas.mask_image()
+    assert mask is not None and mask.size == (64, 64)
+    real_window.canvas.undo()  # the suggestion is one undoable step
+    assert real_window.canvas.mask_image() is None
+
+
+def test_suggest_mask_with_equal_prompts_says_why(qtbot, real_window):
+    real_window.set_source_image(Image.new("RGB", (64, 64)))
+    real_window.prompt_panel.set_mode("edit")
+    real_window.prompt_panel.source_prompt_edit.setText("a red circle")
+    assert real_window.suggest_mask() is None
+    assert "same" in real_window.last_error[0]

@@ -59,13 +59,18 @@ class Engine:
         self._lock = threading.Lock()
 
     # -- the entry point -----------------------------------------------------------
-    def run(self, request: GenerateRequest, on_event: OnEvent | None = None, cancel: threading.Event | None = None) -> Result:
-        """Emit Progress / Preview / Notice, then Finished (returns the Result), Cancelled (raises JobCancelled) or Failed (re-raises)."""
+    def run(
+        self, request: GenerateRequest, on_event: OnEvent | None = None, cancel: threading.Event | None = None, source: object = None
+    ) -> Result:
+        """Emit Progress / Preview / Notice, then Finished (returns the Result), Cancelled (raises JobCancelled) or Failed (re-raises).
+
+        `source`: for an edit, the Result (or seeded GenerateRequest) that made the source image, so its DDIM
+        trajectory is replayed instead of inverted and the reconstruction is exact."""
         emit = on_event or (lambda event: None)
         started = time.perf_counter()
         try:
             with self._lock:
-                result = self._run(request, emit, cancel)
+                result = self._run(request, emit, cancel, source)
         except JobCancelled:
             emit(Cancelled())
             raise
@@ -88,7 +93,7 @@ class Engine:
         emit(Finished(result))
         return result
 
-    def _run(self, request: GenerateRequest, emit: OnEvent, cancel: threading.Event | None) -> Result:
+    def _run(self, request: GenerateRequest, emit: OnEvent, cancel: threading.Event | None, source: object = None) -> Result:
         request.validate()
         loaded = self.models.get(request.model, emit=emit, cancel=cancel)
         lora_info = {}
@@ -119,7 +124,7 @@ class Engine:
                     "Use img2img or inpaint with this model, or pick an SD 1.x / 2.x model for Edit.",
                 )
 
-            images, trajectory, info = run_edit(loaded, request, seeds, emit, cancel)
+            images, trajectory, info = run_edit(loaded, request, seeds, emit, cancel, source=source)
         else:
             images, trajectory, info = run_pipeline(loaded, request, seeds, emit, cancel)
         info = {**info, **lora_info}
@@ -138,6 +143,14 @@ class Engine:
     def preload(self, model: str | None) -> LoadedModel:
         with self._lock:
             return self.models.get(model)
+
+    def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
+        """Where the two prompts disagree (DiffEdit): a mask the user can accept and correct with the brush."""
+        from desktop_app.engine.inversion import suggest_mask
+
+        with self._lock:
+            loaded = self.models.get(model)
+            return suggest_mask(loaded, image, source_prompt, target_prompt)
 
     def decode_latent(self, latent: np.ndarray | torch.Tensor, model: str | None = None) -> Image.Image:
         """Full VAE decode of one scaled latent (C, h, w)."""

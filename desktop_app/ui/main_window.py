@@ -348,6 +348,7 @@ class MainWindow(QMainWindow):
         pp.modelPicked.connect(self._on_model_picked)
         pp.modelChanged.connect(self._on_model_changed)
         pp.manageModelsRequested.connect(self.open_models_dialog)
+        pp.suggestMaskRequested.connect(self.suggest_mask)
 
         c = self.canvas
         c.imageDropped.connect(self.open_image)
@@ -474,6 +475,7 @@ class MainWindow(QMainWindow):
 
     def set_source_image(self, img) -> None:
         """Make `img` (PIL, QImage or None) the source; the mask is kept when the size is the same."""
+        self._source_result = None  # use_result_as_source sets it again for our own results
         if img is None:
             self.source_image = None
             self.canvas.set_image(None)
@@ -574,6 +576,45 @@ class MainWindow(QMainWindow):
         if img is None:
             return
         self.set_source_image(img)
+        # an edit of our own result replays its recorded trajectory instead of inverting: exact reconstruction
+        self._source_result = (self.current_result, min(self._result_index, len(self.current_result.images) - 1))
+
+    def _edit_source(self) -> Any:
+        """What made the source image, when it is one of this session's results (see Engine.run's `source`)."""
+        made = getattr(self, "_source_result", None)
+        if made is None:
+            return None
+        result, index = made
+        return result if index == 0 else result.request.replace(seed=result.seeds[index], batch=1)
+
+    def suggest_mask(self) -> int | None:
+        """Edit mode: fill the mask from where the prompts disagree (DiffEdit); the user corrects it with the brush."""
+        if self.source_image is None:
+            self.show_error("Suggesting a mask needs a source image.", "Open an image first.")
+            return None
+        values, edit = self.prompt_panel.values(), self.prompt_panel.edit_values()
+        if values["prompt"] == edit["source_prompt"]:
+            self.show_error("The source and target prompts are the same, so nothing would change.", "Write what the image should show in the prompt.")
+            return None
+        job_id, future = self.worker.suggest_mask(self.source_image, edit["source_prompt"], values["prompt"], values.get("model"))
+        if future is not None:
+            import asyncio
+
+            task = asyncio.ensure_future(self._apply_suggested_mask(future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return job_id
+
+    async def _apply_suggested_mask(self, future: Any) -> None:
+        try:
+            mask = await future
+        except Exception:  # noqa: BLE001 - shown through the serviceFailed signal
+            return
+        if mask is None or mask.getextrema()[1] == 0:
+            self.show_error("The model sees no region that the edit would change.", "Paint the mask by hand.")
+            return
+        self.canvas.set_mask(mask, undoable=True)
+        self._status("Suggested mask: correct it with the brush (B) and eraser (E)")
 
     def show_source(self) -> None:
         self.canvas.clear_view()
@@ -671,7 +712,8 @@ class MainWindow(QMainWindow):
             self.show_error(exc.message, exc.hint)
             return None
         self.clear_error()
-        job_id, future = self.worker.submit(request)
+        source = self._edit_source() if isinstance(request, EditRequest) else None
+        job_id, future = self.worker.submit(request, source=source) if source is not None else self.worker.submit(request)
         self._my_jobs.add(job_id)
         if future is not None:
             import asyncio

@@ -76,6 +76,7 @@ class PromptPanel(QWidget):
     modelChanged = Signal(str)  # any change of the picker (user or code)
     modelPicked = Signal(str)  # the user chose another model in the picker
     manageModelsRequested = Signal()
+    suggestMaskRequested = Signal()  # Edit mode: ask the engine where source and target prompts differ
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -139,6 +140,10 @@ class PromptPanel(QWidget):
         self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index("direct"))
         eg.addRow("Source prompt", self.source_prompt_edit)
         eg.addRow("Method", self.edit_method_combo)
+        self.suggest_mask_button = QPushButton("Suggest mask", objectName="suggestMaskButton")
+        self.suggest_mask_button.setToolTip("Mask where the target prompt differs from the source prompt; correct it with the brush")
+        self.suggest_mask_button.clicked.connect(self.suggestMaskRequested)
+        eg.addRow("", self.suggest_mask_button)
         outer.addWidget(self.edit_group)
 
         # inpaint fields
