@@ -529,7 +529,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab-size", type=int, default=600)
     ap.add_argument("--vae-images", type=int, default=12000)
-    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-batch", type=int, default=8)
     ap.add_argument("--unet-images", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
