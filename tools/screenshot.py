@@ -89,8 +89,8 @@ def shoot(args) -> int:
     window.resize(args.width, args.height)
     window.show()
 
-    source = render(make_spec("circle", "red", "blue", "left"), size=size)
-    target = make_spec("square", "yellow", "blue", "right")
+    source = render(make_spec("circle", "red", "blue", "centre"), size=size)
+    target = make_spec("triangle", "yellow", "blue")
     pp = window.prompt_panel
     window.set_source_image(source)
     pp.set_mode("inpaint")
@@ -103,8 +103,9 @@ def shoot(args) -> int:
         await asyncio.sleep(0.3)
         canvas = window.canvas
         canvas.set_brush_size(max(4, size // 5))
-        # paint a blob over the right half with the mouse, as a user would
-        pts = [(0.62, 0.3), (0.86, 0.3), (0.86, 0.55), (0.62, 0.55), (0.62, 0.75), (0.86, 0.75)]
+        # paint over the circle with the mouse, as a user would
+        canvas.set_mask_opacity(0.3)
+        pts = [(0.22, 0.25), (0.78, 0.25), (0.78, 0.45), (0.22, 0.45), (0.22, 0.62), (0.78, 0.62), (0.78, 0.78), (0.22, 0.78)]
         wpts = [canvas.image_to_widget(x * size, y * size) for x, y in pts]
         QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(int(wpts[0].x()), int(wpts[0].y())))
         for p in wpts[1:]:
