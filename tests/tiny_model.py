@@ -6,20 +6,10 @@ import json
 from pathlib import Path
 
 
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's byte-level alphabet, so every prompt tokenizes without merges."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def write_tokenizer(folder: Path, max_length: int = 77) -> None:
+    """A byte-level CLIP tokenizer with no merges: every prompt tokenizes, one token per character."""
+    from desktop_app.engine.checkpoints import _bytes_to_unicode
+
     folder.mkdir(parents=True, exist_ok=True)
     chars = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(chars)}
