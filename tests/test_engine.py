@@ -236,3 +236,28 @@ def test_forward_process_preview_is_closed_form(engine, tiny_model_dir, source_i
     assert np.allclose(fp.latent(0), fp.x0 * np.sqrt(fp.alphas_cumprod[0]) + fp.noise * np.sqrt(1 - fp.alphas_cumprod[0]), atol=1e-5)
     # deep in the schedule the latent is nearly the noise
     assert np.corrcoef(fp.latent(999).ravel(), fp.noise.ravel())[0, 1] > 0.99
+
+
+def test_out_of_memory_names_the_option_that_would_help(engine, tiny_model_dir, monkeypatch):
+    import torch
+
+    from desktop_app.core.errors import OutOfMemory
+    from desktop_app.engine.device import MemoryOptions
+    from desktop_app.engine.engine import memory_hint
+
+    engine.run(gen(tiny_model_dir, seed=1))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(engine.models.loaded.pipe.unet, "forward", oom)
+    events = []
+    with pytest.raises(OutOfMemory):
+        engine.run(gen(tiny_model_dir, seed=1), events.append)
+    assert isinstance(events[-1], Failed) and "attention slicing" in events[-1].hint
+    monkeypatch.undo()
+    assert engine.run(gen(tiny_model_dir, seed=1)).images  # the next job runs
+    big = GenerateRequest(width=2048, height=2048)
+    assert "VAE tiling" in memory_hint(MemoryOptions(), big)
+    assert "CPU offload" in memory_hint(MemoryOptions(attention_slicing=True, vae_tiling=True), GenerateRequest())
+    assert "batch 1" in memory_hint(MemoryOptions(), GenerateRequest(batch=4))

@@ -79,10 +79,7 @@ class Engine:
             raise
         except torch.OutOfMemoryError as exc:
             free_memory(self.device)
-            error = OutOfMemory(
-                f"The {self.device.type.upper()} ran out of memory for this job.",
-                "Make a smaller image or batch, or turn on attention slicing, VAE tiling or CPU offload.",
-            )
+            error = OutOfMemory(f"The {self.device.type.upper()} ran out of memory for this job.", memory_hint(self.models.memory, request))
             emit(Failed(error.message, error.hint))
             raise error from exc
         except Exception as exc:
@@ -185,6 +182,22 @@ class Engine:
             previewer=loaded.previewer,
             model_id=loaded.model_id,
         )
+
+
+def memory_hint(memory: MemoryOptions, request: GenerateRequest) -> str:
+    """The one memory option that would help next, cheapest in speed first."""
+    pixels = (request.width or 512) * (request.height or 512)
+    if request.batch > 1:
+        return "Make fewer images per job (batch 1)."
+    if pixels > 1024 * 1024 and not memory.vae_tiling:
+        return "Turn on VAE tiling: large images then decode in tiles."
+    if not memory.attention_slicing:
+        return "Turn on attention slicing: slower, but attention then needs far less memory."
+    if not memory.vae_tiling:
+        return "Turn on VAE tiling as well."
+    if not memory.cpu_offload:
+        return "Turn on model CPU offload: only the part that runs stays on the GPU."
+    return "Make a smaller image: every memory option is already on."
 
 
 def encode(loaded: LoadedModel, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
