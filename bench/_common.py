@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
-def bench_model(prefer_builtin: bool = True) -> str:
-    """The built-in model when it is there, else a tiny random one built offline."""
+def bench_model() -> str:
+    """The built-in model (as a folder path, for plain diffusers too) when it is there, else a tiny random one."""
     from desktop_app.core.modelinfo import builtin_model_path
+    from tiny_model import builtin_or_tiny
 
-    builtin = builtin_model_path()
-    if prefer_builtin and (builtin / "model_index.json").is_file():
-        return str(builtin)
-    from tiny_model import build_tiny_sd
-
-    return str(build_tiny_sd(Path(tempfile.mkdtemp()) / "tiny-sd"))
+    model = builtin_or_tiny()
+    return str(builtin_model_path()) if model == "builtin" else model
 
 
 def median(values: list[float]) -> float:

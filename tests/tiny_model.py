@@ -89,3 +89,16 @@ def build_tiny_sd(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = Fal
         encoding="utf-8",
     )
     return folder
+
+
+def builtin_or_tiny(model: str | None = None) -> str:
+    """For scripts (benches, screenshot): the given model, else the built-in one, else a tiny random one built now."""
+    if model:
+        return model
+    import tempfile
+
+    from desktop_app.core.modelinfo import builtin_model_path
+
+    if (builtin_model_path() / "model_index.json").is_file():
+        return "builtin"
+    return str(build_tiny_sd(Path(tempfile.mkdtemp()) / "tiny-sd"))

@@ -42,16 +42,10 @@ def start_xvfb(size: str = "1440x900x24") -> subprocess.Popen | None:
 
 
 def pick_model(arg: str | None) -> str:
-    if arg:
-        return arg
-    from desktop_app.core.modelinfo import builtin_model_path
-
-    if (builtin_model_path() / "model_index.json").is_file():
-        return "builtin"
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_model import build_tiny_sd
+    from tiny_model import builtin_or_tiny
 
-    return str(build_tiny_sd(Path(tempfile.mkdtemp()) / "tiny-sd"))
+    return builtin_or_tiny(arg)
 
 
 def main() -> int:

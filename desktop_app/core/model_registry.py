@@ -193,3 +193,12 @@ def list_rows(registry: ModelRegistry | None = None) -> list[dict]:
     for c in CURATED:
         rows.append({"id": c.repo, "name": c.name, "kind": "hub (curated)", "family": c.family, "download_gb": c.size_gb, "note": c.note})
     return rows
+
+
+def format_size(num_bytes: float) -> str:
+    """Bytes as a person reads them (download sizes and progress)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GB"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from desktop_app.core.errors import ModelError
-from desktop_app.core.model_registry import CURATED, CuratedModel, curated  # noqa: F401 - plain data, re-exported
+from desktop_app.core.model_registry import CURATED, CuratedModel, curated, format_size  # noqa: F401 - plain data, re-exported
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".onnx_data", ".h5", ".pb", ".pkl")
 PICKLE_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -384,14 +384,6 @@ def progress_to_events(emit) -> OnProgress | None:
         emit(Progress(p.done_bytes, max(p.total_bytes, 1), 0, p.rate, p.eta_seconds, "download"))
 
     return on_progress
-
-
-def format_size(num_bytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num_bytes < 1024 or unit == "GB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:.1f} GB"
 
 
 def download_with_console_progress(repo_id: str, *, prefer_fp16: bool = False, stream=None) -> Path:

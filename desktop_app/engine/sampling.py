@@ -120,11 +120,12 @@ class StepHooks:
         if x0 is None:
             x0 = self._x0_from_output(sched, model_output, timestep, sample)
         xt = sample / math.sqrt(sigma * sigma + 1.0) if sigma is not None else sample
-        self._last_x0 = x0
+        # one device -> CPU copy per step, shared by the trajectory and the preview
+        self._last_x0 = x0.detach().float().cpu() if (self.trajectory is not None or self.request.previews) else None
         if self.trajectory is not None:
             self.trajectory.timesteps.append(int(timestep))
             self.trajectory.xt.append(xt.detach().float().cpu())
-            self.trajectory.x0.append(x0.detach().float().cpu())
+            self.trajectory.x0.append(self._last_x0)
         return out
 
     @staticmethod
@@ -150,7 +151,7 @@ class StepHooks:
         eta = (self.total - self.step) / rate if rate > 0 else 0.0
         self.emit(Progress(self.step, self.total, timestep, rate, eta, self.phase))
         if self.request.previews and self._last_x0 is not None:
-            rgb = self.loaded.previewer.project(self._last_x0[0].detach().float().cpu().numpy())
+            rgb = self.loaded.previewer.project(self._last_x0[0].numpy())
             self.emit(Preview(self.step, Image.fromarray(rgb)))
 
 

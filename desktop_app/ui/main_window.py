@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 
 from desktop_app.core.errors import UserError
 from desktop_app.core.images import load_image
+from desktop_app.core.model_registry import format_size
 from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.ui.canvas import MaskCanvas
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
@@ -767,7 +768,7 @@ class MainWindow(QMainWindow):
                 self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int(1000 * min(ev.step, total) / total))
             self.progress_bar.setFormat(
-                f"Downloading {_size(ev.step)} / {_size(total)} · {_size(ev.its_per_sec)}/s{eta}"
+                f"Downloading {format_size(ev.step)} / {format_size(total)} · {format_size(ev.its_per_sec)}/s{eta}"
             )
             return
         total = max(1, int(ev.total))
@@ -969,14 +970,6 @@ class MainWindow(QMainWindow):
         has_result = self._result_image() is not None
         for act in (self.act_copy, self.act_save, self.act_use, self.act_show_result):
             act.setEnabled(has_result)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024.0
-    return f"{n:.1f} GB"
 
 
 def _duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_app.core.model_registry import CURATED, ModelRegistry
+from desktop_app.core.model_registry import CURATED, ModelRegistry, format_size
 from desktop_app.core.modelinfo import BUILTIN
 
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -66,12 +66,6 @@ def check_model_file(path: str | Path, allow_pickle: bool = False) -> str | None
     return None
 
 
-def _size(num_bytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num_bytes < 1024 or unit == "GB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:.1f} GB"
 
 
 class ModelsDialog(QDialog):
@@ -284,7 +278,7 @@ class ModelsDialog(QDialog):
         rate = float(getattr(p, "rate", 0.0))
         eta = float(getattr(p, "eta_seconds", 0.0))
         eta_text = f"{eta / 60:.0f} min" if eta >= 90 else f"{eta:.0f} s"
-        self.download_status.setText(f"{self._downloading}: {_size(done)} of {_size(total)}   {_size(rate)}/s   ETA {eta_text}")
+        self.download_status.setText(f"{self._downloading}: {format_size(done)} of {format_size(total)}   {format_size(rate)}/s   ETA {eta_text}")
 
     def _on_done(self, repo: str, error: str) -> None:
         self._downloading = None
