@@ -155,19 +155,15 @@ def output_paths(out: str, count: int) -> list[Path]:
 
 def save_result(result, out: str) -> list[Path]:
     """Write each image with its parameters (AUTOMATIC1111 text + our JSON); atomic per file."""
-    import os
-
+    from desktop_app.core.images import save_png
     from desktop_app.core.infotext import png_info
 
     written = []
     for index, (image, path) in enumerate(zip(result.images, output_paths(out, len(result.images)))):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            image.save(tmp, format="PNG", pnginfo=png_info(result, index))
-            os.replace(tmp, path)
+            save_png(image, path, png_info(result, index))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise UserError(f"Cannot write {path}: {exc.strerror or exc}.", "Check the folder exists and has free space.") from exc
         written.append(path)
     return written

@@ -315,3 +315,33 @@ def test_format_parameters_of_a_result():
     result = generate_result(n=2, seed=31)
     text = format_parameters(result)
     assert text == format_parameters(result.request, 31, "builtin", "0123456789", {}, (64, 64))
+
+
+def test_one_image_saved_from_two_threads_keeps_each_files_own_text(tmp_path):
+    """The history writer and the user's Save can write the same result at once; neither loses its chunks."""
+    import threading
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from desktop_app.core.images import save_png
+
+    image = Image.new("RGB", (32, 32), (1, 2, 3))
+    failures = []
+
+    def writer(name):
+        for i in range(150):
+            info = PngInfo()
+            info.add_text("parameters", f"{name} {i}")
+            path = tmp_path / f"{name}.png"
+            save_png(image, path, info)
+            if Image.open(path).text.get("parameters") != f"{name} {i}":
+                failures.append((name, i))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert not list(tmp_path.glob(".*.tmp"))

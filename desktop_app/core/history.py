@@ -59,6 +59,7 @@ from typing import Any
 from PIL import Image
 
 from desktop_app.core.errors import HistoryError, UserError
+from desktop_app.core.images import save_png
 from desktop_app.core.infotext import MetadataError, png_info, read_png_metadata
 from desktop_app.core.requests import GenerateRequest
 
@@ -345,7 +346,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _encode_png(image: Image.Image, pnginfo: Any = None) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=pnginfo, compress_level=4)
+    save_png(image, buf, pnginfo, compress_level=4)
     return buf.getvalue()
 
 

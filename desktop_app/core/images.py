@@ -81,6 +81,25 @@ def load_mask(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     return img.convert("L")
 
 
+def save_png(image: Image.Image, target: str | os.PathLike | io.BytesIO, pnginfo=None, **params) -> None:
+    """Save a copy as PNG; a path is written atomically (a temporary file, then a rename).
+
+    Pillow keeps a save's options on the image object itself, so two threads saving one result at
+    once (the history writer and the user's Save) would swap or drop each other's text chunks."""
+    image = image.copy()
+    if not isinstance(target, (str, os.PathLike)):
+        image.save(target, format="PNG", pnginfo=pnginfo, **params)
+        return
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=pnginfo, **params)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def image_to_data_url(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")

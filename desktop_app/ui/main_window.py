@@ -562,10 +562,11 @@ class MainWindow(QMainWindow):
         if img is None:
             return False
         try:
+            from desktop_app.core.images import save_png
             from desktop_app.core.infotext import png_info
 
             index = min(self._result_index, len(self.current_result.images) - 1)
-            img.save(path, format="PNG", pnginfo=png_info(self.current_result, index))
+            save_png(img, path, png_info(self.current_result, index))
         except OSError as exc:
             self.show_error(f"Could not save {path}: {exc.strerror or exc}", "Choose another folder.")
             return False
