@@ -122,6 +122,8 @@ class EngineWorker(QObject):
     def __init__(self, engine_factory: Callable[[], Any] | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._engine_factory = engine_factory or default_engine_factory
+        # Pickle checkpoints can run code when opened: loaded only after the user opted in (the Models dialog)
+        self.allow_pickle = False
         self._engine: Any = None
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._jobs: dict[int, _Job] = {}  # not yet finished, GUI-thread bookkeeping
@@ -320,6 +322,9 @@ class EngineWorker(QObject):
     def _get_engine(self) -> Any:
         if self._engine is None:
             self._engine = self._engine_factory()
+        models = getattr(self._engine, "models", None)
+        if models is not None:  # the user's opt-in, as it stands when this job starts
+            models.allow_pickle = self.allow_pickle
         return self._engine
 
     def _loop(self) -> None:

@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         self.history = history
         self.data_dir = Path(data_dir) if data_dir else None
         self.settings = settings if settings is not None else make_settings(data_dir)
+        self.worker.allow_pickle = str(self.settings.value("models/allow_pickle", "false")).lower() == "true"
         self.last_error: tuple[str, str] | None = None
         self.current_result: Any = None
         self.source_image = None  # PIL RGB
@@ -840,11 +841,16 @@ class MainWindow(QMainWindow):
         self._forward = None
         self._forward_key = None
 
+    def set_allow_pickle(self, allowed: bool) -> None:
+        """The opt-in to pickle checkpoints: kept in the settings, applied by the worker from the next job on."""
+        self.worker.allow_pickle = bool(allowed)
+        self.settings.setValue("models/allow_pickle", "true" if allowed else "false")
+
     def open_models_dialog(self) -> None:
         from desktop_app.ui.models_dialog import ModelsDialog
 
-        allow_pickle = str(self.settings.value("models/allow_pickle", "false")).lower() == "true"
-        dlg = ModelsDialog(self.prompt_panel.models(), self.prompt_panel.model(), self, downloader=self.worker.download_model, allow_pickle=allow_pickle)
+        dlg = ModelsDialog(self.prompt_panel.models(), self.prompt_panel.model(), self, downloader=self.worker.download_model, allow_pickle=self.worker.allow_pickle)
+        dlg.allowPickleChanged.connect(self.set_allow_pickle)
         if dlg.exec():
             for m in dlg.models():
                 self.prompt_panel.add_model(m)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -60,7 +61,7 @@ def check_model_file(path: str | Path, allow_pickle: bool = False) -> str | None
         return f"{p} is not a file."
     suffix = p.suffix.lower()
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
-        return f"{p.name} is a pickle checkpoint, which can hide code that runs when it is opened. Use a .safetensors version, or allow pickle checkpoints in the settings."
+        return f"{p.name} is a pickle checkpoint, which can hide code that runs when it is opened. Use a .safetensors version, or tick \u201cAllow pickle checkpoints\u201d if you trust where it came from."
     if suffix not in CHECKPOINT_SUFFIXES + PICKLE_SUFFIXES:
         return f"{p.name} is not a model checkpoint (.safetensors)."
     return None
@@ -70,6 +71,7 @@ def check_model_file(path: str | Path, allow_pickle: bool = False) -> str | None
 
 class ModelsDialog(QDialog):
     # cross-thread: emitted from the download's thread, handled on the GUI thread (queued)
+    allowPickleChanged = Signal(bool)  # the user's opt-in to pickle checkpoints; the window keeps it in the settings
     _progress = Signal(object)
     _done = Signal(str, str)  # repo, error message ("" when it worked; "cancelled")
 
@@ -99,6 +101,10 @@ class ModelsDialog(QDialog):
         add.clicked.connect(self._browse)
         add_file = QPushButton("Add checkpoint file…", objectName="addModelFileButton")
         add_file.clicked.connect(self._browse_file)
+        self.allow_pickle_check = QCheckBox("Allow pickle checkpoints (.ckpt, .pt, .bin)", objectName="allowPickleCheck")
+        self.allow_pickle_check.setToolTip("A pickle file can run any code on this computer when it is opened.\nTick only for files from a source you trust; prefer .safetensors.")
+        self.allow_pickle_check.setChecked(allow_pickle)
+        self.allow_pickle_check.toggled.connect(self._on_allow_pickle)
 
         self.curated = QListWidget(objectName="curatedList")
         for model in CURATED:
@@ -130,6 +136,7 @@ class ModelsDialog(QDialog):
         row.addWidget(add_file)
         row.addStretch(1)
         lay.addLayout(row)
+        lay.addWidget(self.allow_pickle_check)
         lay.addWidget(self.error_label)
         lay.addWidget(QLabel("Or download one from the Hugging Face hub:"))
         lay.addWidget(self.curated, 2)
@@ -217,6 +224,10 @@ class ModelsDialog(QDialog):
         item = self._add_item(str(Path(path).resolve()))
         self.list.setCurrentItem(item)
         return True
+
+    def _on_allow_pickle(self, allowed: bool) -> None:
+        self.allow_pickle = allowed
+        self.allowPickleChanged.emit(allowed)
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder")
