@@ -205,24 +205,18 @@ class ModelsDialog(QDialog):
 
     def add_folder(self, path: str) -> bool:
         """Add a diffusers folder; shows why not when it is not one."""
-        problem = check_model_folder(path)
-        if problem:
-            self.error_label.setText(problem)
-            return False
-        self.error_label.clear()
-        item = self._add_item(str(Path(path).resolve()))
-        self.list.setCurrentItem(item)
-        return True
+        return self._add_checked(path, check_model_folder(path))
 
     def add_file(self, path: str) -> bool:
         """Add a single-file checkpoint; a pickle one only when the user allowed pickles."""
-        problem = check_model_file(path, self.allow_pickle)
+        return self._add_checked(path, check_model_file(path, self.allow_pickle))
+
+    def _add_checked(self, path: str, problem: str | None) -> bool:
         if problem:
             self.error_label.setText(problem)
             return False
         self.error_label.clear()
-        item = self._add_item(str(Path(path).resolve()))
-        self.list.setCurrentItem(item)
+        self.list.setCurrentItem(self._add_item(str(Path(path).resolve())))
         return True
 
     def _on_allow_pickle(self, allowed: bool) -> None:
