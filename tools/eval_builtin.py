@@ -107,12 +107,12 @@ def inversion_psnr(pipe, n=20, steps=50, seed=0):
         z = z0.clone()
         inv.set_timesteps(steps)
         for t in inv.timesteps:
-            eps = unet(z, t, encoder_hidden_states=cond).sample
-            z = inv.step(eps, t, z).prev_sample
+            pred = unet(z, t, encoder_hidden_states=cond).sample  # the model's output (epsilon or v)
+            z = inv.step(pred, t, z).prev_sample
         fwd.set_timesteps(steps)
         for t in fwd.timesteps:
-            eps = unet(z, t, encoder_hidden_states=cond).sample
-            z = fwd.step(eps, t, z).prev_sample
+            pred = unet(z, t, encoder_hidden_states=cond).sample  # the model's output (epsilon or v)
+            z = fwd.step(pred, t, z).prev_sample
         rec = vae.decode(z / sf).sample.clamp(-1, 1)
         mse = ((rec - ref) / 2).pow(2).mean().item()
         vals.append(10 * math.log10(1 / max(mse, 1e-12)))

@@ -153,7 +153,8 @@ def _embed(pipe, text: str, device) -> torch.Tensor:
 
 
 def _unet(pipe, latents: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
-    """Noise prediction (B, C, h, w) as float32, for latents (B, C, h, w) and embeds (B, L, D)."""
+    """The UNet's prediction (B, C, h, w) as float32 (noise, or velocity for a v-prediction model: the
+    schedulers convert), for latents (B, C, h, w) and embeds (B, L, D)."""
     unet = pipe.unet
     out = unet(latents.to(unet.dtype), t, encoder_hidden_states=embeds.to(unet.dtype), return_dict=False)[0]
     return out.float()
