@@ -62,3 +62,9 @@ def test_inpainting_with_it_repaints_only_the_masked_shape(engine):
     assert np.array_equal(out[:4], src[:4])  # far outside the mask: the source's own pixels
     centre = out[28:36, 28:36].reshape(-1, 3).mean(axis=0)
     assert centre[0] > 150 and centre[1] > 150 and centre[2] < 120  # yellow now, where red was
+
+
+@pytest.mark.parametrize("where", ["left", "right", "top", "bottom"])
+def test_a_position_word_moves_the_shape_at_the_same_seed(engine, where):
+    result = engine.run(GenerateRequest(prompt=f"a blue circle at the {where} on a yellow background", seed=0))
+    assert classify(result.images[0])["position"] == where

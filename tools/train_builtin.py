@@ -4,10 +4,15 @@ Stages (each checkpoints into --state and resumes when run again):
 
   tokenizer  CLIP-style byte-level BPE trained offline on the training captions
   vae        AutoencoderKL 64x64x3 -> 16x16x4 (then a short decoder-only fine-tune)
-  unet       CLIPTextModel + UNet2DConditionModel (epsilon, min-SNR-5, CFG drop,
-             EMA), trained jointly on cached VAE latents
+  unet       CLIPTextModel + UNet2DConditionModel (v-prediction, min-SNR-5 with an x0
+             weight of at least 1, 30% of each batch at t >= 800, CFG drop, EMA; the
+             text encoder at 1/20 of the UNet's learning rate), trained jointly on
+             cached VAE latents
+  refine     fine-tune that UNet for detail (plain min-SNR weights, uniform timesteps,
+             lower rate), from its EMA weights, into its own checkpoint
   export     write the current EMA weights as a diffusers folder (--out)
-  all        tokenizer -> vae -> unet (default time budgets sum to < 3 h on 2 CPU cores)
+  all        tokenizer -> vae -> unet -> refine (default budgets 12 + 75 + 15 minutes:
+             under 2 h on 2 CPU cores)
 
 Examples:
   python tools/train_builtin.py --stage all
@@ -61,12 +66,15 @@ TEXT_CONFIG = dict(
     projection_dim=TEXT_HIDDEN,
 )
 
+# Four levels, 16x16 -> 2x2, with cross-attention at 8x8, 4x4 and 2x2.  Position words need the deep levels:
+# the UNet has no positional embeddings, and only at 4x4 and 2x2 does the convolutions' zero padding tell
+# every cell where it is (a two-level UNet trained for hours never learned "left" from "right").
 UNET_CONFIG = dict(
     sample_size=16, in_channels=4, out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
-    block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=4,
+    block_out_channels=(32, 64, 64, 64), layers_per_block=(2, 1, 1, 1), norm_num_groups=4,
     cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4,  # (= number of heads in diffusers' naming)
     addition_embed_type="text", addition_embed_type_num_heads=4,
 )
@@ -74,8 +82,12 @@ UNET_CONFIG = dict(
 SCHEDULER_CONFIG = dict(
     # SD's schedule: terminal alpha_bar 0.0047.  (A linear 1e-4..0.02 schedule, alpha_bar_T = 4e-5, made
     # epsilon-prediction errors at t~999 blow up into latent DC offsets with 20-step DDIM.)
+    # v-prediction: where the shape goes is decided at t > 800, where an epsilon model must express its
+    # x0 guess as a 7%-sized deviation from its input.  On a position-only toy, v learned "left" / "right"
+    # in 50-75 steps; epsilon, with the same x0 weights, had not started after 100 (and the epsilon models
+    # shipped before never learned position at all).
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
     timestep_spacing="trailing",
 )
 
@@ -359,7 +371,8 @@ class EMA:
                 bs.copy_(bm)
 
 
-def stage_unet(args, device):
+def stage_unet(args, device, refine=False):
+    """Train (or, with ``refine``, fine-tune the trained) text encoder + UNet; checkpoints and resumes."""
     tokenizer = load_tokenizer(args)
     cache = build_cache(args, device, tokenizer)
     lat_all, ids_all, empty = cache["latents"], cache["ids"], cache["empty"]
@@ -367,10 +380,17 @@ def stage_unet(args, device):
     te = new_text_encoder(tokenizer).to(device)
     unet = new_unet().to(device)
     params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    # The text encoder learns at a fraction of the UNet's rate: CLIP's token embeddings start at std 0.02,
+    # and at the full rate Adam flattens the words the UNet does not use yet (left / right) within ~25 steps,
+    # after which nothing can learn them.
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr_scale": 1.0, "weight_decay": 0.01},
+                             {"params": list(te.parameters()), "lr_scale": args.te_lr_scale, "weight_decay": 0.0}],
+                            lr=args.lr)
     ema = EMA([unet, te], args.ema)
-    ck = args.state / "unet.pt"
-    total_s = (args.minutes or 150) * 60
+    ck = args.state / ("unet_refine.pt" if refine else "unet.pt")
+    if refine and not ck.exists():
+        args.init_from = args.state / "unet.pt"
+    total_s = (args.minutes or (15 if refine else 75)) * 60
     st = {"step": 0, "elapsed": 0.0, "total_s": total_s}
     if ck.exists():
         c = torch.load(ck, map_location="cpu", weights_only=False)
@@ -389,9 +409,9 @@ def stage_unet(args, device):
         torch.set_rng_state(c["rng"])
         log(f"unet: resuming at step {st['step']} ({st['elapsed']:.0f}s of {st['total_s']:.0f}s)")
     elif args.init_from:
-        c = torch.load(args.init_from, map_location="cpu", weights_only=False)
-        unet.load_state_dict(c["unet"])
-        te.load_state_dict(c["te"])
+        c = torch.load(args.init_from, map_location="cpu", weights_only=False)  # its EMA weights
+        unet.load_state_dict(c["ema_unet"])
+        te.load_state_dict(c["ema_te"])
         ema = EMA([unet, te], args.ema)
         log(f"unet: initialised from {args.init_from} (step {c['st']['step']})")
     total_s = st["total_s"]
@@ -402,7 +422,14 @@ def stage_unet(args, device):
     sched = new_scheduler()
     ac = sched.alphas_cumprod.to(device)
     snr = ac / (1 - ac)
-    w_all = torch.clamp(snr, max=args.min_snr) / snr  # min-SNR-gamma weights for epsilon prediction
+    # Loss weights in x0 terms: min-SNR-gamma, raised to at least --x0-floor where the SNR is low.  Plain
+    # epsilon loss weights an x0 error by the SNR (0.005 at t=999), so the layout decided at high t (where
+    # the shape goes: position words) carries almost no gradient; a floor of 1 weights it as v-prediction does.
+    w_x0 = torch.clamp(torch.clamp(snr, max=args.min_snr), min=args.x0_floor)
+    v_pred = sched.config.prediction_type == "v_prediction"
+    # ... expressed as weights of the loss on the model's output (v error^2 = x0 error^2 * (snr + 1))
+    w_all = torch.clamp(w_x0 / (snr + 1) if v_pred else w_x0 / snr, max=args.max_weight)
+    n_high = int(round(args.high_t_share * args.batch))
     g = torch.Generator().manual_seed(args.seed * 7919 + st["step"])
     lat_all = lat_all.float()
     unet.train()
@@ -418,7 +445,7 @@ def stage_unet(args, device):
         frac = min(1.0, st["elapsed"] / total_s)
         lr = args.lr * min(1.0, (st["step"] + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for pg in opt.param_groups:
-            pg["lr"] = lr
+            pg["lr"] = lr * pg.get("lr_scale", 1.0)
         idx = torch.randint(0, len(lat_all), (args.batch,), generator=g)
         x0 = lat_all[idx].to(device)
         ids = ids_all[idx].clone()
@@ -426,12 +453,16 @@ def stage_unet(args, device):
         ids[drop] = empty
         ids = ids.to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
+        t = torch.randint(0, 1000, (args.batch,), generator=g)
+        if n_high:  # a share of the batch at high t, where the layout is decided
+            t[:n_high] = torch.randint(args.high_t_from, 1000, (n_high,), generator=g)
+        t = t.to(device)
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         enc = te(ids)[0]
         pred = unet(xt, t, encoder_hidden_states=enc).sample
-        per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise  # v = sqrt(a) eps - sqrt(1-a) x0
+        per = (pred - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * w_all[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -473,7 +504,8 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
     from diffusers import StableDiffusionPipeline
     tokenizer = tokenizer or load_tokenizer(args)
     if unet is None:
-        c = torch.load(args.state / "unet.pt", map_location="cpu", weights_only=False)
+        refined = args.state / "unet_refine.pt"
+        c = torch.load(refined if refined.exists() else args.state / "unet.pt", map_location="cpu", weights_only=False)
         unet = new_unet()
         unet.load_state_dict(c["ema_unet"])
         te = new_text_encoder(tokenizer)
@@ -518,9 +550,9 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["tokenizer", "vae", "unet", "export", "all"], default="all")
+    ap.add_argument("--stage", choices=["tokenizer", "vae", "unet", "refine", "export", "all"], default="all")
     ap.add_argument("--minutes", type=float, default=None,
-                    help="time budget of the stage (all: UNet budget; defaults vae 12, unet 150)")
+                    help="time budget of the stage (all: UNet budget; defaults vae 12, unet 75, refine 15)")
     ap.add_argument("--vae-minutes", type=float, default=12.0, help="VAE budget for --stage all")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--state", type=Path, default=DEFAULT_STATE)
@@ -536,6 +568,16 @@ def main(argv=None):
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
+    ap.add_argument("--refine-minutes", type=float, default=15.0, help="refine budget for --stage all")
+    ap.add_argument("--refine-lr", type=float, default=3e-4)
+    ap.add_argument("--refine-ema", type=float, default=0.995)
+    ap.add_argument("--refine-x0-floor", type=float, default=0.0)
+    ap.add_argument("--te-lr-scale", type=float, default=0.05, help="text encoder learning rate / UNet's")
+    ap.add_argument("--x0-floor", type=float, default=1.0,
+                    help="lowest loss weight of an x0 error (1: as v-prediction at low SNR; 0: plain min-SNR)")
+    ap.add_argument("--max-weight", type=float, default=1e9, help="cap on the epsilon-loss weight")
+    ap.add_argument("--high-t-share", type=float, default=0.3, help="share of each batch drawn at high t")
+    ap.add_argument("--high-t-from", type=int, default=800, help="lowest timestep of that share")
     ap.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes")
     ap.add_argument("--export-every", type=float, default=10.0, help="minutes (0: only at the end)")
     ap.add_argument("--stop-after-steps", type=int, default=0, help="smoke tests: stop the UNet after N steps")
@@ -562,10 +604,19 @@ def main(argv=None):
             args.minutes = m
         else:
             stage_vae(args, device)
+    if args.export_every == 0:
+        args.export_every = 1e9
     if args.stage in ("unet", "all"):
-        if args.export_every == 0:
-            args.export_every = 1e9
         stage_unet(args, device)
+    if args.stage in ("refine", "all"):
+        # Detail: the plain min-SNR weights and uniform timesteps, at a lower rate.  The high-t weighting that
+        # teaches position words also fills the gradient with the noise of high-t guesses, and shape edges
+        # (square vs circle) stall under it; position, once learned, stays.
+        args.x0_floor, args.high_t_share = args.refine_x0_floor, 0.0
+        args.lr, args.ema = args.refine_lr, args.refine_ema
+        if args.stage == "all":
+            args.minutes = args.refine_minutes
+        stage_unet(args, device, refine=True)
     if args.stage == "export":
         export(args)
 
