@@ -371,6 +371,14 @@ class EMA:
                 bs.copy_(bm)
 
 
+def refined_checkpoint(args) -> Path | None:
+    """The refine checkpoint, unless the UNet it started from has been trained again since."""
+    refined, base = args.state / "unet_refine.pt", args.state / "unet.pt"
+    if refined.exists() and (not base.exists() or refined.stat().st_mtime >= base.stat().st_mtime):
+        return refined
+    return None
+
+
 def stage_unet(args, device, refine=False):
     """Train (or, with ``refine``, fine-tune the trained) text encoder + UNet; checkpoints and resumes."""
     tokenizer = load_tokenizer(args)
@@ -388,7 +396,10 @@ def stage_unet(args, device, refine=False):
                             lr=args.lr)
     ema = EMA([unet, te], args.ema)
     ck = args.state / ("unet_refine.pt" if refine else "unet.pt")
-    if refine and not ck.exists():
+    if refine and not refined_checkpoint(args):
+        if ck.exists():
+            log("refine: the UNet was trained again since; refining afresh")
+            ck.unlink()
         args.init_from = args.state / "unet.pt"
     total_s = (args.minutes or (15 if refine else 75)) * 60
     st = {"step": 0, "elapsed": 0.0, "total_s": total_s}
@@ -428,7 +439,7 @@ def stage_unet(args, device, refine=False):
     w_x0 = torch.clamp(torch.clamp(snr, max=args.min_snr), min=args.x0_floor)
     v_pred = sched.config.prediction_type == "v_prediction"
     # ... expressed as weights of the loss on the model's output (v error^2 = x0 error^2 * (snr + 1))
-    w_all = torch.clamp(w_x0 / (snr + 1) if v_pred else w_x0 / snr, max=args.max_weight)
+    w_all = w_x0 / (snr + 1) if v_pred else w_x0 / snr
     n_high = int(round(args.high_t_share * args.batch))
     g = torch.Generator().manual_seed(args.seed * 7919 + st["step"])
     lat_all = lat_all.float()
@@ -504,8 +515,7 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
     from diffusers import StableDiffusionPipeline
     tokenizer = tokenizer or load_tokenizer(args)
     if unet is None:
-        refined = args.state / "unet_refine.pt"
-        c = torch.load(refined if refined.exists() else args.state / "unet.pt", map_location="cpu", weights_only=False)
+        c = torch.load(refined_checkpoint(args) or args.state / "unet.pt", map_location="cpu", weights_only=False)
         unet = new_unet()
         unet.load_state_dict(c["ema_unet"])
         te = new_text_encoder(tokenizer)
@@ -575,7 +585,6 @@ def main(argv=None):
     ap.add_argument("--te-lr-scale", type=float, default=0.05, help="text encoder learning rate / UNet's")
     ap.add_argument("--x0-floor", type=float, default=1.0,
                     help="lowest loss weight of an x0 error (1: as v-prediction at low SNR; 0: plain min-SNR)")
-    ap.add_argument("--max-weight", type=float, default=1e9, help="cap on the epsilon-loss weight")
     ap.add_argument("--high-t-share", type=float, default=0.3, help="share of each batch drawn at high t")
     ap.add_argument("--high-t-from", type=int, default=800, help="lowest timestep of that share")
     ap.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes")
