@@ -42,8 +42,8 @@ w.show(); app.exec()
 """
 
 CHILD_APP = CHILD_COMMON + r"""
-# the real start-up path: desktop_app.app.run_gui, with a hook that watches the window's first paint
-from desktop_app import app as gui
+# the real start-up path: desktop_app.app.application.run_gui, with a hook that watches the window's first paint
+from desktop_app.app import application as gui
 f = FirstPaint()
 gui.window_created_hooks.append(lambda w: w.installEventFilter(f))
 gui.run_gui(data_dir=sys.argv[1])

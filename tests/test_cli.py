@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from desktop_app.cli import main
+from desktop_app.cli.main import main
 from desktop_app.core.infotext import read_png_metadata
 
 

@@ -305,8 +305,8 @@ def test_first_screen_fast_with_many_entries(qtbot, tmp_path):
 
 
 def test_real_main_window_saves_results(qtbot, qloop, tmp_path):
-    pytest.importorskip("desktop_app.app")
-    from desktop_app.app import create_main_window
+    pytest.importorskip("desktop_app.app.application")
+    from desktop_app.app.application import create_main_window
     from tests.ui_conftest_helpers import FakeEngine
 
     s = HistoryStore(tmp_path / "data" / "history")

@@ -82,8 +82,8 @@ def test_wheel_carries_the_resources_and_entry_points(wheel):
     assert "desktop_app/resources/icons/diffusion-desk.svg" in names
     assert {f"desktop_app/resources/icons/diffusion-desk-{s}.png" for s in SIZES} <= names
     assert not any("__pycache__" in n for n in names)
-    assert "[gui_scripts]" in entry_points and "diffusion-desk = desktop_app.cli:main" in entry_points
-    assert "[console_scripts]" in entry_points and "diffusion-desk-cli = desktop_app.cli:main" in entry_points
+    assert "[gui_scripts]" in entry_points and "diffusion-desk = desktop_app.cli.main:main" in entry_points
+    assert "[console_scripts]" in entry_points and "diffusion-desk-cli = desktop_app.cli.main:main" in entry_points
 
 
 def test_wheel_carries_the_builtin_model(wheel):
@@ -116,12 +116,12 @@ def test_installed_commands_print_the_version(fresh_venv, tmp_path, command):
 @pytest.mark.slow
 def test_installed_app_passes_the_smoke_test(fresh_venv, tmp_path, tiny_model_dir):
     """`diffusion-desk-cli --smoke` from another folder: the real window, offscreen, makes an image with the
-    built-in model. Until the model ships, the installed desktop_app.smoke runs with the tiny test model."""
+    built-in model. Until the model ships, the installed desktop_app.app.smoke runs with the tiny test model."""
     env = _clean_env(DIFFUSION_DESK_DATA_DIR=str(tmp_path / "data"))
     if (ROOT / "resources" / "models" / "shapes" / "model_index.json").is_file():
         command = [str(fresh_venv / "bin" / "diffusion-desk-cli"), "--smoke"]
     else:
-        code = f"import sys; from desktop_app.smoke import run_smoke; sys.exit(run_smoke(model={str(tiny_model_dir)!r}))"
+        code = f"import sys; from desktop_app.app.smoke import run_smoke; sys.exit(run_smoke(model={str(tiny_model_dir)!r}))"
         command = [str(fresh_venv / "bin" / "python"), "-c", code]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

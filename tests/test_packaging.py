@@ -62,7 +62,7 @@ def test_desktop_exec_is_the_gui_entry_point():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["gui-scripts"]["diffusion-desk"] == "desktop_app.cli:main"
+    assert project["gui-scripts"]["diffusion-desk"] == "desktop_app.cli.main:main"
     assert _desktop_entry()["Exec"].split()[0] in project["gui-scripts"]
 
 
@@ -144,7 +144,7 @@ def test_pyinstaller_files_compile():
 
 
 def test_smoke_module_is_what_the_cli_runs():
-    from desktop_app.smoke import run_smoke
+    from desktop_app.app.smoke import run_smoke
 
     assert callable(run_smoke)
-    assert sys.modules["desktop_app.smoke"].DEFAULT_TIMEOUT > 0
+    assert sys.modules["desktop_app.app.smoke"].DEFAULT_TIMEOUT > 0

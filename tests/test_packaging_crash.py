@@ -11,7 +11,7 @@ import pytest
 from PySide6.QtCore import QThread, QTimer
 from PySide6.QtWidgets import QMessageBox
 
-from desktop_app.crash import CrashHandler
+from desktop_app.app.crash import CrashHandler
 
 
 class Boom(RuntimeError):
@@ -46,7 +46,7 @@ def _exc_info():
 
 
 def test_dialog_names_the_log_file_and_carries_the_traceback(handler, caplog):
-    with caplog.at_level(logging.CRITICAL, logger="desktop_app.crash"):
+    with caplog.at_level(logging.CRITICAL, logger="desktop_app.app.crash"):
         handler.handle(_exc_info())
     assert handler.count == 1
     assert any(r.exc_info and r.exc_info[0] is Boom for r in caplog.records)
@@ -124,7 +124,7 @@ def test_the_log_file_gets_the_traceback(tmp_path):
 
 
 def test_install_crash_handler_is_process_wide_and_updates_the_path(tmp_path, monkeypatch):
-    import desktop_app.crash as crash
+    import desktop_app.app.crash as crash
 
     monkeypatch.setattr(crash, "_installed", None)
     previous = sys.excepthook

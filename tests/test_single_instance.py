@@ -16,7 +16,7 @@ from PySide6.QtCore import QDir
 from PySide6.QtNetwork import QLocalSocket
 from PySide6.QtWidgets import QWidget
 
-from desktop_app.single_instance import SingleInstance, default_server_name
+from desktop_app.app.single_instance import SingleInstance, default_server_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_garbage_is_answered_with_an_error_and_not_emitted(qtbot, server, name):
     reply: dict = {}
 
     def run() -> None:
-        from desktop_app.single_instance import _wait
+        from desktop_app.app.single_instance import _wait
 
         sock = QLocalSocket()
         sock.connectToServer(name)
@@ -140,7 +140,7 @@ def test_attach_brings_the_window_forward_and_opens_the_file(qtbot, server, name
 def test_a_second_process_hands_off_to_this_one(qtbot, server, name, tmp_path):
     """The real thing: another process (a second launch) gives its file to this one and exits 0."""
     code = (
-        "import sys; from desktop_app.single_instance import SingleInstance; "
+        "import sys; from desktop_app.app.single_instance import SingleInstance; "
         f"sys.exit(0 if SingleInstance({name!r}).try_hand_off(sys.argv[1:], timeout_ms=20000) else 1)"
     )
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(ROOT)}
@@ -158,7 +158,7 @@ def test_default_name_is_per_user_and_per_data_folder(tmp_path):
 
 
 def test_message_format_is_one_json_line():
-    from desktop_app.single_instance import _decode, _encode
+    from desktop_app.app.single_instance import _decode, _encode
 
     raw = _encode(["x.png"], cwd="/somewhere")
     assert raw.endswith(b"\n") and raw.count(b"\n") == 1

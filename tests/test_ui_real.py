@@ -34,7 +34,7 @@ class Events(QObject):
 
 @pytest.fixture
 def real_window(qtbot, qloop, tmp_path, tiny_model_dir, engine):
-    from desktop_app.app import create_main_window
+    from desktop_app.app.application import create_main_window
 
     w = create_main_window(model=str(tiny_model_dir), data_dir=tmp_path / "data", engine_factory=lambda: engine)
     qtbot.addWidget(w)

@@ -47,7 +47,7 @@ def fake_engine():
 
 
 def make_window(qtbot, data_dir, engine, model=None):
-    from desktop_app.app import create_main_window
+    from desktop_app.app.application import create_main_window
 
     w = create_main_window(model=model, data_dir=data_dir, engine_factory=lambda: engine)
     qtbot.addWidget(w)
@@ -103,7 +103,7 @@ def test_window_shows_before_torch_is_imported(tmp_path):
         import sys, json
         from PySide6.QtWidgets import QApplication
         app = QApplication([])
-        from desktop_app.app import create_main_window
+        from desktop_app.app.application import create_main_window
         w = create_main_window(data_dir={str(tmp_path)!r})
         w.show(); app.processEvents()
         heavy = [m for m in ("torch", "diffusers", "transformers", "desktop_app.engine.engine") if m in sys.modules]
@@ -415,7 +415,7 @@ def test_run_gui_shows_window_and_exits_cleanly(tmp_path):
         f"""
         import sys
         from PySide6.QtCore import QTimer
-        from desktop_app import app as gui
+        from desktop_app.app import application as gui
         seen = []
         def hook(w):
             seen.append(w)

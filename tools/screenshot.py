@@ -70,7 +70,7 @@ def shoot(args) -> int:
     from PySide6.QtTest import QTest
     from PySide6.QtWidgets import QApplication
 
-    from desktop_app.app import create_main_window
+    from desktop_app.app.application import create_main_window
     from desktop_app.core.modelinfo import model_defaults
     from tools.shapes import caption, make_spec, render
 

@@ -5,6 +5,6 @@ import sys
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()
-    from desktop_app.cli import main
+    from desktop_app.cli.main import main
 
     sys.exit(main())

@@ -98,9 +98,9 @@ def run_gui(model: str | None = None, data_dir: str | os.PathLike | None = None,
     QCoreApplication.setApplicationName("Diffusion Desk")
     app = QApplication.instance() or QApplication(sys.argv[:1])
     QGuiApplication.setDesktopFileName(DESKTOP_ID)
-    from desktop_app.crash import install_crash_handler
-    from desktop_app.logs import setup_logging
-    from desktop_app.single_instance import SingleInstance
+    from desktop_app.app.crash import install_crash_handler
+    from desktop_app.app.logs import setup_logging
+    from desktop_app.app.single_instance import SingleInstance
 
     crash = install_crash_handler(setup_logging(debug))
     instance = SingleInstance()

@@ -100,7 +100,7 @@ def _run(model: str | os.PathLike | None, timeout: float, data_dir: Path, starte
 
     import qasync
 
-    from desktop_app.app import create_main_window
+    from desktop_app.app.application import create_main_window
 
     window = create_main_window(model=model_arg, data_dir=data_dir)
     loop = qasync.QEventLoop(app, already_running=False)

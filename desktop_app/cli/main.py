@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--method", choices=EDIT_METHODS, default=None)
 
     try:
-        from desktop_app.history_cli import add_history_parser
+        from desktop_app.cli.history import add_history_parser
 
         add_history_parser(sub)
     except ImportError:
@@ -260,23 +260,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.data_dir:
         paths.set_data_dir(args.data_dir)
-    from desktop_app.logs import setup_logging
+    from desktop_app.app.logs import setup_logging
 
     setup_logging(args.debug)
     try:
         if args.smoke:
-            from desktop_app.smoke import run_smoke
+            from desktop_app.app.smoke import run_smoke
 
             return run_smoke(model=args.gui_model)
         if args.command in ("generate", "img2img", "inpaint", "edit"):
             return _run_job(args)
         if args.command == "history":
-            from desktop_app.history_cli import run_history
+            from desktop_app.cli.history import run_history
 
             return run_history(args)
         if args.command == "models":
             return _list_models(args)
-        from desktop_app.app import run_gui
+        from desktop_app.app.application import run_gui
 
         return run_gui(model=args.gui_model, data_dir=args.data_dir, open_path=args.open_path, debug=args.debug)
     except UserError as exc:

@@ -1,7 +1,7 @@
 """Uncaught exceptions: write them to the log and tell the user where it is, instead of vanishing.
 
-    from desktop_app.crash import install_crash_handler
-    install_crash_handler(log_path)        # log_path from desktop_app.logs.setup_logging(debug)
+    from desktop_app.app.crash import install_crash_handler
+    install_crash_handler(log_path)        # log_path from desktop_app.app.logs.setup_logging(debug)
 
 After this, an exception nobody catches (in a Qt slot, on the main thread, in another
 thread, or in an asyncio task on the qasync loop via `handler.install_asyncio(loop)`)
@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
 
-log = logging.getLogger("desktop_app.crash")
+log = logging.getLogger("desktop_app.app.crash")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
