@@ -11,7 +11,7 @@ from PIL import Image
 from desktop_app.core.errors import ModelError, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
-from desktop_app.engine.engine import JobCancelled
+from desktop_app.core.errors import JobCancelled
 
 
 def gen(model, **kw) -> GenerateRequest:

@@ -249,7 +249,7 @@ def test_a_dropped_connection_is_a_clear_message_and_the_next_try_resumes(fake_h
 
 
 def test_cancelling_a_download_inside_the_model_manager_is_a_job_cancel(fake_hub, engine):
-    from desktop_app.engine.sampling import JobCancelled
+    from desktop_app.core.errors import JobCancelled
 
     cancel = threading.Event()
     cancel.set()

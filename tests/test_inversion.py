@@ -16,7 +16,8 @@ from desktop_app.core.errors import InvalidRequest, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress
 from desktop_app.core.requests import EditRequest, GenerateRequest
 from desktop_app.engine import inversion
-from desktop_app.engine.engine import Engine, JobCancelled, encode
+from desktop_app.core.errors import JobCancelled
+from desktop_app.engine.engine import Engine, encode
 
 SOURCE = "a red circle on a blue background"
 TARGET = "a green square on a blue background"

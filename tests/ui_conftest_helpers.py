@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from desktop_app.core.errors import ModelError, UserError
+from desktop_app.core.errors import JobCancelled, ModelError, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Preview, Progress, Result
 
 
@@ -44,10 +44,6 @@ def qloop(qapp):
         loop.close()
     finally:
         asyncio.set_event_loop(None)
-
-
-class JobCancelled(Exception):
-    """Same name as the engine's, so the worker recognises it."""
 
 
 class FakeTrajectory:

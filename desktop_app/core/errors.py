@@ -15,6 +15,10 @@ class UserError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class JobCancelled(Exception):
+    """The user cancelled a job: not an error, so not a UserError. The one class every layer raises and catches."""
+
+
 class InvalidRequest(UserError):
     """A parameter outside its range."""
 

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from desktop_app.core.errors import ModelError, OutOfMemory, UserError
+from desktop_app.core.errors import JobCancelled, ModelError, OutOfMemory, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Result
 from desktop_app.core.requests import MAX_SEED, EditRequest, GenerateRequest
 from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
 from desktop_app.engine.models import LoadedModel, ModelManager, vae_decode, vae_encode
-from desktop_app.engine.sampling import JobCancelled, Trajectory, prompt_notices, run_pipeline, work_size
+from desktop_app.engine.sampling import Trajectory, prompt_notices, run_pipeline, work_size
 
 log = logging.getLogger(__name__)
 OnEvent = Callable[[object], None]

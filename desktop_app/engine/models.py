@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from desktop_app.core import paths
-from desktop_app.core.errors import ModelError
+from desktop_app.core.errors import JobCancelled, ModelError
 from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, model_defaults
 from desktop_app.engine.device import MemoryOptions, apply_memory_options, free_memory
 from desktop_app.engine.preview import LatentPreviewer
@@ -446,8 +446,6 @@ class ModelManager:
             from desktop_app.engine import hub
 
             if isinstance(exc, hub.DownloadCancelled):
-                from desktop_app.engine.sampling import JobCancelled
-
                 raise JobCancelled() from exc
             raise
         self.loads += 1

@@ -18,16 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from desktop_app.core.errors import JobCancelled
 from desktop_app.core.events import Notice, Preview, Progress
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.preview import LatentPreviewer
 
 Emit = Callable[[Any], None]
-
-
-class JobCancelled(Exception):
-    """The user cancelled; raised inside the loop, caught by the engine."""
 
 
 def make_scheduler(name: str, base_config):
