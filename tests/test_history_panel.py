@@ -2,47 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import time
 
 import pytest
 from PIL import Image
-from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QWidget
+from PySide6.QtCore import QObject, Qt
+from PySide6.QtGui import QAction, QColor, QFont, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QMainWindow, QPushButton, QVBoxLayout, QWidget
 
 from desktop_app.core.history import HistoryStore
 from desktop_app.core.requests import EditRequest
-from desktop_app.ui.history_panel import PAGE, EntryRole, HistoryPanel
+from desktop_app.model.history_saver import HistorySaver
+from desktop_app.ui.history_panel import PAGE, EntryRole, HistoryPanel, SourceFromHistory
 from test_history_support import edit_result, generate_result
 from tests.ui_conftest_helpers import qloop  # noqa: F401  (a fixture)
 
 
-class FakeWindow(QObject):
-    """The part of MainWindow's public API the panel wires to."""
+class Window(QObject):
+    """Stands for the lead's window: records what the panel asks for through its signals."""
 
-    resultReady = Signal(object)
-    sourceChanged = Signal(object)
-
-    def __init__(self):
+    def __init__(self, panel):
         super().__init__()
         self.shown, self.filled, self.sources, self.errors = [], [], [], []
-
-    def show_result(self, result):
-        self.shown.append(result)
-
-    def fill_from_request(self, request):
-        self.filled.append(request)
-        if getattr(request, "image", None) is not None:
-            self.set_source_image(request.image)
-
-    def set_source_image(self, image):
-        copy = image.convert("RGB").copy()  # the window keeps a converted copy
-        self.sources.append(copy)
-        self.sourceChanged.emit(copy)
-
-    def show_error(self, message, hint=""):
-        self.errors.append((message, hint))
+        panel.openRequested.connect(self.shown.append)
+        panel.reuseRequested.connect(self.filled.append)
+        panel.useAsSourceRequested.connect(self.sources.append)
+        panel.errorRaised.connect(lambda message, hint: self.errors.append((message, hint)))
 
 
 @pytest.fixture
@@ -53,18 +41,22 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def fake_window():
-    return FakeWindow()
+def saver(store):
+    s = HistorySaver(store)
+    yield s
+    s.wait(10)
+    s.close()
 
 
 @pytest.fixture
-def panel(qtbot, store, fake_window):
-    p = HistoryPanel(store, fake_window)
+def panel(qtbot, store, saver):
+    p = HistoryPanel(store, saver)
     qtbot.addWidget(p)
     p.resize(420, 600)
     p.show()
+    p.window_ = Window(p)
     yield p
-    p.wait_for_saves()
+    saver.wait(10)
 
 
 def fill(store, n, **kw):
@@ -84,12 +76,20 @@ def test_without_history(qtbot):
     p = HistoryPanel(None)
     qtbot.addWidget(p)
     assert "not open" in p.empty_label.text() and p.banner.text() == ""
-    assert p.add_result(generate_result()) is None
+    assert not p.save_banner.isVisible()
 
 
-def test_lazy_paging_newest_first(qtbot, store, fake_window):
+def test_a_panel_never_saves_and_takes_only_a_saver(qtbot, store):
+    with pytest.raises(TypeError):
+        HistoryPanel(store, QObject())  # the old HistoryPanel(history, window) call
+    p = HistoryPanel(store)
+    qtbot.addWidget(p)
+    assert not hasattr(p, "add_result") and not hasattr(p, "saved")
+
+
+def test_lazy_paging_newest_first(qtbot, store, saver):
     entries = fill(store, PAGE + 30)
-    p = HistoryPanel(store, fake_window)
+    p = HistoryPanel(store, saver)
     qtbot.addWidget(p)
     assert p.model.rowCount() == PAGE  # only the first page
     assert p.model.total() == PAGE + 30
@@ -147,50 +147,61 @@ def test_search_and_filters(qtbot, panel, store):
     assert panel.empty_label.text() == "Nothing matches."
 
 
-def test_result_saved_in_background_appears_on_top(qtbot, panel, store, fake_window):
+def test_results_the_saver_writes_appear_on_top(qtbot, panel, store, saver):
     fill(store, 2)
     qtbot.waitUntil(lambda: panel.model.rowCount() == 2)
     result = generate_result(prompt="brand new", n=2, seed=900)
-    with qtbot.waitSignal(panel.saved, timeout=10000) as blocker:
-        fake_window.resultReady.emit(result)
-    saved = blocker.args[0]
-    assert [e.seed for e in saved] == [900, 901]
+    with qtbot.waitSignal(saver.saved, timeout=10000) as blocker:
+        saver.save(result)
+    assert [e.seed for e in blocker.args[0]] == [900, 901]
     qtbot.waitUntil(lambda: panel.model.rowCount() == 4)
     assert {panel.model.entry(0).seed, panel.model.entry(1).seed} == {900, 901}
-    fake_window.resultReady.emit(result)  # the same result twice (wired twice): saved once
-    panel.wait_for_saves()
+    saver.save(result)  # the same result twice (wired twice): saved once
+    saver.wait(10)
     assert store.count() == 4
 
 
-def test_disk_full_is_reported_and_result_kept(qtbot, panel, store, fake_window, monkeypatch):
+def test_a_failed_save_shows_a_banner_and_retry_writes_it(qtbot, panel, store, saver, monkeypatch):
     from desktop_app.core import history as history_module
+
+    real = history_module._atomic_write
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(history_module, "_atomic_write", full)
-    result = generate_result()
-    with qtbot.waitSignal(panel.saveFailed, timeout=10000) as blocker:
-        panel.add_result(result)
-    kept, message, hint = blocker.args
-    assert kept is result and kept.images[0].size == (64, 64)
-    assert "disk is full" in message and hint
-    assert fake_window.errors and "disk is full" in fake_window.errors[-1][0]
-    assert store.count() == 0
+    result = generate_result(prompt="kept in memory")
+    with qtbot.waitSignal(saver.failed, timeout=10000):
+        saver.save(result)
+    assert panel.save_banner.isVisible() and "disk is full" in panel.save_label.text()
+    assert "1 result" in panel.save_label.text() and saver.unsaved() == [result]
+    assert store.count() == 0 and panel.model.rowCount() == 0
+    monkeypatch.setattr(history_module, "_atomic_write", real)  # space freed
+    with qtbot.waitSignal(saver.saved, timeout=10000):
+        qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1)
+    assert panel.model.entry(0).prompt == "kept in memory"
+    assert not panel.save_banner.isVisible()
 
 
-def test_open_reuse_and_use_as_source_make_parent(qtbot, panel, store, fake_window):
+def test_open_reuse_and_use_as_source(qtbot, panel, store, saver):
     [parent] = store.add(generate_result(prompt="the parent"))
     qtbot.waitUntil(lambda: panel.model.rowCount() == 1)
+    window = panel.window_
     shown = panel.open_entry(parent)
-    assert fake_window.shown == [shown] and shown.images[0].size == (64, 64) and shown.seeds == [parent.seed]
+    assert window.shown == [shown] and shown.images[0].size == (64, 64) and shown.seeds == [parent.seed]
+    saver.save(shown)  # the window shows it as a result: it is not saved a second time
+    saver.wait(10)
+    assert store.count() == 1
     request = panel.reuse_entry(parent)
-    assert fake_window.filled[-1] is request and request.prompt == "the parent"
+    assert window.filled[-1] is request and request.prompt == "the parent"
     panel.use_as_source(parent)
-    assert fake_window.sources and fake_window.sources[-1].size == (64, 64)
-    child = edit_result(prompt="the child", source=fake_window.sources[-1])
-    with qtbot.waitSignal(panel.saved, timeout=10000) as blocker:
-        fake_window.resultReady.emit(child)
+    choice = window.sources[-1]
+    assert isinstance(choice, SourceFromHistory) and choice.entry.id == parent.id and choice.image.size == (64, 64)
+    image, entry = choice  # unpacks as (image, entry)
+    child = edit_result(prompt="the child", source=image)
+    with qtbot.waitSignal(saver.saved, timeout=10000) as blocker:
+        saver.save(child, parent_id=entry.id)  # what the window's wiring does with the entry it was given
     assert blocker.args[0][0].parent_id == parent.id
     # An edit entry reused: its source image and mask come back for exact replay.
     edit_entry = blocker.args[0][0]
@@ -198,19 +209,90 @@ def test_open_reuse_and_use_as_source_make_parent(qtbot, panel, store, fake_wind
     assert isinstance(request, EditRequest) and request.image is not None and request.mask is not None
 
 
-def test_result_made_source_by_the_window_links_parent(qtbot, panel, store, fake_window):
-    result = generate_result(prompt="first")
-    with qtbot.waitSignal(panel.saved, timeout=10000) as blocker:
-        fake_window.resultReady.emit(result)
-    first = blocker.args[0][0]
-    fake_window.set_source_image(result.images[0])  # "Use result as source" in the window
-    with qtbot.waitSignal(panel.saved, timeout=10000) as blocker:
-        fake_window.resultReady.emit(edit_result(source=fake_window.sources[-1]))
-    assert blocker.args[0][0].parent_id == first.id
-    fake_window.set_source_image(Image.new("RGB", (64, 64), "pink"))  # an unrelated image: no parent
-    with qtbot.waitSignal(panel.saved, timeout=10000) as blocker:
-        fake_window.resultReady.emit(edit_result(source=fake_window.sources[-1]))
-    assert blocker.args[0][0].parent_id is None
+def _color_box(image, rect, color, tolerance=40):
+    """Bounding box (left, top, right, bottom) of the pixels of `color` inside `rect` of a QImage, or None."""
+    want = QColor(color)
+    xs, ys = [], []
+    for y in range(rect.top(), rect.bottom() + 1):
+        for x in range(rect.left(), rect.right() + 1):
+            c = image.pixelColor(x, y)
+            if abs(c.red() - want.red()) + abs(c.green() - want.green()) + abs(c.blue() - want.blue()) < tolerance:
+                xs.append(x)
+                ys.append(y)
+    return (min(xs), min(ys), max(xs), max(ys)) if xs else None
+
+
+def test_thumbnails_fit_their_cell_with_the_caption_visible(qtbot, store, saver):
+    """Defect 6: a 512x320 image was cropped to about 70x80 and its caption lost; a 64x64 one stayed tiny."""
+    wide = dataclasses.replace(generate_result(prompt="wide"), images=[Image.new("RGB", (512, 320), (220, 20, 20))])
+    small = dataclasses.replace(generate_result(prompt="small", seed=5), images=[Image.new("RGB", (64, 64), (20, 20, 220))])
+    store.add(wide)
+    store.add(small)
+    p = HistoryPanel(store, saver)
+    qtbot.addWidget(p)
+    font = QFont(p.font())
+    font.setPixelSize(18)  # a desktop with a larger font than the test default
+    p.setFont(font)
+    p.resize(420, 600)
+    p.show()
+    qtbot.waitExposed(p)
+    for row in range(2):
+        p.model.data(p.model.index(row), Qt.ItemDataRole.DecorationRole)
+    qtbot.waitUntil(lambda: len(p.model._thumbs) == 2, timeout=5000)
+    p.view.viewport().update()
+    qtbot.wait(50)
+    grab = p.view.viewport().grab().toImage()
+    caption_h = p.view.fontMetrics().height()
+    for row, color, aspect in ((1, (220, 20, 20), 512 / 320), (0, (20, 20, 220), 1.0)):
+        cell = p.view.visualRect(p.model.index(row))
+        box = _color_box(grab, cell, QColor(*color))
+        assert box is not None, row
+        left, top, right, bottom = box
+        width, height = right - left + 1, bottom - top + 1
+        assert abs(width / height - aspect) < 0.08, (row, width, height)  # the whole image, not a crop of it
+        assert width >= 100, (row, width)  # scaled to the cell (112 px), up or down
+        assert left > cell.left() and right < cell.right() and top >= cell.top()
+        caption = cell.adjusted(0, bottom - cell.top() + 2, 0, 0)  # everything below the image in the cell
+        assert caption.height() >= caption_h, (row, caption.height(), caption_h)
+        text = QColor(p.view.palette().color(p.view.foregroundRole()))
+        assert _color_box(grab, caption, text, tolerance=120) is not None, row  # the caption's text is painted
+
+
+def test_ctrl_c_in_the_list_copies_the_entry_and_elsewhere_the_windows_copy(qtbot, store, saver):
+    """Defect 7: Ctrl+C in the history was an ambiguous shortcut (the window has Copy on Ctrl+C) and did nothing."""
+    big = dataclasses.replace(generate_result(prompt="to the clipboard"), images=[Image.new("RGB", (96, 80), "orange")])
+    [entry] = store.add(big)
+    window = QMainWindow()
+    qtbot.addWidget(window)
+    copied = []
+    copy = QAction("Copy", window)
+    copy.setShortcut(QKeySequence(QKeySequence.StandardKey.Copy))
+    copy.triggered.connect(lambda: copied.append("window"))
+    window.addAction(copy)
+    central = QWidget()
+    lay = QVBoxLayout(central)
+    button = QPushButton("elsewhere")
+    lay.addWidget(button)
+    p = HistoryPanel(store, saver)
+    lay.addWidget(p)
+    window.setCentralWidget(central)
+    window.show()
+    window.activateWindow()
+    qtbot.waitActive(window)
+    QGuiApplication.clipboard().clear()
+    qtbot.waitUntil(lambda: p.model.rowCount() == 1)
+    p.view.setCurrentIndex(p.model.index(0))
+    p.view.setFocus()
+    qtbot.waitUntil(p.view.hasFocus)
+    qtbot.keyClick(p.view, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    image = QGuiApplication.clipboard().image()
+    assert not image.isNull() and (image.width(), image.height()) == (96, 80)
+    assert QGuiApplication.clipboard().mimeData().urls()[0].toLocalFile() == str(entry.image_path)
+    assert copied == []  # the window's Copy did not run as well
+    button.setFocus()
+    qtbot.waitUntil(button.hasFocus)
+    qtbot.keyClick(button, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert copied == ["window"]
 
 
 def test_delete_with_confirm(qtbot, panel, store, monkeypatch):
@@ -313,12 +395,17 @@ def test_real_main_window_saves_results(qtbot, qloop, tmp_path):
     engine = FakeEngine()
     window = create_main_window(data_dir=tmp_path / "data", engine_factory=lambda: engine, history=s)
     qtbot.addWidget(window)
+    saver = getattr(window, "history_saver", None)
+    if not isinstance(saver, HistorySaver):
+        window.close()
+        s.close()
+        pytest.skip("the window binds the panel to a HistorySaver after its rewrite (window.history_saver)")
     window.show()
     qtbot.waitExposed(window)
     panel = window.findChild(QWidget, "historyPanel")
-    assert isinstance(panel, HistoryPanel) and panel.history is s
+    assert isinstance(panel, HistoryPanel) and panel.history is s and panel.saver is saver
     window.findChild(QWidget, "promptEdit").setPlainText("a window cube")
-    with qtbot.waitSignal(panel.saved, timeout=20000) as blocker:
+    with qtbot.waitSignal(saver.saved, timeout=20000) as blocker:
         window.generate()
     [entry] = blocker.args[0][:1]
     assert entry.prompt == "a window cube"
@@ -330,4 +417,5 @@ def test_real_main_window_saves_results(qtbot, qloop, tmp_path):
     panel.open_entry(entry)
     assert window.current_result is not None and window.current_result.seeds == [entry.seed]
     window.close()
+    saver.wait(10)
     s.close()

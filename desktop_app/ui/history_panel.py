@@ -1,25 +1,19 @@
 """The history panel: a lazily loaded grid of thumbnails, newest first, with search and filters.
 
-``HistoryPanel(history=None, window=None, parent=None)`` (objectName ``historyPanel``).
+``HistoryPanel(store=None, saver=None, parent=None)`` (objectName ``historyPanel``) binds to a
+`core.history.HistoryStore` (None: the panel says the history is not open; `set_history` changes it) and a
+`model.history_saver.HistorySaver` (new entries appear from ``saver.saved``; a failed save shows a banner with
+Retry). The panel saves nothing itself and calls no window: it asks through signals the window connects.
 
-- `history`: a `core.history.HistoryService` (HistoryStore) or None (the panel then says the history is
-  unavailable).
-- `window`: the MainWindow, optional. Given one, the panel wires itself to the window's public API:
-  ``window.resultReady`` -> `add_result` (every result is saved, in the background, and appears at once);
-  open -> ``window.show_result``; reuse -> ``window.fill_from_request``; use as source ->
-  ``window.set_source_image``; errors -> ``window.show_error``; ``window.sourceChanged`` tells the panel
-  which entry (if any) the source came from, so an edit or inpaint of it is saved with that parent.
-  Without a window, connect the signals below yourself.
+Signals: openRequested(object: a Result built from the entry, to show), reuseRequested(object: the entry's
+request, with its source image and mask when stored), useAsSourceRequested(object: SourceFromHistory(image, entry),
+to edit or inpaint; the next result of it is the entry's child), entrySelected(object: Entry),
+errorRaised(str message, str hint).
 
-Signals: openRequested(object: Result built from the entry), reuseRequested(object: request with its
-source image and mask when stored), sourceRequested(object: PIL image), entrySelected(object: Entry),
-saved(object: list[Entry]), saveFailed(object: Result, str message, str hint),
-errorOccurred(str message, str hint).
-
-Methods: add_result(result, parent_id=None), set_history(history), refresh(), set_search(text),
-set_kind(kind|None), set_favourites_only(bool), entries() (loaded), selected_entries(),
-open_entry(entry), reuse_entry(entry), use_as_source(entry), toggle_favourite(entries),
-reveal_entry(entry), copy_entry(entry), delete_entries(entries, confirm=True), wait_for_saves(timeout).
+Methods: set_history(store), set_saver(saver), refresh(), set_search(text), set_kind(kind|None),
+set_favourites_only(bool), entries() (loaded), selected_entries(), open_entry(entry), reuse_entry(entry),
+use_as_source(entry), toggle_favourite(entries), reveal_entry(entry), copy_entry(entry),
+delete_entries(entries, confirm=True).
 
 No torch here; images reach the window as PIL images.
 """
@@ -30,14 +24,16 @@ import collections
 import logging
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from PySide6.QtCore import (
     QAbstractListModel,
+    QEvent,
     QMimeData,
     QModelIndex,
     QObject,
+    QRect,
     QRunnable,
     QSize,
     Qt,
@@ -47,7 +43,18 @@ from PySide6.QtCore import (
     Signal,
     Slot,
 )
-from PySide6.QtGui import QAction, QColor, QDesktopServices, QGuiApplication, QImage, QKeySequence, QPainter, QPixmap
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QDesktopServices,
+    QGuiApplication,
+    QImage,
+    QKeyEvent,
+    QKeySequence,
+    QPainter,
+    QPalette,
+    QPixmap,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -57,12 +64,16 @@ from PySide6.QtWidgets import (
     QListView,
     QMenu,
     QMessageBox,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from desktop_app.core.errors import HistoryError, UserError
+from desktop_app.model.history_saver import HistorySaver
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +83,23 @@ EntryRole = Qt.ItemDataRole.UserRole + 1
 KIND_FILTERS = (("All kinds", None), ("Generate", "generate"), ("Image to image", "img2img"), ("Inpaint", "inpaint"), ("Edit", "edit"))
 
 
+class SourceFromHistory(NamedTuple):
+    """What useAsSourceRequested carries: the image to edit and the entry it is (the parent of what is made of it)."""
+
+    image: Any  # PIL image
+    entry: Any  # core.history.Entry
+
+
 class _Resources:
     """What must be released when the panel goes: not a QObject, so it outlives the widget's C++ side."""
 
     def __init__(self) -> None:
         self.unsubscribe: Any = None
-        self.saver: ThreadPoolExecutor | None = None
 
     def close(self, *_: Any) -> None:
         if self.unsubscribe is not None:
             self.unsubscribe()
             self.unsubscribe = None
-        if self.saver is not None:
-            self.saver.shutdown(wait=False)
-            self.saver = None
 
 
 class _Bridge(QObject):
@@ -93,7 +107,6 @@ class _Bridge(QObject):
 
     storeEvent = Signal(str, object)
     thumbLoaded = Signal(int, object)  # entry id, QImage or None
-    saveDone = Signal(object, object, object)  # result, entries or None, exception or None
 
 
 class _ThumbJob(QRunnable):
@@ -316,36 +329,115 @@ class HistoryModel(QAbstractListModel):
             self.dataChanged.emit(index, index)
 
 
+class ThumbnailDelegate(QStyledItemDelegate):
+    """Paints a cell as the thumbnail scaled to fit above its caption, whatever the image's size and the font's:
+    the default icon-mode layout sized the cell from the first item and cropped larger thumbnails and their
+    caption."""
+
+    MARGIN = 4
+
+    def cell_size(self, option_font_metrics: Any) -> QSize:
+        return QSize(ICON + 2 * self.MARGIN + 4, ICON + option_font_metrics.height() + 3 * self.MARGIN)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802
+        return self.cell_size(option.fontMetrics)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def image_rect(cell: QRect, caption_height: int, size: QSize, margin: int = MARGIN) -> QRect:
+        """Where a `size` image goes in `cell`: as large as fits above the caption, aspect ratio kept, centred."""
+        box = QRect(cell.left() + margin, cell.top() + margin, cell.width() - 2 * margin, cell.height() - caption_height - 3 * margin)
+        if size.isEmpty() or box.isEmpty():
+            return QRect(box.topLeft(), QSize(0, 0))
+        fitted = size.scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        return QRect(box.left() + (box.width() - fitted.width()) // 2, box.top() + (box.height() - fitted.height()) // 2, fitted.width(), fitted.height())
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        widget = opt.widget  # type: ignore[attr-defined]
+        style = widget.style() if widget is not None else None
+        cell: QRect = opt.rect  # type: ignore[attr-defined]
+        painter.save()
+        if style is not None:
+            opt.text = ""  # type: ignore[attr-defined]
+            opt.icon = type(opt.icon)()  # type: ignore[attr-defined]
+            style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, opt, painter, widget)
+        metrics = opt.fontMetrics  # type: ignore[attr-defined]
+        caption_h = metrics.height()
+        pix = index.data(Qt.ItemDataRole.DecorationRole)
+        if isinstance(pix, QPixmap) and not pix.isNull():
+            target = self.image_rect(cell, caption_h, pix.size())
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawPixmap(target, pix)
+        text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        caption = QRect(cell.left() + self.MARGIN, cell.bottom() - self.MARGIN - caption_h + 1, cell.width() - 2 * self.MARGIN, caption_h)
+        selected = bool(opt.state & QStyle.StateFlag.State_Selected)  # type: ignore[attr-defined]
+        role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
+        painter.setPen(opt.palette.color(role))  # type: ignore[attr-defined]
+        painter.setFont(opt.font)  # type: ignore[attr-defined]
+        painter.drawText(caption, int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter), metrics.elidedText(text, Qt.TextElideMode.ElideRight, caption.width()))
+        painter.restore()
+
+
+class HistoryView(QListView):
+    """The grid. Copy and Delete are handled here while it has the focus: the window has actions on the same keys,
+    and two shortcuts on one key are ambiguous in Qt and do nothing."""
+
+    copyRequested = Signal()
+    deleteRequested = Signal()
+
+    KEYS = ((QKeySequence.StandardKey.Copy, "copyRequested"), (QKeySequence.StandardKey.Delete, "deleteRequested"))
+
+    def event(self, event: QEvent) -> bool:
+        overrides = event.type() == QEvent.Type.ShortcutOverride and isinstance(event, QKeyEvent)
+        if overrides and any(event.matches(key) for key, _signal in self.KEYS):  # type: ignore[attr-defined]
+            event.accept()  # the key comes to keyPressEvent instead of the window's shortcut
+            return True
+        return super().event(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        for key, signal in self.KEYS:
+            if event.matches(key):
+                getattr(self, signal).emit()
+                event.accept()
+                return
+        super().keyPressEvent(event)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self.fit_grid()
+
+    def fit_grid(self) -> None:
+        """Cells as large as a thumbnail and one line of caption in the current font."""
+        delegate = self.itemDelegate()
+        if isinstance(delegate, ThumbnailDelegate):
+            self.setGridSize(delegate.cell_size(self.fontMetrics()))
+
+
 class HistoryPanel(QWidget):
     """Gallery of past results. See the module docstring for its API."""
 
     openRequested = Signal(object)
     reuseRequested = Signal(object)
-    sourceRequested = Signal(object)
+    useAsSourceRequested = Signal(object)
     entrySelected = Signal(object)
-    saved = Signal(object)
-    saveFailed = Signal(object, str, str)
-    errorOccurred = Signal(str, str)
+    errorRaised = Signal(str, str)
 
-    def __init__(self, history: Any = None, window: Any = None, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Any = None, saver: HistorySaver | None = None, parent: QWidget | None = None) -> None:
+        if saver is not None and not isinstance(saver, HistorySaver):
+            raise TypeError(f"HistoryPanel(store, saver): saver must be a HistorySaver, not {type(saver).__name__}")
         super().__init__(parent)
         self.setObjectName("historyPanel")
-        self.history = None
-        self.window_ = None
+        self.history: Any = None
+        self.saver: HistorySaver | None = None
         self._bridge = _Bridge(self)
         self._bridge.storeEvent.connect(self._on_store_event)
-        self._bridge.saveDone.connect(self._on_save_done)
         self._res = _Resources()
-        self._saves: list[Future] = []
-        self._saved_results: collections.deque[int] = collections.deque(maxlen=64)
-        self._recent_images: collections.deque[tuple[int, Any]] = collections.deque(maxlen=24)
-        self._source_entry: int | None = None
-        self._expect_source: Any = None
         self.to_trash = True
         self._build_ui()
-        self.set_history(history)
-        if window is not None:
-            self.connect_window(window)
+        self.set_history(store)
+        self.set_saver(saver)
         self.destroyed.connect(self._res.close)
 
     # -- construction ---------------------------------------------------------------
@@ -370,6 +462,24 @@ class HistoryPanel(QWidget):
         self.banner.setStyleSheet("background: #4a3b1f; color: #f0d9a8; padding: 4px; border-radius: 3px;")
         self.banner.hide()
         layout.addWidget(self.banner)
+
+        self.save_banner = QWidget()
+        self.save_banner.setObjectName("historySaveBanner")
+        self.save_banner.setStyleSheet("background: #4a2626; color: #f4c7c7; border-radius: 3px;")
+        row = QHBoxLayout(self.save_banner)
+        row.setContentsMargins(4, 2, 4, 2)
+        self.save_label = QLabel("")
+        self.save_label.setObjectName("historySaveMessage")
+        self.save_label.setWordWrap(True)
+        row.addWidget(self.save_label, 1)
+        self.retry_button = QToolButton()
+        self.retry_button.setObjectName("historyRetryButton")
+        self.retry_button.setText("Retry")
+        self.retry_button.setToolTip("Write the results that could not be saved to the history again")
+        self.retry_button.clicked.connect(self._retry)
+        row.addWidget(self.retry_button)
+        self.save_banner.hide()
+        layout.addWidget(self.save_banner)
 
         self.search_edit = QLineEdit()
         self.search_edit.setObjectName("historySearch")
@@ -399,11 +509,12 @@ class HistoryPanel(QWidget):
         filter_row.addWidget(self.favourite_button)
         layout.addLayout(filter_row)
 
-        self.view = QListView()
+        self.view = HistoryView()
         self.view.setObjectName("historyGrid")
         self.view.setViewMode(QListView.ViewMode.IconMode)
         self.view.setIconSize(QSize(ICON, ICON))
-        self.view.setGridSize(QSize(ICON + 12, ICON + 26))
+        self.view.setItemDelegate(ThumbnailDelegate(self.view))
+        self.view.fit_grid()
         self.view.setResizeMode(QListView.ResizeMode.Adjust)
         self.view.setMovement(QListView.Movement.Static)
         self.view.setUniformItemSizes(True)
@@ -416,6 +527,8 @@ class HistoryPanel(QWidget):
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
         self.view.doubleClicked.connect(lambda index: self.open_entry(index.data(EntryRole)))
+        self.view.copyRequested.connect(lambda: self._on_selection(self.copy_entry))
+        self.view.deleteRequested.connect(lambda: self.delete_entries(self.selected_entries()))
         layout.addWidget(self.view, 1)
 
         self.empty_label = QLabel("Results you make appear here.")
@@ -423,33 +536,28 @@ class HistoryPanel(QWidget):
         self.empty_label.setStyleSheet("color: #8a8f98;")
         layout.addWidget(self.empty_label)
 
-        for text, keys, slot in (
-            ("Open", [QKeySequence(Qt.Key.Key_Return), QKeySequence(Qt.Key.Key_Enter)], lambda: self._on_selection(self.open_entry)),
-            ("Delete", [QKeySequence(QKeySequence.StandardKey.Delete)], lambda: self.delete_entries(self.selected_entries())),
-            ("Copy", [QKeySequence(QKeySequence.StandardKey.Copy)], lambda: self._on_selection(self.copy_entry)),
-        ):
-            action = QAction(text, self.view)
-            action.setShortcuts(keys)
-            action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
-            action.triggered.connect(slot)
-            self.view.addAction(action)
+        action = QAction("Open", self.view)
+        action.setShortcuts([QKeySequence(Qt.Key.Key_Return), QKeySequence(Qt.Key.Key_Enter)])
+        action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        action.triggered.connect(lambda: self._on_selection(self.open_entry))
+        self.view.addAction(action)
 
-    def set_history(self, history: Any) -> None:
-        """Show `history` (a HistoryService) or, with None, say the history is unavailable."""
+    def set_history(self, store: Any) -> None:
+        """Show `store` (a HistoryStore) or, with None, say the history is unavailable."""
         if self._res.unsubscribe is not None:
             self._res.unsubscribe()
             self._res.unsubscribe = None
-        self.history = history
-        self.model = HistoryModel(history, self._bridge, self)
+        self.history = store
+        self.model = HistoryModel(store, self._bridge, self)
         self.view.setModel(self.model)
         self.view.selectionModel().currentChanged.connect(self._on_current_changed)
         self.model.modelReset.connect(self._update_labels)
         self.model.rowsInserted.connect(self._update_labels)
         self.model.rowsRemoved.connect(self._update_labels)
-        enabled = history is not None
+        enabled = store is not None
         for widget in (self.search_edit, self.kind_combo, self.favourite_button):
             widget.setEnabled(enabled)
-        if history is not None and hasattr(history, "subscribe"):
+        if store is not None and hasattr(store, "subscribe"):
             bridge = self._bridge
 
             def forward(event: str, data: Any) -> None:
@@ -458,33 +566,32 @@ class HistoryPanel(QWidget):
                 except RuntimeError:  # the panel is gone
                     pass
 
-            self._res.unsubscribe = history.subscribe(forward)
+            self._res.unsubscribe = store.subscribe(forward)
         notes = []
-        if history is not None:
-            if getattr(history, "recovery_message", None):
-                notes.append(history.recovery_message)
-            check = getattr(history, "last_check", None)
+        if store is not None:
+            if getattr(store, "recovery_message", None):
+                notes.append(store.recovery_message)
+            check = getattr(store, "last_check", None)
             if check is not None and check.message():
                 notes.append("History check: " + check.message())
         self._show_banner(" ".join(notes))
         self._update_labels()
 
-    def connect_window(self, window: Any) -> None:
-        """Wire to a MainWindow's public API (see the module docstring)."""
-        self.window_ = window
-        if hasattr(window, "resultReady"):
-            window.resultReady.connect(self.add_result)
-        if hasattr(window, "sourceChanged"):
-            window.sourceChanged.connect(self._on_source_changed)
-        if hasattr(window, "show_result"):
-            self.openRequested.connect(window.show_result)
-        if hasattr(window, "fill_from_request"):
-            self.reuseRequested.connect(window.fill_from_request)
-        if hasattr(window, "set_source_image"):
-            self.sourceRequested.connect(window.set_source_image)
-        if hasattr(window, "show_error"):
-            self.errorOccurred.connect(window.show_error)
-            self.saveFailed.connect(lambda _result, message, hint: window.show_error(message, hint))
+    def set_saver(self, saver: HistorySaver | None) -> None:
+        """Show what `saver` writes as soon as it is written, and its failures with a Retry button."""
+        if self.saver is not None:
+            for signal, slot in self._saver_links():
+                signal.disconnect(slot)
+        self.saver = saver
+        if saver is not None:
+            for signal, slot in self._saver_links():
+                signal.connect(slot)
+        self._update_save_banner()
+
+    def _saver_links(self) -> list[tuple[Any, Any]]:
+        saver = self.saver
+        assert saver is not None
+        return [(saver.saved, self._on_saved), (saver.failed, self._on_save_failed), (saver.unsavedChanged, self._update_save_banner)]
 
     # -- labels ------------------------------------------------------------------------------
     def _show_banner(self, text: str) -> None:
@@ -500,6 +607,31 @@ class HistoryPanel(QWidget):
         else:
             self.empty_label.setText("Nothing matches." if filtered else "Results you make appear here.")
         self.empty_label.setVisible(self.history is None or self.model.rowCount() == 0)
+
+    # -- what the saver writes ------------------------------------------------------------------
+    @Slot(list)
+    def _on_saved(self, entries: list) -> None:
+        if self.history is not None:
+            self.model.prepend(list(entries))
+            self._update_labels()
+
+    @Slot(str, str)
+    def _on_save_failed(self, message: str, hint: str) -> None:
+        self._last_save_error = f"{message} {hint}".strip()
+        self._update_save_banner()
+
+    def _update_save_banner(self, *_: Any) -> None:
+        n = len(self.saver.unsaved()) if self.saver is not None else 0
+        if n:
+            what = "1 result is" if n == 1 else f"{n} results are"
+            reason = getattr(self, "_last_save_error", "")
+            self.save_label.setText(f"{what} not in the history yet (kept in memory). {reason}".strip())
+            self.retry_button.setEnabled(self.saver is not None and self.saver.store() is not None)
+        self.save_banner.setVisible(bool(n))
+
+    def _retry(self) -> None:
+        if self.saver is not None:
+            self.saver.retry()
 
     # -- filters -------------------------------------------------------------------------------
     def _apply_search(self) -> None:
@@ -555,66 +687,6 @@ class HistoryPanel(QWidget):
         if entry is not None:
             self.entrySelected.emit(entry)
 
-    # -- saving ------------------------------------------------------------------------------------
-    @Slot(object)
-    def add_result(self, result: Any, parent_id: int | None = None) -> Future | None:
-        """Save `result` to the history in the background; its entries appear when saved.
-        A failure (disk full...) is reported through saveFailed / errorOccurred; the result stays in memory."""
-        if self.history is None or result is None or not getattr(result, "images", None):
-            return None
-        if id(result) in self._saved_results:  # wired twice: save once
-            return None
-        self._saved_results.append(id(result))
-        if parent_id is None and getattr(result.request, "kind", "generate") != "generate":
-            parent_id = self._source_entry
-        if self._res.saver is None:
-            self._res.saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-save")
-        history, bridge = self.history, self._bridge
-
-        def save() -> Any:
-            entries, error = None, None
-            try:
-                entries = history.add(result, parent_id=parent_id)
-            except Exception as exc:  # noqa: BLE001 - reported on the UI thread
-                error = exc
-            try:
-                bridge.saveDone.emit(result, entries, error)
-            except RuntimeError:
-                pass
-            if error is not None:
-                raise error
-            return entries
-
-        future = self._res.saver.submit(save)
-        self._saves = [f for f in self._saves if not f.done()] + [future]
-        return future
-
-    def wait_for_saves(self, timeout: float = 10.0) -> bool:
-        """Block until background saves are done (tests, shutdown)."""
-        import concurrent.futures
-
-        pending = [f for f in self._saves if not f.done()]
-        if not pending:
-            return True
-        done, not_done = concurrent.futures.wait(pending, timeout=timeout)
-        return not not_done
-
-    @Slot(object, object, object)
-    def _on_save_done(self, result: Any, entries: Any, error: Any) -> None:
-        if error is None:
-            for entry, image in zip(entries or [], result.images):
-                self._recent_images.append((entry.id, image))
-            self.saved.emit(entries or [])
-            return
-        if isinstance(error, UserError):
-            message, hint = error.message, error.hint
-        else:
-            log.error("history: saving failed", exc_info=error)
-            message, hint = f"Could not save the result to the history: {error}", "The image stays open; save it with Save as."
-        self.saveFailed.emit(result, message, hint)
-        if self.window_ is None:
-            self.errorOccurred.emit(message, hint)
-
     @Slot(str, object)
     def _on_store_event(self, event: str, data: Any) -> None:
         if event == "added":
@@ -625,24 +697,6 @@ class HistoryPanel(QWidget):
             self.model.update(list(data))
         self._update_labels()
 
-    # -- which entry the source came from (the parent of the next edit or inpaint) -------------------
-    @Slot(object)
-    def _on_source_changed(self, image: Any) -> None:
-        if image is None:
-            self._source_entry = None
-            return
-        if self._expect_source is not None:
-            self._source_entry, self._expect_source = self._expect_source, None
-            return
-        self._source_entry = None
-        for entry_id, recent in reversed(self._recent_images):
-            try:
-                if recent.size == image.size and recent.convert("RGB").tobytes() == image.convert("RGB").tobytes():
-                    self._source_entry = entry_id
-                    return
-            except Exception:  # noqa: BLE001 - a closed image: no parent
-                continue
-
     # -- actions on entries ---------------------------------------------------------------------------
     def _load_image(self, entry: Any) -> Any:
         from desktop_app.core.images import load_image
@@ -652,10 +706,10 @@ class HistoryPanel(QWidget):
         return load_image(entry.image_path)
 
     def _report(self, exc: UserError) -> None:
-        self.errorOccurred.emit(exc.message, exc.hint)
+        self.errorRaised.emit(exc.message, exc.hint)
 
     def open_entry(self, entry: Any) -> Any:
-        """Emit openRequested with a Result holding the entry's image (for window.show_result)."""
+        """Emit openRequested with a Result holding the entry's image; the saver knows it is already saved."""
         if entry is None:
             return None
         from desktop_app.core.events import Result
@@ -670,8 +724,8 @@ class HistoryPanel(QWidget):
             request=request, images=[image], seeds=[entry.seed if entry.seed is not None else 0],
             model_id=entry.model_id, model_hash=entry.model_hash, elapsed=entry.elapsed or 0.0,
         )
-        self._saved_results.append(id(result))  # already in the history
-        self._recent_images.append((entry.id, image))
+        if self.saver is not None:
+            self.saver.remember(result, [entry])  # shown again, never saved again
         self.openRequested.emit(result)
         return result
 
@@ -687,14 +741,11 @@ class HistoryPanel(QWidget):
             except UserError as exc:
                 self._report(exc)
                 return None
-        if getattr(request, "image", None) is not None:
-            self._expect_source = entry.parent_id
         self.reuseRequested.emit(request)
-        self._expect_source = None
         return request
 
     def use_as_source(self, entry: Any) -> Any:
-        """Emit sourceRequested with the entry's image; the next edit or inpaint is saved as its child."""
+        """Emit useAsSourceRequested with the entry's image and the entry (the parent of the next edit of it)."""
         if entry is None:
             return None
         try:
@@ -702,11 +753,9 @@ class HistoryPanel(QWidget):
         except UserError as exc:
             self._report(exc)
             return None
-        self._expect_source = entry.id
-        self.sourceRequested.emit(image)
-        if self._expect_source is not None:  # nobody emitted sourceChanged (not wired to a window)
-            self._source_entry, self._expect_source = entry.id, None
-        return image
+        choice = SourceFromHistory(image, entry)
+        self.useAsSourceRequested.emit(choice)
+        return choice
 
     def toggle_favourite(self, entries: Any) -> None:
         entries = [entries] if not isinstance(entries, (list, tuple)) else list(entries)
@@ -731,7 +780,7 @@ class HistoryPanel(QWidget):
             else:
                 self._open_url(QUrl.fromLocalFile(str(target if target.is_dir() else target.parent)))
         except OSError as exc:
-            self.errorOccurred.emit(f"Cannot show the file: {exc}", str(path))
+            self.errorRaised.emit(f"Cannot show the file: {exc}", str(path))
 
     def _open_url(self, url: QUrl) -> bool:
         return QDesktopServices.openUrl(url)
@@ -789,11 +838,13 @@ class HistoryPanel(QWidget):
         star = "Remove from favourites" if all(e.favourite for e in selected) else "Add to favourites"
         menu.addAction(star, lambda: self.toggle_favourite(selected))
         menu.addAction("Show file", lambda: self.reveal_entry(entry))
-        menu.addAction("Copy image", lambda: self.copy_entry(entry))
+        copy = menu.addAction("Copy image", lambda: self.copy_entry(entry))
+        copy.setShortcut(QKeySequence(QKeySequence.StandardKey.Copy))
         menu.addSeparator()
         n = len(selected)
-        menu.addAction(f"Delete{f' {n} entries' if n > 1 else ''}…", lambda: self.delete_entries(selected))
+        delete = menu.addAction(f"Delete{f' {n} entries' if n > 1 else ''}…", lambda: self.delete_entries(selected))
+        delete.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
         return menu
 
 
-__all__ = ["HistoryModel", "HistoryPanel", "EntryRole"]
+__all__ = ["EntryRole", "HistoryModel", "HistoryPanel", "HistoryView", "SourceFromHistory", "ThumbnailDelegate"]
