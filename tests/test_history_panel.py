@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import time
 
 import pytest
@@ -12,12 +11,12 @@ from PIL import Image
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QAction, QColor, QFont, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QPushButton, QVBoxLayout, QWidget
+from test_history_support import edit_result, generate_result
 
 from desktop_app.core.history import HistoryStore
 from desktop_app.core.requests import EditRequest
 from desktop_app.model.history_saver import HistorySaver
-from desktop_app.ui.history_panel import PAGE, EntryRole, HistoryPanel, SourceFromHistory
-from test_history_support import edit_result, generate_result
+from desktop_app.ui.history_panel import PAGE, HistoryPanel, SourceFromHistory
 from tests.ui_conftest_helpers import qloop  # noqa: F401  (a fixture)
 
 

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 from PySide6.QtCore import QCoreApplication, QThread
+from test_history_support import assert_consistent, edit_result, generate_result
 
 from desktop_app.core.history import HistoryStore
 from desktop_app.model.history_saver import HistorySaver
-from test_history_support import assert_consistent, edit_result, generate_result
 
 
 @pytest.fixture
