@@ -17,7 +17,8 @@ from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview
 from desktop_app.core.requests import EditRequest, GenerateRequest
 from desktop_app.engine import inversion
 from desktop_app.core.errors import JobCancelled
-from desktop_app.engine.engine import Engine, encode
+from desktop_app.engine.encoding import decode_images, encode_image
+from desktop_app.engine.engine import Engine
 
 SOURCE = "a red circle on a blue background"
 TARGET = "a green square on a blue background"
@@ -38,7 +39,7 @@ def edit(model, **kw) -> EditRequest:
 
 def vae_round_trip(engine: Engine, model, image: Image.Image) -> Image.Image:
     loaded = engine.models.get(str(model))
-    return inversion._decode(loaded.pipe, encode(loaded, image))[0]
+    return decode_images(loaded, encode_image(loaded, image))[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Helpers for the UI tests: a qasync loop fixture and a fake engine with the real engine's interface.
+"""Helpers for the UI tests: a qasync loop fixture and a fake engine that implements the Backend protocol.
 
 Use from a test module:
 
@@ -8,8 +8,10 @@ Use from a test module:
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from PIL import Image
 
 from desktop_app.core.errors import JobCancelled, ModelError, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Preview, Progress, Result
+from desktop_app.core.latents import ForwardProcess, LatentPreviewer, Trajectory
+from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
 
 
 @pytest.fixture
@@ -46,57 +50,68 @@ def qloop(qapp):
         asyncio.set_event_loop(None)
 
 
-class FakeTrajectory:
-    def __init__(self, steps: int, size: tuple[int, int], seed: int) -> None:
-        self.timesteps = [int(round(999 - i * 999 / steps)) for i in range(steps)]
-        self._size = size
-        self._seed = seed
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def previews(self, index: int, which: str) -> np.ndarray:
-        w, h = self._size
-        frac = (index + 1) / len(self)
-        rng = np.random.default_rng(self._seed + index)
-        noise = rng.integers(0, 256, (h // 4 or 1, w // 4 or 1, 3))
-        base = np.full_like(noise, 200 if which == "x0" else 100)
-        return (base * frac + noise * (1 - frac)).astype(np.uint8)
+# identity projection: a fake latent (3, h, w) in [-1, 1] previews as the RGB it holds
+_IDENTITY = LatentPreviewer(np.concatenate([np.eye(3, dtype=np.float32), np.zeros((1, 3), np.float32)]))
 
 
-class FakeForwardProcess:
-    num_train_timesteps = 1000
+def _to_latent(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (h, w, 3) -> a fake latent (3, h, w) float32 that `_IDENTITY` projects back to it."""
+    return (np.asarray(rgb, np.float32).transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
+
+
+class FakeTrajectory(Trajectory):
+    """A real core Trajectory of fake latents: noise that turns into a flat shade over the steps."""
+
+    def __init__(self, steps: int, size: tuple[int, int], seed: int, batch: int = 1) -> None:
+        w, h = size
+        timesteps = [int(round(999 - i * 999 / steps)) for i in range(steps)]
+        xt, x0 = [], []
+        for index in range(steps):
+            frac = (index + 1) / steps
+            rng = np.random.default_rng(seed + index)
+            noise = rng.integers(0, 256, (h // 4 or 1, w // 4 or 1, 3))
+            frames = [_to_latent(np.full_like(noise, base) * frac + noise * (1 - frac)) for base in (100, 200)]
+            xt.append(np.stack([frames[0]] * batch))  # (B, 3, h/4, w/4)
+            x0.append(np.stack([frames[1]] * batch))
+        super().__init__(timesteps=timesteps, xt=xt, x0=x0, previewer=_IDENTITY, model="fake")
+
+
+class FakeForwardProcess(ForwardProcess):
+    """A real core ForwardProcess of a fake latent: the image at a quarter of its size."""
 
     def __init__(self, image: Image.Image) -> None:
-        self._x0 = np.asarray(image.convert("RGB").resize((max(1, image.width // 4), max(1, image.height // 4))), np.float32)
-        self._noise = np.random.default_rng(0).normal(128, 60, self._x0.shape)
-
-    def preview(self, t: int) -> np.ndarray:
-        a = 1.0 - t / 1000.0
-        return np.clip(self._x0 * a + self._noise * (1 - a), 0, 255).astype(np.uint8)
-
-    def latent(self, t: int) -> np.ndarray:
-        return self.preview(t)
+        small = image.convert("RGB").resize((max(1, image.width // 4), max(1, image.height // 4)))
+        x0 = _to_latent(np.asarray(small))
+        noise = np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32) * 0.5
+        alphas = np.linspace(0.9999, 0.0047, 1000) ** 2
+        super().__init__(x0=x0, noise=noise, alphas_cumprod=alphas, previewer=_IDENTITY, model_id="fake")
 
 
 class FakeEngine:
-    """Same interface as desktop_app.engine.engine.Engine, numpy only.
+    """A Backend (desktop_app.backend) like desktop_app.engine.engine.Engine, numpy only.
 
     step_delay: seconds per step; fail_next: an exception raised by the next run;
     the result is a solid colour from the seed (inpaint: source kept outside the mask).
+    download_delay: seconds per simulated download chunk.
     """
 
-    def __init__(self, step_delay: float = 0.0, progress_per_step: int = 1) -> None:
+    def __init__(self, step_delay: float = 0.0, progress_per_step: int = 1, download_delay: float = 0.0) -> None:
         self.step_delay = step_delay
         self.progress_per_step = progress_per_step
+        self.download_delay = download_delay
         self.fail_next: BaseException | None = None
         self.runs: list = []
+        self.sources: list = []
         self.thread_names: list[str] = []
         self.started = threading.Event()
+        self._cancel = threading.Event()
 
-    def run(self, request, on_event, cancel):
+    def run(self, request, on_event=None, cancel=None, source=None):
+        emit = on_event or (lambda event: None)
         self.thread_names.append(threading.current_thread().name)
         self.runs.append(request)
+        self.sources.append(source)
+        self._cancel.clear()
         self.started.set()
         start = time.perf_counter()
         try:
@@ -113,15 +128,14 @@ class FakeEngine:
             seed = request.seed if request.seed is not None else 1234
             total = steps * self.progress_per_step
             for i in range(total):
-                if cancel.is_set():
-                    on_event(Cancelled())
+                if (cancel is not None and cancel.is_set()) or self._cancel.is_set():
                     raise JobCancelled()
                 if self.step_delay:
                     time.sleep(self.step_delay)
-                on_event(Progress(i + 1, total, int(999 - i * 999 / total), 10.0, (total - i - 1) / 10.0))
+                emit(Progress(i + 1, total, int(999 - i * 999 / total), 10.0, (total - i - 1) / 10.0))
                 if (i + 1) % self.progress_per_step == 0:
                     shade = int(255 * (i + 1) / total)
-                    on_event(Preview(i + 1, Image.new("RGB", (max(8, width // 8), max(8, height // 8)), (shade, 0, 0))))
+                    emit(Preview(i + 1, Image.new("RGB", (max(8, width // 8), max(8, height // 8)), (shade, 0, 0))))
             seeds = [seed + i for i in range(request.batch)]
             images = []
             for s in seeds:
@@ -136,26 +150,61 @@ class FakeEngine:
                 seeds=seeds,
                 model_id=request.model,
                 elapsed=time.perf_counter() - start,
-                trajectory=FakeTrajectory(steps, (width, height), seed),
+                trajectory=FakeTrajectory(steps, (width, height), seed, request.batch),
             )
         except JobCancelled:
+            emit(Cancelled())
             raise
         except BaseException as exc:
-            on_event(Failed(*(exc.message, exc.hint) if isinstance(exc, UserError) else (str(exc), "")))
+            emit(Failed(*(exc.message, exc.hint) if isinstance(exc, UserError) else (str(exc), "")))
             raise
-        on_event(Finished(result))
+        emit(Finished(result))
         return result
 
-    def preload(self, model: str) -> None:
-        if "missing" in model:
-            raise ModelError(f"No model at {model}.", "Choose a diffusers folder with model_index.json.")
+    def cancel(self) -> None:
+        self._cancel.set()
 
-    def decode_trajectory(self, trajectory, index: int, which: str) -> Image.Image:
-        arr = trajectory.previews(index, which)
+    def preload(self, model: str | None) -> ModelInfo:
+        source = model or BUILTIN
+        if "missing" in source:
+            raise ModelError(f"No model at {source}.", "Choose a diffusers folder with model_index.json.")
+        return ModelInfo(source=source, model_id=Path(source).name or source, family="sd1", model_hash="", defaults=model_defaults(BUILTIN))
+
+    def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
+        """The middle half of the image, or nothing when the prompts agree."""
+        mask = Image.new("L", image.size, 0)
+        if source_prompt != target_prompt:
+            w, h = image.size
+            mask.paste(255, (w // 4, h // 4, w - w // 4, h - h // 4))
+        return mask
+
+    def decode_trajectory(self, trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
+        arr = trajectory.previews(index, which, batch_index)
         return Image.fromarray(arr).resize((arr.shape[1] * 4, arr.shape[0] * 4))
 
-    def forward_process(self, image, model: str) -> FakeForwardProcess:
+    def forward_process(self, image: Image.Image, model: str | None = None) -> FakeForwardProcess:
         return FakeForwardProcess(image)
 
-    def decode_latent(self, latent, model: str) -> Image.Image:
-        return Image.fromarray(np.asarray(latent, np.uint8)).resize((latent.shape[1] * 4, latent.shape[0] * 4))
+    def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:
+        rgb = _IDENTITY.project(np.asarray(latent, np.float32)[:3])
+        return Image.fromarray(rgb).resize((rgb.shape[1] * 4, rgb.shape[0] * 4))
+
+    def list_models(self) -> list[dict]:
+        return [
+            {"id": BUILTIN, "name": "Shapes (built-in)", "kind": "builtin", "family": "sd1", "missing": False},
+            {"id": "owner/fake-model", "name": "Fake", "kind": "hub (curated)", "family": "sd1", "download_gb": 0.1, "note": ""},
+        ]
+
+    def download_model(self, repo: str, on_progress, cancel: threading.Event) -> Path:
+        """Four simulated chunks of 1 MB each; cancel between chunks raises JobCancelled."""
+        total, chunks = 4 << 20, 4
+        for i in range(chunks):
+            if cancel.is_set():
+                raise JobCancelled()
+            if self.download_delay:
+                time.sleep(self.download_delay)
+            done = (i + 1) * total // chunks
+            on_progress(Progress(done, total, 0, 1e6, (total - done) / 1e6, "download"))
+        folder = Path(tempfile.gettempdir()) / "fake-hub" / repo.replace("/", "--")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder

@@ -7,6 +7,7 @@ from typing import Any
 
 from PIL import Image
 
+from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest
 
 
@@ -35,7 +36,7 @@ class Notice:
 
 @dataclass
 class Result:
-    """What a finished job made. `request` has its defaults and seed filled in."""
+    """What a finished job made. `request` has its defaults and seed filled in. Plain data: no torch tensors."""
 
     request: GenerateRequest
     images: list[Image.Image]
@@ -44,7 +45,7 @@ class Result:
     model_hash: str = ""
     elapsed: float = 0.0
     notices: list[str] = field(default_factory=list)
-    trajectory: Any = None  # engine.sampling.Trajectory; opaque above the engine
+    trajectory: Trajectory | None = None  # numpy latents of every step, for the timestep slider
     info: dict[str, Any] = field(default_factory=dict)  # extra fields for the infotext
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,17 @@ from typing import Any
 BUILTIN = "builtin"
 SETTINGS_FILE = "diffusion_desk.json"
 GENERIC_DEFAULTS: dict[str, Any] = {"steps": 25, "guidance": 7.0, "width": 512, "height": 512, "scheduler": "dpmpp_2m"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A loaded model as plain data (what `Backend.preload` gives the window): no torch objects."""
+
+    source: str  # what the user chose: "builtin", a folder, a file or a hub id
+    model_id: str  # its short name: "builtin", the folder or file name, the hub id
+    family: str  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint, "" when unknown
+    model_hash: str  # AUTOMATIC1111-style short hash of the weights, "" when there is no single weights file
+    defaults: dict[str, Any] = field(default_factory=dict, hash=False)  # recommended steps, guidance, width, height, scheduler
 
 
 def builtin_model_path() -> Path:

@@ -23,6 +23,16 @@ SCHEDULERS: dict[str, str] = {
     "dpmpp_2m": "DPM++ 2M",
 }
 EDIT_METHODS = ("ddim", "negative-prompt", "direct")
+# How a source image of another shape than the work size is mapped onto it (AUTOMATIC1111's names).
+JUST_RESIZE = "just_resize"  # stretch to the work size
+CROP_AND_RESIZE = "crop_and_resize"  # scale to cover the work size, cut the overhang (centred)
+RESIZE_AND_FILL = "resize_and_fill"  # scale to fit inside, fill the bands with the image's stretched edges
+RESIZE_MODES: dict[str, str] = {
+    JUST_RESIZE: "Just resize",
+    CROP_AND_RESIZE: "Crop and resize",
+    RESIZE_AND_FILL: "Resize and fill",
+}
+DEFAULT_RESIZE_MODE = JUST_RESIZE
 MAX_SEED = 2**32 - 1
 _IMAGE_FIELDS = ("image", "mask")
 
@@ -53,17 +63,17 @@ class GenerateRequest:
     loras: tuple[tuple[str, float], ...] = ()  # (path, weight) per LoRA
 
     # -- defaults and checks -------------------------------------------------
-    def with_defaults(self, **defaults: Any) -> "GenerateRequest":
+    def with_defaults(self, **defaults: Any) -> GenerateRequest:
         """Fill fields left as None from `defaults` (the model's recommended settings)."""
         changes = {
             k: v for k, v in defaults.items() if k in self.field_names() and getattr(self, k) is None and v is not None
         }
         return dataclasses.replace(self, **changes) if changes else self
 
-    def replace(self, **changes: Any) -> "GenerateRequest":
+    def replace(self, **changes: Any) -> GenerateRequest:
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> "GenerateRequest":
+    def validate(self) -> GenerateRequest:
         """Raise InvalidRequest naming the first parameter out of range; return self."""
         for name, value in (("Width", self.width), ("Height", self.height)):
             if value is None:
@@ -82,7 +92,7 @@ class GenerateRequest:
         _check_range("Batch", self.batch, 1, 16, "Make at most 16 images per job.")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InvalidRequest(f"Unknown scheduler {self.scheduler!r}.", "Choose one of: " + ", ".join(SCHEDULERS))
-        for path, weight in self.loras:
+        for _path, weight in self.loras:
             _check_range("LoRA weight", weight, -4, 4, "0.5 to 1 suits most LoRAs.")
         self._validate_images()
         return self
@@ -108,7 +118,7 @@ class GenerateRequest:
         return out
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "GenerateRequest":
+    def from_dict(data: dict[str, Any]) -> GenerateRequest:
         kind = data.get("kind", "generate")
         cls = REQUEST_TYPES.get(kind)
         if cls is None:
@@ -142,6 +152,17 @@ def _check_image(image: Image.Image | None, what: str) -> None:
         raise InvalidRequest(f"{what} needs a source image.", "Open an image first.")
 
 
+def _check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise InvalidRequest(f"Unknown resize mode {mode!r}.", "Choose one of: " + ", ".join(RESIZE_MODES))
+
+
+def _check_mask_grow(grow: int) -> None:
+    if not isinstance(grow, int) or isinstance(grow, bool):
+        raise InvalidRequest(f"Mask grow must be a whole number of pixels, not {grow!r}.", "Use 0 to keep the mask as painted.")
+    _check_range("Mask grow", grow, 0, 256, "0 keeps the mask as painted; a few pixels let the change spill over its edge.")
+
+
 @dataclass(frozen=True)
 class Img2ImgRequest(GenerateRequest):
     """Image to image: the source is noised to `strength` and denoised under the prompt."""
@@ -149,15 +170,19 @@ class Img2ImgRequest(GenerateRequest):
     kind: ClassVar[str] = "img2img"
     image: Image.Image | None = field(default=None, compare=False)
     strength: float = 0.6
+    resize_mode: str = DEFAULT_RESIZE_MODE
 
     def _validate_images(self) -> None:
         _check_image(self.image, "Image to image")
+        _check_resize_mode(self.resize_mode)
         _check_range("Strength", self.strength, 0, 1, "0.3 keeps most of the image, 0.8 changes much.")
 
 
 @dataclass(frozen=True)
 class InpaintRequest(GenerateRequest):
-    """Only the painted region changes; pixels outside the feathered mask stay the source's."""
+    """Only the painted region changes: the feather lies inside it, so every unpainted pixel stays the source's.
+
+    `mask_grow` grows the painted mask outward by that many pixels first (the change may then spill over)."""
 
     kind: ClassVar[str] = "inpaint"
     image: Image.Image | None = field(default=None, compare=False)
@@ -166,12 +191,16 @@ class InpaintRequest(GenerateRequest):
     mask_blur: int = 4
     only_masked: bool = False
     only_masked_padding: int = 32
+    mask_grow: int = 0
+    resize_mode: str = DEFAULT_RESIZE_MODE
 
     def _validate_images(self) -> None:
         _check_image(self.image, "Inpainting")
         _check_mask(self.image, self.mask, required=True)
         _check_range("Strength", self.strength, 0, 1, "Use 1.0 to repaint the masked area fully.")
         _check_range("Mask blur", self.mask_blur, 0, 64, "A few pixels of feather is usual.")
+        _check_mask_grow(self.mask_grow)
+        _check_resize_mode(self.resize_mode)
 
 
 @dataclass(frozen=True)
@@ -186,10 +215,15 @@ class EditRequest(GenerateRequest):
     strength: float | None = None
     method: str = "direct"
     mask_blur: int = 4
+    mask_grow: int = 0
+    resize_mode: str = DEFAULT_RESIZE_MODE
 
     def _validate_images(self) -> None:
         _check_image(self.image, "Editing")
         _check_mask(self.image, self.mask, required=False)
+        _check_range("Mask blur", self.mask_blur, 0, 64, "A few pixels of feather is usual.")
+        _check_mask_grow(self.mask_grow)
+        _check_resize_mode(self.resize_mode)
         if self.method not in EDIT_METHODS:
             raise InvalidRequest(f"Unknown edit method {self.method!r}.", "Choose one of: " + ", ".join(EDIT_METHODS))
         if self.t0 is not None:

@@ -14,10 +14,11 @@ import json
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from desktop_app.core.errors import ModelError
 
@@ -300,7 +301,8 @@ def build_clip_tokenizer_files(bpe_gz: str | os.PathLike, out_dir: str | os.Path
     """vocab.json + merges.txt (Hugging Face layout) from CLIP's `bpe_simple_vocab_16e6.txt.gz` (shipped in open-clip-torch)."""
     import gzip
 
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     alphabet = _bytes_to_unicode()
     vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -69,3 +71,17 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+@contextmanager
+def vae_precision(vae) -> Iterator[torch.dtype]:
+    """The SDXL VAE overflows in fp16 (its config says force_upcast): run it in fp32 inside this block, as the
+    SDXL pipelines do, and back to fp16 after. Yields the dtype the VAE runs in."""
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield vae.dtype
+    finally:
+        if upcast:
+            vae.to(torch.float16)

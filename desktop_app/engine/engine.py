@@ -1,4 +1,4 @@
-"""Engine.run(request, on_event) -> Result: the one entry point for every job."""
+"""Engine.run(request, on_event, cancel) -> Result: the one entry point for every job; the local `Backend`."""
 
 from __future__ import annotations
 
@@ -6,63 +6,73 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from desktop_app.core.errors import JobCancelled, ModelError, OutOfMemory, UserError
-from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Result
-from desktop_app.core.requests import MAX_SEED, EditRequest, GenerateRequest
+from desktop_app.core.events import Cancelled, Event, Failed, Finished, Notice, Progress, Result
+from desktop_app.core.latents import ForwardProcess, Trajectory
+from desktop_app.core.model_registry import list_rows
+from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
+from desktop_app.core.requests import (
+    JUST_RESIZE,
+    MAX_SEED,
+    RESIZE_MODES,
+    EditRequest,
+    GenerateRequest,
+    Img2ImgRequest,
+    InpaintRequest,
+)
+from desktop_app.engine import hub
 from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
-from desktop_app.engine.models import LoadedModel, ModelManager, vae_decode, vae_encode
-from desktop_app.engine.sampling import Trajectory, prompt_notices, run_pipeline, work_size
+from desktop_app.engine.encoding import decode_images, encode_image
+from desktop_app.engine.encoding import encode_image as encode  # noqa: F401 - the name bench/inversion_eval.py imports
+from desktop_app.engine.imaging import (
+    Placement,
+    feather_mask,
+    from_work,
+    grow_mask,
+    paste_back,
+    plan_work_size,
+    to_work,
+)
+from desktop_app.engine.inversion import run_edit, suggest_mask
+from desktop_app.engine.lora import apply_loras
+from desktop_app.engine.models import LoadedModel, ModelManager
+from desktop_app.engine.sampling import prompt_notices, run_pipeline
 
 log = logging.getLogger(__name__)
-OnEvent = Callable[[object], None]
+OnEvent = Callable[[Event], None]
 
-__all__ = ["Engine", "JobCancelled", "ForwardProcess"]
-
-
-@dataclass
-class ForwardProcess:
-    """q(x_t | x_0) of a source image in closed form: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps. numpy only."""
-
-    x0: np.ndarray  # (C, h, w) scaled latent of the source
-    noise: np.ndarray  # (C, h, w) fixed noise, so dragging shows one consistent path
-    alphas_cumprod: np.ndarray  # (T,)
-    previewer: object
-    model_id: str
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
-
-    def latent(self, t: int) -> np.ndarray:
-        t = int(np.clip(t, 0, self.num_train_timesteps - 1))
-        a = float(self.alphas_cumprod[t])
-        return (np.sqrt(a) * self.x0 + np.sqrt(1.0 - a) * self.noise).astype(np.float32)
-
-    def preview(self, t: int) -> np.ndarray:
-        return self.previewer.project(self.latent(t))
+__all__ = ["Engine", "ForwardProcess", "JobCancelled"]
 
 
 class Engine:
     """Runs requests on the local device. Models load lazily on first use and stay loaded."""
 
-    def __init__(self, device: str | None = None, dtype: str | None = None, memory: MemoryOptions | None = None, allow_pickle: bool = False) -> None:
+    def __init__(
+        self, device: str | None = None, dtype: str | None = None, memory: MemoryOptions | None = None, allow_pickle: bool = False
+    ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.models = ModelManager(self.device, self.dtype, memory, allow_pickle=allow_pickle)
         self._lock = threading.Lock()
+        self._cancel = threading.Event()  # `cancel()`: stops the running job, whatever per-job event it was given
 
     # -- the entry point -----------------------------------------------------------
     def run(
-        self, request: GenerateRequest, on_event: OnEvent | None = None, cancel: threading.Event | None = None, source: object = None
+        self,
+        request: GenerateRequest,
+        on_event: Callable[[Event], None] | None = None,
+        cancel: threading.Event | None = None,
+        source: Result | GenerateRequest | None = None,
     ) -> Result:
-        """Emit Progress / Preview / Notice, then Finished (returns the Result), Cancelled (raises JobCancelled) or Failed (re-raises).
+        """Emit Progress / Preview / Notice, then exactly one of Finished (returns the Result), Cancelled (raises
+        JobCancelled) or Failed (re-raises the error).
 
         `source`: for an edit, the Result (or seeded GenerateRequest) that made the source image, so its DDIM
         trajectory is replayed instead of inverted and the reconstruction is exact."""
@@ -70,7 +80,8 @@ class Engine:
         started = time.perf_counter()
         try:
             with self._lock:
-                result = self._run(request, emit, cancel, source)
+                self._cancel.clear()
+                result = self._run(request, emit, _Either(cancel, self._cancel), source)
         except JobCancelled:
             emit(Cancelled())
             raise
@@ -90,40 +101,57 @@ class Engine:
         emit(Finished(result))
         return result
 
-    def _run(self, request: GenerateRequest, emit: OnEvent, cancel: threading.Event | None, source: object = None) -> Result:
+    def cancel(self) -> None:
+        """Stop the running job within one step (it reports Cancelled); a no-op when none runs."""
+        self._cancel.set()
+
+    def _run(self, request: GenerateRequest, emit: OnEvent, cancel: _Either, source: object = None) -> Result:
         request.validate()
         loaded = self.models.get(request.model, emit=emit, cancel=cancel)
         lora_info = {}
         if request.loras or loaded.loras:
-            from desktop_app.engine.lora import apply_loras
-
             lora_info = apply_loras(loaded, request.loras, allow_pickle=self.models.allow_pickle)
-        image = getattr(request, "image", None)
-        if image is not None and not (request.width and request.height):
-            width, height = work_size(request, image)
+        image: Image.Image | None = getattr(request, "image", None)
+        placement = None
+        notices: list[str] = []
+        if image is not None:
+            image = image.convert("RGB")
+            native = (int(loaded.defaults.get("width") or 512), int(loaded.defaults.get("height") or 512))
+            (width, height), scaled = plan_work_size(image.size, native, (request.width, request.height))
             request = request.replace(width=width, height=height)
+            placement = Placement(getattr(request, "resize_mode", JUST_RESIZE), image.size, (width, height))
+            if scaled:
+                notices.append(_scaled_notice(image.size, native, (width, height), placement.mode, loaded))
+            elif image.width % 8 or image.height % 8:
+                notices.append(f"The image is {image.width}x{image.height}, not a multiple of 8: worked at {width}x{height} and scaled back.")
         request = request.with_defaults(**loaded.defaults)
         if request.seed is None:
             request = request.replace(seed=random.randint(0, MAX_SEED))
         request.validate()
-        notices = prompt_notices(loaded.pipe, request)
-        if image is not None and (image.width % 8 or image.height % 8):
-            notices.append(f"The image is {image.width}x{image.height}, not a multiple of 8: worked at {request.width}x{request.height} and scaled back.")
+        notices = prompt_notices(loaded.pipe, request) + notices
         for message in notices:
             emit(Notice(message))
         seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
-        if isinstance(request, EditRequest):
-            from desktop_app.engine.inversion import run_edit
-
-            if loaded.family.startswith("sdxl"):
-                raise ModelError(
-                    "Editing by inversion works with SD 1.x / 2.x models and the built-in one, not yet with SDXL.",
-                    "Use img2img or inpaint with this model, or pick an SD 1.x / 2.x model for Edit.",
-                )
-
-            images, trajectory, info = run_edit(loaded, request, seeds, emit, cancel, source=source)
+        trajectory: Trajectory | None
+        if isinstance(request, (Img2ImgRequest, InpaintRequest)) and request.strength == 0:
+            # strength 0 keeps the image: nothing to denoise
+            assert image is not None
+            images, trajectory, info = [image.copy() for _ in seeds], None, {"Denoising strength": 0.0}
         else:
-            images, trajectory, info = run_pipeline(loaded, request, seeds, emit, cancel)
+            work = _work_request(request, image, placement)
+            if isinstance(request, EditRequest):
+                if loaded.family.startswith("sdxl"):
+                    raise ModelError(
+                        "Editing by inversion works with SD 1.x / 2.x models and the built-in one, not yet with SDXL.",
+                        "Use img2img or inpaint with this model, or pick an SD 1.x / 2.x model for Edit.",
+                    )
+                images, trajectory, info = run_edit(loaded, work, seeds, emit, cancel, source=source)
+            else:
+                images, trajectory, info = run_pipeline(loaded, work, seeds, emit, cancel)
+            if image is not None and placement is not None:
+                images = _back_to_source(images, request, image, placement)
+        if placement is not None and placement.mode != JUST_RESIZE:
+            info = {**info, "Resize mode": RESIZE_MODES[placement.mode]}
         info = {**info, **lora_info}
         return Result(
             request=request,
@@ -136,45 +164,40 @@ class Engine:
             info=info,
         )
 
-    # -- services for the timestep slider and the model picker ---------------------
-    def preload(self, model: str | None) -> LoadedModel:
+    # -- services for the timestep slider, the mask and the model picker -------------
+    def preload(self, model: str | None) -> ModelInfo:
         with self._lock:
-            return self.models.get(model)
+            return model_info(self.models.get(model), model)
 
     def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
         """Where the two prompts disagree (DiffEdit): a mask the user can accept and correct with the brush."""
-        from desktop_app.engine.inversion import suggest_mask
-
         with self._lock:
             loaded = self.models.get(model)
             return suggest_mask(loaded, image, source_prompt, target_prompt)
 
-    def decode_latent(self, latent: np.ndarray | torch.Tensor, model: str | None = None) -> Image.Image:
+    def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:
         """Full VAE decode of one scaled latent (C, h, w)."""
         with self._lock:
-            loaded = self.models.get(model) if model is not None else self.models.loaded
-            pipe = loaded.pipe
-            tensor = torch.as_tensor(np.asarray(latent) if not isinstance(latent, torch.Tensor) else latent)[None]
-            with torch.inference_mode():
-                pixels = vae_decode(loaded, tensor)
-            return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+            loaded = self.models.get(model) if model is not None else self._current()
+            tensor = torch.from_numpy(np.ascontiguousarray(latent, dtype=np.float32))[None]  # (1, C, h, w)
+            return decode_images(loaded, tensor)[0]
 
     def decode_trajectory(self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
-        key = ("full", index, which, batch_index)
-        if key not in trajectory._cache:
-            trajectory._cache[key] = self.decode_latent(trajectory.latent(index, which, batch_index), trajectory.model or None)
-        return trajectory._cache[key]
+        """Full decode of one step of a run's trajectory, with the VAE of the model that made it."""
+        return self.decode_latent(trajectory.latent(index, which, batch_index), trajectory.model or None)
 
-    def encode_image(self, image: Image.Image, model: str | None = None) -> torch.Tensor:
-        """Scaled latent (1, C, h, w) of an image, at a size that is a multiple of 8."""
+    def encode_image(self, image: Image.Image, model: str | None = None) -> np.ndarray:
+        """Scaled latent (C, h, w) float32 of an image, at its size rounded down to a multiple of 8."""
         with self._lock:
             loaded = self.models.get(model)
-            return encode(loaded, image)
+            return encode_image(loaded, image)[0].float().cpu().numpy()
 
-    def forward_process(self, image: Image.Image, model: str | None = None, seed: int = 0) -> ForwardProcess:
-        latent = self.encode_image(image, model)[0].float().cpu().numpy()
-        loaded = self.models.loaded
-        rng = np.random.default_rng(seed)
+    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess:
+        """The source's q(x_t | x_0) in closed form, for the slider before a run (numpy; no network call after this)."""
+        with self._lock:
+            loaded = self.models.get(model)
+            latent = encode_image(loaded, image)[0].float().cpu().numpy()  # (C, h, w)
+        rng = np.random.default_rng(0)  # one fixed noise: dragging the slider shows one consistent path
         return ForwardProcess(
             x0=latent,
             noise=rng.standard_normal(latent.shape).astype(np.float32),
@@ -182,6 +205,92 @@ class Engine:
             previewer=loaded.previewer,
             model_id=loaded.model_id,
         )
+
+    def list_models(self) -> list[dict]:
+        """The built-in model, then the ones used before, then the curated hub list."""
+        builtin = {"id": BUILTIN, "name": model_defaults(BUILTIN).get("name", "Built-in"), "kind": "builtin", "family": "sd1", "missing": False}
+        return [builtin] + list_rows()
+
+    def download_model(self, repo: str, on_progress: Callable[[Progress], None], cancel: threading.Event) -> Path:
+        """Fetch a hub model (owner/name[@revision][:subfolder]) into the hub cache without taking the job lock,
+        so it runs beside jobs. Progress has phase 'download' (step/total in bytes); cancel raises JobCancelled."""
+        match = hub.HUB_ID.fullmatch(repo.strip())
+        if match is None:
+            raise ModelError(f"{repo!r} is not a hub id.", "Use owner/name, optionally @revision and :subfolder.")
+        try:
+            return hub.download_model(
+                match["repo"], revision=match["revision"], subfolder=match["subfolder"], progress=hub.progress_to_events(on_progress),
+                cancel=cancel, prefer_fp16=self.device.type != "cpu",
+            )
+        except hub.DownloadCancelled as exc:
+            raise JobCancelled() from exc
+
+    def _current(self) -> LoadedModel:
+        if self.models.loaded is None:
+            return self.models.get(None)
+        return self.models.loaded
+
+
+class _Either:
+    """Set when either event is: the job's own cancel and the engine-wide `Engine.cancel()`."""
+
+    def __init__(self, job: threading.Event | None, engine: threading.Event) -> None:
+        self.job, self.engine = job, engine
+
+    def is_set(self) -> bool:
+        return self.engine.is_set() or (self.job is not None and self.job.is_set())
+
+
+def model_info(loaded: LoadedModel, source: str | None) -> ModelInfo:
+    return ModelInfo(
+        source=source or BUILTIN,
+        model_id=loaded.model_id,
+        family=loaded.family,
+        model_hash=loaded.model_hash,
+        defaults=dict(loaded.defaults),
+    )
+
+
+def _scaled_notice(size: tuple[int, int], native: tuple[int, int], work: tuple[int, int], mode: str, loaded: LoadedModel) -> str:
+    who = "the built-in model" if loaded.source.kind == "builtin" else loaded.model_id
+    how = "" if mode == JUST_RESIZE else f" ({RESIZE_MODES[mode]})"
+    return (
+        f"The image is {size[0]}x{size[1]}; {who} works at {native[0]}x{native[1]}: "
+        f"worked at {work[0]}x{work[1]}{how} and scaled back to {size[0]}x{size[1]}."
+    )
+
+
+def _model_mask(request: GenerateRequest) -> Image.Image | None:
+    """The region the model may repaint at the source's size: the painted mask, grown by mask_grow."""
+    mask = getattr(request, "mask", None)
+    if mask is None:
+        return None
+    return grow_mask(mask.convert("L"), int(getattr(request, "mask_grow", 0) or 0))
+
+
+def _work_request(request: GenerateRequest, image: Image.Image | None, placement: Placement | None) -> GenerateRequest:
+    """The request as the model runs it: the source (and the mask) mapped onto the work size."""
+    if image is None or placement is None:
+        return request
+    changes: dict = {"image": to_work(image, placement)}
+    mask = _model_mask(request)
+    if mask is not None:
+        work_mask = to_work(mask, placement, Image.BILINEAR)
+        if work_mask.size != mask.size:  # any painted pixel is repainted; the paste-back keeps the unpainted ones
+            work_mask = work_mask.point(lambda v: 255 if v else 0)
+        changes["mask"] = work_mask
+    return request.replace(**changes)
+
+
+def _back_to_source(images: list[Image.Image], request: GenerateRequest, source: Image.Image, placement: Placement) -> list[Image.Image]:
+    """Results at the source's size; with a mask, the source pasted back through the inward feather, so every
+    pixel outside the (grown) painted mask is the source's, bit for bit."""
+    out = [from_work(im.convert("RGB"), source, placement) for im in images]
+    mask = _model_mask(request)
+    if mask is not None:
+        feathered = feather_mask(mask, int(getattr(request, "mask_blur", 0) or 0))
+        out = [paste_back(im, source, feathered) for im in out]
+    return out
 
 
 def memory_hint(memory: MemoryOptions, request: GenerateRequest) -> str:
@@ -198,12 +307,3 @@ def memory_hint(memory: MemoryOptions, request: GenerateRequest) -> str:
     if not memory.cpu_offload:
         return "Turn on model CPU offload: only the part that runs stays on the GPU."
     return "Make a smaller image: every memory option is already on."
-
-
-def encode(loaded: LoadedModel, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """VAE posterior mean, scaled: the deterministic latent inversion and previews need."""
-    pipe = loaded.pipe
-    width, height = size or (max(64, image.width - image.width % 8), max(64, image.height - image.height % 8))
-    pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(loaded.device)
-    with torch.inference_mode():
-        return vae_encode(loaded, pixels)

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from desktop_app.core.errors import ModelError
+from desktop_app.core.events import Progress
 from desktop_app.core.model_registry import CURATED, CuratedModel, curated, format_size  # noqa: F401 - plain data, re-exported
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".onnx_data", ".h5", ".pb", ".pkl")
 PICKLE_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+?))?(?::(?P<subfolder>[\w./-]+))?")
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,12 @@ def download_model(
 ) -> Path:
     """The local folder of a hub pipeline, downloading what is missing. ModelError when offline and not cached."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     _sync_hub_constants()
     if offline():
@@ -378,7 +386,6 @@ def progress_to_events(emit) -> OnProgress | None:
     """Download progress as the engine's Progress events (phase 'download': step/total are bytes)."""
     if emit is None:
         return None
-    from desktop_app.core.events import Progress
 
     def on_progress(p: DownloadProgress) -> None:
         emit(Progress(p.done_bytes, max(p.total_bytes, 1), 0, p.rate, p.eta_seconds, "download"))
@@ -389,8 +396,6 @@ def progress_to_events(emit) -> OnProgress | None:
 def download_with_console_progress(repo_id: str, *, prefer_fp16: bool = False, stream=None) -> Path:
     """`diffusion-desk models --download REPO[@REV][:SUB]`: one updating line of bytes, rate and ETA; Ctrl+C cancels (resumable)."""
     import sys
-
-    from desktop_app.engine.models import HUB_ID
 
     out = stream or sys.stderr
     match = HUB_ID.fullmatch(repo_id.strip())

@@ -35,18 +35,22 @@ trajectory deterministically).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageChops, ImageFilter
+from PIL import Image, ImageFilter
 
 from desktop_app.core.errors import InvalidRequest
 from desktop_app.core.events import Notice
+from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import EditRequest, GenerateRequest
+from desktop_app.engine.encoding import decode_images, embed_prompt, encode_image
+from desktop_app.engine.imaging import feather_mask, paste_back
 from desktop_app.engine.models import LoadedModel
-from desktop_app.engine.sampling import StepHooks, Trajectory, generators, make_scheduler
+from desktop_app.engine.sampling import StepHooks, generators, make_scheduler
 
 Emit = Callable[[Any], None]
 
@@ -146,12 +150,6 @@ def edit_timesteps(scheduler, t0: int) -> list[int]:
 
 # ------------------------------------------------------------- UNet helpers ---
 
-def _embed(pipe, text: str, device) -> torch.Tensor:
-    """(1, L, D) text-encoder hidden states of one prompt ("" gives the unconditional embedding)."""
-    embeds, _ = pipe.encode_prompt([text], device, 1, False)
-    return embeds
-
-
 def _unet(pipe, latents: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
     """The UNet's prediction (B, C, h, w) as float32 (noise, or velocity for a v-prediction model: the
     schedulers convert), for latents (B, C, h, w) and embeds (B, L, D)."""
@@ -172,13 +170,6 @@ def _guided(pipe, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: tor
     eps = _unet(pipe, torch.cat([latents, latents]), t, torch.cat([uncond, cond]))  # (2B, C, h, w)
     eps_uncond, eps_cond = eps[:batch], eps[batch:]
     return eps_uncond + guidance * (eps_cond - eps_uncond)
-
-
-def _decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    vae = pipe.vae
-    with torch.inference_mode():
-        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
 def _psnr(a: Image.Image, b: Image.Image) -> float:
@@ -333,11 +324,10 @@ def source_latents_from_result(loaded: LoadedModel, result, index: int = 0) -> S
         return None
     if trajectory is None or len(trajectory) != request.steps or not trajectory.xt:
         return None
-    xt = [x[index : index + 1].to(loaded.device) for x in trajectory.xt]
-    stored_final = getattr(trajectory, "final", None)
-    final = stored_final[index : index + 1].to(loaded.device) if stored_final is not None else _final_from_last_step(
-        loaded, request.steps, trajectory.timesteps[-1], xt[-1], trajectory.x0[-1][index : index + 1].to(loaded.device)
-    )
+    # the recorded steps are numpy (B, C, h, w) float32: back to tensors on the device, row `index`
+    xt = [torch.from_numpy(x[index : index + 1]).to(loaded.device) for x in trajectory.xt]
+    x0_last = torch.from_numpy(trajectory.x0[-1][index : index + 1]).to(loaded.device)
+    final = _final_from_last_step(loaded, request.steps, trajectory.timesteps[-1], xt[-1], x0_last)
     return SourceLatents(
         timesteps=list(trajectory.timesteps), xt=xt, final=final,
         prompt=request.prompt, negative_prompt=request.negative_prompt, guidance=request.guidance,
@@ -383,7 +373,7 @@ def replay_latents(
     trajectory = hooks.trajectory
     return SourceLatents(
         timesteps=list(trajectory.timesteps[start:]),
-        xt=[x.to(loaded.device) for x in trajectory.xt[start:]],
+        xt=[torch.from_numpy(x).to(loaded.device) for x in trajectory.xt[start:]],
         final=final.float(),
         prompt=source_request.prompt,
         negative_prompt=source_request.negative_prompt,
@@ -393,7 +383,6 @@ def replay_latents(
 
 def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int], work_image: Image.Image, hooks: StepHooks, emit: Emit):
     """Levels from the source's own trajectory when it is a known DDIM result of this app; else None (with a notice)."""
-    pipe = loaded.pipe
     src_request = getattr(source, "request", source)
     if not isinstance(src_request, GenerateRequest) or src_request.kind != "generate":
         return None, None
@@ -423,21 +412,13 @@ def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int],
     levels = latents.levels(timesteps)
     if levels is None:
         return None, None
-    if _psnr(_decode(pipe, latents.final)[0], work_image) < SHORTCUT_MIN_PSNR:
+    if _psnr(decode_images(loaded, latents.final)[0], work_image) < SHORTCUT_MIN_PSNR:
         emit(Notice("The source image does not match its stored request (edited since?): inverted it instead."))
         return None, None
     return levels, how
 
 
 # --------------------------------------------------------------------- masks ---
-
-def feather_mask(mask: Image.Image, blur: int) -> Image.Image:
-    """Feather a mask inwards only: pixels outside the painted mask stay exactly 0."""
-    mask = mask.convert("L")
-    if blur <= 0:
-        return mask
-    return ImageChops.darker(mask, mask.filter(ImageFilter.GaussianBlur(blur)))
-
 
 def _latent_mask(mask: Image.Image, width: int, height: int, factor: int, device) -> torch.Tensor:
     """(1, 1, h, w) float mask at latent resolution (area average of the work-size mask)."""
@@ -466,7 +447,6 @@ def run_edit(
     step (default INVERSION_REFINE). Returns (images at the source image's size,
     the denoising trajectory, infotext fields). An edit is deterministic: a batch gets copies.
     """
-    pipe = loaded.pipe
     device = loaded.device
     steps, guidance = int(request.steps), float(request.guidance)
     width, height = int(request.width), int(request.height)
@@ -480,13 +460,11 @@ def run_edit(
     method = request.method
     same_prompt = request.prompt == request.source_prompt
 
-    from desktop_app.engine.engine import encode
-
     hooks = StepHooks(loaded, emit, cancel, 2 * n, request, phase="invert")
     with torch.inference_mode():
-        cond_src = _embed(pipe, request.source_prompt, device)  # (1, L, D)
-        cond_tgt = cond_src if same_prompt else _embed(pipe, request.prompt, device)
-        uncond = _embed(pipe, request.negative_prompt, device)
+        cond_src = embed_prompt(loaded, request.source_prompt)  # (1, L, D)
+        cond_tgt = cond_src if same_prompt else embed_prompt(loaded, request.prompt)
+        uncond = embed_prompt(loaded, request.negative_prompt)
 
     # -- phase 1: the inversion trajectory (or the source's own) ----------------------
     levels, how = (None, None)
@@ -494,7 +472,7 @@ def run_edit(
         levels, how = _shortcut_levels(loaded, request, source, timesteps, work_image, hooks, emit)
         hooks.total = hooks.step + (n if levels is not None else 2 * n)
     if levels is None:
-        z0 = encode(loaded, work_image, (width, height)).float()  # (1, C, h, w)
+        z0 = encode_image(loaded, work_image, (width, height)).float()  # (1, C, h, w)
         levels = invert(loaded, z0, cond_src, timesteps, steps, hooks, INVERSION_REFINE if refine is None else refine)
         how = None
 
@@ -509,14 +487,11 @@ def run_edit(
 
     x = denoise(loaded, levels, timesteps, steps, method, guidance, cond_src, cond_tgt, uncond, latent_mask=latent_mask, hooks=hooks)
     trajectory = hooks.trajectory
-    if trajectory is not None and hasattr(trajectory, "final"):
-        trajectory.final = x.detach().float().cpu()
-
-    image = _decode(pipe, x)[0]
+    image = decode_images(loaded, x)[0]
     if image.size != source_image.size:
         image = image.resize(source_image.size, Image.LANCZOS)
     if feathered is not None:
-        image = pipe.image_processor.apply_overlay(feathered, source_image, image)
+        image = paste_back(image, source_image, feathered)
     info: dict[str, Any] = {"Edit method": method, "t0": timesteps[0], "Source prompt": request.source_prompt}
     if request.mask is not None:
         info["Mask blur"] = request.mask_blur
@@ -572,20 +547,17 @@ def suggest_mask(
     image and upsampled. Identical prompts give an empty mask. Engine-free: the worker or
     `Engine.suggest_mask` calls it with a loaded model.
     """
-    from desktop_app.engine.engine import encode
-
-    pipe = loaded.pipe
     image = image.convert("RGB")
     width, height = max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
     scheduler = _ddim(loaded, 50)
     t = int(min(max(t, 1), scheduler.config.num_train_timesteps - 1))
     with torch.inference_mode():
-        z0 = encode(loaded, image, (width, height)).float()  # (1, C, h, w)
+        z0 = encode_image(loaded, image, (width, height)).float()  # (1, C, h, w)
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((draws,) + tuple(z0.shape[1:]), generator=generator).to(loaded.device)  # (D, C, h, w)
         xt = scheduler.add_noise(z0.expand(draws, -1, -1, -1), noise, torch.full((draws,), t, dtype=torch.long))
-        embeds = torch.cat([_embed(pipe, source_prompt, loaded.device), _embed(pipe, target_prompt, loaded.device)])  # (2, L, D)
-        eps = _unet(pipe, torch.cat([xt, xt]), t, embeds.repeat_interleave(draws, dim=0))  # (2D, C, h, w)
+        embeds = torch.cat([embed_prompt(loaded, source_prompt), embed_prompt(loaded, target_prompt)])  # (2, L, D)
+        eps = _unet(loaded.pipe, torch.cat([xt, xt]), t, embeds.repeat_interleave(draws, dim=0))  # (2D, C, h, w)
         diff = (eps[draws:] - eps[:draws]).abs().mean(dim=(0, 1))  # (h, w)
     diff = diff.cpu().numpy().astype(np.float64)
     reference = float(np.abs(eps.cpu().numpy()).mean()) + 1e-12

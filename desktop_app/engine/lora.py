@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ class LoraSpec:
     weight: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> "LoraSpec":
+    def parse(cls, text: str) -> LoraSpec:
         """'path' or 'path:weight' (a Windows drive letter is not a weight)."""
         match = re.fullmatch(r"(.+?):(-?\d+(?:\.\d*)?)", text.strip())
         if match and not re.fullmatch(r"[A-Za-z]", match[1]):

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,11 @@ import torch
 
 from desktop_app.core import paths
 from desktop_app.core.errors import JobCancelled, ModelError
+from desktop_app.core.latents import LatentPreviewer
 from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, model_defaults
-from desktop_app.engine.device import MemoryOptions, apply_memory_options, free_memory
-from desktop_app.engine.preview import LatentPreviewer
+from desktop_app.engine import checkpoints, hub
+from desktop_app.engine.device import MemoryOptions, apply_memory_options, free_memory, vae_precision
+from desktop_app.engine.preview import fit_previewer
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+?))?(?::(?P<subfolder>[\w./-]+))?")
 PICKLE_RISK = (
     "{name} is a pickle checkpoint: unpickling can run any code hidden in the file, so it is refused.",
     "Use a .safetensors version of the model, or, if you trust its source, turn on 'Allow pickle checkpoints' (--allow-pickle): "
@@ -51,7 +51,7 @@ class ModelSource:
     subfolder: str | None = None  # hub only: the pipeline inside the repo
 
     @classmethod
-    def parse(cls, text: str | None) -> "ModelSource":
+    def parse(cls, text: str | None) -> ModelSource:
         """'builtin', a folder, a file, or a hub id 'owner/name[@revision][:subfolder]'."""
         text = (text or BUILTIN).strip()
         if text == BUILTIN:
@@ -65,11 +65,11 @@ class ModelSource:
             if not path.is_file():
                 raise ModelError(f"No model file at {path}.", "Check the path.")
             return cls("single_file", str(path.resolve()))
-        hub = HUB_ID.fullmatch(text)
+        hub_id = hub.HUB_ID.fullmatch(text)
         looks_like_path = text.startswith((".", "~", os.sep)) or (os.sep != "/" and os.sep in text) or Path(text.split("@")[0].split(":")[0]).suffix
-        if looks_like_path or hub is None:
+        if looks_like_path or hub_id is None:
             raise ModelError(f"No model folder at {text}.", "Give a diffusers folder with model_index.json, a .safetensors file, a hub id (owner/name), or 'builtin'.")
-        return cls("hub", hub["repo"], hub["revision"] or None, hub["subfolder"] or None)
+        return cls("hub", hub_id["repo"], hub_id["revision"] or None, hub_id["subfolder"] or None)
 
     @property
     def model_id(self) -> str:
@@ -197,60 +197,6 @@ def _share_components(cls, pipe):
     return derived
 
 
-def text_conditioning(loaded: "LoadedModel", prompts: list[str], height: int, width: int) -> tuple[torch.Tensor, dict | None]:
-    """What a direct UNet call needs for these prompts: encoder_hidden_states, and for SDXL the added_cond_kwargs.
-
-    SD 1.x / 2.x: (embeds, None). SDXL: both text encoders' penultimate states joined,
-    plus {"text_embeds": pooled, "time_ids": (orig size, crop 0,0, target size)},
-    as the SDXL pipelines build them. For code (DDIM inversion) that calls
-    `unet(x, t, encoder_hidden_states=e, added_cond_kwargs=c)` itself.
-    """
-    pipe = loaded.pipe
-    device = loaded.device
-    if not loaded.is_xl:
-        embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-        return embeds, None
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    time_ids = pipe._get_add_time_ids(
-        (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim
-    )
-    return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
-
-
-def vae_decode(loaded: "LoadedModel", latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> pixels in [-1, 1]. The SDXL VAE overflows in fp16 (its config says force_upcast):
-    it then runs in fp32 for this call, as the SDXL pipelines do, and goes back to fp16 after."""
-    vae = loaded.pipe.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    with _vae_precision(vae) as dtype:
-        latents = latents.to(vae.device, dtype) / vae.config.scaling_factor + shift
-        return vae.decode(latents, return_dict=False)[0]
-
-
-def vae_encode(loaded: "LoadedModel", pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> scaled latents (posterior mean), upcast like vae_decode when needed."""
-    vae = loaded.pipe.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    with _vae_precision(vae) as dtype:
-        mean = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mean
-        return ((mean - shift) * vae.config.scaling_factor).to(loaded.dtype)
-
-
-class _vae_precision:
-    def __init__(self, vae) -> None:
-        self.vae = vae
-        self.upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-
-    def __enter__(self) -> torch.dtype:
-        if self.upcast:
-            self.vae.to(torch.float32)
-        return self.vae.dtype
-
-    def __exit__(self, *exc) -> None:
-        if self.upcast:
-            self.vae.to(torch.float16)
-
-
 # -- reading models from disk ------------------------------------------------------------------
 def _folder_pipeline_class(folder: Path):
     """StableDiffusionPipeline or StableDiffusionXLPipeline, from model_index.json; others get a clear message."""
@@ -313,8 +259,6 @@ def load_single_file(path: Path, dtype: torch.dtype, *, allow_pickle: bool = Fal
     """A single-file SD 1.x / 2.x / XL checkpoint, with the shipped configs: no network. Returns (pipe, Detection)."""
     import diffusers
     from transformers import CLIPTokenizer
-
-    from desktop_app.engine import checkpoints
 
     state_dict = None
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -383,8 +327,6 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
     if source.kind == "single_file":
         pipe, _ = load_single_file(Path(source.location), dtype, allow_pickle=allow_pickle)
         return pipe
-    from desktop_app.engine import hub
-
     folder = Path(
         download(source)
         if download is not None
@@ -432,8 +374,6 @@ class ModelManager:
         self.unload()
         download = None
         if source.kind == "hub":
-            from desktop_app.engine import hub
-
             def download(src: ModelSource) -> Path:
                 return hub.download_model(
                     src.location, revision=src.revision, subfolder=src.subfolder, progress=hub.progress_to_events(emit), cancel=cancel,
@@ -442,18 +382,14 @@ class ModelManager:
 
         try:
             pipe = load_pipeline(source, self.dtype, allow_pickle=self.allow_pickle, download=download)
-        except Exception as exc:
-            from desktop_app.engine import hub
-
-            if isinstance(exc, hub.DownloadCancelled):
-                raise JobCancelled() from exc
-            raise
+        except hub.DownloadCancelled as exc:
+            raise JobCancelled() from exc
         self.loads += 1
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, self.memory, self.device)
         vae = pipe.vae
-        with _vae_precision(vae):  # the SDXL VAE overflows in fp16
-            previewer = LatentPreviewer.fit(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
+        with vae_precision(vae):  # the SDXL VAE overflows in fp16
+            previewer = fit_previewer(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
         location = source.location
         if source.kind == "hub":
             location = str(getattr(pipe, "name_or_path", "") or source.location)
@@ -462,8 +398,6 @@ class ModelManager:
         if source.kind == "single_file":
             defaults = _family_defaults(family, defaults)
         elif source.kind == "hub" and not (Path(location) / "diffusion_desk.json").is_file():
-            from desktop_app.engine import hub
-
             pick = hub.curated(source.location)
             defaults = {**defaults, **pick.defaults()} if pick else _family_defaults(family, defaults)
         self.loaded = LoadedModel(
@@ -489,8 +423,6 @@ class ModelManager:
 
 def _family_defaults(family: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """A single file has no diffusion_desk.json: use its family's (the shipped config folder's, or a test override's)."""
-    from desktop_app.engine import checkpoints
-
     try:
         folder = checkpoints.config_folder(family)
     except ModelError:

@@ -11,25 +11,30 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from desktop_app.core.errors import JobCancelled
-from desktop_app.core.events import Notice, Preview, Progress
+from desktop_app.core.events import Preview, Progress
+from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.engine.models import LoadedModel
-from desktop_app.engine.preview import LatentPreviewer
 
 Emit = Callable[[Any], None]
 
 
 def make_scheduler(name: str, base_config):
     """A fresh scheduler of the chosen kind from the model's own config (cheap, no disk)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+    )
 
     if name == "ddim":
         return DDIMScheduler.from_config(base_config)
@@ -40,31 +45,6 @@ def make_scheduler(name: str, base_config):
     if name == "dpmpp_2m":
         return DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2)
     raise ValueError(name)
-
-
-@dataclass
-class Trajectory:
-    """Per step: timestep, latent x_t and predicted clean latent x0_hat (CPU float32, shape (B, C, h, w))."""
-
-    timesteps: list[int] = field(default_factory=list)
-    xt: list[torch.Tensor] = field(default_factory=list)
-    x0: list[torch.Tensor] = field(default_factory=list)
-    previewer: LatentPreviewer | None = None
-    model: str = ""  # the request's model source, to decode with the same VAE
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def latent(self, index: int, which: str = "x0", batch_index: int = 0) -> torch.Tensor:
-        return (self.x0 if which == "x0" else self.xt)[index][batch_index]
-
-    def previews(self, index: int, which: str = "x0", batch_index: int = 0) -> np.ndarray:
-        """Cheap RGB of a step (uint8, latent resolution): numpy only, fine on the GUI thread."""
-        key = (index, which, batch_index)
-        if key not in self._cache:
-            self._cache[key] = self.previewer.project(self.latent(index, which, batch_index).numpy())
-        return self._cache[key]
 
 
 def encode_prompt_tokens(pipe, prompt: str) -> tuple[int, int]:
@@ -89,7 +69,7 @@ class StepHooks:
         self.started = time.perf_counter()
         self._original_step = None
         self._scheduler = None
-        self._last_x0: torch.Tensor | None = None
+        self._last_x0: np.ndarray | None = None  # (B, C, h, w) float32
 
     # -- scheduler.step wrapper: sees x_t, the model output and x0_hat ------------
     def attach(self, scheduler) -> None:
@@ -117,11 +97,11 @@ class StepHooks:
         if x0 is None:
             x0 = self._x0_from_output(sched, model_output, timestep, sample)
         xt = sample / math.sqrt(sigma * sigma + 1.0) if sigma is not None else sample
-        # one device -> CPU copy per step, shared by the trajectory and the preview
-        self._last_x0 = x0.detach().float().cpu() if (self.trajectory is not None or self.request.previews) else None
+        # one device -> CPU copy per step, shared by the trajectory and the preview (numpy: zero copy on the CPU)
+        self._last_x0 = to_numpy(x0) if (self.trajectory is not None or self.request.previews) else None
         if self.trajectory is not None:
             self.trajectory.timesteps.append(int(timestep))
-            self.trajectory.xt.append(xt.detach().float().cpu())
+            self.trajectory.xt.append(to_numpy(xt))
             self.trajectory.x0.append(self._last_x0)
         return out
 
@@ -148,8 +128,13 @@ class StepHooks:
         eta = (self.total - self.step) / rate if rate > 0 else 0.0
         self.emit(Progress(self.step, self.total, timestep, rate, eta, self.phase))
         if self.request.previews and self._last_x0 is not None:
-            rgb = self.loaded.previewer.project(self._last_x0[0].numpy())
+            rgb = self.loaded.previewer.project(self._last_x0[0])
             self.emit(Preview(self.step, Image.fromarray(rgb)))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A float32 CPU copy as numpy: plain data that can cross to the GUI thread."""
+    return tensor.detach().float().cpu().numpy()
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
@@ -168,16 +153,23 @@ def prompt_notices(pipe, request: GenerateRequest) -> list[str]:
     return notices
 
 
-def work_size(request: GenerateRequest, image: Image.Image | None) -> tuple[int, int]:
-    """Size the UNet works at: the request's, else the source image's rounded down to a multiple of 8."""
-    if request.width and request.height:
-        return request.width, request.height
-    assert image is not None
-    return max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
+def denoising_steps(steps: int, strength: float) -> tuple[int, float]:
+    """(num_inference_steps, strength) that run at least one step: diffusers runs int(steps * strength) steps and
+    fails on none, so a small strength gets a finer schedule (ceil(1 / strength) steps, at most the model's 1000)."""
+    if int(steps * strength) >= 1 or strength <= 0:
+        return steps, strength
+    fine = min(1000, math.ceil(1.0 / strength))
+    while int(fine * strength) < 1 and fine < 1000:
+        fine += 1
+    return fine, max(strength, 1.0 / fine)
 
 
 def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int], emit: Emit, cancel) -> tuple[list[Image.Image], Trajectory | None, dict]:
-    """Run generate / img2img / inpaint for a validated request with its defaults filled in."""
+    """Run generate / img2img / inpaint for a validated request with its defaults filled in.
+
+    The request's image (and mask: the region the model may repaint, 255 = repaint) are at the work size
+    (request.width x request.height); the images come back at that size, unpasted: the engine maps them
+    back to the source and pastes the source back outside the painted mask."""
     mode = request.kind
     pipe = loaded.pipeline(mode)
     scheduler = make_scheduler(request.scheduler, loaded.scheduler_config)
@@ -193,36 +185,32 @@ def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int]
     )
     info: dict[str, Any] = {}
     total = request.steps
-    mask_for_overlay = None
-    if isinstance(request, Img2ImgRequest):
-        kwargs.pop("height"), kwargs.pop("width")
-        kwargs.update(image=request.image.resize((request.width, request.height), Image.LANCZOS), strength=request.strength)
-        if loaded.inpaint_unet:
-            # a 9-channel UNet runs img2img as inpainting of the whole image (as AUTOMATIC1111 does)
-            kwargs.update(mask_image=Image.new("L", (request.width, request.height), 255), height=request.height, width=request.width)
-        total = min(int(request.steps * request.strength), request.steps)
+    size = (request.width, request.height)
+    if isinstance(request, (Img2ImgRequest, InpaintRequest)):
+        assert request.image is not None
+        steps, strength = denoising_steps(request.steps, request.strength)
+        image = request.image if request.image.size == size else request.image.resize(size, Image.LANCZOS)
+        kwargs.update(image=image, strength=strength, num_inference_steps=steps)
+        total = min(int(steps * strength), steps)
         info["Denoising strength"] = request.strength
+        if isinstance(request, InpaintRequest):
+            assert request.mask is not None
+            mask = request.mask.convert("L")
+            kwargs["mask_image"] = mask if mask.size == size else mask.resize(size, Image.BILINEAR)
+            if request.only_masked:
+                kwargs["padding_mask_crop"] = request.only_masked_padding
+                info["Inpaint area"] = "Only masked"
+            info["Mask blur"] = request.mask_blur
+            if request.mask_grow:
+                info["Mask grow"] = request.mask_grow
+        elif loaded.inpaint_unet:
+            # a 9-channel UNet runs img2img as inpainting of the whole image (as AUTOMATIC1111 does)
+            kwargs["mask_image"] = Image.new("L", size, 255)
+        else:
+            kwargs.pop("height"), kwargs.pop("width")
     elif mode == "generate" and loaded.inpaint_unet:
         # text-to-image on an inpainting UNet: inpaint everything (full white mask) from pure noise
-        kwargs.update(
-            image=Image.new("RGB", (request.width, request.height), (127, 127, 127)),
-            mask_image=Image.new("L", (request.width, request.height), 255),
-            strength=1.0,
-        )
-    elif isinstance(request, InpaintRequest):
-        mask = request.mask.convert("L")
-        if request.mask_blur:
-            mask = pipe.mask_processor.blur(mask, blur_factor=request.mask_blur)
-        kwargs.update(image=request.image, mask_image=mask, strength=request.strength)
-        if request.only_masked:
-            kwargs["padding_mask_crop"] = request.only_masked_padding
-        else:
-            mask_for_overlay = mask
-        total = min(int(request.steps * request.strength), request.steps)
-        info["Denoising strength"] = request.strength
-        info["Mask blur"] = request.mask_blur
-        if request.only_masked:
-            info["Inpaint area"] = "Only masked"
+        kwargs.update(image=Image.new("RGB", size, (127, 127, 127)), mask_image=Image.new("L", size, 255), strength=1.0)
     hooks = StepHooks(loaded, emit, cancel, max(total, 1), request)
     hooks.attach(scheduler)
     try:
@@ -230,9 +218,5 @@ def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int]
             images = pipe(callback_on_step_end=hooks.on_step_end, **kwargs).images
     finally:
         hooks.detach()
-    if isinstance(request, InpaintRequest):
-        source = request.image
-        images = [im if im.size == source.size else im.resize(source.size, Image.LANCZOS) for im in images]
-        if mask_for_overlay is not None:
-            images = [pipe.image_processor.apply_overlay(mask_for_overlay, source, im) for im in images]
+    images = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in images]
     return images, hooks.trajectory, info

@@ -1,0 +1,73 @@
+"""The Backend protocol: everything the worker calls on whatever runs the jobs (the local engine, a remote server).
+
+Only plain data crosses it (core requests, events, results, numpy latents, PIL images), so the worker and
+the window never see torch. Implementations: `desktop_app.engine.engine.Engine`; the tests' FakeEngine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from desktop_app.core.events import Event, Progress, Result
+from desktop_app.core.latents import ForwardProcess, Trajectory
+from desktop_app.core.modelinfo import ModelInfo
+from desktop_app.core.requests import GenerateRequest
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def run(
+        self,
+        request: GenerateRequest,
+        on_event: Callable[[Event], None],
+        cancel: threading.Event,
+        source: Result | GenerateRequest | None = None,
+    ) -> Result:
+        """Run one job. Emits Progress / Preview / Notice, then exactly one terminal event: Finished(result),
+        Failed(message, hint) or Cancelled(); then returns the Result, or raises (JobCancelled after Cancelled,
+        UserError or any other exception after Failed). `cancel` is checked every step.
+
+        `source`: for an edit, the Result or seeded GenerateRequest that made the source image (exact replay)."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the running job within one step, whatever its own cancel event (it then reports Cancelled)."""
+        ...
+
+    def preload(self, model: str | None) -> ModelInfo:
+        """Load a model now (None: the built-in one) and say what it is; UserError when it cannot be loaded."""
+        ...
+
+    def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
+        """A mode 'L' mask (0 / 255) of the image's size: where an edit from one prompt to the other should happen."""
+        ...
+
+    def decode_trajectory(self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
+        """Full decode of step `index` of a run ("x0": its predicted clean image, "xt": the noisy latent)."""
+        ...
+
+    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess:
+        """The source image's forward process in closed form, for the slider before a run."""
+        ...
+
+    def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:
+        """Full decode of one scaled latent (C, h, w) float32."""
+        ...
+
+    def list_models(self) -> list[dict]:
+        """Rows for the model picker: the built-in model, the ones used before, the curated hub list."""
+        ...
+
+    def download_model(self, repo: str, on_progress: Callable[[Progress], None], cancel: threading.Event) -> Path:
+        """Fetch a hub model into the cache; the folder. Safe beside a running job, from another thread.
+        Progress has phase "download" (step / total in bytes); cancel raises JobCancelled."""
+        ...
+
+
+__all__ = ["Backend"]
