@@ -1,13 +1,16 @@
 """Choose a model: the built-in one, local diffusers folders and .safetensors checkpoints, models used before
-(a moved or deleted one is shown as missing), and a short curated list to download from the hub, with progress."""
+(a moved or deleted one is shown as missing), and a short curated list to download from the hub, with progress.
+
+``ModelsDialog(models, parent=None)`` binds to a `model.models.Models`: the list is its `sources()` and `known()`,
+adding, removing, the pickle opt-in and downloads go to it, and OK selects the chosen model (`models.select`,
+which preloads it). A download belongs to `Models`, not to the dialog: closing the dialog while one runs asks
+whether to keep it in the background (the main window's DownloadsIndicator shows it) or cancel it."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any, Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -18,14 +21,16 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from desktop_app.core.model_registry import CURATED, ModelRegistry, format_size
+from desktop_app.core.model_registry import CURATED, format_size
 from desktop_app.core.modelinfo import BUILTIN
+from desktop_app.model.models import Models, display_name
 
 CHECKPOINT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -38,11 +43,6 @@ FAMILY_NAMES = {
     "sdxl": "SDXL",
     "sdxl-inpaint": "SDXL inpainting",
 }
-
-# downloader(repo, on_progress, cancel) -> a future (concurrent or asyncio) that resolves when the model is in the cache.
-# on_progress gets an object with done_bytes, total_bytes, rate (bytes/s) and eta_seconds; it may be called from any thread.
-Downloader = Callable[[str, Callable[[Any], None], threading.Event], Any]
-
 
 def check_model_folder(path: str | Path) -> str | None:
     """None when `path` looks like a diffusers pipeline folder, else a reason."""
@@ -67,62 +67,65 @@ def check_model_file(path: str | Path, allow_pickle: bool = False) -> str | None
     return None
 
 
+SourceRole = Qt.ItemDataRole.UserRole
+LabelRole = Qt.ItemDataRole.UserRole + 1
+MissingRole = Qt.ItemDataRole.UserRole + 2
 
 
 class ModelsDialog(QDialog):
-    # cross-thread: emitted from the download's thread, handled on the GUI thread (queued)
-    allowPickleChanged = Signal(bool)  # the user's opt-in to pickle checkpoints; the window keeps it in the settings
-    _progress = Signal(object)
-    _done = Signal(str, str)  # repo, error message ("" when it worked; "cancelled")
+    """The models dialog; see the module docstring. objectName ``modelsDialog``."""
 
-    def __init__(
-        self,
-        models: list[str],
-        current: str | None = None,
-        parent: QWidget | None = None,
-        *,
-        downloader: Downloader | None = None,
-        registry: ModelRegistry | None = None,
-        allow_pickle: bool = False,
-    ) -> None:
+    def __init__(self, models: Models, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("modelsDialog")
         self.setWindowTitle("Models")
-        self.resize(640, 560)
-        self.downloader = downloader
-        self.allow_pickle = allow_pickle
-        self._cancel: threading.Event | None = None
-        self._downloading: str | None = None
-        self.list = QListWidget(objectName="modelsList")
-        self.error_label = QLabel(objectName="modelsError")
+        self.resize(640, 580)
+        self.models = models
+        self._watching: str | None = None  # the download whose progress this dialog shows
+        self.list = QListWidget()
+        self.list.setObjectName("modelsList")
+        self.error_label = QLabel()
+        self.error_label.setObjectName("modelsError")
         self.error_label.setStyleSheet("color: #ff8080;")
         self.error_label.setWordWrap(True)
-        add = QPushButton("Add diffusers folder…", objectName="addModelFolderButton")
+        add = QPushButton("Add diffusers folder…")
+        add.setObjectName("addModelFolderButton")
         add.clicked.connect(self._browse)
-        add_file = QPushButton("Add checkpoint file…", objectName="addModelFileButton")
+        add_file = QPushButton("Add checkpoint file…")
+        add_file.setObjectName("addModelFileButton")
         add_file.clicked.connect(self._browse_file)
-        self.allow_pickle_check = QCheckBox("Allow pickle checkpoints (.ckpt, .pt, .bin)", objectName="allowPickleCheck")
+        self.remove_button = QPushButton("Remove from list")
+        self.remove_button.setObjectName("removeModelButton")
+        self.remove_button.setToolTip("Take the model out of this list (its files stay where they are)")
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.allow_pickle_check = QCheckBox("Allow pickle checkpoints (.ckpt, .pt, .bin)")
+        self.allow_pickle_check.setObjectName("allowPickleCheck")
         self.allow_pickle_check.setToolTip("A pickle file can run any code on this computer when it is opened.\nTick only for files from a source you trust; prefer .safetensors.")
-        self.allow_pickle_check.setChecked(allow_pickle)
-        self.allow_pickle_check.toggled.connect(self._on_allow_pickle)
+        self.allow_pickle_check.setChecked(models.allow_pickle)
+        self.allow_pickle_check.toggled.connect(models.set_allow_pickle)
 
-        self.curated = QListWidget(objectName="curatedList")
+        self.curated = QListWidget()
+        self.curated.setObjectName("curatedList")
         for model in CURATED:
             item = QListWidgetItem(f"{model.name}   —   {FAMILY_NAMES.get(model.family, model.family)}, {model.size_gb:.1f} GB\n      {model.note}")
-            item.setData(Qt.ItemDataRole.UserRole, model.repo)
+            item.setData(SourceRole, model.repo)
             item.setToolTip(f"{model.repo}\n{model.size_gb:.1f} GB download on a GPU (half precision), {model.size_gb_fp32:.1f} GB on a CPU")
             self.curated.addItem(item)
         self.curated.setCurrentRow(0)
-        self.download_button = QPushButton("Download" if downloader else "Use (downloads on first run)", objectName="downloadButton")
+        self.download_button = QPushButton("Download" if models.can_download() else "Use (downloads on first run)")
+        self.download_button.setObjectName("downloadButton")
         self.download_button.clicked.connect(self._download_selected)
-        self.cancel_button = QPushButton("Cancel download", objectName="cancelDownloadButton")
+        self.cancel_button = QPushButton("Cancel download")
+        self.cancel_button.setObjectName("cancelDownloadButton")
         self.cancel_button.clicked.connect(self.cancel_download)
         self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar(objectName="downloadProgress")
+        self.progress = QProgressBar()
+        self.progress.setObjectName("downloadProgress")
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.progress.setVisible(False)
-        self.download_status = QLabel(objectName="downloadStatus")
+        self.download_status = QLabel()
+        self.download_status.setObjectName("downloadStatus")
         self.download_status.setWordWrap(True)
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -135,6 +138,7 @@ class ModelsDialog(QDialog):
         row.addWidget(add)
         row.addWidget(add_file)
         row.addStretch(1)
+        row.addWidget(self.remove_button)
         lay.addLayout(row)
         lay.addWidget(self.allow_pickle_check)
         lay.addWidget(self.error_label)
@@ -148,24 +152,37 @@ class ModelsDialog(QDialog):
         lay.addWidget(self.download_status)
         lay.addWidget(buttons)
         self.list.itemDoubleClicked.connect(lambda *_: self.accept())
-        self._progress.connect(self._on_progress)
-        self._done.connect(self._on_done)
-
-        for m in [BUILTIN, *[m for m in models if m != BUILTIN]]:
-            self._add_item(m)
-        try:
-            known = (registry or ModelRegistry()).all()
-        except Exception:  # noqa: BLE001 - the list of known models is a convenience
-            known = []
-        for model in known:
-            item = self._add_item(model.location)
-            self._describe(item, model.family, model.model_hash, model.missing)
-        self.select(current or BUILTIN)
+        self.list.currentItemChanged.connect(self._update_buttons)
+        models.sourcesChanged.connect(self._fill)
+        models.downloadProgress.connect(self._on_progress)
+        models.downloadFinished.connect(self._on_finished)
+        self._fill()
+        self.select(models.current())
+        running = models.running_downloads()
+        if running:  # started before, kept in the background: show it again
+            self._watch(running[0])
 
     # -- the list ---------------------------------------------------------------------------------
+    def _fill(self) -> None:
+        chosen = self.chosen()
+        self.list.blockSignals(True)
+        self.list.clear()
+        for source in self.models.sources():
+            item = self._add_item(source)
+            info = self.models.info(source)
+            if info is not None:
+                self._describe(item, str(getattr(info, "family", "") or ""), str(getattr(info, "model_hash", "") or ""), False)
+        for known in self.models.known():
+            item = self._add_item(known.location)
+            if self.models.info(known.location) is None:
+                self._describe(item, known.family, known.model_hash, known.missing)
+        self.list.blockSignals(False)
+        self.select(chosen or self.models.current())
+        self._update_buttons()
+
     def _add_item(self, source: str) -> QListWidgetItem:
         for i in range(self.list.count()):
-            if self.list.item(i).data(Qt.ItemDataRole.UserRole) == source:
+            if self.list.item(i).data(SourceRole) == source:
                 return self.list.item(i)
         if source == BUILTIN:
             label = "Built-in (shapes)"
@@ -174,34 +191,56 @@ class ModelsDialog(QDialog):
         else:
             label = f"{source}   —   hub"
         item = QListWidgetItem(label)
-        item.setData(Qt.ItemDataRole.UserRole, source)
-        item.setData(Qt.ItemDataRole.UserRole + 1, label)
+        item.setData(SourceRole, source)
+        item.setData(LabelRole, label)
         self.list.addItem(item)
         return item
 
     def _describe(self, item: QListWidgetItem, family: str, model_hash: str, missing: bool) -> None:
-        base = item.data(Qt.ItemDataRole.UserRole + 1)
+        base = item.data(LabelRole)
         extra = ", ".join(x for x in (FAMILY_NAMES.get(family, family), f"hash {model_hash}" if model_hash else "") if x)
         item.setText(f"{base}   ({extra})" if extra else base)
-        item.setData(Qt.ItemDataRole.UserRole + 2, missing)
+        item.setData(MissingRole, missing)
         if missing:
             item.setText(f"{item.text()}   — missing: moved or deleted")
             item.setForeground(QColor("#909090"))
             item.setToolTip("This model is no longer where it was. Add it again from its new place, or remove it.")
-            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsSelectable)
+
+    def _item(self, source: str) -> QListWidgetItem | None:
+        for i in range(self.list.count()):
+            if self.list.item(i).data(SourceRole) == source:
+                return self.list.item(i)
+        return None
 
     def is_missing(self, source: str) -> bool:
-        for i in range(self.list.count()):
-            item = self.list.item(i)
-            if item.data(Qt.ItemDataRole.UserRole) == source:
-                return bool(item.data(Qt.ItemDataRole.UserRole + 2))
-        return False
+        item = self._item(source)
+        return bool(item is not None and item.data(MissingRole))
 
-    def select(self, source: str) -> None:
-        for i in range(self.list.count()):
-            if self.list.item(i).data(Qt.ItemDataRole.UserRole) == source and not self.list.item(i).data(Qt.ItemDataRole.UserRole + 2):
-                self.list.setCurrentRow(i)
-                return
+    def select(self, source: str | None) -> None:
+        """Highlight `source` in the list (a missing one cannot be chosen, but can be highlighted to remove it)."""
+        item = self._item(source) if source else None
+        if item is not None:
+            self.list.setCurrentItem(item)
+
+    def highlighted(self) -> str | None:
+        item = self.list.currentItem()
+        return item.data(SourceRole) if item is not None else None
+
+    def chosen(self) -> str | None:
+        """The model OK would select: the highlighted one, unless it is missing."""
+        item = self.list.currentItem()
+        if item is None or item.data(MissingRole):
+            return None
+        return item.data(SourceRole)
+
+    def sources(self) -> list[str]:
+        """Every usable model in the list (missing ones left out)."""
+        items = [self.list.item(i) for i in range(self.list.count())]
+        return [item.data(SourceRole) for item in items if not item.data(MissingRole)]
+
+    def _update_buttons(self, *_: object) -> None:
+        source = self.highlighted()
+        self.remove_button.setEnabled(bool(source) and source != BUILTIN)
 
     def add_folder(self, path: str) -> bool:
         """Add a diffusers folder; shows why not when it is not one."""
@@ -209,19 +248,27 @@ class ModelsDialog(QDialog):
 
     def add_file(self, path: str) -> bool:
         """Add a single-file checkpoint; a pickle one only when the user allowed pickles."""
-        return self._add_checked(path, check_model_file(path, self.allow_pickle))
+        return self._add_checked(path, check_model_file(path, self.models.allow_pickle))
 
     def _add_checked(self, path: str, problem: str | None) -> bool:
         if problem:
             self.error_label.setText(problem)
             return False
         self.error_label.clear()
-        self.list.setCurrentItem(self._add_item(str(Path(path).resolve())))
+        source = str(Path(path).resolve())
+        self.models.add(source)
+        self._fill()
+        self.select(source)
         return True
 
-    def _on_allow_pickle(self, allowed: bool) -> None:
-        self.allow_pickle = allowed
-        self.allowPickleChanged.emit(allowed)
+    def remove_selected(self) -> bool:
+        """Take the highlighted model out of the list (the built-in stays); its files are not touched."""
+        source = self.highlighted()
+        if not source or source == BUILTIN or not self.models.remove(source):
+            return False
+        self._fill()
+        self.error_label.clear()
+        return True
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder")
@@ -229,65 +276,76 @@ class ModelsDialog(QDialog):
             self.add_folder(path)
 
     def _browse_file(self) -> None:
-        patterns = "Checkpoints (*.safetensors" + (" *.ckpt *.pt *.pth *.bin" if self.allow_pickle else "") + ")"
+        patterns = "Checkpoints (*.safetensors" + (" *.ckpt *.pt *.pth *.bin" if self.models.allow_pickle else "") + ")"
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model checkpoint", "", patterns)
         if path:
             self.add_file(path)
 
-    def chosen(self) -> str | None:
-        item = self.list.currentItem()
-        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+    # -- closing -----------------------------------------------------------------------------------
+    def done(self, result: int) -> None:  # accept, reject, Escape and the close button all end here
+        running = self.models.running_downloads()
+        if running and not self._keep_in_background(running):
+            for repo in running:
+                self.models.cancel_download(repo)
+        chosen = self.chosen()
+        if result == QDialog.DialogCode.Accepted and chosen and (chosen != self.models.current() or self.models.state() == "failed"):
+            self.models.select(chosen)
+        super().done(result)
 
-    def models(self) -> list[str]:
-        """Every usable model in the list (missing ones left out)."""
-        items = [self.list.item(i) for i in range(self.list.count())]
-        return [item.data(Qt.ItemDataRole.UserRole) for item in items if not item.data(Qt.ItemDataRole.UserRole + 2)]
+    def _keep_in_background(self, repos: list[str]) -> bool:
+        names = ", ".join(display_name(r) for r in repos)
+        answer = QMessageBox.question(
+            self,
+            "Download in progress",
+            f"{names} {'is' if len(repos) == 1 else 'are'} still downloading.\n\n"
+            "Keep downloading in the background? The progress shows in the main window's status bar.\n"
+            "No cancels the download; what was fetched is kept and a later download resumes from it.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.Yes,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     # -- downloads ------------------------------------------------------------------------------
     def _download_selected(self) -> None:
         item = self.curated.currentItem()
         if item is not None:
-            self.download(item.data(Qt.ItemDataRole.UserRole))
+            self.download(item.data(SourceRole))
 
     def download(self, repo: str) -> None:
-        """Fetch `repo` with the downloader (progress, cancel), or, without one, just pick it: it downloads on first use."""
-        if self.downloader is None:
-            self.list.setCurrentItem(self._add_item(repo))
+        """Fetch `repo` beside the jobs (Models owns it), or, without a downloader, pick it: it downloads on first use."""
+        if not self.models.can_download():
+            self.models.add(repo)
+            self._fill()
+            self.select(repo)
             self.download_status.setText(f"{repo} will download when it is first used; the progress shows in the main window.")
             return
-        if self._downloading:
-            return
-        self._downloading = repo
-        self._cancel = threading.Event()
-        self.progress.setValue(0)
+        if self.models.download(repo):
+            self._watch(repo)
+            self.download_status.setText(f"Starting the download of {repo}…")
+
+    def _watch(self, repo: str) -> None:
+        self._watching = repo
+        done, total, _state = self.models.downloads().get(repo, (0.0, 0.0, "running"))
+        self.progress.setValue(int(1000 * min(done / total, 1.0)) if total else 0)
         self.progress.setVisible(True)
         self.cancel_button.setEnabled(True)
         self.download_button.setEnabled(False)
-        self.download_status.setText(f"Starting the download of {repo}…")
-        try:
-            future = self.downloader(repo, self._progress.emit, self._cancel)
-        except Exception as exc:  # noqa: BLE001 - shown, never a crash
-            self._done.emit(repo, str(exc) or type(exc).__name__)
-            return
-        future.add_done_callback(lambda fut, repo=repo: self._done.emit(repo, _outcome(fut)))
 
     def cancel_download(self) -> None:
-        if self._cancel is not None:
-            self._cancel.set()
+        if self._watching is not None and self.models.cancel_download(self._watching):
             self.download_status.setText("Cancelling… what was fetched is kept, and the next download resumes from it.")
 
-    def _on_progress(self, p: Any) -> None:
-        total = max(int(getattr(p, "total_bytes", 0)), 1)
-        done = int(getattr(p, "done_bytes", 0))
-        self.progress.setValue(int(1000 * min(done / total, 1.0)))
-        rate = float(getattr(p, "rate", 0.0))
-        eta = float(getattr(p, "eta_seconds", 0.0))
-        eta_text = f"{eta / 60:.0f} min" if eta >= 90 else f"{eta:.0f} s"
-        self.download_status.setText(f"{self._downloading}: {format_size(done)} of {format_size(total)}   {format_size(rate)}/s   ETA {eta_text}")
+    def _on_progress(self, repo: str, done: float, total: float) -> None:
+        if repo != self._watching or self.models.downloads().get(repo, (0, 0, ""))[2] == "cancelling":
+            return
+        self.progress.setValue(int(1000 * min(done / total, 1.0)) if total else 0)
+        if total:
+            self.download_status.setText(f"{repo}: {format_size(done)} of {format_size(total)}")
 
-    def _on_done(self, repo: str, error: str) -> None:
-        self._downloading = None
-        self._cancel = None
+    def _on_finished(self, repo: str, path: str, error: str) -> None:
+        if repo != self._watching:
+            return
+        self._watching = None
         self.cancel_button.setEnabled(False)
         self.download_button.setEnabled(True)
         if error == "cancelled":
@@ -298,22 +356,8 @@ class ModelsDialog(QDialog):
             return
         self.progress.setValue(1000)
         self.download_status.setText(f"{repo} is downloaded.")
-        self.list.setCurrentItem(self._add_item(repo))
+        self._fill()
+        self.select(repo)
 
 
-def _outcome(future: Any) -> str:
-    """'' for success, 'cancelled', or the error's message."""
-    try:
-        if future.cancelled():
-            return "cancelled"
-        exc = future.exception()
-    except BaseException:  # noqa: BLE001 - CancelledError from some future kinds
-        return "cancelled"
-    if exc is None:
-        return ""
-    name = type(exc).__name__
-    if "Cancel" in name:
-        return "cancelled"
-    message = getattr(exc, "message", None) or str(exc) or name
-    hint = getattr(exc, "hint", "")
-    return f"{message} ({hint})" if hint else message
+__all__ = ["ModelsDialog", "check_model_file", "check_model_folder"]
