@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class LoadedModel:
     _derived: dict[str, Any] = field(default_factory=dict)
     family: str = ""  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint, "" when unknown (diffusers folders report theirs)
     loras: dict[str, float] = field(default_factory=dict)  # adapter name -> weight, see engine.lora
+    decode_previews: bool = False  # the VAE decodes a native-size latent in under PREVIEW_DECODE_BUDGET: previews decode
 
     @property
     def model_id(self) -> str:
@@ -411,6 +413,7 @@ class ModelManager:
             previewer=previewer,
             family=family,
         )
+        self.loaded.decode_previews = _decode_is_cheap(self.loaded)
         _remember(source, family, self.loaded.model_hash)
         log.info("loaded %s (%s) on %s (%s)", source.model_id, family, self.device, self.dtype)
         return self.loaded
@@ -419,6 +422,27 @@ class ModelManager:
         if self.loaded is not None:
             self.loaded = None
             free_memory(self.device)
+
+
+PREVIEW_DECODE_BUDGET = 0.015  # seconds
+
+
+def _decode_is_cheap(loaded: LoadedModel) -> bool:
+    """Time one VAE decode at the model's native size. A small VAE (the built-in one: ~3 ms on a CPU) then
+    decodes every step's preview: a linear map cannot show its colours (its decoder mixes neighbouring latents)."""
+    if loaded.is_xl or loaded.device.type == "meta":
+        return False
+    factor = loaded.latent_factor
+    width, height = int(loaded.defaults.get("width") or 512), int(loaded.defaults.get("height") or 512)
+    if width * height > 256 * 256:
+        return False
+    vae = loaded.pipe.vae
+    latent = torch.zeros((1, int(vae.config.latent_channels), height // factor, width // factor), device=loaded.device, dtype=vae.dtype)
+    with torch.inference_mode():
+        vae.decode(latent, return_dict=False)  # warm-up
+        started = time.perf_counter()
+        vae.decode(latent, return_dict=False)
+    return time.perf_counter() - started < PREVIEW_DECODE_BUDGET
 
 
 def _family_defaults(family: str, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from desktop_app.core.errors import JobCancelled
 from desktop_app.core.events import Preview, Progress
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
+from desktop_app.engine.encoding import decode_images
 from desktop_app.engine.models import LoadedModel
 
 Emit = Callable[[Any], None]
@@ -128,8 +129,11 @@ class StepHooks:
         eta = (self.total - self.step) / rate if rate > 0 else 0.0
         self.emit(Progress(self.step, self.total, timestep, rate, eta, self.phase))
         if self.request.previews and self._last_x0 is not None:
-            rgb = self.loaded.previewer.project(self._last_x0[0])
-            self.emit(Preview(self.step, Image.fromarray(rgb)))
+            if self.loaded.decode_previews:  # a small VAE: the real decode, in the image's true colours
+                image = decode_images(self.loaded, torch.from_numpy(self._last_x0[:1]))[0]
+            else:
+                image = Image.fromarray(self.loaded.previewer.project(self._last_x0[0]))
+            self.emit(Preview(self.step, image))
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
