@@ -1,9 +1,9 @@
-"""EngineWorker: the one place where Qt meets the engine.
+"""EngineWorker: the one place where Qt meets a backend (the local engine, or later a remote one).
 
 A `QThread` runs a loop that takes jobs from a priority queue and calls the
-engine; the engine (and with it torch and diffusers) is imported and created
-lazily, on that thread, when the first job needs it, so the window shows
-before torch is imported.
+backend (`desktop_app.backend.Backend`); the local engine (and with it torch
+and diffusers) is imported and created lazily, on that thread, when the first
+job needs it, so the window shows before torch is imported.
 
 News from a job becomes Qt signals. They are emitted on the worker thread and
 reach receivers that live on the GUI thread through queued connections (the
@@ -26,6 +26,10 @@ Signals (all carry the job id first):
     serviceDone(int job_id, str kind, object value)
     serviceFailed(int job_id, str kind, str message, str hint)
 
+The terminal signal of a run (finished / failed / cancelled) is the backend's own
+terminal event, forwarded; the worker derives one only when a backend raised
+without reporting (a bug), so every job ends with exactly one.
+
 A job's future resolves with its Result, or raises the engine's exception
 (`UserError` for user-fixable problems) or `JobCancelled`. Futures exist only
 when an asyncio event loop is set for the GUI thread (qasync); without one
@@ -41,21 +45,20 @@ import queue
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from desktop_app.core.errors import UserError
-from desktop_app.core.events import Notice, Preview, Progress
+from desktop_app.core.errors import JobCancelled, UserError
+from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress
+
+if TYPE_CHECKING:
+    from desktop_app.backend import Backend
 
 log = logging.getLogger(__name__)
 
 _PRIORITY_SERVICE = 0  # decodes, previews, preloads go before queued generation jobs
 _PRIORITY_JOB = 1
-
-
-class JobCancelled(Exception):
-    """The job was cancelled (the future of a cancelled job raises this)."""
 
 
 def default_engine_factory() -> Any:
@@ -128,6 +131,7 @@ class EngineWorker(QObject):
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._jobs: dict[int, _Job] = {}  # not yet finished, GUI-thread bookkeeping
         self._lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._current: _Job | None = None
@@ -232,19 +236,16 @@ class EngineWorker(QObject):
         """A DiffEdit-style mask of where the target prompt differs from the source; (id, future of a PIL 'L' image)."""
         return self.call("suggest_mask", lambda engine: engine.suggest_mask(image, source_prompt, target_prompt, model))
 
-    def download_model(self, repo: str, on_progress: Callable[[Any], None], cancel: threading.Event):
-        """Fetch a hub model into the Hugging Face cache on the worker thread (fp16 weights on GPUs); a future of its folder."""
+    def download_model(self, repo: str, on_progress: Callable[[Any], None], cancel: threading.Event) -> Any:
+        """Fetch a hub model on the calling thread, beside any running job (never on the job queue): the
+        Models object calls this from a download thread of its own."""
+        return self.backend().download_model(repo, on_progress, cancel)
 
-        def fetch(engine: Any) -> Any:
-            from desktop_app.engine.hub import download_model
-
-            return download_model(repo, progress=on_progress, cancel=cancel, prefer_fp16=engine.device.type != "cpu")
-
-        return self.call("download", fetch)[1]
-
-    def decode_trajectory(self, trajectory: Any, index: int, which: str = "x0"):
-        """Full VAE decode of a trajectory step -> PIL image."""
-        return self.call("decode_trajectory", lambda engine: engine.decode_trajectory(trajectory, index, which))
+    def decode_trajectory(self, trajectory: Any, index: int, which: str = "x0", batch_index: int = 0):
+        """Full VAE decode of step `index` of batch image `batch_index` -> PIL image."""
+        return self.call(
+            "decode_trajectory", lambda engine: engine.decode_trajectory(trajectory, index, which, batch_index)
+        )
 
     def forward_process(self, image: Any, model: str):
         """A ForwardProcess for a source image (VAE encode); its .preview(t) is cheap numpy."""
@@ -319,9 +320,14 @@ class EngineWorker(QObject):
             job.future.set_result(value)
 
     # -- the worker thread ---------------------------------------------------------
+    def backend(self) -> "Backend":
+        """The backend, created on first use (on whichever thread asks first: the worker's, or a download's)."""
+        return self._get_engine()
+
     def _get_engine(self) -> Any:
-        if self._engine is None:
-            self._engine = self._engine_factory()
+        with self._create_lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
         models = getattr(self._engine, "models", None)
         if models is not None:  # the user's opt-in, as it stands when this job starts
             models.allow_pickle = self.allow_pickle
@@ -350,6 +356,7 @@ class EngineWorker(QObject):
     def _run_job(self, job: _Job) -> None:
         job_id = job.job_id
         self.jobStarted.emit(job_id, job.request)
+        ended: list[Any] = []  # the backend's terminal event, forwarded as it comes
 
         def on_event(event: Any) -> None:
             if isinstance(event, Progress):
@@ -358,24 +365,33 @@ class EngineWorker(QObject):
                 self.preview.emit(job_id, event)
             elif isinstance(event, Notice):
                 self.notice.emit(job_id, event.message)
-            # Finished / Failed / Cancelled are reported from run()'s outcome below.
+            elif isinstance(event, (Finished, Failed, Cancelled)) and not ended:
+                ended.append(event)
+                if isinstance(event, Finished):
+                    self.finished.emit(job_id, event.result)
+                elif isinstance(event, Failed):
+                    self.failed.emit(job_id, event.message, event.hint)
+                else:
+                    self.cancelled.emit(job_id)
 
         try:
-            engine = self._get_engine()
+            backend = self._get_engine()
             if job.cancel.is_set():
                 raise JobCancelled()
-            result = engine.run(job.request, on_event=on_event, cancel=job.cancel, **({"source": job.source} if job.source is not None else {}))
+            kwargs = {"source": job.source} if job.source is not None else {}
+            result = backend.run(job.request, on_event=on_event, cancel=job.cancel, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a signal
-            if job.cancel.is_set() or type(exc).__name__ in ("JobCancelled", "Cancelled"):
-                self.cancelled.emit(job_id)
-                return
-            message, hint = describe_error(exc)
-            if not isinstance(exc, UserError):
+            cancelled = isinstance(exc, JobCancelled) or job.cancel.is_set()
+            if not isinstance(exc, (UserError, JobCancelled)):
                 log.error("engine error in job %s:\n%s", job_id, "".join(traceback.format_exception(exc)))
-            self.failed.emit(job_id, message, hint)
-            self._jobError.emit(job_id, exc if isinstance(exc, Exception) else RuntimeError(message))
+            if not ended:  # the backend raised before it could report: say it here, once
+                on_event(Cancelled() if cancelled else Failed(*describe_error(exc)))
+            if isinstance(ended[0], Failed):
+                message = ended[0].message
+                self._jobError.emit(job_id, exc if isinstance(exc, Exception) else RuntimeError(message))
             return
-        self.finished.emit(job_id, result)
+        if not ended:
+            on_event(Finished(result))
 
     def _run_service(self, job: _Job) -> None:
         try:

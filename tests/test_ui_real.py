@@ -65,7 +65,7 @@ def test_real_run_progress_each_step_and_result_on_canvas(qtbot, real_window):
     assert len(result.trajectory) == 4 and real_window.timestep_panel.mode == "trajectory"
     # scrub to the first step: cheap preview, then the full decode on the worker thread
     child(real_window, "timestepSlider").setValue(0)
-    qtbot.waitUntil(lambda: real_window.canvas.shown_image().size == (64, 64) and (0, "x0") in real_window._traj_cache, timeout=10000)
+    qtbot.waitUntil(lambda: real_window.canvas.shown_image().size == (64, 64) and any(k[2:] == (0, "x0") for k in real_window.timeline._decoded), timeout=10000)
 
 
 def test_real_inpaint_keeps_unmasked_pixels(qtbot, real_window):
@@ -124,7 +124,7 @@ def test_real_t0_slider_forward_process_and_img2img(qtbot, real_window):
     real_window.prompt_panel.set_mode("img2img")
     slider = child(real_window, "timestepSlider")
     slider.setValue(500)
-    qtbot.waitUntil(lambda: real_window._forward is not None, timeout=30000)
+    qtbot.waitUntil(lambda: real_window.timeline._forward is not None, timeout=30000)
     slider.setValue(50)
     low = real_window.canvas.shown_image()
     assert low is not None

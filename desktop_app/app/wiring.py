@@ -35,30 +35,64 @@ def create_main_window(
     history: Any = None,
     defer_history: bool = False,
 ):
-    """Build the main window with its worker (and history) on an existing QApplication.
+    """Build the worker, the model objects and the main window on an existing QApplication.
 
-    Does not enter the event loop and does not show the window. `engine_factory`
-    (called on the worker thread) replaces the real engine, for tests and tools.
-    `history`: a HistoryStore to use instead of opening the one under data_dir.
-    `defer_history`: leave it to the caller to `window.attach_history(open_history(data_dir))`
-    later (run_gui does it right after the first paint).
+    Does not enter the event loop and does not show the window. `engine_factory` (called on the worker
+    thread) replaces the real engine, for tests and tools. `history`: a HistoryStore to use instead of
+    opening the one under data_dir. `defer_history`: leave it to the caller to
+    `window.attach_history(open_history(data_dir))` later (run_gui does it right after the first paint).
     """
     from PySide6.QtWidgets import QApplication
 
-    from desktop_app.ui.main_window import MainWindow, apply_dark_theme
+    from desktop_app.model.brush import Brush
+    from desktop_app.model.document import Document
+    from desktop_app.model.history_saver import HistorySaver
+    from desktop_app.model.jobs import Jobs
+    from desktop_app.model.models import Models
+    from desktop_app.model.timeline import Timeline
+    from desktop_app.ui.main_window import MainWindow
+    from desktop_app.ui.settings import make_settings
+    from desktop_app.ui.theme import apply_theme
     from desktop_app.worker import EngineWorker
 
     app = QApplication.instance()
     if app is None:
         raise RuntimeError("create a QApplication first")
-    apply_dark_theme(app)
+    apply_theme(app)  # type: ignore[arg-type]
+    settings = make_settings(data_dir)
     worker = EngineWorker(engine_factory=engine_factory)
     worker.start()
     if history is None and not defer_history:
         history = open_history(data_dir)
-    window = MainWindow(worker=worker, model=model, data_dir=data_dir, history=history, history_deferred=defer_history)
-    worker.setParent(window)
+    saved_model = str(settings.value("model/current", "") or "")
+    models = Models(worker, settings, downloader=worker.download_model)
+    document = Document()
+    saver = HistorySaver(history)
+    jobs = Jobs(worker, document, entries_for=saver.entries_for)
+    timeline = Timeline(worker, document, models.current)
+    jobs.resultReady.connect(lambda result: saver.save(result, parent_id=jobs.parent_of(result)))
+    window = MainWindow(
+        worker=worker,
+        document=document,
+        brush=Brush(),
+        jobs=jobs,
+        timeline=timeline,
+        models=models,
+        saver=saver,
+        settings=settings,
+        history=history,
+        history_deferred=defer_history,
+        data_dir=data_dir,
+        same_model=model in (None, "", saved_model),
+    )
+    for obj in (worker, models, document, jobs, timeline, saver, window.brush):
+        obj.setParent(window)
+    if model:
+        models.select(model)
+    else:
+        models.start()
     app.aboutToQuit.connect(worker.shutdown)
+    app.aboutToQuit.connect(models.cancel_downloads)
     return window
 
 

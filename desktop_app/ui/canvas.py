@@ -1,44 +1,32 @@
-"""MaskCanvas: shows an image, paints a mask onto it, zooms and pans.
+"""MaskCanvas: draws a Document (its source, its mask, whatever it shows) and paints the mask with a Brush.
 
-The mask is a numpy uint8 array at the image's own size (0 = keep, 255 =
-change), whatever the zoom. A stroke is a chain of capsules (the brush swept
-along the straight segment between consecutive mouse positions), so strokes
-are continuous however fast the mouse moves. Each stroke (and each clear or
-invert) is one undo step, stored as the changed rectangle only.
+The canvas holds no picture state of its own: the source, the mask and its undo steps live in the
+`Document`, the brush and the overlay's colour in the `Brush` (desktop_app.model). A stroke is a chain of
+capsules (the brush swept along the straight segment between consecutive mouse positions), so strokes are
+continuous however fast the mouse moves; each segment is stamped into the document's mask and only the
+changed rectangle of the overlay is redrawn, which keeps large canvases smooth.
 
-A "view" image (a live preview, a trajectory frame, a result) can be shown in
-place of the base image, scaled into the same rectangle; the mask stays
-attached to the base image.
+Made without a document (tests, tools), it makes its own; its convenience methods (set_image, mask_image,
+undo, ...) forward to the document and brush.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from desktop_app.model.brush import Brush
+from desktop_app.model.document import Document
 from desktop_app.ui.qt_images import LazyModule, numpy_to_qimage, pil_to_qimage, qimage_to_pil
 
 np = LazyModule("numpy")  # imported when the first image arrives, not at start-up
 
-MAX_UNDO = 64
 MIN_SCALE, MAX_SCALE = 0.02, 64.0
-
-
-@dataclass
-class _Edit:
-    """One undo step: a rectangle of the mask before and after."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    before: np.ndarray
-    after: np.ndarray
 
 
 def _to_qimage(img) -> QImage:
@@ -50,14 +38,12 @@ def _to_qimage(img) -> QImage:
 
 
 class MaskCanvas(QWidget):
-    maskChanged = Signal()
     strokeStarted = Signal()
     imageDropped = Signal(str)  # a local file dropped on the canvas
     imageDataDropped = Signal(object)  # a QImage dropped on the canvas
-    brushChanged = Signal()
     zoomChanged = Signal(float)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, document: Document | None = None, brush: Brush | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("maskCanvas")
         self.setAccessibleName("Image and mask canvas")
@@ -65,224 +51,192 @@ class MaskCanvas(QWidget):
         self.setMouseTracking(True)
         self.setAcceptDrops(True)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumSize(200, 200)
+        self.setMinimumSize(160, 120)
+        self.document = document if document is not None else Document(self)
+        self.brush = brush if brush is not None else Brush(self)
+        self.mask_enabled = True  # whether painting is possible (false while nothing is open)
 
-        self._image: QImage | None = None
-        self._pixmap: QPixmap | None = None
-        self._view: QPixmap | None = None
-        self._view_size: tuple[int, int] | None = None  # logical size of the view when there is no base image
-        self._mask: np.ndarray | None = None
+        self._pixmap: QPixmap | None = None  # the source
+        self._shown: QPixmap | None = None  # the shown image when it is not the source
+        self._shown_key: Any = None
         self._overlay: np.ndarray | None = None
         self._overlay_img: QImage | None = None
-
-        self.brush_size = 32  # diameter, image pixels
-        self.hardness = 1.0
-        self.tool = "brush"  # or "eraser"
-        self.mask_opacity = 0.5
-        self.mask_visible = True
-        self.mask_enabled = True
-        self.mask_color = QColor(255, 48, 96)
 
         self._scale = 1.0
         self._offset = QPointF(0, 0)
         self._fit = True
-
-        self._undo: list[_Edit] = []
-        self._redo: list[_Edit] = []
-
         self._stroking = False
-        self._stroke_before: np.ndarray | None = None
-        self._stroke_box: list[int] | None = None
         self._last: tuple[float, float] | None = None
         self._panning = False
         self._pan_last = QPointF()
         self._space = False
         self._cursor_pos: QPointF | None = None
 
-    # -- image -----------------------------------------------------------------
-    def set_image(self, img, keep_mask: bool = False) -> None:
-        """Show `img` (PIL, QImage or numpy) as the base image; a new blank mask unless keep_mask and same size."""
-        if img is None:
-            self._image = self._pixmap = None
-            self._mask = self._overlay = self._overlay_img = None
-            self._view = None
-            self._undo.clear()
-            self._redo.clear()
-            self.update()
-            self.maskChanged.emit()
-            return
-        qimg = _to_qimage(img).convertToFormat(QImage.Format.Format_RGB32)
-        same = self._mask is not None and self._mask.shape == (qimg.height(), qimg.width())
-        self._image = qimg
-        self._pixmap = QPixmap.fromImage(qimg)
-        self._view = None
-        self._view_size = None
-        if not (keep_mask and same):
-            self._mask = np.zeros((qimg.height(), qimg.width()), np.uint8)
-            self._undo.clear()
-            self._redo.clear()
+        d = self.document
+        d.sourceChanged.connect(self._on_source_changed)
+        d.maskChanged.connect(self._on_mask_changed)
+        d.shownChanged.connect(self._on_shown_changed)
+        self.brush.overlayChanged.connect(self._on_overlay_style)
+        self.brush.changed.connect(self.update)
+        if d.source is not None:
+            self._on_source_changed()
+
+    # -- document signals ---------------------------------------------------------
+    def _on_source_changed(self) -> None:
+        source = self.document.source
+        size_before = None if self._pixmap is None else (self._pixmap.width(), self._pixmap.height())
+        self._pixmap = None if source is None else QPixmap.fromImage(pil_to_qimage(source))
+        self._shown = None
+        self._shown_key = None
+        self._rebuild_overlay()
+        if self._fit or (source is not None and source.size != size_before):
+            self.zoom_fit()
+        self.update()
+
+    def _on_mask_changed(self, box: Any) -> None:
+        if box is None or self._overlay is None or self._overlay.shape[:2] != getattr(self.document.mask, "shape", None):
             self._rebuild_overlay()
-            self.maskChanged.emit()
-        if self._fit or not same:
-            self.zoom_fit()
-        self.update()
-
-    def has_image(self) -> bool:
-        return self._image is not None
-
-    def image(self) -> Image.Image | None:
-        """The base image as PIL RGB."""
-        return qimage_to_pil(self._image) if self._image is not None else None
-
-    def image_size(self) -> tuple[int, int] | None:
-        return (self._image.width(), self._image.height()) if self._image is not None else None
-
-    def set_view(self, img, size: tuple[int, int] | None = None) -> None:
-        """Show `img` instead of the base image, scaled into the base image's rectangle
-        (or into a `size` rectangle when there is no base image)."""
-        if img is None:
-            self.clear_view()
-            return
-        qimg = _to_qimage(img)
-        refit = self._image is None and self._content_size() != (size or (qimg.width(), qimg.height()))
-        self._view = QPixmap.fromImage(qimg)
-        self._view_size = size
-        if refit and self._fit:
-            self.zoom_fit()
-        self.update()
-
-    def clear_view(self) -> None:
-        if self._view is not None:
-            self._view = None
-            self._view_size = None
             self.update()
-
-    def has_view(self) -> bool:
-        return self._view is not None
-
-    def shown_image(self) -> Image.Image | None:
-        """What the canvas shows now (view or base), at its own resolution, as PIL RGB."""
-        if self._view is not None:
-            return qimage_to_pil(self._view.toImage())
-        return self.image()
-
-    def _content_size(self) -> tuple[int, int] | None:
-        if self._image is not None:
-            return self._image.width(), self._image.height()
-        if self._view is not None:
-            return self._view_size or (self._view.width(), self._view.height())
-        return None
-
-    # -- mask ------------------------------------------------------------------
-    def mask_array(self) -> np.ndarray | None:
-        return None if self._mask is None else self._mask.copy()
-
-    def mask_image(self) -> Image.Image | None:
-        """The mask as PIL 'L' (255 = change), or None when there is no image or nothing is painted."""
-        if self._mask is None or not self._mask.any():
-            return None
-        return Image.fromarray(self._mask, "L")
-
-    def set_mask(self, mask, undoable: bool = True) -> None:
-        """Replace the mask (PIL or numpy, resized to the image if needed)."""
-        if self._image is None:
-            return
-        w, h = self._image.width(), self._image.height()
-        if isinstance(mask, Image.Image):
-            mask = mask.convert("L")
-            if mask.size != (w, h):
-                mask = mask.resize((w, h), Image.Resampling.NEAREST)
-            arr = np.asarray(mask, np.uint8)
         else:
-            arr = np.asarray(mask, np.uint8)
-            if arr.shape != (h, w):
-                arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.NEAREST))
-        self._replace_mask(arr.copy(), undoable)
+            self._touch(*box)
 
-    def clear_mask(self) -> None:
-        if self._mask is not None and self._mask.any():
-            self._replace_mask(np.zeros_like(self._mask), True)
+    def _on_shown_changed(self) -> None:
+        d = self.document
+        shown = d.shown_image()
+        if shown is None or shown is d.source:
+            self._shown = None
+            self._shown_key = None
+        elif shown is not self._shown_key:
+            refit = d.source is None and self._content_size() != (d.view_size or _size_of(shown))
+            self._shown = QPixmap.fromImage(_to_qimage(shown))
+            self._shown_key = shown
+            if refit and self._fit:
+                self._shown_size_changed()
+        self.update()
 
-    def invert_mask(self) -> None:
-        if self._mask is not None:
-            self._replace_mask(255 - self._mask, True)
+    def _shown_size_changed(self) -> None:
+        self.zoom_fit()
 
-    def _replace_mask(self, new: np.ndarray, undoable: bool) -> None:
-        assert self._mask is not None
-        if undoable:
-            self._push(_Edit(0, new.shape[0], 0, new.shape[1], self._mask.copy(), new.copy()))
-        self._mask = new
+    def _on_overlay_style(self) -> None:
         self._rebuild_overlay()
         self.update()
-        self.maskChanged.emit()
 
-    def _push(self, edit: _Edit) -> None:
-        self._undo.append(edit)
-        del self._undo[:-MAX_UNDO]
-        self._redo.clear()
+    # -- convenience API (forwarded to the document and the brush) -------------------------------
+    def set_image(self, img, keep_mask: bool = False) -> None:
+        """Make `img` (PIL, QImage or numpy) the document's source; a blank mask unless keep_mask and same size."""
+        if img is None:
+            self.document.set_source(None)
+            return
+        if not isinstance(img, Image.Image):
+            img = qimage_to_pil(_to_qimage(img))
+        self.document.set_source(img.convert("RGB"), keep_mask=keep_mask)
+
+    def has_image(self) -> bool:
+        return self.document.source is not None
+
+    def image(self) -> Image.Image | None:
+        return self.document.source
+
+    def image_size(self) -> tuple[int, int] | None:
+        return self.document.size
+
+    def set_view(self, img, size: tuple[int, int] | None = None) -> None:
+        if img is None:
+            self.clear_view()
+        else:
+            self.document.show_view(img, size)
+
+    def clear_view(self) -> None:
+        self.document.show_source()
+
+    def has_view(self) -> bool:
+        return self.document.showing != "source"
+
+    def shown_image(self) -> Image.Image | None:
+        """What the canvas shows now, at its own resolution, as PIL RGB."""
+        shown = self.document.shown_image()
+        if shown is None or isinstance(shown, Image.Image):
+            return shown
+        return qimage_to_pil(_to_qimage(shown))
+
+    def mask_array(self) -> np.ndarray | None:
+        mask = self.document.mask
+        return None if mask is None else mask.copy()
+
+    def mask_image(self) -> Image.Image | None:
+        return self.document.mask_image()
+
+    def set_mask(self, mask, undoable: bool = True) -> None:
+        self.document.set_mask(mask, undoable)
+
+    def clear_mask(self) -> None:
+        self.document.clear_mask()
+
+    def invert_mask(self) -> None:
+        self.document.invert_mask()
 
     def can_undo(self) -> bool:
-        return bool(self._undo)
+        return self.document.can_undo()
 
     def can_redo(self) -> bool:
-        return bool(self._redo)
+        return self.document.can_redo()
 
     def undo(self) -> bool:
-        if not self._undo or self._mask is None:
-            return False
-        edit = self._undo.pop()
-        self._mask[edit.y0 : edit.y1, edit.x0 : edit.x1] = edit.before
-        self._redo.append(edit)
-        self._touch(edit.y0, edit.y1, edit.x0, edit.x1)
-        self.maskChanged.emit()
-        return True
+        return self.document.undo()
 
     def redo(self) -> bool:
-        if not self._redo or self._mask is None:
-            return False
-        edit = self._redo.pop()
-        self._mask[edit.y0 : edit.y1, edit.x0 : edit.x1] = edit.after
-        self._undo.append(edit)
-        self._touch(edit.y0, edit.y1, edit.x0, edit.x1)
-        self.maskChanged.emit()
-        return True
+        return self.document.redo()
 
-    # -- brush -------------------------------------------------------------------
+    @property
+    def brush_size(self) -> int:
+        return self.brush.size
+
+    @property
+    def hardness(self) -> float:
+        return self.brush.hardness
+
+    @property
+    def tool(self) -> str:
+        return self.brush.tool
+
+    @property
+    def mask_opacity(self) -> float:
+        return self.brush.overlay_opacity
+
     def set_tool(self, tool: str) -> None:
-        if tool not in ("brush", "eraser"):
-            raise ValueError(tool)
-        self.tool = tool
-        self.brushChanged.emit()
-        self.update()
+        self.brush.set_tool(tool)
 
     def set_brush_size(self, size: int) -> None:
-        self.brush_size = int(max(1, min(1024, size)))
-        self.brushChanged.emit()
-        self.update()
+        self.brush.set_size(size)
 
     def grow_brush(self, factor: float) -> None:
-        new = self.brush_size * factor
-        new = max(self.brush_size + 1, new) if factor > 1 else min(self.brush_size - 1, new)
-        self.set_brush_size(int(round(new)))
+        self.brush.grow(factor)
 
     def set_hardness(self, hardness: float) -> None:
-        self.hardness = float(max(0.0, min(1.0, hardness)))
-        self.brushChanged.emit()
+        self.brush.set_hardness(hardness)
 
     def set_mask_opacity(self, opacity: float) -> None:
-        self.mask_opacity = float(max(0.0, min(1.0, opacity)))
-        self.update()
+        self.brush.set_overlay_opacity(opacity)
 
     def set_mask_visible(self, visible: bool) -> None:
-        self.mask_visible = bool(visible)
-        self.update()
+        self.brush.set_overlay_visible(visible)
 
+    def _content_size(self) -> tuple[int, int] | None:
+        d = self.document
+        if d.source is not None:
+            return d.source.size
+        if self._shown is not None:
+            return d.view_size or (self._shown.width(), self._shown.height())
+        return None
+
+    # -- painting ------------------------------------------------------------------
     def _stamp_segment(self, p0: tuple[float, float], p1: tuple[float, float]) -> tuple[int, int, int, int] | None:
         """Sweep the brush from p0 to p1 (image coordinates) into the mask; returns the changed box."""
-        if self._mask is None:
+        mask = self.document.mask
+        if mask is None:
             return None
-        h, w = self._mask.shape
-        r = self.brush_size / 2.0
+        h, w = mask.shape
+        r = self.brush.size / 2.0
         x0 = max(0, int(math.floor(min(p0[0], p1[0]) - r - 1)))
         x1 = min(w, int(math.ceil(max(p0[0], p1[0]) + r + 1)))
         y0 = max(0, int(math.floor(min(p0[1], p1[1]) - r - 1)))
@@ -290,34 +244,31 @@ class MaskCanvas(QWidget):
         if x0 >= x1 or y0 >= y1:
             return None
         dist = segment_distance(p0, p1, x0, x1, y0, y1)
-        if self.hardness >= 1.0:
+        if self.brush.hardness >= 1.0:
             value = np.where(dist <= r, 255, 0).astype(np.uint8)
         else:
-            inner = r * self.hardness
+            inner = r * self.brush.hardness
             value = (np.clip((r - dist) / max(r - inner, 1e-6), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        region = self._mask[y0:y1, x0:x1]
-        if self.tool == "eraser":
-            np.minimum(region, 255 - value, out=region)
-        else:
-            np.maximum(region, value, out=region)
-        self._touch(y0, y1, x0, x1)
+        self.document.stamp((y0, y1, x0, x1), value, erase=self.brush.tool == "eraser")
         return y0, y1, x0, x1
 
     # -- overlay -----------------------------------------------------------------
     def _rebuild_overlay(self) -> None:
-        if self._mask is None:
+        mask = self.document.mask
+        if mask is None:
             self._overlay = self._overlay_img = None
             return
-        h, w = self._mask.shape
+        h, w = mask.shape
         self._overlay = np.zeros((h, w, 4), np.uint8)
         self._overlay_img = QImage(self._overlay.data, w, h, 4 * w, QImage.Format.Format_RGBA8888_Premultiplied)
         self._update_overlay(0, h, 0, w)
 
     def _update_overlay(self, y0: int, y1: int, x0: int, x1: int) -> None:
-        if self._overlay is None or self._mask is None:
+        mask = self.document.mask
+        if self._overlay is None or mask is None:
             return
-        a = self._mask[y0:y1, x0:x1].astype(np.uint16)
-        c = self.mask_color
+        a = mask[y0:y1, x0:x1].astype(np.uint16)
+        c = self.brush.overlay_color
         out = self._overlay[y0:y1, x0:x1]
         out[..., 0] = (a * c.red() // 255).astype(np.uint8)
         out[..., 1] = (a * c.green() // 255).astype(np.uint8)
@@ -412,19 +363,20 @@ class MaskCanvas(QWidget):
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale < 2.0)
         # checkerboard-free dark frame around the image
         p.fillRect(rect.adjusted(-1, -1, 1, 1), QColor(12, 12, 14))
-        shown = self._view if self._view is not None else self._pixmap
+        shown = self._shown if self._shown is not None else self._pixmap
         if shown is not None:
             p.drawPixmap(rect, shown, QRectF(shown.rect()))
-        if self.mask_visible and self.mask_enabled and self._overlay_img is not None and self._mask is not None:
-            p.setOpacity(self.mask_opacity)
+        brush = self.brush
+        if brush.overlay_visible and self.mask_enabled and self._overlay_img is not None and self.document.mask_applies():
+            p.setOpacity(brush.overlay_opacity)
             p.drawImage(rect, self._overlay_img, QRectF(self._overlay_img.rect()))
             p.setOpacity(1.0)
-        if self._cursor_pos is not None and self._image is not None and self.mask_enabled and not self._panning:
-            radius = self.brush_size / 2.0 * self._scale
+        if self._cursor_pos is not None and self.document.source is not None and self.mask_enabled and not self._panning:
+            radius = brush.size / 2.0 * self._scale
             p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
             p.setPen(QPen(QColor(0, 0, 0, 160), 3))
             p.drawEllipse(self._cursor_pos, radius, radius)
-            p.setPen(QPen(QColor(255, 255, 255, 220) if self.tool == "brush" else QColor(120, 200, 255, 220), 1.2))
+            p.setPen(QPen(QColor(255, 255, 255, 220) if brush.tool == "brush" else QColor(120, 200, 255, 220), 1.2))
             p.drawEllipse(self._cursor_pos, radius, radius)
 
     def mousePressEvent(self, event) -> None:  # noqa: N802
@@ -435,14 +387,14 @@ class MaskCanvas(QWidget):
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
             event.accept()
             return
-        if event.button() == Qt.MouseButton.LeftButton and self._mask is not None and self.mask_enabled:
+        if event.button() == Qt.MouseButton.LeftButton and self.document.mask is not None and self.mask_enabled:
             self._stroking = True
-            self._stroke_before = self._mask.copy()
-            self._stroke_box = None
+            self.document.show_source()  # painting happens on the source: show it, not a preview or result
+            self.document.begin_stroke()
             pt = self.widget_to_image(pos)
             self._last = pt
             self.strokeStarted.emit()
-            self._grow_box(self._stamp_segment(pt, pt))
+            self._stamp_segment(pt, pt)
             event.accept()
             return
         super().mousePressEvent(event)
@@ -458,7 +410,7 @@ class MaskCanvas(QWidget):
             return
         if self._stroking and (event.buttons() & Qt.MouseButton.LeftButton) and self._last is not None:
             pt = self.widget_to_image(pos)
-            self._grow_box(self._stamp_segment(self._last, pt))
+            self._stamp_segment(self._last, pt)
             self._last = pt
         self._update_cursor_area(old_cursor, pos)
 
@@ -472,30 +424,13 @@ class MaskCanvas(QWidget):
             return
         super().mouseReleaseEvent(event)
 
-    def _grow_box(self, box) -> None:
-        if box is None:
-            return
-        if self._stroke_box is None:
-            self._stroke_box = list(box)
-        else:
-            b = self._stroke_box
-            self._stroke_box = [min(b[0], box[0]), max(b[1], box[1]), min(b[2], box[2]), max(b[3], box[3])]
-
     def _end_stroke(self) -> None:
         self._stroking = False
-        before, box = self._stroke_before, self._stroke_box
-        self._stroke_before = self._stroke_box = None
         self._last = None
-        if before is None or box is None or self._mask is None:
-            return
-        y0, y1, x0, x1 = box
-        old, new = before[y0:y1, x0:x1], self._mask[y0:y1, x0:x1]
-        if not np.array_equal(old, new):
-            self._push(_Edit(y0, y1, x0, x1, old.copy(), new.copy()))
-            self.maskChanged.emit()
+        self.document.end_stroke()
 
     def _update_cursor_area(self, old: QPointF | None, new: QPointF) -> None:
-        r = self.brush_size / 2.0 * self._scale + 4
+        r = self.brush.size / 2.0 * self._scale + 4
         for c in (old, new):
             if c is not None:
                 self.update(QRectF(c.x() - r, c.y() - r, 2 * r, 2 * r).toAlignedRect())
@@ -554,3 +489,11 @@ def segment_distance(p0, p1, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
         return np.hypot(xs - ax, ys - ay)
     t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
     return np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
+
+
+def _size_of(image: Any) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, (QImage, QPixmap)):
+        return image.width(), image.height()
+    return int(image.shape[1]), int(image.shape[0])

@@ -1,19 +1,19 @@
-"""The main window: prompt panel | canvas + timestep slider + progress | history.
+"""The main window: layout, menus and actions over the model layer.
 
-Public API (for wiring history and editing):
-    signal resultReady(object)      a job's Result, emitted after it is shown
-    signal sourceChanged(object)    the new source image (PIL) or None
-    show_result(result)             show a Result on the canvas, feed the slider its trajectory
-    set_source_image(pil)           make an image the source for img2img / inpaint / edit
+prompt panel | canvas (+ tool bars, timestep slider, progress) | history. The state lives in the model
+objects the app's wiring makes (desktop_app.model: Document, Brush, Jobs, Timeline, Models, HistorySaver);
+the window binds widgets to them and turns actions into calls on them.
+
+Public API, for the wiring, tests and tools:
+    resultReady(object)             a job's Result, after it is shown
+    sourceChanged(object)           the new source image (PIL) or None
     open_image(path) -> bool        load a file as the source (errors shown, never raised)
+    set_source_image(pil)           make an image the source for img2img / inpaint / edit
+    show_result(result)             show a Result (from the history) on the canvas, with its trajectory
     fill_from_request(request|dict) fill the prompt panel from a request or parsed parameters
     build_request() -> request      the request the panels describe (raises UserError)
-    generate() -> job_id            queue a job; an async task awaits the worker's future (await_job)
-    cancel_current()                stop the running job
+    generate() -> job_id            queue a job
     show_error(message, hint)       the error banner
-    canvas.mask_image()             PIL 'L' or None
-Attributes: worker, canvas, prompt_panel, timestep_panel, history_panel, history (HistoryStore or None),
-settings (QSettings), last_error, current_result, source_image.
 """
 
 from __future__ import annotations
@@ -22,19 +22,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QColor, QGuiApplication, QKeySequence, QPalette
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QColor, QGuiApplication, QIcon, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QApplication,
+    QColorDialog,
+    QDialog,
+    QDialogButtonBox,
     QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QScrollArea,
+    QSizePolicy,
     QSlider,
     QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
     QToolBar,
     QToolButton,
     QVBoxLayout,
@@ -43,47 +51,33 @@ from PySide6.QtWidgets import (
 
 from desktop_app.core.errors import UserError
 from desktop_app.core.images import load_image
-from desktop_app.core.model_registry import format_size
-from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
+from desktop_app.core.requests import GenerateRequest
+from desktop_app.model.brush import Brush, default_brush_size
+from desktop_app.model.document import Document
+from desktop_app.model.jobs import Jobs, build_request
+from desktop_app.model.timeline import Timeline
 from desktop_app.ui.canvas import MaskCanvas
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
-from desktop_app.ui.qt_images import numpy_to_qimage, pil_to_qimage, qimage_to_pil
-from desktop_app.ui.settings import make_settings
+from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
+from desktop_app.ui.theme import style_accent_button
 from desktop_app.ui.timestep import TimestepPanel
-from desktop_app.worker import EngineWorker, JobCancelled
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
+DEFAULT_SIZE = (1320, 820)
+SCREEN_SHARE = 0.94  # of the available screen, at most, for the first window
 
 
-def _make_history_panel(window: "MainWindow", placeholder: bool = False) -> QWidget:
-    """The history panel (objectName 'historyPanel'): desktop_app.ui.history_panel.HistoryPanel(history, window),
-    or a placeholder (while the history loads, or when that module is missing)."""
-    HistoryPanel = None  # noqa: N806
-    if not placeholder:
-        try:
-            from desktop_app.ui.history_panel import HistoryPanel  # noqa: N806 - another engineer's widget
-        except ImportError:
-            pass
-    if HistoryPanel is not None:
-        for args in ((window.history, window), (window.history,), ()):
-            try:
-                panel = HistoryPanel(*args)
-            except TypeError:
-                continue
-            panel.setObjectName("historyPanel")
-            return panel
-    panel = QFrame()
-    panel.setObjectName("historyPanel")
-    lay = QVBoxLayout(panel)
-    title = QLabel("History")
-    title.setStyleSheet("font-weight: 600;")
-    lay.addWidget(title)
-    hint = QLabel("Loading…" if placeholder else "Results you make appear here.")
-    hint.setWordWrap(True)
-    hint.setStyleSheet("color: #8a8f98;")
-    lay.addWidget(hint)
-    lay.addStretch(1)
-    return panel
+class _SpinUndoGuard(QObject):
+    """Ctrl+Z / Ctrl+Shift+Z in a spin box undo the mask, as everywhere else in the window, instead of
+    changing the number: the spin box's line edit asks to keep those keys (ShortcutOverride); refuse it."""
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.ShortcutOverride and isinstance(obj.parent(), QAbstractSpinBox):
+            key = event  # a QKeyEvent
+            if key.matches(QKeySequence.StandardKey.Undo) or key.matches(QKeySequence.StandardKey.Redo):  # type: ignore[attr-defined]
+                event.ignore()
+                return True
+        return False
 
 
 class MainWindow(QMainWindow):
@@ -92,76 +86,103 @@ class MainWindow(QMainWindow):
 
     def __init__(
         self,
-        worker: EngineWorker,
-        model: str | None = None,
-        data_dir: str | os.PathLike | None = None,
+        worker: Any,
+        document: Document,
+        brush: Brush,
+        jobs: Jobs,
+        timeline: Timeline,
+        models: Any,
+        saver: Any,
+        settings: QSettings,
         history: Any = None,
-        settings: QSettings | None = None,
         history_deferred: bool = False,
+        data_dir: str | os.PathLike | None = None,
+        same_model: bool = True,
     ) -> None:
         super().__init__()
         self.setObjectName("mainWindow")
         self.setWindowTitle("Diffusion Desk")
         self.worker = worker
+        self.document = document
+        self.brush = brush
+        self.jobs = jobs
+        self.timeline = timeline
+        self.models = models
+        self.history_saver = saver
         self.history = history
+        self.settings = settings
         self.data_dir = Path(data_dir) if data_dir else None
-        self.settings = settings if settings is not None else make_settings(data_dir)
-        self.worker.allow_pickle = str(self.settings.value("models/allow_pickle", "false")).lower() == "true"
         self.last_error: tuple[str, str] | None = None
-        self.current_result: Any = None
-        self.source_image = None  # PIL RGB
-        self._result_index = 0
-        self._my_jobs: set[int] = set()
-        self._tasks: set[Any] = set()
-        self._running_job: int | None = None
-        self._services: dict[int, tuple[str, Any]] = {}
-        self._traj_cache: dict[tuple[int, str], Any] = {}
-        self._traj_owner: Any = None
-        self._forward: Any = None  # ForwardProcess of the current source
-        self._forward_job: int | None = None
-        self._forward_key: Any = None
-        self._preview_size: tuple[int, int] | None = None
         self._history_deferred = history_deferred
-        self._pending_preview: Any = None
+        self._suggest_job: int | None = None
+        self._error_cause: str | None = None
+        self._spin_guard = _SpinUndoGuard(self)
 
         self._build_ui()
         self._build_actions()
         self._connect()
-        self.restore_settings(model)
+        self.restore_settings(same_model)
         self._on_mode_changed(self.prompt_panel.mode())
+
+    # -- read-outs kept for tools and tests ----------------------------------------------
+    @property
+    def source_image(self):
+        return self.document.source
+
+    @property
+    def current_result(self):
+        return self.document.result
 
     # -- construction ------------------------------------------------------------
     def _build_ui(self) -> None:
         self.prompt_panel = PromptPanel()
         style_accent_button(self.prompt_panel.generate_button)
+        self.prompt_panel.bind_models(self.models)
+        self.prompt_panel.bind_timeline(self.timeline)
         scroll = QScrollArea(objectName="promptScroll")
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(330)
+        scroll.setMinimumWidth(250)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.prompt_scroll = scroll
 
-        self.canvas = MaskCanvas()
-        self.timestep_panel = TimestepPanel()
+        self.canvas = MaskCanvas(self.document, self.brush)
+        self.timestep_panel = TimestepPanel(self.timeline)
         self.timestep_slider: QSlider = self.timestep_panel.slider
 
-        # canvas tool bar
-        self.canvas_toolbar = QToolBar("Canvas", objectName="canvasToolbar")
+        # tool bars: the brush above the canvas, the mask's actions and the batch below it
+        self.canvas_toolbar = QToolBar("Brush", objectName="canvasToolbar")
         self.canvas_toolbar.setMovable(False)
         self.brush_size_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushSizeSlider")
         self.brush_size_slider.setRange(1, 512)
-        self.brush_size_slider.setFixedWidth(90)
+        self.brush_size_slider.setFixedWidth(80)
         self.brush_size_slider.setToolTip("Brush size in image pixels ([ and ])")
         self.brush_size_label = QLabel()
-        self.brush_size_label.setMinimumWidth(44)
+        self.brush_size_label.setMinimumWidth(40)
         self.hardness_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushHardnessSlider")
         self.hardness_slider.setRange(0, 100)
-        self.hardness_slider.setFixedWidth(56)
-        self.hardness_slider.setToolTip("Brush hardness")
+        self.hardness_slider.setFixedWidth(50)
+        self.hardness_slider.setToolTip("Brush hardness (soft edges paint grey)")
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal, objectName="maskOpacitySlider")
         self.opacity_slider.setRange(5, 100)
-        self.opacity_slider.setFixedWidth(56)
+        self.opacity_slider.setFixedWidth(50)
         self.opacity_slider.setToolTip("Mask overlay opacity")
+        self.mask_color_button = QToolButton(objectName="maskColorButton")
+        self.mask_color_button.setToolTip("Colour of the mask overlay")
+        self.mask_color_button.setAccessibleName("Mask colour")
+
+        self.mask_toolbar = QToolBar("Mask and results", objectName="maskToolbar")
+        self.mask_toolbar.setMovable(False)
+        self.prev_image_button = QToolButton(objectName="previousImageButton")
+        self.prev_image_button.setText("◀")
+        self.prev_image_button.setToolTip("Previous image of the batch (Alt+Left)")
+        self.next_image_button = QToolButton(objectName="nextImageButton")
+        self.next_image_button.setText("▶")
+        self.next_image_button.setToolTip("Next image of the batch (Alt+Right)")
+        self.image_index_label = QLabel(objectName="imageIndexLabel")
+        self.shown_label = QLabel(objectName="shownLabel")  # says whether the source or a result is shown
+        self.shown_label.setEnabled(False)
 
         # error banner
         self.error_banner = QFrame(objectName="errorBanner")
@@ -172,9 +193,10 @@ class MainWindow(QMainWindow):
         self.error_label = QLabel(objectName="errorLabel")
         self.error_label.setWordWrap(True)
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton()
+        close = QToolButton(objectName="errorCloseButton")
         close.setText("✕")
         close.setAutoRaise(True)
+        close.setToolTip("Dismiss")
         close.clicked.connect(self.clear_error)
         eb = QHBoxLayout(self.error_banner)
         eb.setContentsMargins(10, 6, 6, 6)
@@ -182,44 +204,37 @@ class MainWindow(QMainWindow):
         eb.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
         self.error_banner.hide()
 
-        # progress
+        # progress: a text that always says what happens (loading a model included), and the bar
+        self.job_status_label = QLabel("Idle", objectName="jobStatusLabel")
+        self.job_status_label.setMinimumWidth(80)
+        self.job_status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.progress_bar = QProgressBar(objectName="progressBar")
         self.progress_bar.setAccessibleName("Progress")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        self.progress_bar.setTextVisible(True)
-        self.progress_bar.setFormat("Idle")
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumWidth(220)
+        self.progress_bar.setMinimumWidth(80)
         self.queue_label = QLabel("Queue: 0", objectName="queueLabel")
-        self.queue_label.setMinimumWidth(70)
-        self.prev_image_button = QToolButton(objectName="previousImageButton")
-        self.prev_image_button.setText("◀")
-        self.prev_image_button.setToolTip("Previous image of the batch (Alt+Left)")
-        self.next_image_button = QToolButton(objectName="nextImageButton")
-        self.next_image_button.setText("▶")
-        self.next_image_button.setToolTip("Next image of the batch (Alt+Right)")
-        self.image_index_label = QLabel(objectName="imageIndexLabel")
         prog = QHBoxLayout()
         prog.setContentsMargins(8, 0, 8, 6)
-        prog.addWidget(self.prev_image_button)
-        prog.addWidget(self.image_index_label)
-        prog.addWidget(self.next_image_button)
+        prog.addWidget(self.job_status_label, 1)
         prog.addWidget(self.progress_bar, 1)
         prog.addWidget(self.queue_label)
-        for w in (self.prev_image_button, self.image_index_label, self.next_image_button):
-            w.hide()
 
         center = QWidget(objectName="canvasArea")
         cl = QVBoxLayout(center)
         cl.setContentsMargins(0, 0, 0, 0)
-        cl.setSpacing(4)
+        cl.setSpacing(2)
         cl.addWidget(self.canvas_toolbar)
         cl.addWidget(self.error_banner)
         cl.addWidget(self.canvas, 1)
+        cl.addWidget(self.mask_toolbar)
         cl.addWidget(self.timestep_panel)
         cl.addLayout(prog)
+        center.setMinimumWidth(420)
 
-        self.history_panel = _make_history_panel(self, placeholder=self._history_deferred)
-        self.history_panel.setMinimumWidth(150)
+        self.history_panel = self._make_history_panel(placeholder=self._history_deferred)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal, objectName="mainSplitter")
         self.splitter.addWidget(scroll)
@@ -228,7 +243,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
-        self.splitter.setSizes([340, 780, 210])
+        self.splitter.setSizes([330, 780, 210])
         self.splitter.setChildrenCollapsible(False)
         self.setCentralWidget(self.splitter)
 
@@ -236,7 +251,56 @@ class MainWindow(QMainWindow):
         self.size_label = QLabel()
         self.statusBar().addPermanentWidget(self.size_label)
         self.statusBar().addPermanentWidget(self.zoom_label)
-        self.resize(1320, 820)
+        self._add_downloads_indicator()
+        self._fit_to_screen()
+
+    def _add_downloads_indicator(self) -> None:
+        try:
+            from desktop_app.ui.downloads import DownloadsIndicator
+        except ImportError:  # the indicator is optional chrome
+            return
+        self.downloads_indicator = DownloadsIndicator(self.models)
+        self.statusBar().addPermanentWidget(self.downloads_indicator)
+
+    def _fit_to_screen(self) -> None:
+        """The first window fits the screen it opens on, at any scale factor, with room to spare."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            self.resize(*DEFAULT_SIZE)
+            return
+        avail = screen.availableGeometry()
+        w = min(DEFAULT_SIZE[0], int(avail.width() * SCREEN_SHARE))
+        h = min(DEFAULT_SIZE[1], int(avail.height() * SCREEN_SHARE))
+        self.resize(w, h)
+        self.move(avail.x() + (avail.width() - w) // 2, avail.y() + (avail.height() - h) // 2)
+
+    def _make_history_panel(self, placeholder: bool = False) -> QWidget:
+        """The history panel (objectName 'historyPanel'), or a placeholder while the history opens."""
+        if not placeholder and self.history is not None:
+            from desktop_app.ui.history_panel import HistoryPanel
+
+            panel = HistoryPanel(self.history, self.history_saver)
+            panel.setObjectName("historyPanel")
+            panel.openRequested.connect(self._on_history_open)
+            panel.reuseRequested.connect(self._on_history_reuse)
+            panel.useAsSourceRequested.connect(self._on_history_use_as_source)
+            panel.errorRaised.connect(self.show_error)
+            self.sourceChanged.connect(getattr(panel, "set_source_image", lambda *_: None))
+            panel.setMinimumWidth(150)
+            return panel
+        panel = QFrame()
+        panel.setObjectName("historyPanel")
+        lay = QVBoxLayout(panel)
+        title = QLabel("History")
+        title.setStyleSheet("font-weight: 600;")
+        lay.addWidget(title)
+        hint = QLabel("Loading…" if placeholder else "The history could not be opened; results are not kept.")
+        hint.setWordWrap(True)
+        hint.setEnabled(False)
+        lay.addWidget(hint)
+        lay.addStretch(1)
+        panel.setMinimumWidth(150)
+        return panel
 
     def _action(self, text: str, slot, shortcut=None, name: str | None = None, checkable: bool = False) -> QAction:
         act = QAction(text, self)
@@ -254,51 +318,55 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         mb = self.menuBar()
         a = self._action
+        c, d, b = self.canvas, self.document, self.brush
         self.act_open = a("&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open, "actionOpen")
         self.act_paste = a("&Paste image", self.paste_image, QKeySequence.StandardKey.Paste, "actionPaste")
         self.act_copy = a("&Copy result", self.copy_result, QKeySequence.StandardKey.Copy, "actionCopy")
         self.act_save = a("&Save result…", self.save_result_dialog, QKeySequence.StandardKey.Save, "actionSave")
         self.act_use = a("&Use result as source", self.use_result_as_source, "Ctrl+Shift+U", "actionUseResult")
         self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit, "actionQuit")
-        m = mb.addMenu("&File")
-        for act in (self.act_open, self.act_paste, None, self.act_copy, self.act_save, self.act_use, None, self.act_quit):
-            m.addSeparator() if act is None else m.addAction(act)
+        self._menu("&File", self.act_open, self.act_paste, None, self.act_copy, self.act_save, self.act_use, None, self.act_quit)
 
-        self.act_undo = a("&Undo stroke", self.canvas.undo, QKeySequence.StandardKey.Undo, "actionUndo")
-        self.act_redo = a("&Redo stroke", self.canvas.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "actionRedo")
-        self.act_brush = a("&Brush", lambda: self.canvas.set_tool("brush"), "B", "actionBrush", True)
-        self.act_eraser = a("&Eraser", lambda: self.canvas.set_tool("eraser"), "E", "actionEraser", True)
-        self.act_smaller = a("Smaller brush", lambda: self.canvas.grow_brush(1 / 1.2), "[", "actionBrushSmaller")
-        self.act_bigger = a("Bigger brush", lambda: self.canvas.grow_brush(1.2), "]", "actionBrushBigger")
-        self.act_clear = a("&Clear mask", self.canvas.clear_mask, "Ctrl+Shift+Backspace", "actionClearMask")
-        self.act_invert = a("&Invert mask", self.canvas.invert_mask, "Ctrl+I", "actionInvertMask")
-        self.act_show_mask = a("Show &mask", self.canvas.set_mask_visible, "M", "actionShowMask", True)
+        self.act_undo = a("&Undo stroke", d.undo, QKeySequence.StandardKey.Undo, "actionUndo")
+        self.act_redo = a("&Redo stroke", d.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "actionRedo")
+        self.act_brush = a("&Brush", lambda: b.set_tool("brush"), "B", "actionBrush", True)
+        self.act_eraser = a("&Eraser", lambda: b.set_tool("eraser"), "E", "actionEraser", True)
+        self.act_smaller = a("Smaller brush", lambda: b.grow(1 / 1.2), "[", "actionBrushSmaller")
+        self.act_bigger = a("Bigger brush", lambda: b.grow(1.2), "]", "actionBrushBigger")
+        self.act_clear = a("&Clear mask", d.clear_mask, "Ctrl+Shift+Backspace", "actionClearMask")
+        self.act_invert = a("&Invert mask", d.invert_mask, "Ctrl+I", "actionInvertMask")
+        self.act_show_mask = a("Show &mask", b.set_overlay_visible, "M", "actionShowMask", True)
         self.act_show_mask.setChecked(True)
-        m = mb.addMenu("&Mask")
-        for act in (self.act_undo, self.act_redo, None, self.act_brush, self.act_eraser, self.act_smaller,
-                    self.act_bigger, None, self.act_clear, self.act_invert, self.act_show_mask):
-            m.addSeparator() if act is None else m.addAction(act)
+        self.act_mask_color = a("Mask &colour…", self.choose_mask_color, None, "actionMaskColor")
+        self._menu(
+            "&Mask", self.act_undo, self.act_redo, None, self.act_brush, self.act_eraser, self.act_smaller,
+            self.act_bigger, None, self.act_clear, self.act_invert, self.act_show_mask, self.act_mask_color,
+        )
 
-        self.act_fit = a("Zoom to &fit", self.canvas.zoom_fit, "Ctrl+0", "actionZoomFit")
-        self.act_actual = a("&Actual size", self.canvas.zoom_actual, "Ctrl+1", "actionZoomActual")
-        self.act_zoom_in = a("Zoom &in", lambda: self.canvas.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn, "actionZoomIn")
-        self.act_zoom_out = a("Zoom &out", lambda: self.canvas.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut, "actionZoomOut")
-        self.act_show_source = a("Show &source", self.show_source, "Ctrl+2", "actionShowSource")
-        self.act_show_result = a("Show &result", self.show_current_result, "Ctrl+3", "actionShowResult")
-        self.act_next_image = a("&Next image", self.next_result_image, "Alt+Right", "actionNextImage")
-        self.act_prev_image = a("&Previous image", self.previous_result_image, "Alt+Left", "actionPreviousImage")
-        m = mb.addMenu("&View")
-        for act in (self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out, None,
-                    self.act_show_source, self.act_show_result, self.act_prev_image, self.act_next_image):
-            m.addSeparator() if act is None else m.addAction(act)
+        self.act_fit = a("Zoom to &fit", c.zoom_fit, "Ctrl+0", "actionZoomFit")
+        self.act_actual = a("&Actual size", c.zoom_actual, "Ctrl+1", "actionZoomActual")
+        self.act_zoom_in = a("Zoom &in", lambda: c.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn, "actionZoomIn")
+        self.act_zoom_out = a("Zoom &out", lambda: c.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut, "actionZoomOut")
+        self.act_show_source = a("Show &source", d.show_source, "Ctrl+2", "actionShowSource")
+        self.act_show_result = a("Show &result", d.show_result, "Ctrl+3", "actionShowResult")
+        self.act_next_image = a("&Next image", d.next_image, "Alt+Right", "actionNextImage")
+        self.act_prev_image = a("&Previous image", d.previous_image, "Alt+Left", "actionPreviousImage")
+        self.act_history = a("&History panel", self._toggle_history, "Ctrl+H", "actionHistoryPanel", True)
+        self.act_history.setChecked(True)
+        self._menu(
+            "&View", self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out, None, self.act_show_source,
+            self.act_show_result, self.act_prev_image, self.act_next_image, None, self.act_history,
+        )
 
         self.act_generate = a("&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "actionGenerate")
         self.act_cancel = a("&Cancel current job", self.cancel_current, "Esc", "actionCancel")
-        self.act_cancel_all = a("Cancel &all jobs", self.cancel_all, None, "actionCancelAll")
+        self.act_cancel_all = a("Cancel &all jobs", self.jobs.cancel_all, None, "actionCancelAll")
         self.act_models = a("&Models…", self.open_models_dialog, None, "actionModels")
-        m = mb.addMenu("&Run")
-        for act in (self.act_generate, self.act_cancel, self.act_cancel_all, None, self.act_models):
-            m.addSeparator() if act is None else m.addAction(act)
+        self._menu("&Run", self.act_generate, self.act_cancel, self.act_cancel_all, None, self.act_models)
+
+        self.act_shortcuts = a("&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents, "actionShortcuts")
+        self.act_about = a("&About Diffusion Desk", self.show_about, None, "actionAbout")
+        self._menu("&Help", self.act_shortcuts, self.act_about)
 
         tb = self.canvas_toolbar
         tb.addAction(self.act_brush)
@@ -306,135 +374,185 @@ class MainWindow(QMainWindow):
         tb.addWidget(QLabel(" Size "))
         tb.addWidget(self.brush_size_slider)
         tb.addWidget(self.brush_size_label)
-        tb.addWidget(QLabel("  Hard "))
+        tb.addWidget(QLabel(" Hard "))
         tb.addWidget(self.hardness_slider)
-        tb.addWidget(QLabel("  Overlay "))
+        tb.addWidget(QLabel(" Overlay "))
         tb.addWidget(self.opacity_slider)
-        tb.addSeparator()
-        tb.addAction(self.act_undo)
-        tb.addAction(self.act_redo)
-        tb.addAction(self.act_clear)
-        tb.addAction(self.act_invert)
-        tb.addSeparator()
-        tb.addAction(self.act_use)
-        self.act_undo.setText("Undo")
-        self.act_redo.setText("Redo")
-        self.act_clear.setText("Clear")
-        self.act_invert.setText("Invert")
-        self.act_fit.setText("Fit")
+        tb.addWidget(self.mask_color_button)
+        self.mask_color_button.clicked.connect(self.choose_mask_color)
+
+        mt = self.mask_toolbar
+        for act, short in ((self.act_undo, "Undo"), (self.act_redo, "Redo"), (self.act_clear, "Clear"), (self.act_invert, "Invert")):
+            act.setText(short)
+            mt.addAction(act)
+        mt.addSeparator()
+        mt.addWidget(self.prev_image_button)
+        mt.addWidget(self.image_index_label)
+        mt.addWidget(self.next_image_button)
         self.act_use.setText("Use result")
-        self.act_use.setToolTip("Make the result the source of the next job (Ctrl+Shift+U)")
+        self.act_use.setToolTip("Make the shown result the source of the next job (Ctrl+Shift+U)")
+        mt.addAction(self.act_use)
+        spacer = QWidget()
+        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        mt.addWidget(spacer)
+        mt.addWidget(self.shown_label)
+        self.act_fit.setText("Fit")
         self.act_open.setText("Open…")
         self.act_brush.setChecked(True)
 
+    def _menu(self, title: str, *actions: QAction | None) -> None:
+        m = self.menuBar().addMenu(title)
+        for act in actions:
+            m.addSeparator() if act is None else m.addAction(act)
+
     def _connect(self) -> None:
-        w = self.worker
-        w.jobStarted.connect(self._on_job_started)
-        w.progress.connect(self._on_progress)
-        w.preview.connect(self._on_preview)
-        w.notice.connect(self._on_notice)
-        w.failed.connect(self._on_failed)
-        w.cancelled.connect(self._on_cancelled)
-        w.finished.connect(self._on_finished)
-        w.queueChanged.connect(self._on_queue_changed)
-        w.serviceDone.connect(self._on_service_done)
-        w.serviceFailed.connect(self._on_service_failed)
+        j = self.jobs
+        j.statusChanged.connect(self.job_status_label.setText)
+        j.progressChanged.connect(self._on_progress)
+        j.noticed.connect(lambda text: self._status(text, 10000))
+        j.failed.connect(self._on_job_failed)
+        j.cancelled.connect(lambda *_: self._status("Cancelled"))
+        j.queueChanged.connect(self._on_queue_changed)
+        j.started.connect(self._on_job_started)
+        j.resultReady.connect(self._on_result)
+        self.worker.serviceFailed.connect(self._on_service_failed)
+        self.worker.serviceDone.connect(self._on_service_done)
 
         pp = self.prompt_panel
-        pp.generate_button.clicked.connect(self._on_generate_clicked)
+        pp.generate_button.clicked.connect(self.generate)
         pp.cancel_button.clicked.connect(self.cancel_current)
-        self.prev_image_button.clicked.connect(self.previous_result_image)
-        self.next_image_button.clicked.connect(self.next_result_image)
-        pp.runRequested.connect(self._on_generate_clicked)
+        pp.runRequested.connect(self.generate)
         pp.modeChanged.connect(self._on_mode_changed)
-        pp.modelPicked.connect(self._on_model_picked)
-        pp.modelChanged.connect(self._on_model_changed)
         pp.manageModelsRequested.connect(self.open_models_dialog)
         pp.suggestMaskRequested.connect(self.suggest_mask)
+        self.prev_image_button.clicked.connect(self.document.previous_image)
+        self.next_image_button.clicked.connect(self.document.next_image)
+
+        m = self.models
+        m.currentChanged.connect(self._on_model_changed)
+        m.stateChanged.connect(self._on_model_state)
+        m.failed.connect(lambda message, hint: self.show_error(message, hint, cause="model"))
 
         c = self.canvas
         c.imageDropped.connect(self.open_image)
         c.imageDataDropped.connect(self._on_image_data)
-        c.strokeStarted.connect(self._on_stroke_started)
-        c.brushChanged.connect(self._sync_brush_controls)
-        c.zoomChanged.connect(self._on_zoom)
-        c.maskChanged.connect(self._update_actions)
-        self.brush_size_slider.valueChanged.connect(c.set_brush_size)
-        self.hardness_slider.valueChanged.connect(lambda v: c.set_hardness(v / 100.0))
-        self.opacity_slider.valueChanged.connect(lambda v: c.set_mask_opacity(v / 100.0))
+        c.zoomChanged.connect(lambda scale: self.zoom_label.setText(f"{scale * 100:.0f}%"))
+        self.brush.changed.connect(self._sync_brush_controls)
+        self.brush.overlayChanged.connect(self._sync_brush_controls)
+        self.brush_size_slider.valueChanged.connect(self.brush.set_size)
+        self.hardness_slider.valueChanged.connect(lambda v: self.brush.set_hardness(v / 100.0))
+        self.opacity_slider.valueChanged.connect(lambda v: self.brush.set_overlay_opacity(v / 100.0))
 
-        t = self.timestep_panel
-        t.t0Changed.connect(self._on_t0_changed)
-        t.t0Rested.connect(self._on_t0_rested)
-        t.frameChanged.connect(self._on_frame_changed)
-        t.frameRested.connect(self._on_frame_rested)
+        d = self.document
+        d.sourceChanged.connect(self._on_source_changed)
+        d.shownChanged.connect(self._update_actions)
+        d.resultChanged.connect(self._update_actions)
+        d.undoChanged.connect(self._update_actions)
+        d.maskChanged.connect(lambda *_: self._update_actions())
+        self.timeline.message.connect(lambda text: self._status(text, 8000))
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self._spin_guard)
         self._sync_brush_controls()
         self._update_actions()
 
     def attach_history(self, history: Any) -> None:
-        """Use `history` (a HistoryStore, or None) and rebuild the history panel for it."""
+        """Use `history` (a HistoryStore, or None) and put its panel in place of the placeholder."""
         self.history = history
+        if self.history_saver is not None:
+            self.history_saver.set_store(history)
+        self._history_deferred = False
         old = self.history_panel
         sizes = self.splitter.sizes()
-        new = _make_history_panel(self)
-        new.setMinimumWidth(old.minimumWidth())
+        new = self._make_history_panel()
         self.splitter.replaceWidget(self.splitter.indexOf(old), new)
         self.splitter.setSizes(sizes)
+        new.setVisible(self.act_history.isChecked())
         self.history_panel = new
         old.deleteLater()
 
+    def _toggle_history(self, shown: bool) -> None:
+        self.history_panel.setVisible(bool(shown))
+
     # -- settings ------------------------------------------------------------------
-    def restore_settings(self, model: str | None = None) -> None:
+    def restore_settings(self, same_model: bool = True) -> None:
+        """The last session's layout, brush and parameters; with another model than last time, that model's
+        recommended settings stay."""
         s = self.settings
         geo = s.value("window/geometry")
         if geo is not None:
             self.restoreGeometry(geo)
+            self._keep_on_screen()
         split = s.value("window/splitter")
         if split is not None:
             self.splitter.restoreState(split)
-        self.prompt_panel.restore_settings(s, model)
-        for key, setter, default, cast in (
-            ("brush/size", self.canvas.set_brush_size, 32, int),
-            ("brush/hardness", self.canvas.set_hardness, 1.0, float),
-            ("mask/opacity", self.canvas.set_mask_opacity, 0.5, float),
-        ):
-            try:
-                setter(cast(s.value(key, default)))
-            except (TypeError, ValueError):
-                setter(default)
+        self.brush.restore(s)
+        self.prompt_panel.restore_settings(s, same_model=same_model)
+        if self.prompt_panel.mode() in IMAGE_MODES and self.document.source is None:
+            self.prompt_panel.set_mode("generate")  # the image of that mode is not kept between sessions
+        history_shown = str(s.value("window/history", "true")).lower() != "false"
+        self.act_history.setChecked(history_shown)
+        self.history_panel.setVisible(history_shown)
         self._sync_brush_controls()
-        try:
-            self.timestep_panel.set_t0(int(s.value("params/t0", 600)))
-        except (TypeError, ValueError):
-            pass
+
+    def _keep_on_screen(self) -> None:
+        """A geometry saved on a bigger screen (or at another scale) must not leave controls off screen."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            return
+        avail = screen.availableGeometry()
+        frame = self.frameGeometry()
+        if frame.width() > avail.width() or frame.height() > avail.height() or not avail.intersects(frame):
+            self._fit_to_screen()
 
     def save_settings(self) -> None:
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/splitter", self.splitter.saveState())
+        s.setValue("window/history", "true" if self.act_history.isChecked() else "false")
         self.prompt_panel.save_settings(s)
-        s.setValue("brush/size", self.canvas.brush_size)
-        s.setValue("brush/hardness", self.canvas.hardness)
-        s.setValue("mask/opacity", self.canvas.mask_opacity)
-        s.setValue("params/t0", self.timestep_panel.t0)
+        self.brush.save(s)
         s.sync()
 
     def closeEvent(self, event) -> None:  # noqa: N802
+        busy = self.jobs.pending()
+        if busy and not self._confirm_quit(busy):
+            event.ignore()
+            return
         self.timestep_panel.stop_timers()
         self.save_settings()
+        if self.history_saver is not None:
+            self.history_saver.wait(10.0)  # every finished result reaches the history before the process goes
         self.worker.shutdown(5000)
+        app = QApplication.instance()
+        if app is not None:
+            app.removeEventFilter(self._spin_guard)
         super().closeEvent(event)
 
+    def _confirm_quit(self, jobs: int) -> bool:
+        text = f"{jobs} job{'s are' if jobs > 1 else ' is'} running or waiting. Quit and cancel {'them' if jobs > 1 else 'it'}?"
+        answer = QMessageBox.question(
+            self, "Quit Diffusion Desk", text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
     # -- errors & status -------------------------------------------------------------
-    def show_error(self, message: str, hint: str = "") -> None:
+    def show_error(self, message: str, hint: str = "", cause: str | None = None) -> None:
+        """The banner; `cause` names what would make it go by itself ("source", "model", "job")."""
         self.last_error = (message, hint)
+        self._error_cause = cause
         text = f"<b>{_html(message)}</b>" + (f"<br>{_html(hint)}" if hint else "")
         self.error_label.setText(text)
         self.error_banner.show()
         self.statusBar().showMessage(message, 8000)
 
-    def clear_error(self) -> None:
+    def clear_error(self, cause: str | None = None) -> None:
+        """Hide the banner (only when its cause is `cause`, when one is given)."""
+        if cause is not None and self._error_cause not in (cause, "job"):
+            return
         self.error_banner.hide()
+        self._error_cause = None
 
     def _status(self, text: str, ms: int = 5000) -> None:
         self.statusBar().showMessage(text, ms)
@@ -450,10 +568,11 @@ class MainWindow(QMainWindow):
         try:
             img = load_image(path)
         except UserError as exc:
-            self.show_error(exc.message, exc.hint)
+            self.show_error(exc.message, exc.hint, cause="source")
             return False
         self.set_source_image(img)
         self._fill_from_metadata(path)
+        self.setWindowTitle(f"{Path(path).name} — Diffusion Desk")
         self._status(f"Opened {Path(path).name} ({img.width}×{img.height})")
         return True
 
@@ -475,25 +594,26 @@ class MainWindow(QMainWindow):
         self.prompt_panel.fill(data)
         self.prompt_panel.set_mode(mode)
 
-    def set_source_image(self, img) -> None:
-        """Make `img` (PIL, QImage or None) the source; the mask is kept when the size is the same."""
-        self._source_result = None  # use_result_as_source sets it again for our own results
-        if img is None:
-            self.source_image = None
-            self.canvas.set_image(None)
-        else:
+    def set_source_image(self, img, entry_id: int | None = None) -> None:
+        """Make `img` (PIL, QImage or None) the source; the mask is kept when the size is the same.
+        `entry_id`: the history entry it came from (the next result is saved as its child)."""
+        if img is not None:
             if not hasattr(img, "mode"):
                 img = qimage_to_pil(img)
             img = load_image(img)
-            self.source_image = img
-            self.canvas.set_image(img, keep_mask=True)
+        self.document.set_source(img, entry_id=entry_id)
+
+    def _on_source_changed(self) -> None:
+        source = self.document.source
+        if source is not None:
             if self.prompt_panel.mode() == "generate":
-                self.prompt_panel.set_mode("inpaint" if self.canvas.mask_image() is not None else "img2img")
-        self._forward = None
-        self._forward_key = None
+                self.prompt_panel.set_mode("inpaint" if self.document.has_mask() else "img2img")
+            if self.document.edit_source() is None and self.brush.size == 32:
+                self.brush.set_size(default_brush_size(source.size))
+            self.clear_error(cause="source")
         self._update_size_label()
         self._on_mode_changed(self.prompt_panel.mode())
-        self.sourceChanged.emit(self.source_image)
+        self.sourceChanged.emit(source)
 
     def _on_image_data(self, qimg) -> None:
         if qimg is not None and not qimg.isNull():
@@ -519,55 +639,42 @@ class MainWindow(QMainWindow):
             return
         self.show_error("The clipboard holds no image.", "Copy an image (or an image file) first.")
 
-    def _result_image(self):
-        if self.current_result is not None and self.current_result.images:
-            return self.current_result.images[min(self._result_index, len(self.current_result.images) - 1)]
-        return None
-
     def show_result_image(self, index: int) -> None:
-        """Show image `index` of the current result's batch."""
-        if self.current_result is None or not self.current_result.images:
-            return
-        n = len(self.current_result.images)
-        self._result_index = index % n
-        self.canvas.set_view(self.current_result.images[self._result_index])
-        self.image_index_label.setText(f"{self._result_index + 1} / {n}")
-        seeds = self.current_result.seeds
-        if self._result_index < len(seeds):
-            self.prompt_panel.set_last_seed(seeds[self._result_index])
+        self.document.show_image(index)
 
     def next_result_image(self) -> None:
-        self.show_result_image(self._result_index + 1)
+        self.document.next_image()
 
     def previous_result_image(self) -> None:
-        self.show_result_image(self._result_index - 1)
+        self.document.previous_image()
 
     def copy_result(self) -> None:
-        img = self._result_image() or self.canvas.shown_image()
+        img = self.document.result_image() or self.canvas.shown_image()
         if img is None:
             return
         QGuiApplication.clipboard().setImage(pil_to_qimage(img))
         self._status("Copied the image")
 
     def save_result_dialog(self) -> None:
-        if self._result_image() is None:
+        result = self.document.result
+        if self.document.result_image() is None or result is None:
             self.show_error("There is no result to save yet.", "Generate an image first.")
             return
-        seed = self.current_result.seed if self.current_result.seeds else 0
+        seed = self.document.shown_seed() or 0
         path, _ = QFileDialog.getSaveFileName(self, "Save result", f"diffusion-desk-{seed}.png", "PNG image (*.png)")
         if path:
             self.save_result(path)
 
     def save_result(self, path: str | os.PathLike) -> bool:
-        img = self._result_image()
-        if img is None:
+        img, result = self.document.result_image(), self.document.result
+        if img is None or result is None:
             return False
         try:
             from desktop_app.core.images import save_png
             from desktop_app.core.infotext import png_info
 
-            index = min(self._result_index, len(self.current_result.images) - 1)
-            save_png(img, path, png_info(self.current_result, index))
+            index = min(self.document.index, len(result.images) - 1)
+            save_png(img, path, png_info(result, index))
         except OSError as exc:
             self.show_error(f"Could not save {path}: {exc.strerror or exc}", "Choose another folder.")
             return False
@@ -575,255 +682,119 @@ class MainWindow(QMainWindow):
         return True
 
     def use_result_as_source(self) -> None:
-        img = self._result_image()
-        if img is None:
-            return
-        self.set_source_image(img)
         # an edit of our own result replays its recorded trajectory instead of inverting: exact reconstruction
-        self._source_result = (self.current_result, min(self._result_index, len(self.current_result.images) - 1))
-
-    def _edit_source(self) -> Any:
-        """What made the source image, when it is one of this session's results (see Engine.run's `source`)."""
-        made = getattr(self, "_source_result", None)
-        if made is None:
-            return None
-        result, index = made
-        return result if index == 0 else result.request.replace(seed=result.seeds[index], batch=1)
+        if self.document.use_result_as_source():
+            self._status("The result is the source of the next job")
 
     def suggest_mask(self) -> int | None:
         """Edit mode: fill the mask from where the prompts disagree (DiffEdit); the user corrects it with the brush."""
-        if self.source_image is None:
-            self.show_error("Suggesting a mask needs a source image.", "Open an image first.")
+        if self.document.source is None:
+            self.show_error("Suggesting a mask needs a source image.", "Open an image first.", cause="source")
+            return None
+        if self._suggest_job is not None:
             return None
         values, edit = self.prompt_panel.values(), self.prompt_panel.edit_values()
         if values["prompt"] == edit["source_prompt"]:
-            self.show_error("The source and target prompts are the same, so nothing would change.", "Write what the image should show in the prompt.")
+            self.show_error(
+                "The source and target prompts are the same, so nothing would change.",
+                "Write what the image should show in the target prompt.",
+            )
             return None
-        job_id, future = self.worker.suggest_mask(self.source_image, edit["source_prompt"], values["prompt"], values.get("model"))
-        if future is not None:
-            import asyncio
-
-            task = asyncio.ensure_future(self._apply_suggested_mask(future))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        job_id, _ = self.worker.suggest_mask(self.document.source, edit["source_prompt"], values["prompt"], self.models.current())
+        self._suggest_job = job_id
+        self.prompt_panel.set_suggest_busy(True)
+        self._status("Looking for the region the edit changes…", 0)
         return job_id
 
-    async def _apply_suggested_mask(self, future: Any) -> None:
-        try:
-            mask = await future
-        except Exception:  # noqa: BLE001 - shown through the serviceFailed signal
+    @Slot(int, str, object)
+    def _on_service_done(self, job_id: int, kind: str, value: Any) -> None:
+        if job_id != self._suggest_job:
             return
-        if mask is None or mask.getextrema()[1] == 0:
+        self._suggest_job = None
+        self.prompt_panel.set_suggest_busy(False)
+        if value is None or value.getextrema()[1] == 0:
             self.show_error("The model sees no region that the edit would change.", "Paint the mask by hand.")
             return
-        self.canvas.set_mask(mask, undoable=True)
-        self._status("Suggested mask: correct it with the brush (B) and eraser (E)")
+        self.document.set_mask(value, undoable=True)
+        self.document.show_source()
+        self._status("Suggested mask: correct it with the brush (B) and eraser (E)", 8000)
 
-    def show_source(self) -> None:
-        self.canvas.clear_view()
-
-    def show_current_result(self) -> None:
-        img = self._result_image()
-        if img is not None:
-            self.canvas.set_view(img)
-
-    def _on_stroke_started(self) -> None:
-        # painting happens on the source: show it (not a preview or result)
-        self.canvas.clear_view()
+    @Slot(int, str, str, str)
+    def _on_service_failed(self, job_id: int, kind: str, message: str, hint: str) -> None:
+        if job_id == self._suggest_job:
+            self._suggest_job = None
+            self.prompt_panel.set_suggest_busy(False)
+            self._status("")
+            self.show_error(f"Suggesting a mask failed: {message}", hint)
 
     # -- results -------------------------------------------------------------------
     def show_result(self, result: Any) -> None:
-        """Show a Result: its first image on the canvas, its trajectory on the slider, its seed for reuse."""
-        self.current_result = result
-        self._result_index = 0
-        self._traj_cache.clear()
-        img = result.images[0] if result.images else None
-        if img is not None:
-            self.canvas.set_view(img)  # over the source, if any: "Use as source" makes it the next source
+        """Show a Result (from the history, say): its first image on the canvas, its trajectory on the slider."""
+        self.document.set_result(result, from_source=False)
+
+    def _on_result(self, result: Any) -> None:
         if result.seeds:
             self.prompt_panel.set_last_seed(result.seeds[0])
-        n_images = len(result.images)
-        for w in (self.prev_image_button, self.image_index_label, self.next_image_button):
-            w.setVisible(n_images > 1)
-        self.image_index_label.setText(f"1 / {n_images}")
-        traj = getattr(result, "trajectory", None)
-        self._traj_owner = traj
-        timesteps = list(getattr(traj, "timesteps", []) or []) if traj is not None else []
-        try:
-            ok = traj is not None and len(traj) == len(timesteps) and len(timesteps) > 0
-        except TypeError:
-            ok = bool(timesteps)
-        self.timestep_panel.set_trajectory(timesteps if ok else None)
-        if not ok:  # a result without a trajectory (from the history): the slider goes back to t0, if it applies
-            self._on_mode_changed(self.prompt_panel.mode())
-        self._update_size_label()
-        self._update_actions()
+        self.clear_error(cause="job")
         n = len(result.images)
         extra = f" · {n} images" if n > 1 else ""
         self._status(f"Done in {result.elapsed:.1f} s · seed {result.seeds[0] if result.seeds else '?'}{extra}", 10000)
+        self.resultReady.emit(result)
 
     def fill_from_request(self, request: Any) -> None:
         """Fill the prompt panel from a request (or a dict of parameters); its image becomes the source."""
-        self.prompt_panel.fill(request)
         image = getattr(request, "image", None)
         if image is not None:
             self.set_source_image(image)
             mask = getattr(request, "mask", None)
             if mask is not None:
-                self.canvas.set_mask(mask)
-        t0 = getattr(request, "t0", None) if not isinstance(request, dict) else request.get("t0")
-        strength = getattr(request, "strength", None) if not isinstance(request, dict) else request.get("strength")
-        if t0:
-            self.timestep_panel.set_t0(int(t0))
-        elif strength and getattr(request, "kind", None) == "img2img":
-            self.timestep_panel.set_t0(int(round(float(strength) * 1000)))
+                self.document.set_mask(mask)
+        self.prompt_panel.fill(request)
+
+    def _on_history_open(self, item: Any) -> None:
+        if hasattr(item, "images"):
+            self.show_result(item)
+
+    def _on_history_reuse(self, request: Any) -> None:
+        self.fill_from_request(request)
+
+    def _on_history_use_as_source(self, item: Any) -> None:
+        image, entry = (item.image, item.entry) if hasattr(item, "entry") else (item, None)
+        if image is not None:
+            self.set_source_image(image, entry_id=getattr(entry, "id", None))
 
     # -- jobs ------------------------------------------------------------------------
     def build_request(self) -> GenerateRequest:
         """The request the panels and the canvas describe; raises UserError when it cannot run."""
-        v = self.prompt_panel.values()
-        mode = self.prompt_panel.mode()
-        if mode in IMAGE_MODES:
-            if self.source_image is None:
-                raise UserError("This mode needs a source image.", "Open an image (Ctrl+O), paste one, or switch to Generate.")
-            v["width"], v["height"] = None, None  # the source's size
-        t0 = self.timestep_panel.t0
-        if mode == "generate":
-            req: GenerateRequest = GenerateRequest(**v)
-        elif mode == "img2img":
-            req = Img2ImgRequest(**v, image=self.source_image, strength=round(t0 / 1000.0, 3))
-        elif mode == "inpaint":
-            req = InpaintRequest(
-                **v, image=self.source_image, mask=self.canvas.mask_image(), mask_blur=self.prompt_panel.mask_blur_spin.value()
-            )
-        else:
-            ev = self.prompt_panel.edit_values()
-            req = EditRequest(**v, image=self.source_image, mask=self.canvas.mask_image(), t0=t0, **ev)
-        return req.validate()
-
-    def _on_generate_clicked(self, *_: Any) -> None:
-        self.generate()
+        pp = self.prompt_panel
+        params = {**pp.values(), "model": self.models.current(), **pp.mode_values()}
+        return build_request(pp.mode(), params, self.document, self.timeline.t0, self.timeline.strength(pp.mode()))
 
     @Slot()
     def generate(self) -> int | None:
-        """Queue a job from the panels (errors in the request are shown at once); returns its job id.
-
-        An async task then awaits the worker's future and shows the result (see `await_job`)."""
+        """Queue a job from the panels (errors in the request are shown at once); returns its job id."""
         try:
             request = self.build_request()
         except UserError as exc:
-            self.show_error(exc.message, exc.hint)
+            self.show_error(exc.message, exc.hint, cause="source" if "source image" in exc.message else None)
             return None
         self.clear_error()
-        source = self._edit_source() if isinstance(request, EditRequest) else None
-        job_id, future = self.worker.submit(request, source=source) if source is not None else self.worker.submit(request)
-        self._my_jobs.add(job_id)
-        if future is not None:
-            import asyncio
-
-            task = asyncio.ensure_future(self.await_job(job_id, future))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return job_id
-
-    async def await_job(self, job_id: int, future: Any) -> Any:
-        """Wait for a job; show its result and emit resultReady. Returns the Result, or None (failed: already shown)."""
-        try:
-            result = await future
-        except JobCancelled:
-            return None
-        except Exception:  # noqa: BLE001 - shown through the failed signal
-            return None
-        finally:
-            self._my_jobs.discard(job_id)
-        self.show_result(result)
-        self.resultReady.emit(result)
-        return result
+        return self.jobs.submit(request)
 
     def cancel_current(self) -> None:
-        job = self.worker.current_job_id
-        if job is not None:
-            self.worker.cancel(job)
+        if self.jobs.cancel_current():
             self._status("Cancelling…")
 
-    def cancel_all(self) -> None:
-        self.worker.cancel_all()
-
-    @Slot(int, object)
-    def _on_job_started(self, job_id: int, request: Any) -> None:
-        self._running_job = job_id
-        self.progress_bar.setRange(0, 0)  # busy until the first step (model loading)
-        self.progress_bar.setFormat("Loading model…" if not self.worker.engine_loaded else "Starting…")
-        if self.source_image is None and request is not None and getattr(request, "width", None):
-            self._preview_size = (request.width, request.height)
-        else:
-            self._preview_size = None
+    def _on_job_started(self, job_id: int) -> None:
         self.prompt_panel.cancel_button.setEnabled(True)
 
-    @Slot(int, object)
-    def _on_progress(self, job_id: int, ev: Any) -> None:
-        phase = getattr(ev, "phase", "denoise")
-        eta = f" · ETA {_duration(ev.eta_seconds)}" if ev.eta_seconds and ev.eta_seconds >= 1 else ""
-        if phase == "download":  # step / total are bytes (may pass 2**31): show per mille
-            total = max(1, int(ev.total))
-            if self.progress_bar.maximum() != 1000:
-                self.progress_bar.setRange(0, 1000)
-            self.progress_bar.setValue(int(1000 * min(ev.step, total) / total))
-            self.progress_bar.setFormat(
-                f"Downloading {format_size(ev.step)} / {format_size(total)} · {format_size(ev.its_per_sec)}/s{eta}"
-            )
-            return
-        total = max(1, int(ev.total))
-        if self.progress_bar.maximum() != total:
-            self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(int(ev.step))
-        label = "Inverting" if phase == "invert" else "Step"
-        self.progress_bar.setFormat(f"{label} {ev.step}/{ev.total} · t={ev.timestep} · {ev.its_per_sec:.1f} it/s{eta}")
+    def _on_job_failed(self, message: str, hint: str) -> None:
+        self.show_error(message, hint, cause="job")
 
-    @Slot(int, object)
-    def _on_preview(self, job_id: int, ev: Any) -> None:
-        # Coalesce: when the GUI thread falls behind, only the newest preview is drawn.
-        pending = self._pending_preview is not None
-        self._pending_preview = ev.image
-        if not pending:
-            QTimer.singleShot(0, self._show_pending_preview)
-
-    def _show_pending_preview(self) -> None:
-        img, self._pending_preview = self._pending_preview, None
-        if img is not None and self._running_job is not None:
-            self.canvas.set_view(img, size=self._preview_size)
-
-    @Slot(int, str)
-    def _on_notice(self, job_id: int, message: str) -> None:
-        self._status(message, 10000)
-
-    @Slot(int, str, str)
-    def _on_failed(self, job_id: int, message: str, hint: str) -> None:
-        self._end_job(job_id, "Failed")
-        self.show_error(message, hint)
-
-    @Slot(int)
-    def _on_cancelled(self, job_id: int) -> None:
-        if job_id == self._running_job:
-            self._end_job(job_id, "Cancelled")
-            if self.current_result is not None:
-                self.show_current_result()
-            elif self.source_image is not None:
-                self.canvas.clear_view()
-        self._status("Cancelled")
-
-    @Slot(int, object)
-    def _on_finished(self, job_id: int, result: Any) -> None:
-        self._end_job(job_id, "Done")
-
-    def _end_job(self, job_id: int, text: str) -> None:
-        if job_id != self._running_job:
-            return
-        self._running_job = None
-        if self.progress_bar.maximum() == 0:
-            self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(self.progress_bar.maximum() if text == "Done" else 0)
-        self.progress_bar.setFormat(text)
+    def _on_progress(self, value: int, maximum: int) -> None:
+        if self.progress_bar.maximum() != maximum or self.progress_bar.minimum() != 0:
+            self.progress_bar.setRange(0, maximum)
+        self.progress_bar.setValue(value)
 
     @Slot(int)
     def _on_queue_changed(self, n: int) -> None:
@@ -831,202 +802,140 @@ class MainWindow(QMainWindow):
         self.prompt_panel.cancel_button.setEnabled(n > 0)
 
     # -- model ---------------------------------------------------------------------------
-    def _on_model_picked(self, model: str) -> None:
-        """The user chose another model: load it in the background so errors show now."""
-        job_id, _ = self.worker.preload(model)
-        self._services[job_id] = ("preload", model)
-        self._status(f"Loading {Path(model).name or model}…")
-
     def _on_model_changed(self, model: str) -> None:
-        self._forward = None
-        self._forward_key = None
+        self.timeline.model_changed()
+
+    def _on_model_state(self, state: str, message: str) -> None:
+        if state == "loading":
+            self.job_status_label.setText(message or "Loading the model…")
+            if not self.jobs.is_running():
+                self.progress_bar.setRange(0, 0)
+        elif state in ("ready", "failed"):
+            if not self.jobs.is_running():
+                self.progress_bar.setRange(0, 1)
+                self.progress_bar.setValue(0)
+                self.job_status_label.setText(message or ("Model ready" if state == "ready" else "Idle"))
+            if state == "ready":
+                self.clear_error(cause="model")
 
     def set_allow_pickle(self, allowed: bool) -> None:
         """The opt-in to pickle checkpoints: kept in the settings, applied by the worker from the next job on."""
-        self.worker.allow_pickle = bool(allowed)
-        self.settings.setValue("models/allow_pickle", "true" if allowed else "false")
+        self.models.set_allow_pickle(bool(allowed))
 
     def open_models_dialog(self) -> None:
         from desktop_app.ui.models_dialog import ModelsDialog
 
-        dlg = ModelsDialog(self.prompt_panel.models(), self.prompt_panel.model(), self, downloader=self.worker.download_model, allow_pickle=self.worker.allow_pickle)
-        dlg.allowPickleChanged.connect(self.set_allow_pickle)
-        if dlg.exec():
-            for m in dlg.models():
-                self.prompt_panel.add_model(m)
-            chosen = dlg.chosen()
-            if chosen:
-                self.prompt_panel.set_model(chosen, user=True)
+        dlg = ModelsDialog(self.models, self)
+        dlg.exec()
 
     # -- timestep slider --------------------------------------------------------------
     def _on_mode_changed(self, mode: str) -> None:
-        self.timestep_panel.set_t0_available(mode in ("img2img", "edit") and self.source_image is not None)
-        image_mode = self.source_image is not None and mode in IMAGE_MODES
-        self.prompt_panel.show_source_size(self.source_image.size if image_mode else None)
-
-    def _ensure_forward(self) -> bool:
-        """The forward process of the source is computed once per (source, model) on the worker thread."""
-        if self.source_image is None:
-            return False
-        key = (id(self.source_image), self.prompt_panel.model())
-        if self._forward is not None and self._forward_key == key:
-            return True
-        if self._forward_job is None or self._forward_key != key:
-            self._forward_key = key
-            self._forward = None
-            job_id, _ = self.worker.forward_process(self.source_image, self.prompt_panel.model())
-            self._forward_job = job_id
-            self._services[job_id] = ("forward", key)
-        return False
-
-    def _on_t0_changed(self, t: int) -> None:
-        if self._ensure_forward():
-            try:
-                self.canvas.set_view(numpy_to_qimage(self._forward.preview(int(t))))
-            except Exception as exc:  # noqa: BLE001
-                self._status(f"No preview: {exc}")
-
-    def _on_t0_rested(self, t: int) -> None:
-        if self._ensure_forward():
-            try:
-                latent = self._forward.latent(int(t))
-            except Exception:  # noqa: BLE001 - the cheap preview stays
-                return
-            job_id, _ = self.worker.decode_latent(latent, self.prompt_panel.model())
-            self._services[job_id] = ("decode_latent", int(t))
-
-    def _on_frame_changed(self, index: int, which: str) -> None:
-        traj = self._traj_owner
-        if traj is None:
-            return
-        cached = self._traj_cache.get((index, which))
-        if cached is not None:
-            self.canvas.set_view(cached)
-            return
-        try:
-            self.canvas.set_view(numpy_to_qimage(traj.previews(index, which)))
-        except Exception as exc:  # noqa: BLE001
-            self._status(f"No preview for this step: {exc}")
-
-    def _on_frame_rested(self, index: int, which: str) -> None:
-        traj = self._traj_owner
-        if traj is None or (index, which) in self._traj_cache:
-            return
-        job_id, _ = self.worker.decode_trajectory(traj, index, which)
-        self._services[job_id] = ("decode_trajectory", (traj, index, which))
-
-    @Slot(int, str, object)
-    def _on_service_done(self, job_id: int, kind: str, value: Any) -> None:
-        entry = self._services.pop(job_id, None)
-        if entry is None:
-            return
-        what, key = entry
-        if what == "forward":
-            if job_id == self._forward_job:
-                self._forward_job = None
-            if key == self._forward_key:
-                self._forward = value
-                if self.timestep_panel.mode == "t0":
-                    self._on_t0_changed(self.timestep_panel.t0)
-                    self._on_t0_rested(self.timestep_panel.t0)
-        elif what == "decode_trajectory":
-            traj, index, which = key
-            if traj is self._traj_owner and value is not None:
-                qimg = pil_to_qimage(value)
-                self._traj_cache[(index, which)] = qimg
-                if self.timestep_panel.mode == "trajectory" and (self.timestep_panel.index, self.timestep_panel.which) == (index, which):
-                    self.canvas.set_view(qimg)
-        elif what == "decode_latent":
-            if self.timestep_panel.mode == "t0" and self.timestep_panel.t0 == key and value is not None:
-                self.canvas.set_view(value)
-        elif what == "preload":
-            self._status(f"Model ready: {Path(key).name or key}")
-
-    @Slot(int, str, str, str)
-    def _on_service_failed(self, job_id: int, kind: str, message: str, hint: str) -> None:
-        entry = self._services.pop(job_id, None)
-        if entry is None:
-            return
-        if entry[0] == "forward" and job_id == self._forward_job:
-            self._forward_job = None
-        self.show_error(message, hint)
+        self.timeline.set_job_mode(mode)
+        image_mode = self.document.source is not None and mode in IMAGE_MODES
+        self.prompt_panel.show_source_size(self.document.source.size if image_mode and self.document.source else None)
 
     # -- small things ----------------------------------------------------------------------
+    def choose_mask_color(self) -> None:
+        color = QColorDialog.getColor(self.brush.overlay_color, self, "Mask colour")
+        if color.isValid():
+            self.brush.set_overlay_color(color)
+
     def _sync_brush_controls(self) -> None:
-        c = self.canvas
+        b = self.brush
         for widget, value in (
-            (self.brush_size_slider, c.brush_size),
-            (self.hardness_slider, int(round(c.hardness * 100))),
-            (self.opacity_slider, int(round(c.mask_opacity * 100))),
+            (self.brush_size_slider, b.size),
+            (self.hardness_slider, int(round(b.hardness * 100))),
+            (self.opacity_slider, int(round(b.overlay_opacity * 100))),
         ):
             widget.blockSignals(True)
             widget.setValue(value)
             widget.blockSignals(False)
-        self.brush_size_label.setText(f"{c.brush_size}px")
-        self.act_brush.setChecked(c.tool == "brush")
-        self.act_eraser.setChecked(c.tool == "eraser")
-
-    def _on_zoom(self, scale: float) -> None:
-        self.zoom_label.setText(f"{scale * 100:.0f}%")
+        self.brush_size_label.setText(f"{b.size}px")
+        self.act_brush.setChecked(b.tool == "brush")
+        self.act_eraser.setChecked(b.tool == "eraser")
+        swatch = QPixmap(16, 16)
+        swatch.fill(QColor(b.overlay_color))
+        self.mask_color_button.setIcon(QIcon(swatch))
 
     def _update_size_label(self) -> None:
-        size = self.canvas.image_size()
+        size = self.document.size
         self.size_label.setText(f"{size[0]}×{size[1]}" if size else "")
 
     def _update_actions(self) -> None:
-        has_result = self._result_image() is not None
+        d = self.document
+        has_result = d.result_image() is not None
         for act in (self.act_copy, self.act_save, self.act_use, self.act_show_result):
             act.setEnabled(has_result)
+        self.act_undo.setEnabled(d.can_undo())
+        self.act_redo.setEnabled(d.can_redo())
+        has_mask_target = d.source is not None
+        self.act_clear.setEnabled(has_mask_target and d.has_mask())
+        self.act_invert.setEnabled(has_mask_target)
+        n = len(d.result.images) if d.result is not None else 0
+        for w in (self.prev_image_button, self.image_index_label, self.next_image_button):
+            w.setVisible(n > 1)
+        self.image_index_label.setText(f"{d.index + 1} / {n}")
+        shown = {"source": "showing the source", "result": "showing the result", "view": "showing a preview"}
+        if d.showing == "result" and n > 1:
+            text = f"showing result {d.index + 1} of {n}"
+        else:
+            text = shown.get(d.showing, "")
+        self.shown_label.setText(text if (d.source is not None or has_result) else "")
+        if d.result is not None and d.showing == "result":
+            seed = d.shown_seed()
+            if seed is not None:
+                self.prompt_panel.set_last_seed(seed)
+        self._update_size_label()
 
+    # -- help ------------------------------------------------------------------------------
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """(action, keys) for every action with a shortcut, as the menus name them."""
+        rows = []
+        for act in self.actions():
+            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in act.shortcuts())
+            if keys:
+                rows.append((act.text().replace("&", ""), keys))
+        rows.append(("Pan the canvas", "Space + drag, middle button"))
+        rows.append(("Zoom at the pointer", "Mouse wheel"))
+        rows.append(("Run from a prompt box", "Ctrl+Enter"))
+        return rows
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+    def show_shortcuts(self) -> QDialog:
+        dlg = QDialog(self, objectName="shortcutsDialog")
+        dlg.setWindowTitle("Keyboard shortcuts")
+        rows = self.shortcut_rows()
+        table = QTableWidget(len(rows), 2, dlg)
+        table.setObjectName("shortcutsTable")
+        table.setHorizontalHeaderLabels(["Action", "Keys"])
+        for i, (name, keys) in enumerate(rows):
+            table.setItem(i, 0, QTableWidgetItem(name))
+            table.setItem(i, 1, QTableWidgetItem(keys))
+        table.resizeColumnsToContents()
+        table.horizontalHeader().setStretchLastSection(True)
+        table.verticalHeader().hide()
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, dlg)
+        buttons.rejected.connect(dlg.reject)
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(table)
+        lay.addWidget(buttons)
+        dlg.resize(460, 480)
+        dlg.setModal(False)
+        dlg.show()
+        self._shortcuts_dialog = dlg
+        return dlg
+
+    def show_about(self) -> None:
+        from desktop_app import __version__
+
+        QMessageBox.about(
+            self,
+            "About Diffusion Desk",
+            f"<b>Diffusion Desk {__version__}</b><p>Local text-to-image, inpainting and inversion editing.</p>"
+            "<p>F1 lists the keyboard shortcuts.</p>",
+        )
 
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
-
-def style_accent_button(button) -> None:
-    """The blue, bold primary button (Generate), by palette."""
-    pal = button.palette()
-    pal.setColor(QPalette.ColorRole.Button, QColor(75, 111, 224))
-    pal.setColor(QPalette.ColorRole.ButtonText, QColor(255, 255, 255))
-    button.setPalette(pal)
-    font = button.font()
-    font.setBold(True)
-    button.setFont(font)
-
-
-def apply_dark_theme(app: QApplication) -> None:
-    """Fusion with a dark palette and a few touches; idempotent."""
-    if app.property("diffusionDeskTheme"):
-        return
-    app.setProperty("diffusionDeskTheme", True)
-    app.setStyle("Fusion")
-    pal = QPalette()
-    base, window, text = QColor(30, 31, 34), QColor(43, 45, 49), QColor(222, 224, 228)
-    accent = QColor(96, 140, 255)
-    for role, color in (
-        (QPalette.ColorRole.Window, window),
-        (QPalette.ColorRole.WindowText, text),
-        (QPalette.ColorRole.Base, base),
-        (QPalette.ColorRole.AlternateBase, window),
-        (QPalette.ColorRole.ToolTipBase, QColor(20, 20, 22)),
-        (QPalette.ColorRole.ToolTipText, text),
-        (QPalette.ColorRole.Text, text),
-        (QPalette.ColorRole.Button, QColor(54, 57, 63)),
-        (QPalette.ColorRole.ButtonText, text),
-        (QPalette.ColorRole.BrightText, QColor(255, 90, 90)),
-        (QPalette.ColorRole.Highlight, accent),
-        (QPalette.ColorRole.HighlightedText, QColor(255, 255, 255)),
-        (QPalette.ColorRole.Link, accent),
-        (QPalette.ColorRole.PlaceholderText, QColor(128, 132, 140)),
-    ):
-        pal.setColor(role, color)
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
-        pal.setColor(QPalette.ColorGroup.Disabled, role, QColor(110, 113, 120))
-    app.setPalette(pal)
-    # No application style sheet: it makes every widget slower to create and paint (start-up);
-    # the accents are set with palettes (see style_accent_button).

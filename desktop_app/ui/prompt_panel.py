@@ -1,4 +1,9 @@
-"""Prompt panel: prompt, negative prompt, mode, parameters and model picker."""
+"""Prompt panel: prompt, negative prompt, mode, parameters and the model picker.
+
+The picker binds to the `Models` object (the list, the current model, its recommended settings once it
+loaded) and the strength spin to the `Timeline` (the same value the timestep slider sets); the rest are the
+request's parameters, read with `values()` / `mode_values()` when a job is submitted.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -24,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.core.modelinfo import BUILTIN, model_defaults
-from desktop_app.core.requests import EDIT_METHODS, MAX_SEED, SCHEDULERS
+from desktop_app.core.requests import EDIT_METHODS, MAX_SEED, RESIZE_MODES, SCHEDULERS
 
 MODES: list[tuple[str, str]] = [
     ("generate", "Generate"),
@@ -34,6 +40,11 @@ MODES: list[tuple[str, str]] = [
 ]
 IMAGE_MODES = ("img2img", "inpaint", "edit")
 RANDOM_SEED = -1
+EDIT_METHOD_LABELS = {
+    "direct": "Direct inversion (best background)",
+    "negative-prompt": "Negative-prompt inversion",
+    "ddim": "Plain DDIM inversion",
+}
 
 
 class PromptEdit(QPlainTextEdit):
@@ -73,7 +84,6 @@ class SeedSpin(QDoubleSpinBox):
 class PromptPanel(QWidget):
     runRequested = Signal()
     modeChanged = Signal(str)
-    modelChanged = Signal(str)  # any change of the picker (user or code)
     modelPicked = Signal(str)  # the user chose another model in the picker
     manageModelsRequested = Signal()
     suggestMaskRequested = Signal()  # Edit mode: ask the engine where source and target prompts differ
@@ -83,7 +93,10 @@ class PromptPanel(QWidget):
         self.setObjectName("promptPanel")
         self._last_seed: int | None = None
         self._generate_size: tuple[int, int] | None = None
-        self._model_signal_blocked = False
+        self._syncing_models = False
+        self.models: Any = None
+        self.timeline: Any = None
+        self._restored_for: str | None = None  # a model whose recommended settings the restored ones replace
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
@@ -124,7 +137,9 @@ class PromptPanel(QWidget):
         self.negative_prompt_edit.setObjectName("negativePromptEdit")
         self.negative_prompt_edit.setAccessibleName("Negative prompt")
         self.negative_prompt_edit.setMaximumHeight(64)
-        outer.addWidget(QLabel("Prompt"))
+        self.prompt_label = QLabel("Prompt", objectName="promptLabel")
+        self.prompt_label.setBuddy(self.prompt_edit)
+        outer.addWidget(self.prompt_label)
         outer.addWidget(self.prompt_edit, 2)
         outer.addWidget(QLabel("Negative prompt"))
         outer.addWidget(self.negative_prompt_edit, 1)
@@ -135,8 +150,10 @@ class PromptPanel(QWidget):
         self.source_prompt_edit = QLineEdit(objectName="sourcePromptEdit")
         self.source_prompt_edit.setPlaceholderText("What the source image shows")
         self.edit_method_combo = QComboBox(objectName="editMethodCombo")
+        self.edit_method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.edit_method_combo.setMinimumContentsLength(12)
         for m in EDIT_METHODS:
-            self.edit_method_combo.addItem(m, m)
+            self.edit_method_combo.addItem(EDIT_METHOD_LABELS.get(m, m), m)
         self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index("direct"))
         eg.addRow("Source prompt", self.source_prompt_edit)
         eg.addRow("Method", self.edit_method_combo)
@@ -146,14 +163,57 @@ class PromptPanel(QWidget):
         eg.addRow("", self.suggest_mask_button)
         outer.addWidget(self.edit_group)
 
+        # every image mode: how deep, and how the source meets the model's size
+        self.image_group = QGroupBox("Source image", objectName="imageGroup")
+        imf = QFormLayout(self.image_group)
+        imf.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.strength_spin = QDoubleSpinBox(objectName="strengthSpin")
+        self.strength_spin.setRange(0.0, 1.0)
+        self.strength_spin.setSingleStep(0.05)
+        self.strength_spin.setDecimals(2)
+        self.strength_spin.setAccessibleName("Strength")
+        self.strength_spin.setToolTip("How much changes: 0 keeps the image, 1 starts from noise (the timestep slider's t₀)")
+        self.resize_mode_combo = QComboBox(objectName="resizeModeCombo")
+        for key, label in RESIZE_MODES.items():
+            self.resize_mode_combo.addItem(label, key)
+        self.resize_mode_combo.setToolTip(
+            "When the source's size is far from the model's: stretch it (just resize), crop it to the model's shape, "
+            "or fit it and fill the rest"
+        )
+        self.source_size_label = QLabel(objectName="sourceSizeLabel")
+        self.source_size_label.setWordWrap(True)
+        self.source_size_label.setEnabled(False)
+        imf.addRow("Strength", self.strength_spin)
+        imf.addRow("Resize", self.resize_mode_combo)
+        imf.addRow(self.source_size_label)
+        outer.addWidget(self.image_group)
+
         # inpaint fields
-        self.inpaint_group = QGroupBox("Inpaint", objectName="inpaintGroup")
+        self.inpaint_group = QGroupBox("Mask", objectName="inpaintGroup")
         ig = QFormLayout(self.inpaint_group)
+        ig.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.mask_blur_spin = QSpinBox(objectName="maskBlurSpin")
         self.mask_blur_spin.setRange(0, 64)
         self.mask_blur_spin.setValue(4)
         self.mask_blur_spin.setSuffix(" px")
+        self.mask_blur_spin.setToolTip("Feather inside the painted area; pixels you did not paint stay exactly as they are")
+        self.mask_grow_spin = QSpinBox(objectName="maskGrowSpin")
+        self.mask_grow_spin.setRange(0, 128)
+        self.mask_grow_spin.setSuffix(" px")
+        self.mask_grow_spin.setToolTip("Grow the painted area outward before the feather (changes unpainted pixels)")
+        self.only_masked_check = QCheckBox("Only masked area, at full resolution", objectName="onlyMaskedCheck")
+        self.only_masked_check.setToolTip("Work on a crop around the mask at the model's size and paste it back")
+        self.padding_spin = QSpinBox(objectName="onlyMaskedPaddingSpin")
+        self.padding_spin.setRange(0, 256)
+        self.padding_spin.setValue(32)
+        self.padding_spin.setSuffix(" px")
+        self.padding_spin.setToolTip("Context around the mask for 'only masked'")
+        self.padding_spin.setEnabled(False)
+        self.only_masked_check.toggled.connect(self.padding_spin.setEnabled)
         ig.addRow("Mask blur", self.mask_blur_spin)
+        ig.addRow("Grow mask", self.mask_grow_spin)
+        ig.addRow(self.only_masked_check)
+        ig.addRow("Padding", self.padding_spin)
         outer.addWidget(self.inpaint_group)
 
         # parameters
@@ -234,7 +294,7 @@ class PromptPanel(QWidget):
         self.prompt_edit.submitted.connect(self.runRequested)
         self.negative_prompt_edit.submitted.connect(self.runRequested)
         self.mode_selector.currentIndexChanged.connect(self._on_mode_changed)
-        self.model_picker.currentIndexChanged.connect(self._on_model_changed)
+        self.model_picker.activated.connect(self._on_model_activated)
         self.models_button.clicked.connect(self.manageModelsRequested)
         self.random_seed_button.clicked.connect(lambda: self.seed_spin.setValue(RANDOM_SEED))
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
@@ -255,8 +315,18 @@ class PromptPanel(QWidget):
     def _on_mode_changed(self, *_: Any) -> None:
         mode = self.mode()
         self.edit_group.setVisible(mode == "edit")
-        self.inpaint_group.setVisible(mode == "inpaint")
+        self.inpaint_group.setVisible(mode in ("inpaint", "edit"))
+        self.only_masked_check.setVisible(mode == "inpaint")
+        self.padding_spin.setVisible(mode == "inpaint")
+        form = self.inpaint_group.layout()
+        if isinstance(form, QFormLayout):
+            form.setRowVisible(self.padding_spin, mode == "inpaint")
+        self.image_group.setVisible(mode in IMAGE_MODES)
+        self.prompt_label.setText("Target prompt (what the image should show)" if mode == "edit" else "Prompt")
+        self.prompt_edit.setAccessibleName("Target prompt" if mode == "edit" else "Prompt")
         image_mode = mode in IMAGE_MODES
+        if self.timeline is not None:
+            self._show_strength()
         self.width_spin.setEnabled(not image_mode)
         self.height_spin.setEnabled(not image_mode)
         self.width_spin.setToolTip("Image modes use the source image's size" if image_mode else "")
@@ -281,42 +351,88 @@ class PromptPanel(QWidget):
         """The size for text-to-image jobs (what the user set, even while a source's size is shown)."""
         return self._generate_size or (self.width_spin.value(), self.height_spin.value())
 
-    # -- model -----------------------------------------------------------------
+    # -- model (bound to desktop_app.model.models.Models) ------------------------------------
+    def bind_models(self, models: Any) -> None:
+        """The picker shows `models.sources()` and selects through `models.select`; a model's recommended
+        settings are applied only once it has loaded (`defaultsReady`), so a broken one changes nothing."""
+        self.models = models
+        models.sourcesChanged.connect(self._sync_models)
+        models.currentChanged.connect(self._sync_models)
+        models.defaultsReady.connect(self._on_defaults_ready)
+        self._sync_models()
+
+    def _sync_models(self, *_: Any) -> None:
+        if self.models is None:
+            return
+        self._syncing_models = True
+        try:
+            self.model_picker.clear()
+            for source in self.models.sources():
+                self.model_picker.addItem(self._label(source), source)
+                self.model_picker.setItemData(self.model_picker.count() - 1, source, Qt.ItemDataRole.ToolTipRole)
+            idx = self.model_picker.findData(self.models.current())
+            self.model_picker.setCurrentIndex(max(0, idx))
+        finally:
+            self._syncing_models = False
+
+    @staticmethod
+    def _label(source: str) -> str:
+        if source == BUILTIN:
+            return "Built-in (shapes)"
+        from pathlib import Path
+
+        return str(model_defaults(source).get("name") or Path(source).name or source)
+
+    def _on_model_activated(self, index: int) -> None:
+        source = self.model_picker.itemData(index)
+        if self._syncing_models or not source:
+            return
+        if self.models is not None:
+            self.models.select(source)
+        self.modelPicked.emit(source)
+
+    def _on_defaults_ready(self, source: str, defaults: dict) -> None:
+        if source == self._restored_for:  # the model of the last session: its values as the user left them
+            self._restored_for = None
+            return
+        self._restored_for = None
+        self.apply_model_defaults(defaults)
+
     def model(self) -> str:
+        if self.models is not None:
+            return self.models.current()
         return self.model_picker.currentData() or BUILTIN
 
-    def models(self) -> list[str]:
-        return [self.model_picker.itemData(i) for i in range(self.model_picker.count())]
-
-    def add_model(self, source: str, label: str | None = None) -> int:
-        idx = self.model_picker.findData(source)
-        if idx < 0:
-            from pathlib import Path
-
-            name = label or model_defaults(source).get("name") or Path(source).name or source
-            self.model_picker.addItem(str(name), source)
-            idx = self.model_picker.count() - 1
-            self.model_picker.setItemData(idx, source, Qt.ItemDataRole.ToolTipRole)
-        return idx
-
     def set_model(self, source: str | None, user: bool = False) -> None:
-        """Select a model (added to the picker when new); applies its recommended settings."""
+        """Select a model through the Models object (added when new)."""
         source = source or BUILTIN
-        idx = self.add_model(source)
-        if idx == self.model_picker.currentIndex():
-            return
-        self._model_signal_blocked = not user
-        try:
+        if self.models is None:
+            idx = self.model_picker.findData(source)
+            if idx < 0:
+                self.model_picker.addItem(self._label(source), source)
+                idx = self.model_picker.count() - 1
             self.model_picker.setCurrentIndex(idx)
-        finally:
-            self._model_signal_blocked = False
+            return
+        if source not in self.models.sources():
+            self.models.add(source)
+        if source != self.models.current():
+            self.models.select(source)
 
-    def _on_model_changed(self, *_: Any) -> None:
-        source = self.model()
-        self.apply_model_defaults(model_defaults(source))
-        self.modelChanged.emit(source)
-        if not self._model_signal_blocked:
-            self.modelPicked.emit(source)
+    # -- strength (bound to desktop_app.model.timeline.Timeline) -----------------------------
+    def bind_timeline(self, timeline: Any) -> None:
+        self.timeline = timeline
+        timeline.strengthChanged.connect(lambda *_: self._show_strength())
+        self.strength_spin.valueChanged.connect(self._on_strength)
+        self._show_strength()
+
+    def _show_strength(self) -> None:
+        self.strength_spin.blockSignals(True)
+        self.strength_spin.setValue(self.timeline.strength(self.mode()))
+        self.strength_spin.blockSignals(False)
+
+    def _on_strength(self, value: float) -> None:
+        if self.timeline is not None:
+            self.timeline.set_strength(value, self.mode())
 
     def apply_model_defaults(self, d: dict[str, Any]) -> None:
         self.steps_spin.setValue(int(d.get("steps", 25)))
@@ -360,6 +476,22 @@ class PromptPanel(QWidget):
     def edit_values(self) -> dict[str, Any]:
         return {"source_prompt": self.source_prompt_edit.text().strip(), "method": self.edit_method_combo.currentData()}
 
+    def mode_values(self) -> dict[str, Any]:
+        """The fields of the image modes (their request builder takes what its kind needs)."""
+        return {
+            "resize_mode": self.resize_mode_combo.currentData(),
+            "mask_blur": self.mask_blur_spin.value(),
+            "mask_grow": self.mask_grow_spin.value(),
+            "only_masked": self.only_masked_check.isChecked(),
+            "only_masked_padding": self.padding_spin.value(),
+            **self.edit_values(),
+        }
+
+    def set_suggest_busy(self, busy: bool) -> None:
+        """While the engine looks for the region to edit, the button says so and cannot be pressed twice."""
+        self.suggest_mask_button.setEnabled(not busy)
+        self.suggest_mask_button.setText("Suggesting a mask…" if busy else "Suggest mask")
+
     def fill(self, data: Any) -> None:
         """Fill from a request object or a dict of request fields (unknown keys ignored)."""
         if hasattr(data, "to_dict"):
@@ -394,11 +526,22 @@ class PromptPanel(QWidget):
             self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index(data["method"]))
         if data.get("mask_blur") is not None:
             self.mask_blur_spin.setValue(int(data["mask_blur"]))
+        if data.get("mask_grow") is not None:
+            self.mask_grow_spin.setValue(int(data["mask_grow"]))
+        if data.get("only_masked") is not None:
+            self.only_masked_check.setChecked(bool(data["only_masked"]))
+        if data.get("only_masked_padding") is not None:
+            self.padding_spin.setValue(int(data["only_masked_padding"]))
+        if data.get("resize_mode") in RESIZE_MODES:
+            self.resize_mode_combo.setCurrentIndex(max(0, self.resize_mode_combo.findData(data["resize_mode"])))
+        if self.timeline is not None and kind in IMAGE_MODES:
+            if kind == "edit" and data.get("t0"):
+                self.timeline.set_strength(float(data["t0"]) / self.timeline.T, "edit")
+            elif data.get("strength") is not None:
+                self.timeline.set_strength(float(data["strength"]), kind)
 
     # -- persistence -----------------------------------------------------------
     def save_settings(self, s: QSettings) -> None:
-        s.setValue("model/current", self.model())
-        s.setValue("model/known", [m for m in self.models() if m != BUILTIN])
         s.setValue("params/mode", self.mode())
         s.setValue("params/prompt", self.prompt_edit.toPlainText())
         s.setValue("params/negative", self.negative_prompt_edit.toPlainText())
@@ -413,20 +556,28 @@ class PromptPanel(QWidget):
         s.setValue("params/source_prompt", self.source_prompt_edit.text())
         s.setValue("params/edit_method", self.edit_method_combo.currentData())
         s.setValue("params/mask_blur", self.mask_blur_spin.value())
+        s.setValue("params/mask_grow", self.mask_grow_spin.value())
+        s.setValue("params/only_masked", "true" if self.only_masked_check.isChecked() else "false")
+        s.setValue("params/only_masked_padding", self.padding_spin.value())
+        s.setValue("params/resize_mode", self.resize_mode_combo.currentData())
+        if self.timeline is not None:
+            for mode in IMAGE_MODES:
+                s.setValue(f"params/strength_{mode}", self.timeline.strength(mode))
 
-    def restore_settings(self, s: QSettings, model: str | None = None) -> None:
-        known = s.value("model/known", [])
-        if isinstance(known, str):
-            known = [known]
-        for m in known or []:
-            try:
-                self.add_model(str(m))
-            except Exception:  # noqa: BLE001 - a stale entry must not stop the window
-                pass
-        saved_model = s.value("model/current", BUILTIN)
-        self.set_model(model or saved_model or BUILTIN)
-        if model and model != saved_model:
-            return  # another model than last time: keep its recommended settings
+    def restore_settings(self, s: QSettings, same_model: bool = True) -> None:
+        """The last session's parameters; `same_model` False (another model than last time) keeps the new
+        model's recommended steps, guidance and size."""
+        if self.timeline is not None:
+            for mode in IMAGE_MODES:
+                try:
+                    value = s.value(f"params/strength_{mode}")
+                    if value is not None:
+                        self.timeline.set_strength(float(value), mode)
+                except (TypeError, ValueError):
+                    pass
+        if not same_model:
+            return
+        self._restored_for = self.model()
         data: dict[str, Any] = {}
         for key, name, cast in (
             ("params/steps", "steps", int),
@@ -435,6 +586,8 @@ class PromptPanel(QWidget):
             ("params/height", "height", int),
             ("params/batch", "batch", int),
             ("params/mask_blur", "mask_blur", int),
+            ("params/mask_grow", "mask_grow", int),
+            ("params/only_masked_padding", "only_masked_padding", int),
         ):
             v = s.value(key)
             if v is not None:
@@ -457,6 +610,12 @@ class PromptPanel(QWidget):
             v = s.value(key)
             if v is not None:
                 data[name] = str(v)
+        only = s.value("params/only_masked")
+        if only is not None:
+            data["only_masked"] = str(only).lower() == "true"
+        resize = s.value("params/resize_mode")
+        if resize is not None:
+            data["resize_mode"] = str(resize)
         sched = s.value("params/scheduler")
         if sched is not None:
             data["scheduler"] = str(sched) or None

@@ -1,0 +1,85 @@
+"""The mask brush and how the mask is drawn over the image: one object the canvas, the tool bar and the
+settings share, so a change anywhere shows everywhere."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QSettings, Signal
+from PySide6.QtGui import QColor
+
+DEFAULT_OVERLAY = "#ff3060"
+TOOLS = ("brush", "eraser")
+
+
+def default_brush_size(image_size: tuple[int, int] | None) -> int:
+    """About a tenth of the image's short side: 32 px is half of a 64 px picture."""
+    if not image_size:
+        return 32
+    return max(2, min(128, round(min(image_size) / 10)))
+
+
+class Brush(QObject):
+    changed = Signal()  # size, hardness or tool
+    overlayChanged = Signal()  # colour, opacity or visibility of the mask overlay
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.size = 32  # diameter in image pixels
+        self.hardness = 1.0
+        self.tool = "brush"
+        self.overlay_color = QColor(DEFAULT_OVERLAY)
+        self.overlay_opacity = 0.5
+        self.overlay_visible = True
+
+    def set_size(self, size: int) -> None:
+        size = int(max(1, min(1024, size)))
+        if size != self.size:
+            self.size = size
+            self.changed.emit()
+
+    def grow(self, factor: float) -> None:
+        new = self.size * factor
+        new = max(self.size + 1, new) if factor > 1 else min(self.size - 1, new)
+        self.set_size(int(round(new)))
+
+    def set_hardness(self, hardness: float) -> None:
+        self.hardness = float(max(0.0, min(1.0, hardness)))
+        self.changed.emit()
+
+    def set_tool(self, tool: str) -> None:
+        if tool not in TOOLS:
+            raise ValueError(tool)
+        self.tool = tool
+        self.changed.emit()
+
+    def set_overlay_color(self, color: QColor | str) -> None:
+        color = QColor(color)
+        if color.isValid():
+            self.overlay_color = color
+            self.overlayChanged.emit()
+
+    def set_overlay_opacity(self, opacity: float) -> None:
+        self.overlay_opacity = float(max(0.0, min(1.0, opacity)))
+        self.overlayChanged.emit()
+
+    def set_overlay_visible(self, visible: bool) -> None:
+        self.overlay_visible = bool(visible)
+        self.overlayChanged.emit()
+
+    # -- settings --------------------------------------------------------------------
+    def save(self, s: QSettings) -> None:
+        s.setValue("brush/size", self.size)
+        s.setValue("brush/hardness", self.hardness)
+        s.setValue("mask/opacity", self.overlay_opacity)
+        s.setValue("mask/color", self.overlay_color.name())
+
+    def restore(self, s: QSettings) -> None:
+        for key, setter, default, cast in (
+            ("brush/size", self.set_size, 32, int),
+            ("brush/hardness", self.set_hardness, 1.0, float),
+            ("mask/opacity", self.set_overlay_opacity, 0.5, float),
+            ("mask/color", self.set_overlay_color, DEFAULT_OVERLAY, str),
+        ):
+            try:
+                setter(cast(s.value(key, default)))
+            except (TypeError, ValueError):
+                setter(default)

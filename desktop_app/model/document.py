@@ -1,0 +1,355 @@
+"""The document the window edits: a source image, its mask, the canvas bounds and the results of the last run.
+
+All of the canvas's state lives here, so the canvas widget only draws it and turns mouse input into
+`stamp` calls, and jobs, the timeline and the history read one place. The mask is a numpy uint8 array
+at the source's own size (0 = keep, 255 = change; grey = partial), whatever the zoom. Each stroke,
+clear, invert or replacement is one undo step, stored as the changed rectangle only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from PySide6.QtCore import QObject, Signal
+
+from desktop_app.core.events import Result
+
+MAX_UNDO = 64
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in source pixels
+
+
+@dataclass
+class _Edit:
+    """One undo step: a rectangle of the mask before and after."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    before: np.ndarray
+    after: np.ndarray
+
+
+class Document(QObject):
+    sourceChanged = Signal()  # a new source image (or none); the mask may be new too
+    maskChanged = Signal(object)  # the changed Box, or None for the whole mask
+    undoChanged = Signal()
+    boundsChanged = Signal()
+    resultChanged = Signal()  # a new run's results (or none)
+    shownChanged = Signal()  # which image is shown: source, a result of the batch, or a transient view
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._source: Image.Image | None = None
+        self._made_by: tuple[Result, int] | None = None
+        self._entry_id: int | None = None
+        self._mask: np.ndarray | None = None
+        self._bounds: tuple[int, int, int, int] | None = None
+        self._undo: list[_Edit] = []
+        self._redo: list[_Edit] = []
+        self._stroke_before: np.ndarray | None = None
+        self._stroke_box: list[int] | None = None
+        self._result: Result | None = None
+        self._result_from_source = False
+        self._index = 0
+        self._showing = "source"  # "source" | "result" | "view"
+        self._view: Any = None  # a preview or timeline frame (PIL, QImage or uint8 RGB array)
+        self._view_size: tuple[int, int] | None = None
+
+    # -- the source ------------------------------------------------------------
+    @property
+    def source(self) -> Image.Image | None:
+        return self._source
+
+    def set_source(
+        self,
+        image: Image.Image | None,
+        made_by: tuple[Result, int] | None = None,
+        keep_mask: bool = True,
+        entry_id: int | None = None,
+    ) -> None:
+        """Make `image` (RGB) the source. The mask is kept when the size is the same (unless not `keep_mask`),
+        else a blank one. `made_by`: the result (and batch index) of this session that it is; `entry_id`: the
+        history entry it came from; either makes the next result's history row a child of it."""
+        same = (
+            keep_mask and image is not None and self._mask is not None and self._mask.shape == (image.height, image.width)
+        )
+        self._source = image
+        self._made_by = made_by
+        self._entry_id = entry_id
+        if image is None:
+            self._mask = None
+            self._bounds = None
+        else:
+            self._bounds = (0, 0, image.width, image.height)
+            if not same:
+                self._mask = np.zeros((image.height, image.width), np.uint8)
+        if not same:
+            self._undo.clear()
+            self._redo.clear()
+            self.undoChanged.emit()
+        self._showing = "source"
+        self._view = None
+        self.sourceChanged.emit()
+        self.boundsChanged.emit()
+        if not same:
+            self.maskChanged.emit(None)
+        self.shownChanged.emit()
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return self._source.size if self._source is not None else None
+
+    @property
+    def made_by(self) -> tuple[Result, int] | None:
+        return self._made_by
+
+    @property
+    def source_entry_id(self) -> int | None:
+        return self._entry_id
+
+    def edit_source(self) -> Result | Any | None:
+        """What made the source, when it is a result of this session: an edit then replays its recorded
+        trajectory instead of inverting (exact). The Result for its first image, else a seeded request."""
+        if self._made_by is None:
+            return None
+        result, index = self._made_by
+        if index == 0:
+            return result
+        return result.request.replace(seed=result.seeds[index], batch=1)
+
+    # -- canvas bounds (outpainting extends them past the source) -------------------
+    @property
+    def bounds(self) -> tuple[int, int, int, int] | None:
+        """(x, y, width, height) of the canvas in source pixels; the source's own rectangle unless extended."""
+        return self._bounds
+
+    def set_bounds(self, x: int, y: int, width: int, height: int) -> None:
+        if self._source is None:
+            return
+        self._bounds = (int(x), int(y), max(1, int(width)), max(1, int(height)))
+        self.boundsChanged.emit()
+
+    # -- the mask ----------------------------------------------------------------
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The live mask array (painted in place by `stamp`); copy it to keep it."""
+        return self._mask
+
+    def mask_image(self) -> Image.Image | None:
+        """The mask as PIL 'L' (255 = change), or None when there is no source or nothing is painted."""
+        if self._mask is None or not self._mask.any():
+            return None
+        return Image.fromarray(self._mask.copy(), "L")
+
+    def has_mask(self) -> bool:
+        return self._mask is not None and bool(self._mask.any())
+
+    def set_mask(self, mask: Image.Image | np.ndarray, undoable: bool = True) -> None:
+        """Replace the mask (PIL or numpy; resized to the source when its size differs)."""
+        if self._source is None:
+            return
+        w, h = self._source.size
+        if isinstance(mask, Image.Image):
+            mask = mask.convert("L")
+            if mask.size != (w, h):
+                mask = mask.resize((w, h), Image.Resampling.NEAREST)
+            arr = np.asarray(mask, np.uint8)
+        else:
+            arr = np.asarray(mask, np.uint8)
+            if arr.shape != (h, w):
+                arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.NEAREST))
+        self._replace_mask(arr.copy(), undoable)
+
+    def clear_mask(self) -> None:
+        if self._mask is not None and self._mask.any():
+            self._replace_mask(np.zeros_like(self._mask), True)
+
+    def invert_mask(self) -> None:
+        if self._mask is not None:
+            self._replace_mask(255 - self._mask, True)
+
+    def _replace_mask(self, new: np.ndarray, undoable: bool) -> None:
+        assert self._mask is not None
+        if undoable:
+            self._push(_Edit(0, new.shape[0], 0, new.shape[1], self._mask.copy(), new.copy()))
+        self._mask = new
+        self.maskChanged.emit(None)
+
+    # strokes: the canvas computes the brush's footprint, the document keeps the pixels and the undo step
+    def begin_stroke(self) -> None:
+        if self._mask is not None:
+            self._stroke_before = self._mask.copy()
+            self._stroke_box = None
+
+    def stamp(self, box: Box, value: np.ndarray, erase: bool = False) -> None:
+        """Paint `value` (uint8, the box's shape) into the mask: max for the brush, min of the inverse to erase."""
+        if self._mask is None:
+            return
+        y0, y1, x0, x1 = box
+        region = self._mask[y0:y1, x0:x1]
+        if erase:
+            np.minimum(region, 255 - value, out=region)
+        else:
+            np.maximum(region, value, out=region)
+        b = self._stroke_box
+        self._stroke_box = list(box) if b is None else [min(b[0], y0), max(b[1], y1), min(b[2], x0), max(b[3], x1)]
+        self.maskChanged.emit(box)
+
+    def end_stroke(self) -> None:
+        before, box = self._stroke_before, self._stroke_box
+        self._stroke_before = self._stroke_box = None
+        if before is None or box is None or self._mask is None:
+            return
+        y0, y1, x0, x1 = box
+        old, new = before[y0:y1, x0:x1], self._mask[y0:y1, x0:x1]
+        if not np.array_equal(old, new):
+            self._push(_Edit(y0, y1, x0, x1, old.copy(), new.copy()))
+
+    def _push(self, edit: _Edit) -> None:
+        self._undo.append(edit)
+        del self._undo[:-MAX_UNDO]
+        self._redo.clear()
+        self.undoChanged.emit()
+
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def undo(self) -> bool:
+        return self._step(self._undo, self._redo, "before")
+
+    def redo(self) -> bool:
+        return self._step(self._redo, self._undo, "after")
+
+    def _step(self, take: list[_Edit], give: list[_Edit], side: str) -> bool:
+        if not take or self._mask is None:
+            return False
+        edit = take.pop()
+        self._mask[edit.y0 : edit.y1, edit.x0 : edit.x1] = getattr(edit, side)
+        give.append(edit)
+        self.maskChanged.emit((edit.y0, edit.y1, edit.x0, edit.x1))
+        self.undoChanged.emit()
+        return True
+
+    # -- results -------------------------------------------------------------------
+    @property
+    def result(self) -> Result | None:
+        return self._result
+
+    @property
+    def index(self) -> int:
+        """Which image of the last run's batch is shown (or would be, when the source is shown)."""
+        return self._index
+
+    def set_result(self, result: Result | None, from_source: bool = False) -> None:
+        """The results of a run; `from_source`: made from the current source (inpaint, img2img, edit), so
+        the mask still belongs to what is shown."""
+        self._result = result
+        self._result_from_source = bool(from_source and result is not None)
+        self._index = 0
+        self._view = None
+        self._showing = "result" if result is not None and result.images else "source"
+        self.resultChanged.emit()
+        self.shownChanged.emit()
+
+    def result_image(self) -> Image.Image | None:
+        if self._result is None or not self._result.images:
+            return None
+        return self._result.images[min(self._index, len(self._result.images) - 1)]
+
+    def shown_seed(self) -> int | None:
+        if self._result is None or not self._result.seeds:
+            return None
+        return self._result.seeds[min(self._index, len(self._result.seeds) - 1)]
+
+    def show_image(self, index: int) -> None:
+        """Show image `index` of the batch (wraps around)."""
+        if self._result is None or not self._result.images:
+            return
+        self._index = index % len(self._result.images)
+        self._showing = "result"
+        self._view = None
+        self.shownChanged.emit()
+
+    def next_image(self) -> None:
+        self.show_image(self._index + 1)
+
+    def previous_image(self) -> None:
+        self.show_image(self._index - 1)
+
+    def show_source(self) -> None:
+        if self._showing != "source" or self._view is not None:
+            self._showing = "source"
+            self._view = None
+            self.shownChanged.emit()
+
+    def show_result(self) -> None:
+        if self.result_image() is not None:
+            self._showing = "result"
+            self._view = None
+            self.shownChanged.emit()
+
+    def use_result_as_source(self) -> bool:
+        """The shown result becomes the source of the next job (the mask stays when the size is the same)."""
+        image = self.result_image()
+        if image is None or self._result is None:
+            return False
+        index = min(self._index, len(self._result.images) - 1)
+        self.set_source(image, made_by=(self._result, index))
+        self._result_from_source = True
+        return True
+
+    # -- what the canvas shows ----------------------------------------------------------
+    @property
+    def showing(self) -> str:
+        return self._showing
+
+    def show_view(self, image: Any, size: tuple[int, int] | None = None) -> None:
+        """Show a transient image (a job's preview, a timeline frame) scaled into the canvas; `size`: the logical
+        size to scale it to when there is no source."""
+        self._view = image
+        self._view_size = size
+        self._showing = "view" if image is not None else ("result" if self.result_image() is not None else "source")
+        self.shownChanged.emit()
+
+    @property
+    def view(self) -> Any:
+        return self._view
+
+    @property
+    def view_size(self) -> tuple[int, int] | None:
+        return self._view_size
+
+    def shown_image(self) -> Any:
+        """What the canvas shows now: the view, the shown result image, or the source."""
+        if self._showing == "view" and self._view is not None:
+            return self._view
+        if self._showing == "result":
+            image = self.result_image()
+            if image is not None:
+                return image
+        return self._source
+
+    def mask_applies(self) -> bool:
+        """Whether the mask belongs to what is shown: the source, or something made from it at its size.
+        A result generated from text alone is not covered by a mask painted for another picture."""
+        if self._source is None or self._mask is None:
+            return False
+        if self._showing == "source":
+            return True
+        if not self._result_from_source:
+            return False
+        shown = self.shown_image()
+        size = getattr(shown, "size", None)
+        if callable(size):  # QImage.size()
+            s = size()
+            size = (s.width(), s.height())
+        if isinstance(shown, np.ndarray):
+            return True  # a latent-resolution preview of a job on this source, scaled into its rectangle
+        return size == self._source.size
