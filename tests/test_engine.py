@@ -261,3 +261,105 @@ def test_out_of_memory_names_the_option_that_would_help(engine, tiny_model_dir, 
     assert "VAE tiling" in memory_hint(MemoryOptions(), big)
     assert "CPU offload" in memory_hint(MemoryOptions(attention_slicing=True, vae_tiling=True), GenerateRequest())
     assert "batch 1" in memory_hint(MemoryOptions(), GenerateRequest(batch=4))
+
+
+# -- masks: the feather lies inside the painted mask (defect 12) -------------------------
+
+def _changed(out: Image.Image, src: Image.Image) -> np.ndarray:
+    return (pixels(out) != pixels(src)).any(axis=-1)
+
+
+def test_default_inpaint_changes_no_pixel_outside_the_painted_mask(engine, tiny_model_dir, source_image, square_mask):
+    result = engine.run(InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=3))
+    changed, painted = _changed(result.images[0], source_image), np.asarray(square_mask) > 0
+    assert not (changed & ~painted).any() and changed[painted].mean() > 0.5
+
+
+def test_mask_grow_lets_the_change_spill_over_by_that_many_pixels_only(engine, tiny_model_dir, source_image, square_mask):
+    request = InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=3, mask_grow=6, mask_blur=0)
+    changed = _changed(engine.run(request).images[0], source_image)
+    grown = np.zeros((64, 64), bool)
+    grown[18:46, 18:46] = True  # the 16 px square (24..40) grown by 6 px
+    assert not (changed & ~grown).any() and (changed & grown & ~(np.asarray(square_mask) > 0)).any()
+    assert InpaintRequest.from_dict(request.to_dict()).mask_grow == 6
+    with pytest.raises(UserError, match="Mask grow"):
+        request.replace(mask_grow=-1).validate()
+
+
+# -- sources of another size than the model's (defect 9) ---------------------------------
+
+def _bands(size=(200, 100)) -> Image.Image:
+    """Green | red | blue columns: 50, 100 and 50 px of a 200 px wide image."""
+    image = Image.new("RGB", size, (220, 20, 20))
+    image.paste((20, 200, 20), (0, 0, 50, size[1]))
+    image.paste((20, 20, 220), (150, 0, 200, size[1]))
+    return image
+
+
+def test_resize_modes_map_the_source_onto_the_work_size_and_back():
+    from desktop_app.core.requests import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL
+    from desktop_app.engine.imaging import Placement, from_work, to_work
+
+    source = _bands()
+    stretched = np.asarray(to_work(source, Placement(JUST_RESIZE, source.size, (64, 64))))
+    assert stretched.shape == (64, 64, 3) and stretched[32, 4, 1] > 150 and stretched[32, 60, 2] > 150  # all three bands
+    cropped = to_work(source, Placement(CROP_AND_RESIZE, source.size, (64, 64)))
+    assert (np.asarray(cropped)[:, :, 0] > 150).all()  # the middle square only: red
+    placement = Placement(CROP_AND_RESIZE, source.size, (64, 64))
+    back = np.asarray(from_work(Image.new("RGB", (64, 64), (255, 255, 255)), source, placement))
+    assert back.shape == (100, 200, 3)
+    assert np.array_equal(back[:, :48], np.asarray(source)[:, :48]) and np.array_equal(back[:, 152:], np.asarray(source)[:, 152:])
+    assert (back[:, 56:144] >= 245).all()  # what the model made lands where the model saw the source
+    filled = Placement(RESIZE_AND_FILL, source.size, (64, 64))
+    assert filled.scaled_size == (64, 32) and filled.offset == (0, 16)
+    work = np.asarray(to_work(source, filled))
+    assert work[20, 4, 1] > 150 and work[20, 60, 2] > 150  # the whole source, letterboxed
+    result = Image.new("RGB", (64, 64), (0, 0, 0))
+    result.paste((255, 255, 255), (0, 16, 64, 48))
+    assert (np.asarray(from_work(result, source, filled)) == 255).all()  # the bands are dropped
+
+
+@pytest.mark.parametrize("mode", ["just_resize", "crop_and_resize", "resize_and_fill"])
+def test_a_large_source_runs_at_the_models_area_and_returns_at_its_size(engine, tiny_model_dir, mode):
+    source = _bands((400, 240))
+    events = []
+    request = Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source, seed=1, steps=2, strength=0.5, resize_mode=mode)
+    result = engine.run(request, events.append)
+    assert result.images[0].size == (400, 240) and (result.request.width, result.request.height) == (104, 64)
+    assert result.trajectory.xt[0].shape[-2:] == (8, 13)  # the UNet ran at 104x64, not 400x240
+    label = {"just_resize": "", "crop_and_resize": " (Crop and resize)", "resize_and_fill": " (Resize and fill)"}[mode]
+    assert f"The image is 400x240; tiny-sd works at 64x64: worked at 104x64{label} and scaled back to 400x240." in [
+        e.message for e in events if isinstance(e, Notice)
+    ]
+    assert Img2ImgRequest.from_dict(result.request.to_dict()).resize_mode == mode
+
+
+def test_a_large_inpaint_keeps_every_unpainted_pixel(engine, tiny_model_dir):
+    source = _bands((400, 240))
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (150, 80, 250, 160))
+    result = engine.run(InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source, mask=mask, seed=1, steps=2))
+    changed = _changed(result.images[0], source)
+    assert result.images[0].size == (400, 240) and not (changed & (np.asarray(mask) == 0)).any() and changed.any()
+
+
+def test_an_unknown_resize_mode_is_refused():
+    with pytest.raises(UserError, match="resize mode"):
+        Img2ImgRequest(image=Image.new("RGB", (64, 64)), resize_mode="zoom").validate()
+
+
+# -- strength x steps below one step (issue 17, item 4) ----------------------------------
+
+@pytest.mark.parametrize("kind", ["img2img", "inpaint"])
+def test_strength_zero_returns_the_source_and_a_tiny_strength_runs_one_step(engine, tiny_model_dir, source_image, square_mask, kind):
+    def request(strength):
+        if kind == "img2img":
+            return Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source_image, seed=1, steps=20, strength=strength)
+        return InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=20, strength=strength)
+
+    kept = engine.run(request(0.0))
+    assert np.array_equal(pixels(kept.images[0]), pixels(source_image))
+    events = []
+    light = engine.run(request(0.04), events.append)  # 20 x 0.04 = 0.8 steps: diffusers used to crash on none
+    assert light.images[0].size == source_image.size
+    assert [e.step for e in events if isinstance(e, Progress)] == [1]

@@ -331,3 +331,14 @@ def test_vae_helpers_upcast_an_fp16_sdxl_vae_and_put_it_back(zoo):
     pixels = vae_decode(loaded, latents)
     assert pixels.dtype == torch.float32 and torch.isfinite(pixels).all()
     assert vae.dtype == torch.float16  # back to half precision afterwards
+
+
+@pytest.mark.parametrize("content", [b"\x10\x00", b"\x20\x00\x00\x00\x00\x00\x00\x00{not json at all, just bytes}"])
+def test_a_damaged_local_checkpoint_is_named_and_not_called_a_download(engine, tmp_path, content):
+    """Defect 16: a broken local .safetensors said "download it again"; it is a file the user has."""
+    path = tmp_path / "my-model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ModelError) as caught:
+        engine.preload(str(path))
+    assert str(path) in caught.value.message and "damaged or not a model" in caught.value.message
+    assert "download" not in caught.value.hint.lower()

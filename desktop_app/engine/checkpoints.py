@@ -80,7 +80,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], di
                 raise ValueError("bad header length")
             header = json.loads(fh.read(length))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path.name} is not a readable .safetensors file ({exc}).", "The download may be incomplete: download it again.") from exc
+        raise ModelError(
+            f"{path} is damaged or not a model: not a readable .safetensors file ({exc}).",
+            "Choose another file, or replace this one with an intact copy of the model.",
+        ) from exc
     metadata = header.pop("__metadata__", None) or {}
     shapes = {name: tuple(info.get("shape", ())) for name, info in header.items() if isinstance(info, dict)}
     return shapes, {str(k): str(v) for k, v in metadata.items()}
@@ -161,7 +164,10 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
         raise ModelError(f"{name} is {what}, not a Stable Diffusion 1.x / 2.x / XL checkpoint.", "Choose an SD 1.x, 2.x or XL checkpoint.")
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     if conv_in is None or len(conv_in) != 4:
-        raise ModelError(f"{name}: the UNet has no input convolution; the file looks damaged.", "Download it again.")
+        raise ModelError(
+            f"{name} is damaged or not a model: its UNet has no input convolution.",
+            "Choose another file, or replace this one with an intact copy of the model.",
+        )
     in_channels = int(conv_in[1])
     context = sorted({v[-1] for k, v in shapes.items() if k.startswith(UNET) and k.endswith("attn2.to_k.weight")})
     context_dim = int(context[0]) if len(context) == 1 else (int(context[-1]) if context else 0)

@@ -104,7 +104,7 @@ def from_work(result: Image.Image, source: Image.Image, placement: Placement, re
         return result.crop((x, y, x + sw, y + sh)).resize(source.size, resample)
     assert placement.mode == CROP_AND_RESIZE
     canvas = source.convert(result.mode).resize((sw, sh), resample)
-    canvas.paste(result, (x, y))
+    canvas.paste(result, (-x, -y))  # the crop box inside the scaled source
     out = canvas.resize(source.size, resample)
     # outside the crop box the model saw nothing: those pixels stay exactly the source's
     sx, sy = placement.scale
