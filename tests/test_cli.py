@@ -31,8 +31,29 @@ def mask_png(tmp_path):
 
 def test_generate_writes_png_with_parameters(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out.png"
-    code = main(["generate", "--prompt", "a red circle on a blue background", "--model", str(tiny_model_dir), "--seed", "11",
-                 "--steps", "3", "--guidance", "6", "--negative", "blurry", "--scheduler", "euler", "--batch", "2", "--out", str(out)])
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a red circle on a blue background",
+            "--model",
+            str(tiny_model_dir),
+            "--seed",
+            "11",
+            "--steps",
+            "3",
+            "--guidance",
+            "6",
+            "--negative",
+            "blurry",
+            "--scheduler",
+            "euler",
+            "--batch",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert out.is_file() and (tmp_path / "out-2.png").is_file()
     text = Image.open(out).text["parameters"]
@@ -54,10 +75,44 @@ def test_generate_replays_from_its_own_metadata(tiny_model_dir, tmp_path):
 
 def test_img2img_and_inpaint(tiny_model_dir, tmp_path, source_png, mask_png):
     out = tmp_path / "i2i.png"
-    assert main(["img2img", "--image", str(source_png), "--strength", "0.5", "-p", "x", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "img2img",
+                "--image",
+                str(source_png),
+                "--strength",
+                "0.5",
+                "-p",
+                "x",
+                "--model",
+                str(tiny_model_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "Denoising strength: 0.5" in Image.open(out).text["parameters"]
     out = tmp_path / "inp.png"
-    assert main(["inpaint", "--image", str(source_png), "--mask", str(mask_png), "-p", "x", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                "--image",
+                str(source_png),
+                "--mask",
+                str(mask_png),
+                "-p",
+                "x",
+                "--model",
+                str(tiny_model_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result, src = np.asarray(Image.open(out)), np.asarray(Image.open(source_png))
     assert np.array_equal(result[:4], src[:4])
     assert not np.array_equal(result[28:36, 28:36], src[28:36, 28:36])
@@ -95,15 +150,103 @@ def test_bad_input_exits_non_zero_with_one_line(tiny_model_dir, tmp_path, source
 def test_python_m_desktop_app_matches_the_command():
     out = subprocess.run([sys.executable, "-m", "desktop_app", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("diffusion-desk ")
-    helped = subprocess.run([sys.executable, "-m", "desktop_app", "generate", "--help"], capture_output=True, text=True, timeout=60)
+    helped = subprocess.run(
+        [sys.executable, "-m", "desktop_app", "generate", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert "--guidance" in helped.stdout and "--size" in helped.stdout
 
 
 def test_generated_images_land_in_the_history(tiny_model_dir, tmp_path, capsys):
-    assert main(["generate", "-p", "a purple triangle", "--model", str(tiny_model_dir), "--steps", "2", "--out", str(tmp_path / "h.png")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "-p",
+                "a purple triangle",
+                "--model",
+                str(tiny_model_dir),
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "h.png"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["history", "list", "--search", "purple", "--json"]) == 0
     import json
 
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and "purple triangle" in json.dumps(rows)
+
+
+# -- `diffusion-desk FILE ...`: what the desktop entry runs (Exec=diffusion-desk %F) ------------------------------
+
+
+@pytest.fixture()
+def gui_calls(monkeypatch):
+    """Stands in for the window: records what run_gui was asked to open."""
+    from desktop_app.app import application
+
+    calls: list[dict] = []
+    monkeypatch.setattr(application, "run_gui", lambda **kwargs: calls.append(kwargs) or 0)
+    return calls
+
+
+def test_a_file_argument_goes_to_the_window_not_to_the_subcommands(tmp_path, source_png, gui_calls, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data-dir", str(tmp_path / "d"), "in.png"]) == 0
+    assert gui_calls[0]["files"] == [str(source_png)]  # made absolute: the running window has another cwd
+
+
+def test_several_files_and_file_urls(tmp_path, source_png, gui_calls):
+    spaced = tmp_path / "a b.png"
+    spaced.write_bytes(source_png.read_bytes())
+    assert main(["--data-dir", str(tmp_path / "d"), str(source_png), "file://" + str(spaced).replace(" ", "%20")]) == 0
+    assert gui_calls[0]["files"] == [str(source_png), str(spaced)]
+
+
+def test_a_file_named_like_a_command_after_double_dash(tmp_path, gui_calls, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "history").write_bytes(b"x")
+    assert main(["--data-dir", str(tmp_path / "d"), "--", "history"]) == 0
+    assert gui_calls[0]["files"] == [str(tmp_path / "history")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.png"], "No such file: missing.png"),
+        (["generte"], "No such file or command: generte"),
+        (["https://example.com/x.png"], "only local files"),
+        (["."], "is a folder"),
+    ],
+)
+def test_a_bad_file_argument_is_a_clear_error(tmp_path, gui_calls, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data-dir", str(tmp_path / "d"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "hint:" in err
+    assert gui_calls == []  # nothing started, nothing handed to a running window
+
+
+def test_the_real_command_with_a_missing_file_exits_2_with_one_message(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "desktop_app", "--data-dir", str(tmp_path), str(tmp_path / "nope.png")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "invalid choice" not in out.stderr and "No such file" in out.stderr
+
+
+def test_help_lists_the_commands_and_the_files():
+    out = subprocess.run([sys.executable, "-m", "desktop_app", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "generate" in out.stdout and "FILE" in out.stdout
+    sub = subprocess.run(
+        [sys.executable, "-m", "desktop_app", "models", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert sub.stdout.startswith("usage: diffusion-desk models")

@@ -45,11 +45,26 @@ def wheel(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "desktop_app", src / "desktop_app", symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "desktop_app", src / "desktop_app", symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
-         "--wheel-dir", str(work / "dist"), str(src)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(work / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (whl,) = (work / "dist").glob("diffusion_desk-*.whl")
@@ -62,13 +77,32 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # A plain path line: this venv's own .pth files (the editable install of the checkout) are not processed.
     (site / "zz_reuse_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps", "--disable-pip-version-check", str(wheel)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return venv
@@ -97,8 +131,14 @@ def test_wheel_carries_the_builtin_model(wheel):
 
 def test_installed_package_comes_from_the_wheel_not_the_checkout(fresh_venv, tmp_path):
     code = "import desktop_app, desktop_app.core.modelinfo as m; print(desktop_app.__file__); print(m.builtin_model_path())"
-    proc = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], cwd=tmp_path, env=_clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(fresh_venv / "bin" / "python"), "-c", code],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     module_file, model_path = proc.stdout.split("\n")[:2]
     assert Path(module_file).is_relative_to(fresh_venv) and not Path(module_file).is_relative_to(ROOT)
@@ -107,8 +147,14 @@ def test_installed_package_comes_from_the_wheel_not_the_checkout(fresh_venv, tmp
 
 @pytest.mark.parametrize("command", ["diffusion-desk-cli", "diffusion-desk"])
 def test_installed_commands_print_the_version(fresh_venv, tmp_path, command):
-    proc = subprocess.run([str(fresh_venv / "bin" / command), "--version"], cwd=tmp_path, env=_clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(fresh_venv / "bin" / command), "--version"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"diffusion-desk {desktop_app.__version__}"
 
@@ -136,8 +182,11 @@ def _run_install(home: Path, *args: str, **env: str) -> subprocess.CompletedProc
 
 def _tree(path: Path) -> dict[str, bytes]:
     skip = ("mimeinfo.cache", "icon-theme.cache")
-    return {str(p.relative_to(path)): (p.read_bytes() if not p.is_symlink() else os.readlink(p).encode())
-            for p in sorted(path.rglob("*")) if (p.is_file() or p.is_symlink()) and p.name not in skip}
+    return {
+        str(p.relative_to(path)): (p.read_bytes() if not p.is_symlink() else os.readlink(p).encode())
+        for p in sorted(path.rglob("*"))
+        if (p.is_file() or p.is_symlink()) and p.name not in skip
+    }
 
 
 def test_install_script_registers_launcher_and_icons_idempotently_and_uninstalls(tmp_path):
@@ -160,7 +209,9 @@ def test_install_script_registers_launcher_and_icons_idempotently_and_uninstalls
         assert check.returncode == 0, check.stdout
     if shutil.which("update-desktop-database"):
         assert f"image/png={APP_ID}.desktop" in (data / "applications" / "mimeinfo.cache").read_text()
-    version = subprocess.run([str(home / "bin" / "diffusion-desk-cli"), "--version"], capture_output=True, text=True, timeout=120)
+    version = subprocess.run(
+        [str(home / "bin" / "diffusion-desk-cli"), "--version"], capture_output=True, text=True, timeout=120
+    )
     assert version.stdout.strip() == f"diffusion-desk {desktop_app.__version__}"
 
     before = _tree(home)
@@ -185,15 +236,29 @@ def test_install_script_installs_a_wheel_into_an_environment(wheel, tmp_path):
     """The pip half of install.sh, with the wheel and without network (--no-deps, deps reused through a .pth)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "zz_reuse_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")  # torch, pip, ...
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    (site / "zz_reuse_deps.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8"
+    )  # torch, pip, ...
     home = tmp_path / "home"
     proc = _run_install(home, "--venv", str(venv), "--wheel", str(wheel), PIP_ARGS="--no-deps --no-index")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (site / "desktop_app" / "__init__.py").is_file()
-    out = subprocess.run([str(home / "bin" / "diffusion-desk-cli"), "--version"], cwd=tmp_path, env=_clean_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(home / "bin" / "diffusion-desk-cli"), "--version"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == f"diffusion-desk {desktop_app.__version__}"
     assert _run_install(home, "--uninstall").returncode == 0
     assert venv.is_dir()  # it was there before the install
@@ -209,12 +274,20 @@ def test_install_script_registers_an_unpacked_bundle(tmp_path):
     shutil.copytree(INSTALL_SH.parent, bundle / "linux", ignore=shutil.ignore_patterns("render_icons.sh"))
     home = tmp_path / "home"
     e = _clean_env(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_BIN_HOME=str(home / "bin"))
-    proc = subprocess.run(["bash", str(bundle / "linux" / "install.sh")], env=e, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(bundle / "linux" / "install.sh")], env=e, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (home / "data" / "applications" / f"{APP_ID}.desktop").read_text(encoding="utf-8")
     assert f'Exec="{program}" %F' in text
     assert os.readlink(home / "bin" / "diffusion-desk") == str(program)
     assert f"{desktop_app.__version__} installed" in proc.stdout
-    proc = subprocess.run(["bash", str(bundle / "linux" / "install.sh"), "--uninstall"], env=e, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(bundle / "linux" / "install.sh"), "--uninstall"],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and _tree(home) == {}
     assert program.is_file()  # the bundle itself is the user's to delete

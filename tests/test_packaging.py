@@ -91,7 +91,9 @@ def test_metainfo_has_what_software_centres_show():
 def test_newest_release_is_this_version():
     releases = ET.parse(METAINFO).getroot().findall("releases/release")
     assert releases, "no <release>"
-    assert releases[0].get("version") == desktop_app.__version__, "add a <release> to the metainfo when the version changes"
+    assert releases[0].get("version") == desktop_app.__version__, (
+        "add a <release> to the metainfo when the version changes"
+    )
 
 
 # -- icons -------------------------------------------------------------------------------------------
@@ -128,7 +130,9 @@ def test_qt_loads_the_icon(qapp):
 
 
 # -- scripts -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("script", ["packaging/linux/install.sh", "packaging/build_bundle.sh", "packaging/linux/render_icons.sh"])
+@pytest.mark.parametrize(
+    "script", ["packaging/linux/install.sh", "packaging/build_bundle.sh", "packaging/linux/render_icons.sh"]
+)
 def test_shell_scripts_parse(script):
     bash = shutil.which("bash")
     if bash is None:

@@ -164,3 +164,38 @@ def test_message_format_is_one_json_line():
     assert raw.endswith(b"\n") and raw.count(b"\n") == 1
     assert json.loads(raw)["open"] == [str(Path("/somewhere/x.png").resolve())]
     assert _decode(raw.strip()) == [str(Path("/somewhere/x.png").resolve())]
+
+
+def test_claim_takes_the_lock_and_a_second_claim_waits_for_the_window(qapp, name, tmp_path):
+    """The lock decides who is first; a loser whose winner never listens gives up with a clear error."""
+    from desktop_app.core.errors import UserError
+
+    lock = tmp_path / "x.lock"
+    first = SingleInstance(name, lock_path=lock)
+    assert first.claim(["a.png"]) is True and first.holds_lock() and lock.is_file()
+    second = SingleInstance(name, lock_path=lock)
+    with pytest.raises(UserError, match="does not answer"):
+        second.claim(["b.png"], wait_s=0.3)
+    assert not second.holds_lock()
+    first.release()
+    assert not lock.exists()
+    assert second.claim([], wait_s=0.3) is True  # free again
+    second.release()
+
+
+def test_a_hand_off_before_the_window_exists_is_kept_for_it(qtbot, server, name, tmp_path):
+    thread, out = hand_off_in_thread(name, [str(tmp_path / "early.png")])
+    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=10_000)
+    assert out["ok"] is True
+
+    class Window(QWidget):
+        opened: list = []
+
+        def open_image(self, path: str) -> bool:
+            self.opened.append(path)
+            return True
+
+    window = Window()
+    qtbot.addWidget(window)
+    server.attach(window)
+    assert window.opened == [str(tmp_path / "early.png")]

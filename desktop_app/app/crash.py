@@ -16,9 +16,10 @@ import logging
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("desktop_app.app.crash")
 
@@ -39,7 +40,7 @@ class CrashHandler:
         self._bridge: Any = None
 
     # -- installing ---------------------------------------------------------------------------
-    def install(self) -> "CrashHandler":
+    def install(self) -> CrashHandler:
         self._previous_hook = sys.excepthook
         self._previous_thread_hook = threading.excepthook
         sys.excepthook = self.excepthook

@@ -46,7 +46,9 @@ def _say(text: str) -> None:
         print(f"smoke: {text}", file=stream, flush=True)
 
 
-def run_smoke(model: str | os.PathLike | None = None, timeout: float | None = None, data_dir: str | os.PathLike | None = None) -> int:
+def run_smoke(
+    model: str | os.PathLike | None = None, timeout: float | None = None, data_dir: str | os.PathLike | None = None
+) -> int:
     """Make one image through the real window; 0 when it shows on the canvas, non-zero on any failure or timeout."""
     if model is None:
         model = os.environ.get(MODEL_ENV) or None
@@ -75,6 +77,7 @@ def _run(model: str | os.PathLike | None, timeout: float, data_dir: Path, starte
     import asyncio
 
     from PySide6.QtCore import QCoreApplication
+    from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
     from desktop_app.core import paths
@@ -95,7 +98,8 @@ def _run(model: str | os.PathLike | None, timeout: float, data_dir: Path, starte
     paths.set_data_dir(data_dir)
     QCoreApplication.setOrganizationName("diffusion-desk")
     QCoreApplication.setApplicationName("Diffusion Desk")
-    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "diffusion-desk"])
+    app = QGuiApplication.instance() or QApplication([sys.argv[0] if sys.argv else "diffusion-desk"])
+    assert isinstance(app, QGuiApplication)
     _say(f"Qt platform {app.platformName()}, model {label}, data in {data_dir}")
 
     import qasync
@@ -145,7 +149,9 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
     panel_ = getattr(window, "history_panel", None)
     if panel_ is not None and hasattr(panel_, "saved") and getattr(panel_, "history", None) is not None:
         panel_.saved.connect(lambda entries: saved.done() or saved.set_result(entries))
-        panel_.saveFailed.connect(lambda result, message, hint: saved.done() or saved.set_exception(RuntimeError(f"{message} {hint}".strip())))
+        panel_.saveFailed.connect(
+            lambda result, message, hint: saved.done() or saved.set_exception(RuntimeError(f"{message} {hint}".strip()))
+        )
     else:
         saved.set_result(None)  # no history in this window: nothing to wait for
     window.show()
@@ -161,8 +167,10 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
     if button is None or not button.isEnabled():
         _say("FAILED: no enabled Generate button in the window")
         return EXIT_FAILED
-    _say(f"window up after {time.perf_counter() - started:.1f} s; clicking Generate ({SMOKE_STEPS} steps, "
-         f"{panel.width_spin.value()}x{panel.height_spin.value()})")
+    _say(
+        f"window up after {time.perf_counter() - started:.1f} s; clicking Generate ({SMOKE_STEPS} steps, "
+        f"{panel.width_spin.value()}x{panel.height_spin.value()})"
+    )
     clicked = time.perf_counter()
     button.click()
     if window.last_error is not None:
@@ -184,7 +192,11 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
         return EXIT_FAILED
     shown = window.canvas.shown_image()
     image = images[0].convert("RGB")
-    if shown is None or shown.size != image.size or not np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(image)):
+    if (
+        shown is None
+        or shown.size != image.size
+        or not np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(image))
+    ):
         _say("FAILED: the result is not what the canvas shows")
         return EXIT_FAILED
     pixels = np.asarray(image)
@@ -200,8 +212,10 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
         _say(f"FAILED: saving to the history: {exc}")
         return EXIT_FAILED
     kept = "" if entries is None else f", saved to the history ({len(entries)} entry)"
-    _say(f"ok: {image.width}x{image.height} image on the canvas in {time.perf_counter() - clicked:.1f} s{kept} "
-         f"(total {time.perf_counter() - started:.1f} s)")
+    _say(
+        f"ok: {image.width}x{image.height} image on the canvas in {time.perf_counter() - clicked:.1f} s{kept} "
+        f"(total {time.perf_counter() - started:.1f} s)"
+    )
     return EXIT_OK
 
 

@@ -71,7 +71,9 @@ def _line(entry: Any) -> str:
 def _list(store: Any, args: argparse.Namespace, out: TextIO) -> int:
     limit = args.limit if args.limit and args.limit > 0 else 1 << 62
     favourite = True if args.favourites else None
-    entries = store.list(offset=max(args.offset, 0), limit=limit, search=args.search, kind=args.kind, favourite=favourite)
+    entries = store.list(
+        offset=max(args.offset, 0), limit=limit, search=args.search, kind=args.kind, favourite=favourite
+    )
     if args.json:
         json.dump([e.to_dict() for e in entries], out, ensure_ascii=False, indent=2)
         out.write("\n")
@@ -145,7 +147,9 @@ def _delete(store: Any, args: argparse.Namespace, out: TextIO) -> int:
     for entry_id in ids:
         store.get(entry_id)  # unknown ids: an error before anything is deleted
     deleted = store.delete(ids, to_trash=args.trash)
-    out.write(f"Deleted {len(deleted)} entr{'y' if len(deleted) == 1 else 'ies'}{' (files in the trash)' if args.trash else ''}.\n")
+    out.write(
+        f"Deleted {len(deleted)} entr{'y' if len(deleted) == 1 else 'ies'}{' (files in the trash)' if args.trash else ''}.\n"
+    )
     return 0
 
 
@@ -166,8 +170,9 @@ _COMMANDS = {"list": _list, "show": _show, "export": _export, "delete": _delete,
 
 def run_history(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a parsed ``history`` command; 0 on success, 1 on a user error (message and hint on stderr)."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    assert out is not None and err is not None  # sys.stdout is None only in a windowed bundle, which has no CLI
     try:
         store = _store()
     except UserError as exc:

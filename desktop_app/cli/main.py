@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from desktop_app import __version__
 from desktop_app.core import paths
@@ -28,17 +29,33 @@ def _size(text: str) -> tuple[int, int]:
 def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -> None:
     parser.add_argument("--prompt", "-p", required=needs_prompt, default="", help="what the image should show")
     parser.add_argument("--negative", "-n", default="", help="what it should not show")
-    parser.add_argument("--model", "-m", default=None, help="'builtin' (default), a diffusers folder, a .safetensors file or a hub id")
-    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None, help="override the automatic device choice")
+    parser.add_argument(
+        "--model", "-m", default=None, help="'builtin' (default), a diffusers folder, a .safetensors file or a hub id"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "mps"), default=None, help="override the automatic device choice"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random if left out; image i of a batch uses seed + i")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
-    parser.add_argument("--guidance", "--cfg", type=float, default=None, help="classifier-free guidance scale (model default)")
-    parser.add_argument("--size", type=_size, default=None, metavar="WxH", help="image size, multiples of 8 (model default)")
+    parser.add_argument(
+        "--guidance", "--cfg", type=float, default=None, help="classifier-free guidance scale (model default)"
+    )
+    parser.add_argument(
+        "--size", type=_size, default=None, metavar="WxH", help="image size, multiples of 8 (model default)"
+    )
     parser.add_argument("--batch", type=int, default=1, help="images to make")
-    parser.add_argument("--scheduler", "--sampler", choices=sorted(SCHEDULERS), default=None, help="sampler (model default)")
+    parser.add_argument(
+        "--scheduler", "--sampler", choices=sorted(SCHEDULERS), default=None, help="sampler (model default)"
+    )
     parser.add_argument("--out", "-o", required=True, help="output PNG; a batch writes NAME.png, NAME-2.png, ...")
     parser.add_argument("--no-history", action="store_true", help="do not add the result to the history")
-    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]", help="apply a LoRA (.safetensors) with a weight (default 1); repeatable")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="apply a LoRA (.safetensors) with a weight (default 1); repeatable",
+    )
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -46,14 +63,44 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffusion-desk", description="Diffusion Desk: local text-to-image, inpainting and inversion editing.")
+def _add_global(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"diffusion-desk {__version__}")
-    parser.add_argument("--data-dir", default=None, help=f"keep history, settings and logs here (or set {paths.DATA_DIR_ENV})")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"keep history, settings and logs here (or set {paths.DATA_DIR_ENV})"
+    )
     parser.add_argument("--debug", action="store_true", help="verbose logging")
-    parser.add_argument("--smoke", action="store_true", help="open the window offscreen, make one image with the built-in model, exit")
+    parser.add_argument(
+        "--smoke", action="store_true", help="open the window offscreen, make one image with the built-in model, exit"
+    )
     parser.add_argument("--gui-model", dest="gui_model", default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command")
+
+
+USAGE = """%(prog)s [--data-dir DIR] [--debug] [FILE ...]      open the window (with these images)
+       %(prog)s COMMAND [options]                           run headless: generate, img2img, inpaint, edit, history, models"""
+
+
+def build_gui_parser() -> argparse.ArgumentParser:
+    """The window's command line, `diffusion-desk [FILE ...]`: what the desktop entry runs (`Exec=diffusion-desk %F`)."""
+    parser = argparse.ArgumentParser(prog="diffusion-desk", usage=USAGE, description="Open the Diffusion Desk window.")
+    _add_global(parser)
+    parser.add_argument(
+        "files", nargs="*", metavar="FILE", help="images to open (paths or file:// URLs); the first is shown"
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The headless commands. A first word that is not a command is a file for the window (see `main`)."""
+    parser = argparse.ArgumentParser(
+        prog="diffusion-desk",
+        usage=USAGE,
+        description="Diffusion Desk: local text-to-image, inpainting and inversion editing. "
+        "With no command (or with image files) it opens the window.",
+        epilog="FILE: images to open in the window (paths or file:// URLs; the first is shown). When the window "
+        "already runs, they go to it. A file named like a command: put -- before it.",
+    )
+    _add_global(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="diffusion-desk")
 
     gen = sub.add_parser("generate", help="text to image")
     _add_common(gen)
@@ -69,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--mask", required=True, help="white = change, black = keep")
     inp.add_argument("--strength", type=float, default=1.0)
     inp.add_argument("--mask-blur", type=int, default=4, help="feather in pixels")
-    inp.add_argument("--only-masked", action="store_true", help="work on the mask's area at model resolution and paste back")
+    inp.add_argument(
+        "--only-masked", action="store_true", help="work on the mask's area at model resolution and paste back"
+    )
     inp.add_argument("--padding", type=int, default=32, help="context around the mask for --only-masked")
 
     edit = sub.add_parser("edit", help="edit a real image by DDIM inversion")
@@ -77,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--image", "-i", required=True)
     edit.add_argument("--source-prompt", default="", help="what the image shows now")
     depth = edit.add_mutually_exclusive_group()
-    depth.add_argument("--t0", type=int, default=None, help="timestep to invert to (1-999): deeper allows bigger changes")
+    depth.add_argument(
+        "--t0", type=int, default=None, help="timestep to invert to (1-999): deeper allows bigger changes"
+    )
     depth.add_argument("--strength", type=float, default=None, help="t0 as a fraction of the schedule")
     edit.add_argument("--mask", default=None, help="optional: only the white part may change")
     edit.add_argument("--method", choices=EDIT_METHODS, default=None)
@@ -89,14 +140,82 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
 
-    models = sub.add_parser("models", help="list models (built-in, used before, curated hub list); detect a checkpoint; download one")
+    models = sub.add_parser(
+        "models", help="list models (built-in, used before, curated hub list); detect a checkpoint; download one"
+    )
     models.add_argument("--json", action="store_true")
-    models.add_argument("--detect", metavar="FILE", default=None, help="say which family a .safetensors checkpoint is (reads its header only)")
-    models.add_argument("--download", metavar="REPO", default=None, help="download a hub model (owner/name[@revision][:subfolder]) into the Hugging Face cache")
-    models.add_argument("--fp16", action="store_true", help="with --download: fetch the half-precision weights when the repo has them (GPUs)")
+    models.add_argument(
+        "--detect",
+        metavar="FILE",
+        default=None,
+        help="say which family a .safetensors checkpoint is (reads its header only)",
+    )
+    models.add_argument(
+        "--download",
+        metavar="REPO",
+        default=None,
+        help="download a hub model (owner/name[@revision][:subfolder]) into the Hugging Face cache",
+    )
+    models.add_argument(
+        "--fp16",
+        action="store_true",
+        help="with --download: fetch the half-precision weights when the repo has them (GPUs)",
+    )
 
-    parser.add_argument("open_path", nargs="?", default=None, help="an image to open in the window")
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    ]
+
+
+def first_word(argv: Sequence[str], parser: argparse.ArgumentParser) -> str | None:
+    """The first argument that is not an option or an option's value; None after `--` (files only from there)."""
+    takes_value = {
+        opt
+        for action in parser._actions
+        if action.option_strings and action.nargs != 0
+        for opt in action.option_strings
+    }
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            return None
+        if word.startswith("-") and word != "-":
+            if "=" not in word and word in takes_value:
+                next(words, None)
+            continue
+        return word
+    return None
+
+
+def local_path(arg: str, commands: Sequence[str] = ()) -> str:
+    """A file argument as an absolute local path: a path, or a file:// URL (what %U and some file managers give).
+
+    Raises UserError for a file that is not there, so a typo fails here and not in the window."""
+    from urllib.parse import unquote, urlparse
+
+    text = arg
+    if "://" in arg:
+        url = urlparse(arg)
+        if url.scheme != "file" or url.netloc not in ("", "localhost"):
+            raise UserError(
+                f"Cannot open {arg}: only local files can be opened.", "Download it first, then open the file."
+            )
+        text = unquote(url.path)
+    path = Path(text).expanduser().absolute()
+    if not path.exists():
+        if commands and "/" not in arg and "." not in arg:
+            raise UserError(
+                f"No such file or command: {arg}.",
+                "The commands are " + ", ".join(commands) + "; see diffusion-desk --help.",
+            )
+        raise UserError(f"No such file: {arg}.", "Check the path; a file name with spaces needs quotes.")
+    if path.is_dir():
+        raise UserError(f"{arg} is a folder, not an image.", "Give the path of an image file.")
+    return str(path)
 
 
 def _lora_spec(text: str):
@@ -164,7 +283,9 @@ def save_result(result, out: str) -> list[Path]:
         try:
             save_png(image, path, png_info(result, index))
         except OSError as exc:
-            raise UserError(f"Cannot write {path}: {exc.strerror or exc}.", "Check the folder exists and has free space.") from exc
+            raise UserError(
+                f"Cannot write {path}: {exc.strerror or exc}.", "Check the folder exists and has free space."
+            ) from exc
         written.append(path)
     return written
 
@@ -187,7 +308,12 @@ def _run_job(args: argparse.Namespace) -> int:
             if bar is None:
                 download = event.phase == "download"
                 bar = bars[event.phase] = tqdm(
-                    total=event.total, desc=event.phase, unit="B" if download else "step", unit_scale=download, file=sys.stderr, leave=True
+                    total=event.total,
+                    desc=event.phase,
+                    unit="B" if download else "step",
+                    unit_scale=download,
+                    file=sys.stderr,
+                    leave=True,
                 )
             bar.update(event.step - bar.n)
             if event.phase != "download":
@@ -233,7 +359,17 @@ def _list_models(args: argparse.Namespace) -> int:
 
         found = detect_file(args.detect)
         if args.json:
-            print(json.dumps({"family": found.family, "name": found.name, "prediction_type": found.prediction_type, "evidence": list(found.evidence)}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "family": found.family,
+                        "name": found.name,
+                        "prediction_type": found.prediction_type,
+                        "evidence": list(found.evidence),
+                    },
+                    indent=2,
+                )
+            )
         else:
             print(f"{found.family}\t{found.name}\t{'; '.join(found.evidence)}")
         return 0
@@ -248,16 +384,30 @@ def _list_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows + known, indent=2))
     else:
         for row in rows:
-            print(f"{row['id']}\t{row.get('name', '')}\t{row['width']}x{row['height']}, {row['steps']} steps, CFG {row['guidance']}\t{row['path']}")
+            print(
+                f"{row['id']}\t{row.get('name', '')}\t{row['width']}x{row['height']}, {row['steps']} steps, CFG {row['guidance']}\t{row['path']}"
+            )
         for row in known:
-            size = f"{row['download_gb']:.1f} GB download" if "download_gb" in row else ("MISSING" if row.get("missing") else row.get("hash", ""))
+            size = (
+                f"{row['download_gb']:.1f} GB download"
+                if "download_gb" in row
+                else ("MISSING" if row.get("missing") else row.get("hash", ""))
+            )
             print(f"{row['id']}\t{row['name']}\t{row['kind']}, {row['family']}\t{size}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`diffusion-desk COMMAND ...` runs a command; anything else (no arguments, files, URLs) opens the window."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    commands = command_names(parser)
+    word = first_word(argv, parser)
+    if word in commands or (word is None and "--" not in argv and {"-h", "--help"} & set(argv)):
+        args = parser.parse_args(argv)  # a command, or --help: the full help, commands included
+    else:
+        args = build_gui_parser().parse_args(argv)
+        args.command = None
     if args.data_dir:
         paths.set_data_dir(args.data_dir)
     from desktop_app.app.logs import setup_logging
@@ -276,9 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_history(args)
         if args.command == "models":
             return _list_models(args)
+        files = [local_path(arg, () if "--" in argv else commands) for arg in args.files]
         from desktop_app.app.application import run_gui
 
-        return run_gui(model=args.gui_model, data_dir=args.data_dir, open_path=args.open_path, debug=args.debug)
+        return run_gui(model=args.gui_model, data_dir=args.data_dir, files=files, debug=args.debug)
     except UserError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
