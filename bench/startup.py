@@ -34,14 +34,19 @@ class FirstPaint(QObject):
 app = QApplication.instance() or QApplication(sys.argv[:1])
 """
 
-CHILD_BARE = CHILD_COMMON + r"""
+CHILD_BARE = (
+    CHILD_COMMON
+    + r"""
 from PySide6.QtWidgets import QMainWindow, QLabel
 w = QMainWindow(); w.setCentralWidget(QLabel("hello")); w.resize(1320, 820)
 f = FirstPaint(); w.installEventFilter(f)
 w.show(); app.exec()
 """
+)
 
-CHILD_APP = CHILD_COMMON + r"""
+CHILD_APP = (
+    CHILD_COMMON
+    + r"""
 # the real start-up path: desktop_app.app.application.run_gui, with a hook that watches the window's first paint
 from desktop_app.app import application as gui
 f = FirstPaint()
@@ -49,6 +54,7 @@ gui.window_created_hooks.append(lambda w: w.installEventFilter(f))
 gui.run_gui(data_dir=sys.argv[1])
 print("TORCH", "torch" in sys.modules, "NUMPY", "numpy" in sys.modules, flush=True)
 """
+)
 
 
 def measure(code: str, data_dir: str) -> tuple[float, str, float]:
@@ -94,8 +100,10 @@ def main() -> int:
     print(f"Diffusion Desk:      median {mo * 1000:.0f} ms  ({', '.join(f'{x * 1000:.0f}' for x in ours)})")
     print(f"ratio {mo / mb:.2f} (target <= 2); torch imported before first paint: {torch_loaded}")
     cb, co = statistics.median(bare_cpu), statistics.median(ours_cpu)
-    print(f"CPU time of the whole child process, start to exit (ours includes the history, asyncio and qasync loading after the paint): bare {cb * 1000:.0f} ms, "
-          f"ours {co * 1000:.0f} ms, ratio {co / cb:.2f}")
+    print(
+        f"CPU time of the whole child process, start to exit (ours includes the history, asyncio and qasync loading after the paint): bare {cb * 1000:.0f} ms, "
+        f"ours {co * 1000:.0f} ms, ratio {co / cb:.2f}"
+    )
     return 0
 
 

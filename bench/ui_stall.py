@@ -143,8 +143,10 @@ def main() -> int:
         print(f"model: {model}  steps: {args.steps}  size: {pp.width_spin.value()}x{pp.height_spin.value()}")
         print(f"idle baseline (no job, 3 s): worst {idle_worst:.1f} ms, p99 {idle_p99:.1f} ms")
         print(f"first run (loads the model): {e1:.2f} s, worst GUI stall {worst1:.1f} ms{at1}")
-        print(f"warm run: {e2:.2f} s, {len(late2)} ticks, worst GUI stall {worst2:.1f} ms{at2}, p99 {p99:.1f} ms, "
-              f"median {statistics.median(late2) if late2 else 0:.1f} ms  (target <= 50 ms)")
+        print(
+            f"warm run: {e2:.2f} s, {len(late2)} ticks, worst GUI stall {worst2:.1f} ms{at2}, p99 {p99:.1f} ms, "
+            f"median {statistics.median(late2) if late2 else 0:.1f} ms  (target <= 50 ms)"
+        )
         window.close()
         app.quit()
 
