@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from desktop_app.core.errors import ModelError, UserError
+from desktop_app.core.errors import JobCancelled, ModelError, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
-from desktop_app.core.errors import JobCancelled
 
 
 def gen(model, **kw) -> GenerateRequest:
@@ -180,7 +179,7 @@ def test_cancel_stops_within_one_step_without_decoding(engine, tiny_model_dir, m
             cancel.set()
 
     with pytest.raises(JobCancelled):
-        engine.run(gen(tiny_model_dir, seed=1, steps=10), on_event, cancel)
+        engine.run(gen(tiny_model_dir, seed=1, steps=10, previews=False), on_event, cancel)  # previews may decode: off
     assert max(e.step for e in events if isinstance(e, Progress)) == 2
     assert isinstance(events[-1], Cancelled) and not decodes
     loads = engine.models.loads

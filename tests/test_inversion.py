@@ -12,11 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from desktop_app.core.errors import InvalidRequest, UserError
+from desktop_app.core.errors import InvalidRequest, JobCancelled, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress
 from desktop_app.core.requests import EditRequest, GenerateRequest
 from desktop_app.engine import inversion
-from desktop_app.core.errors import JobCancelled
 from desktop_app.engine.encoding import decode_images, encode_image
 from desktop_app.engine.engine import Engine
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_models_tiny import build_family, save_single_file
 
 from desktop_app.core.errors import ModelError
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.engine import checkpoints
 from desktop_app.engine.models import ModelSource, load_single_file, short_hash
-from test_models_tiny import build_family, save_single_file
 
 FAMILIES = ["sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-inpaint"]
 
@@ -289,7 +289,6 @@ def test_shipped_model_index_and_shared_tokenizer_path(zoo, family, tmp_path, mo
     """A config folder laid out like the shipped ones (model_index.json from resources, tokenizer/pad_token.json
     instead of vocab files) loads, with the shared CLIP BPE tokenizer and the family's pad token."""
     import shutil
-
     from importlib import resources
 
     root, files = zoo

@@ -189,18 +189,19 @@ def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int]
     )
     info: dict[str, Any] = {}
     total = request.steps
+    assert request.width and request.height and request.steps  # filled by the engine
     size = (request.width, request.height)
     if isinstance(request, (Img2ImgRequest, InpaintRequest)):
         assert request.image is not None
         steps, strength = denoising_steps(request.steps, request.strength)
-        image = request.image if request.image.size == size else request.image.resize(size, Image.LANCZOS)
+        image = request.image if request.image.size == size else request.image.resize(size, Image.Resampling.LANCZOS)
         kwargs.update(image=image, strength=strength, num_inference_steps=steps)
         total = min(int(steps * strength), steps)
         info["Denoising strength"] = request.strength
         if isinstance(request, InpaintRequest):
             assert request.mask is not None
             mask = request.mask.convert("L")
-            kwargs["mask_image"] = mask if mask.size == size else mask.resize(size, Image.BILINEAR)
+            kwargs["mask_image"] = mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
             if request.only_masked:
                 kwargs["padding_mask_crop"] = request.only_masked_padding
                 info["Inpaint area"] = "Only masked"
@@ -211,7 +212,8 @@ def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int]
             # a 9-channel UNet runs img2img as inpainting of the whole image (as AUTOMATIC1111 does)
             kwargs["mask_image"] = Image.new("L", size, 255)
         else:
-            kwargs.pop("height"), kwargs.pop("width")
+            kwargs.pop("height")
+            kwargs.pop("width")
     elif mode == "generate" and loaded.inpaint_unet:
         # text-to-image on an inpainting UNet: inpaint everything (full white mask) from pure noise
         kwargs.update(image=Image.new("RGB", size, (127, 127, 127)), mask_image=Image.new("L", size, 255), strength=1.0)
@@ -222,5 +224,5 @@ def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int]
             images = pipe(callback_on_step_end=hooks.on_step_end, **kwargs).images
     finally:
         hooks.detach()
-    images = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in images]
+    images = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in images]
     return images, hooks.trajectory, info
