@@ -104,6 +104,7 @@ class Jobs(QObject):
         self._jobs: dict[int, _Job] = {}
         self._running: int | None = None
         self._total = 1
+        self._warm: set[str] = set()  # models that ran a step in this session: their jobs start without a load
         self._preview_size: tuple[int, int] | None = None
         self._pending_preview: Any = None
         self.status = "Idle"
@@ -190,8 +191,8 @@ class Jobs(QObject):
         self._preview_size = None
         if request is not None and getattr(request, "image", None) is None and getattr(request, "width", None):
             self._preview_size = (request.width, request.height)
-        loading = not self.worker.engine_loaded
         model = getattr(request, "model", "") or "builtin"
+        loading = model not in self._warm
         name = "the built-in model" if model == "builtin" else model.rstrip("/").rsplit("/", 1)[-1]
         self._total = 1
         self._set_status(f"Loading {name}…" if loading else "Starting…", 0, 0)
@@ -212,6 +213,8 @@ class Jobs(QObject):
             )
             return
         job = self._jobs.get(job_id)
+        if job is not None:
+            self._warm.add(job.request.model)
         if ev.phase == "replay" or (ev.phase == "invert" and job is not None and job.replay):
             label = "Replaying the source"
         elif ev.phase == "invert":

@@ -72,7 +72,8 @@ class _SpinUndoGuard(QObject):
     changing the number: the spin box's line edit asks to keep those keys (ShortcutOverride); refuse it."""
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
-        if event.type() == QEvent.Type.ShortcutOverride and isinstance(obj.parent(), QAbstractSpinBox):
+        spin = isinstance(obj, QAbstractSpinBox) or isinstance(obj.parent(), QAbstractSpinBox)
+        if event.type() == QEvent.Type.ShortcutOverride and spin:
             key = event  # a QKeyEvent
             if key.matches(QKeySequence.StandardKey.Undo) or key.matches(QKeySequence.StandardKey.Redo):  # type: ignore[attr-defined]
                 event.ignore()
@@ -143,7 +144,7 @@ class MainWindow(QMainWindow):
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(250)
+        scroll.setMinimumWidth(240)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.prompt_scroll = scroll
 
@@ -156,17 +157,17 @@ class MainWindow(QMainWindow):
         self.canvas_toolbar.setMovable(False)
         self.brush_size_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushSizeSlider")
         self.brush_size_slider.setRange(1, 512)
-        self.brush_size_slider.setFixedWidth(80)
+        self.brush_size_slider.setFixedWidth(72)
         self.brush_size_slider.setToolTip("Brush size in image pixels ([ and ])")
         self.brush_size_label = QLabel()
         self.brush_size_label.setMinimumWidth(40)
         self.hardness_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushHardnessSlider")
         self.hardness_slider.setRange(0, 100)
-        self.hardness_slider.setFixedWidth(50)
+        self.hardness_slider.setFixedWidth(44)
         self.hardness_slider.setToolTip("Brush hardness (soft edges paint grey)")
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal, objectName="maskOpacitySlider")
         self.opacity_slider.setRange(5, 100)
-        self.opacity_slider.setFixedWidth(50)
+        self.opacity_slider.setFixedWidth(44)
         self.opacity_slider.setToolTip("Mask overlay opacity")
         self.mask_color_button = QToolButton(objectName="maskColorButton")
         self.mask_color_button.setToolTip("Colour of the mask overlay")
@@ -232,7 +233,7 @@ class MainWindow(QMainWindow):
         cl.addWidget(self.mask_toolbar)
         cl.addWidget(self.timestep_panel)
         cl.addLayout(prog)
-        center.setMinimumWidth(420)
+        self.canvas_area = center
 
         self.history_panel = self._make_history_panel(placeholder=self._history_deferred)
 
@@ -286,7 +287,7 @@ class MainWindow(QMainWindow):
             panel.useAsSourceRequested.connect(self._on_history_use_as_source)
             panel.errorRaised.connect(self.show_error)
             self.sourceChanged.connect(getattr(panel, "set_source_image", lambda *_: None))
-            panel.setMinimumWidth(150)
+            panel.setMinimumWidth(130)
             return panel
         panel = QFrame()
         panel.setObjectName("historyPanel")
@@ -299,7 +300,7 @@ class MainWindow(QMainWindow):
         hint.setEnabled(False)
         lay.addWidget(hint)
         lay.addStretch(1)
-        panel.setMinimumWidth(150)
+        panel.setMinimumWidth(130)
         return panel
 
     def _action(self, text: str, slot, shortcut=None, name: str | None = None, checkable: bool = False) -> QAction:
@@ -371,12 +372,13 @@ class MainWindow(QMainWindow):
         tb = self.canvas_toolbar
         tb.addAction(self.act_brush)
         tb.addAction(self.act_eraser)
-        tb.addWidget(QLabel(" Size "))
         tb.addWidget(self.brush_size_slider)
         tb.addWidget(self.brush_size_label)
-        tb.addWidget(QLabel(" Hard "))
+        tb.addSeparator()
+        tb.addWidget(QLabel("Hard"))
         tb.addWidget(self.hardness_slider)
-        tb.addWidget(QLabel(" Overlay "))
+        tb.addSeparator()
+        tb.addWidget(QLabel("Mask"))
         tb.addWidget(self.opacity_slider)
         tb.addWidget(self.mask_color_button)
         self.mask_color_button.clicked.connect(self.choose_mask_color)
@@ -399,6 +401,9 @@ class MainWindow(QMainWindow):
         self.act_fit.setText("Fit")
         self.act_open.setText("Open…")
         self.act_brush.setChecked(True)
+        # the canvas column never gets narrower than its tool bars: nothing hides behind a chevron
+        wide = max(bar.sizeHint().width() for bar in (self.canvas_toolbar, self.mask_toolbar))
+        self.canvas_area.setMinimumWidth(max(360, wide))
 
     def _menu(self, title: str, *actions: QAction | None) -> None:
         m = self.menuBar().addMenu(title)
