@@ -11,8 +11,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 def bench_model() -> str:
     """The built-in model (as a folder path, for plain diffusers too) when it is there, else a tiny random one."""
-    from desktop_app.core.modelinfo import builtin_model_path
     from tiny_model import builtin_or_tiny
+
+    from desktop_app.core.modelinfo import builtin_model_path
 
     model = builtin_or_tiny()
     return str(builtin_model_path()) if model == "builtin" else model

@@ -33,11 +33,23 @@ def main() -> None:
     defaults = model_defaults(model)
     width, height, guidance = defaults["width"], defaults["height"], defaults["guidance"]
     engine = Engine()
-    plain = StableDiffusionPipeline.from_pretrained(model, dtype=engine.dtype, safety_checker=None, requires_safety_checker=False).to(engine.device)
+    plain = StableDiffusionPipeline.from_pretrained(
+        model, dtype=engine.dtype, safety_checker=None, requires_safety_checker=False
+    ).to(engine.device)
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
-    request = GenerateRequest(prompt="a red circle on a blue background", model=model, steps=args.steps, guidance=guidance,
-                              width=width, height=height, seed=1, scheduler="ddim", previews=True, trajectory=True)
+    request = GenerateRequest(
+        prompt="a red circle on a blue background",
+        model=model,
+        steps=args.steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        seed=1,
+        scheduler="ddim",
+        previews=True,
+        trajectory=True,
+    )
 
     def run_engine() -> float:
         events = []
@@ -47,8 +59,14 @@ def main() -> None:
 
     def run_plain() -> float:
         start = time.perf_counter()
-        plain("a red circle on a blue background", num_inference_steps=args.steps, guidance_scale=guidance, width=width, height=height,
-              generator=[torch.Generator("cpu").manual_seed(1)])
+        plain(
+            "a red circle on a blue background",
+            num_inference_steps=args.steps,
+            guidance_scale=guidance,
+            width=width,
+            height=height,
+            generator=[torch.Generator("cpu").manual_seed(1)],
+        )
         return time.perf_counter() - start
 
     run_engine(), run_plain()  # warm-up: load, first-call allocations

@@ -32,10 +32,7 @@ from desktop_app.core.history import HistoryStore, _encode_png, _encode_thumb, _
 from desktop_app.core.infotext import build_png_info
 from desktop_app.core.requests import GenerateRequest
 
-WORDS = (
-    "red blue green yellow cube sphere cone table wood glass lighthouse dusk forest river mountain portrait "
-    "cat dog robot castle city night rain snow sunset ocean bridge tower flower garden desert"
-).split()
+WORDS = ["red", "blue", "green", "yellow", "cube", "sphere", "cone", "table", "wood", "glass", "lighthouse", "dusk", "forest", "river", "mountain", "portrait", "cat", "dog", "robot", "castle", "city", "night", "rain", "snow", "sunset", "ocean", "bridge", "tower", "flower", "garden", "desert"]
 
 
 def populate(root: Path, n: int) -> None:
@@ -52,7 +49,9 @@ def populate(root: Path, n: int) -> None:
         uid = _new_uid(created)
         prompt = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(4, 14)))
         negative = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(0, 4)))
-        request = GenerateRequest(prompt=prompt, negative_prompt=negative, steps=20, guidance=7.0, width=512, height=512, seed=i)
+        request = GenerateRequest(
+            prompt=prompt, negative_prompt=negative, steps=20, guidance=7.0, width=512, height=512, seed=i
+        )
         info = build_png_info(request, i, "builtin", "0123456789", history={"uid": uid, "created_at": created})
         image_path = root / "images" / month / f"{uid}.png"
         thumb_path = root / "thumbs" / month / f"{uid}.jpg"
@@ -62,9 +61,25 @@ def populate(root: Path, n: int) -> None:
         thumb_path.write_bytes(thumb)
         req = request.to_dict(include_images=False)
         rows.append(
-            (uid, created, "generate", json.dumps(req), prompt, negative, "builtin", "0123456789", i,
-             image_path.relative_to(root).as_posix(), thumb_path.relative_to(root).as_posix(), None, 3.2, 512, 512,
-             None, None)
+            (
+                uid,
+                created,
+                "generate",
+                json.dumps(req),
+                prompt,
+                negative,
+                "builtin",
+                "0123456789",
+                i,
+                image_path.relative_to(root).as_posix(),
+                thumb_path.relative_to(root).as_posix(),
+                None,
+                3.2,
+                512,
+                512,
+                None,
+                None,
+            )
         )
     conn = store._db()
     conn.execute("BEGIN IMMEDIATE")
@@ -114,7 +129,9 @@ def main() -> int:
         # After a session that saved something, today's folder is rescanned at the next open.
         tiny_result = Result(
             request=GenerateRequest(prompt="one more", steps=20, guidance=7.0, width=64, height=64, seed=2),
-            images=[Image.new("RGB", (64, 64))], seeds=[2], model_id="builtin",
+            images=[Image.new("RGB", (64, 64))],
+            seeds=[2],
+            model_id="builtin",
         )
         after_add = []
         for _ in range(5):
@@ -128,6 +145,7 @@ def main() -> int:
         today_files = sum(1 for _ in (root / "images" / today).iterdir())
 
         store = HistoryStore(root)
+
         def open_nocheck():
             with HistoryStore(root, check=False) as s:
                 return s.list(limit=100)
@@ -139,10 +157,14 @@ def main() -> int:
 
         big = Image.new("RGB", (512, 512))
         big.putdata([(x % 256, (x // 512) % 256, 128) for x in range(512 * 512)])
-        request = GenerateRequest(prompt="a benchmark cube on a table", steps=20, guidance=7.0, width=512, height=512, seed=1)
+        request = GenerateRequest(
+            prompt="a benchmark cube on a table", steps=20, guidance=7.0, width=512, height=512, seed=1
+        )
 
         def result():
-            return Result(request=request, images=[big], seeds=[1], model_id="builtin", model_hash="0123456789", elapsed=3.0)
+            return Result(
+                request=request, images=[big], seeds=[1], model_id="builtin", model_hash="0123456789", elapsed=3.0
+            )
 
         ms_add_full, _ = timed(lambda: store.add(result()), repeat=5)
         # Encode excluded: the PNG and thumbnail bytes are made beforehand.

@@ -101,7 +101,9 @@ class Batch:
         with torch.inference_mode():
             self.z0 = torch.cat([encode(loaded, image, (64, 64)).float() for _, image in items])  # (B, C, h, w)
             self.refs = [arr(im) for im in inversion._decode(pipe, self.z0)]  # the VAE reconstructions
-            self.cond_src = torch.cat([inversion._embed(pipe, shapes.caption(spec), loaded.device) for spec, _ in items])  # (B, L, D)
+            self.cond_src = torch.cat(
+                [inversion._embed(pipe, shapes.caption(spec), loaded.device) for spec, _ in items]
+            )  # (B, L, D)
             self.uncond = inversion._embed(pipe, "", loaded.device).expand_as(self.cond_src)
         started = time.perf_counter()
         self.levels = inversion.invert(loaded, self.z0, self.cond_src, self.timesteps, steps, refine=refine)
@@ -112,8 +114,18 @@ class Batch:
             return torch.cat([inversion._embed(self.loaded.pipe, text, self.loaded.device) for text in texts])
 
     def run(self, method: str, guidance: float, cond_tgt=None, latent_mask=None) -> list[Image.Image]:
-        x = inversion.denoise(self.loaded, self.levels, self.timesteps, self.steps, method, guidance, self.cond_src,
-                              self.cond_src if cond_tgt is None else cond_tgt, self.uncond, latent_mask=latent_mask)
+        x = inversion.denoise(
+            self.loaded,
+            self.levels,
+            self.timesteps,
+            self.steps,
+            method,
+            guidance,
+            self.cond_src,
+            self.cond_src if cond_tgt is None else cond_tgt,
+            self.uncond,
+            latent_mask=latent_mask,
+        )
         return inversion._decode(self.loaded.pipe, x)
 
 
@@ -125,7 +137,10 @@ def reconstruction(batch: Batch, guidances, methods) -> dict:
             scores = [psnr(arr(out), ref) for out, ref in zip(outs, batch.refs)]
             finite = [s if math.isfinite(s) else 99.0 for s in scores]
             table[(guidance, method)] = (statistics.mean(finite), min(finite))
-            print(f"  guidance {guidance:>4}  {method:<16} mean {statistics.mean(finite):6.2f} dB   worst {min(finite):6.2f} dB", flush=True)
+            print(
+                f"  guidance {guidance:>4}  {method:<16} mean {statistics.mean(finite):6.2f} dB   worst {min(finite):6.2f} dB",
+                flush=True,
+            )
     return table
 
 
@@ -148,7 +163,9 @@ def edits(batch: Batch, guidance: float, method: str, masked: bool, suggest: boo
             ious.append((suggested & truth).sum() / max((suggested | truth).sum(), 1))
     latent_mask = None
     if masked:
-        latent_mask = torch.cat([inversion._latent_mask(f, 64, 64, loaded.latent_factor, loaded.device) for f in feathered])
+        latent_mask = torch.cat(
+            [inversion._latent_mask(f, 64, 64, loaded.latent_factor, loaded.device) for f in feathered]
+        )
     outs = batch.run(method, guidance, batch.embed(targets), latent_mask)
     ok, bg_psnr, identical = 0, [], 0
     for i, ((spec, image), out) in enumerate(zip(items, outs)):
@@ -175,8 +192,17 @@ def cost(engine, model, steps, guidance, t0, method, reps) -> tuple[float, float
     image = shapes.render(spec, 64, random.Random(0))
     target = shapes.caption(dict(spec, colour=new_colour(spec)))
     generate = GenerateRequest(prompt=target, model=model, steps=steps, guidance=guidance, scheduler="ddim", seed=0)
-    edit = EditRequest(prompt=target, source_prompt=shapes.caption(spec), model=model, image=image, steps=steps,
-                       guidance=guidance, t0=t0, method=method, seed=0)
+    edit = EditRequest(
+        prompt=target,
+        source_prompt=shapes.caption(spec),
+        model=model,
+        image=image,
+        steps=steps,
+        guidance=guidance,
+        t0=t0,
+        method=method,
+        seed=0,
+    )
     engine.run(generate), engine.run(edit)  # warm up
     gen_times, edit_times = [], []
     for _ in range(reps):
@@ -194,8 +220,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, default=16, help="held-out images")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--t0", type=int, default=None, help="reconstruction and edit start timestep (default: the engine's for this model)")
-    ap.add_argument("--recon-t0", type=int, nargs="*", default=None, help="t0 values for the reconstruction table (default: --t0)")
+    ap.add_argument(
+        "--t0",
+        type=int,
+        default=None,
+        help="reconstruction and edit start timestep (default: the engine's for this model)",
+    )
+    ap.add_argument(
+        "--recon-t0", type=int, nargs="*", default=None, help="t0 values for the reconstruction table (default: --t0)"
+    )
     ap.add_argument("--recon-methods", nargs="*", default=list(METHODS))
     ap.add_argument("--no-suggest", action="store_true", help="skip the suggested-mask overlap")
     ap.add_argument("--cost-methods", nargs="*", default=["ddim", inversion.DEFAULT_METHOD])
@@ -204,7 +237,9 @@ def main(argv=None) -> int:
     ap.add_argument("--edit-methods", nargs="*", default=[inversion.DEFAULT_METHOD])
     ap.add_argument("--refine", type=int, default=None, help="fixed-point refinements per inversion step")
     ap.add_argument("--cost-reps", type=int, default=3)
-    ap.add_argument("--cost-t0", type=int, nargs="*", default=None, help="t0 values for the cost (default: --t0 and 999)")
+    ap.add_argument(
+        "--cost-t0", type=int, nargs="*", default=None, help="t0 values for the cost (default: --t0 and 999)"
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["recon", "edit", "masked", "cost"])
     ap.add_argument("--quick", action="store_true", help="4 images, 20 steps: a plumbing check")
     args = ap.parse_args(argv)
@@ -221,8 +256,10 @@ def main(argv=None) -> int:
     if args.t0 is None:
         args.t0 = inversion.default_t0(engine.models.get(model).pipe.scheduler.alphas_cumprod)
     items = held_out(args.n)
-    print(f"model {model}  device {engine.device}  held-out images {len(items)}  steps {args.steps}  "
-          f"default method {inversion.DEFAULT_METHOD}  refine {inversion.INVERSION_REFINE}")
+    print(
+        f"model {model}  device {engine.device}  held-out images {len(items)}  steps {args.steps}  "
+        f"default method {inversion.DEFAULT_METHOD}  refine {inversion.INVERSION_REFINE}"
+    )
     started = time.perf_counter()
 
     refine = inversion.INVERSION_REFINE
@@ -237,13 +274,18 @@ def main(argv=None) -> int:
     if "recon" not in args.skip:
         for t0 in args.recon_t0 if args.recon_t0 is not None else [args.t0]:
             batch = batch_for(t0)
-            print(f"\n1. Reconstruction PSNR vs the VAE reconstruction (target = source), t0 {batch.timesteps[0]} "
-                  f"({len(batch.timesteps)} of {args.steps} steps; inversion {batch.invert_seconds:.0f} s):", flush=True)
+            print(
+                f"\n1. Reconstruction PSNR vs the VAE reconstruction (target = source), t0 {batch.timesteps[0]} "
+                f"({len(batch.timesteps)} of {args.steps} steps; inversion {batch.invert_seconds:.0f} s):",
+                flush=True,
+            )
             reconstruction(batch, (1.0, 7.5), args.recon_methods)
 
     if "edit" not in args.skip:
         print("\n2. Colour edits (success >= 80%; background >= 25 dB unmasked, identical masked):")
-        print(f"  {'method':<16}{'t0':>5}{'cfg':>6}  {'mask':<6}{'success':>8}{'bg PSNR':>9}{'worst':>8}{'identical':>10}{'sugg. IoU':>10}")
+        print(
+            f"  {'method':<16}{'t0':>5}{'cfg':>6}  {'mask':<6}{'success':>8}{'bg PSNR':>9}{'worst':>8}{'identical':>10}{'sugg. IoU':>10}"
+        )
         for t0 in args.edit_t0 if args.edit_t0 is not None else [args.t0]:
             batch = batch_for(t0)
             for method in args.edit_methods:
@@ -252,8 +294,11 @@ def main(argv=None) -> int:
                         r = edits(batch, guidance, method, masked, suggest=masked and not args.no_suggest)
                         ident = f"{r['identical']:.0%}" if r["identical"] is not None else "-"
                         iou = f"{r['iou']:.2f}" if r["iou"] is not None else "-"
-                        print(f"  {method:<16}{batch.timesteps[0]:>5}{guidance:>6}  {'box' if masked else 'none':<6}{r['success']:>8.0%}"
-                              f"{r['bg_psnr']:>9.2f}{r['bg_worst']:>8.2f}{ident:>10}{iou:>10}", flush=True)
+                        print(
+                            f"  {method:<16}{batch.timesteps[0]:>5}{guidance:>6}  {'box' if masked else 'none':<6}{r['success']:>8.0%}"
+                            f"{r['bg_psnr']:>9.2f}{r['bg_worst']:>8.2f}{ident:>10}{iou:>10}",
+                            flush=True,
+                        )
                         args.no_suggest = args.no_suggest or masked  # it depends on neither method nor guidance
 
     if "cost" not in args.skip:
@@ -261,7 +306,10 @@ def main(argv=None) -> int:
         for t0 in args.cost_t0 if args.cost_t0 is not None else sorted({args.t0, 999}):
             for method in args.cost_methods:
                 g, e, ratio = cost(engine, model, args.steps, args.edit_guidance[0], t0, method, args.cost_reps)
-                print(f"  {method:<16} t0 {t0:>3}: generation {g * 1000:7.0f} ms, edit {e * 1000:7.0f} ms, ratio {ratio:.2f}x", flush=True)
+                print(
+                    f"  {method:<16} t0 {t0:>3}: generation {g * 1000:7.0f} ms, edit {e * 1000:7.0f} ms, ratio {ratio:.2f}x",
+                    flush=True,
+                )
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -48,7 +48,9 @@ def main() -> int:
     forms = []
     for family in ("sd1", "sd2-v", "sdxl"):
         folder = build_family(work / "configs", family)
-        single = save_single_file(folder, work / f"{family}.safetensors", {"modelspec.prediction_type": "v"} if family == "sd2-v" else {})
+        single = save_single_file(
+            folder, work / f"{family}.safetensors", {"modelspec.prediction_type": "v"} if family == "sd2-v" else {}
+        )
         forms += [(family, "folder", str(folder)), (family, "single_file", str(single))]
 
     # warm the imports and caches once, so the first form is not charged for them
@@ -87,7 +89,9 @@ def main() -> int:
     else:
         print(f"{'family':8} {'form':12} {'load s':>8} {'switch ms':>10} {'% of load':>10}  shared  reads")
         for r in rows:
-            print(f"{r['family']:8} {r['form']:12} {r['load_s']:8.3f} {1000 * r['switch_s']:10.2f} {r['switch_pct_of_load']:10.2f}  {str(r['modules_shared']):6}  {r['disk_reads']}")
+            print(
+                f"{r['family']:8} {r['form']:12} {r['load_s']:8.3f} {1000 * r['switch_s']:10.2f} {r['switch_pct_of_load']:10.2f}  {str(r['modules_shared']):6}  {r['disk_reads']}"
+            )
         worst = max(r["switch_pct_of_load"] for r in rows)
         print(f"worst switch: {worst:.2f}% of a load (target < 5%)")
     return 0

@@ -17,24 +17,57 @@ def build_sd15(folder: Path, dtype) -> Path:
     """The SD 1.5 component shapes (UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder 123M), random weights."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from tiny_model import write_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from tiny_model import write_tokenizer
-
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        latent_channels=4,
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
+    )
     write_tokenizer(folder / "tokenizer", 77)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, max_position_embeddings=77,
-                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.to(dtype=dtype).save_pretrained(str(folder))
     return folder
 
@@ -50,12 +83,21 @@ def main() -> None:
     size, steps, runs = (512, 20, 5) if cuda else (256, 2, 3)
     engine = Engine()
     folder = build_sd15(Path(tempfile.mkdtemp()) / "sd15-random", engine.dtype)
-    plain = StableDiffusionPipeline.from_pretrained(str(folder), dtype=engine.dtype, safety_checker=None,
-                                                    requires_safety_checker=False).to(engine.device)
+    plain = StableDiffusionPipeline.from_pretrained(
+        str(folder), dtype=engine.dtype, safety_checker=None, requires_safety_checker=False
+    ).to(engine.device)
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
-    request = GenerateRequest(prompt="a photo of a cat", model=str(folder), steps=steps, guidance=7.5, width=size, height=size,
-                              seed=1, scheduler="ddim")
+    request = GenerateRequest(
+        prompt="a photo of a cat",
+        model=str(folder),
+        steps=steps,
+        guidance=7.5,
+        width=size,
+        height=size,
+        seed=1,
+        scheduler="ddim",
+    )
 
     def sync() -> None:
         if cuda:
@@ -69,8 +111,14 @@ def main() -> None:
         return time.perf_counter() - start
 
     run_engine = lambda: engine.run(request)  # noqa: E731
-    run_plain = lambda: plain("a photo of a cat", num_inference_steps=steps, guidance_scale=7.5, width=size, height=size,  # noqa: E731
-                              generator=[torch.Generator("cpu").manual_seed(1)])
+    run_plain = lambda: plain(
+        "a photo of a cat",
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        width=size,
+        height=size,  # noqa: E731
+        generator=[torch.Generator("cpu").manual_seed(1)],
+    )
     timed(run_engine), timed(run_plain)
     engine_times, plain_times = [], []
     for _ in range(runs):

@@ -44,11 +44,15 @@ class Backend(Protocol):
         """Load a model now (None: the built-in one) and say what it is; UserError when it cannot be loaded."""
         ...
 
-    def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
+    def suggest_mask(
+        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+    ) -> Image.Image:
         """A mode 'L' mask (0 / 255) of the image's size: where an edit from one prompt to the other should happen."""
         ...
 
-    def decode_trajectory(self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
+    def decode_trajectory(
+        self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0
+    ) -> Image.Image:
         """Full decode of step `index` of a run ("x0": its predicted clean image, "xt": the noisy latent)."""
         ...
 

@@ -40,6 +40,7 @@ DEFAULT_MODEL = ROOT / "resources" / "models" / "shapes"
 
 def load_pipe(model: Path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline.from_pretrained(str(model), local_files_only=True, torch_dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -49,10 +50,16 @@ def load_pipe(model: Path):
 def generate(pipe, prompts, seeds, steps, guidance, batch=25):
     out = []
     for i in range(0, len(prompts), batch):
-        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[i:i + batch]]
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[i : i + batch]]
         with torch.no_grad():
-            ims = pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance,
-                       generator=gens, height=64, width=64).images
+            ims = pipe(
+                prompts[i : i + batch],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=gens,
+                height=64,
+                width=64,
+            ).images
         out.extend(ims)
     return out
 
@@ -76,6 +83,7 @@ def accuracy(pipe, specs, steps, guidance, seed, batch=25):
 
 def save_grid(imgs, path, cols=8, scale=2):
     from PIL import Image
+
     rows = math.ceil(len(imgs) / cols)
     g = Image.new("RGB", (64 * cols, 64 * rows), (128, 128, 128))
     for i, im in enumerate(imgs):
@@ -89,6 +97,7 @@ def save_grid(imgs, path, cols=8, scale=2):
 def inversion_psnr(pipe, n=20, steps=50, seed=0):
     """Mean PSNR (dB) of DDIM inversion + DDIM sampling (guidance 1) vs the VAE reconstruction."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
+
     vae, unet = pipe.vae, pipe.unet
     sf = vae.config.scaling_factor
     inv = DDIMInverseScheduler.from_config(pipe.scheduler.config)
@@ -101,8 +110,13 @@ def inversion_psnr(pipe, n=20, steps=50, seed=0):
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
         z0 = vae.encode(x).latent_dist.mode() * sf
         ref = vae.decode(z0 / sf).sample.clamp(-1, 1)
-        ids = pipe.tokenizer([shapes.caption(s)], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            [shapes.caption(s)],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         cond = pipe.text_encoder(ids)[0]
         z = z0.clone()
         inv.set_timesteps(steps)
@@ -154,16 +168,21 @@ def main(argv=None):
     steps = args.steps or int(meta.get("steps", 20))
     guidances = args.guidance or [float(meta.get("guidance", 4.0))]
     pipe = load_pipe(args.model)
-    specs = shapes.heldout_specs()[:args.n]
+    specs = shapes.heldout_specs()[: args.n]
     print(f"model {args.model}  held-out captions {len(specs)}  steps {steps}  DDIM  seeds {args.seed}..")
     rows = []
-    print(f"{'guidance':>8} | {'shape colour':>12} | {'background':>10} | {'shape kind':>10} | "
-          f"{'position':>8} | {'size':>6} | {'gen s':>6}")
+    print(
+        f"{'guidance':>8} | {'shape colour':>12} | {'background':>10} | {'shape kind':>10} | "
+        f"{'position':>8} | {'size':>6} | {'gen s':>6}"
+    )
     for gsc in guidances:
         acc, counts, imgs, dt = accuracy(pipe, specs, steps, gsc, args.seed, args.batch)
         rows.append((gsc, acc, counts))
-        print(f"{gsc:8.2f} | {acc['colour']:12.1%} | {acc['background']:10.1%} | {acc['shape']:10.1%} | "
-              f"{acc['position']:8.1%} | {acc['size']:6.1%} | {dt:6.1f}", flush=True)
+        print(
+            f"{gsc:8.2f} | {acc['colour']:12.1%} | {acc['background']:10.1%} | {acc['shape']:10.1%} | "
+            f"{acc['position']:8.1%} | {acc['size']:6.1%} | {dt:6.1f}",
+            flush=True,
+        )
         if args.grid:
             p = args.grid if len(guidances) == 1 else args.grid.with_name(f"{args.grid.stem}_g{gsc:g}.png")
             save_grid(imgs[:48], p)
@@ -173,29 +192,55 @@ def main(argv=None):
     acc = rows[0][1]
     # the check the app's tests do
     from diffusers import DDIMScheduler  # noqa: F401
+
     g0 = torch.Generator("cpu").manual_seed(0)
-    im = pipe("a red square on a white background", num_inference_steps=steps, guidance_scale=gsc,
-              generator=g0, height=64, width=64).images[0]
+    im = pipe(
+        "a red square on a white background",
+        num_inference_steps=steps,
+        guidance_scale=gsc,
+        generator=g0,
+        height=64,
+        width=64,
+    ).images[0]
     c = shapes.classify(im)
     print(f"'a red square on a white background' seed 0 -> {c}")
     if not args.no_inversion:
         m, vals = inversion_psnr(pipe, args.inv_n, args.inv_steps, args.seed)
-        print(f"DDIM inversion ({args.inv_steps} steps, guidance 1) reconstruction PSNR vs VAE recon: "
-              f"mean {m:.2f} dB (min {min(vals):.2f}, max {max(vals):.2f}, n={len(vals)})")
+        print(
+            f"DDIM inversion ({args.inv_steps} steps, guidance 1) reconstruction PSNR vs VAE recon: "
+            f"mean {m:.2f} dB (min {min(vals):.2f}, max {max(vals):.2f}, n={len(vals)})"
+        )
         res["inversion_psnr_db"] = round(m, 2)
     if not args.no_timing:
         best, med = timing(pipe, gsc)
-        print(f"20 steps at 64x64, guidance {gsc:g}, batch 1: {best:.3f} s (median {med:.3f} s), "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"20 steps at 64x64, guidance {gsc:g}, batch 1: {best:.3f} s (median {med:.3f} s), "
+            f"{torch.get_num_threads()} threads"
+        )
         res["seconds_20_steps_cpu"] = round(med, 3)
     if args.write_json:
-        meta.update({"name": meta.get("name", "Shapes (built-in)"), "steps": steps, "guidance": gsc,
-                     "scheduler": "ddim", "width": 64, "height": 64})
-        ev = {"heldout_captions": len(specs), "steps": steps, "guidance": gsc,
-              "shape_colour_acc": round(acc["colour"], 4), "background_colour_acc": round(acc["background"], 4),
-              "shape_kind_acc": round(acc["shape"], 4), "position_acc": round(acc["position"], 4),
-              "size_acc": round(acc["size"], 4), **res,
-              "red_square_on_white_seed0": c}
+        meta.update(
+            {
+                "name": meta.get("name", "Shapes (built-in)"),
+                "steps": steps,
+                "guidance": gsc,
+                "scheduler": "ddim",
+                "width": 64,
+                "height": 64,
+            }
+        )
+        ev = {
+            "heldout_captions": len(specs),
+            "steps": steps,
+            "guidance": gsc,
+            "shape_colour_acc": round(acc["colour"], 4),
+            "background_colour_acc": round(acc["background"], 4),
+            "shape_kind_acc": round(acc["shape"], 4),
+            "position_acc": round(acc["position"], 4),
+            "size_acc": round(acc["size"], 4),
+            **res,
+            "red_square_on_white_seed0": c,
+        }
         meta["eval"] = ev
         meta_p.write_text(json.dumps(meta, indent=2) + "\n")
         print(f"wrote {meta_p}")

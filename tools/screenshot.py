@@ -29,8 +29,11 @@ def start_xvfb(size: str = "1440x900x24") -> subprocess.Popen | None:
         return None
     for n in range(97, 120):
         if not Path(f"/tmp/.X{n}-lock").exists():
-            proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", size, "-nolisten", "tcp"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                ["Xvfb", f":{n}", "-screen", "0", size, "-nolisten", "tcp"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             for _ in range(50):
                 if Path(f"/tmp/.X11-unix/X{n}").exists():
                     break
@@ -99,13 +102,32 @@ def shoot(args) -> int:
         canvas.set_brush_size(max(4, size // 5))
         # paint over the circle with the mouse, as a user would
         canvas.set_mask_opacity(0.3)
-        pts = [(0.22, 0.25), (0.78, 0.25), (0.78, 0.45), (0.22, 0.45), (0.22, 0.62), (0.78, 0.62), (0.78, 0.78), (0.22, 0.78)]
+        pts = [
+            (0.22, 0.25),
+            (0.78, 0.25),
+            (0.78, 0.45),
+            (0.22, 0.45),
+            (0.22, 0.62),
+            (0.78, 0.62),
+            (0.78, 0.78),
+            (0.22, 0.78),
+        ]
         wpts = [canvas.image_to_widget(x * size, y * size) for x, y in pts]
-        QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(int(wpts[0].x()), int(wpts[0].y())))
+        QTest.mousePress(
+            canvas,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+            QPoint(int(wpts[0].x()), int(wpts[0].y())),
+        )
         for p in wpts[1:]:
             QTest.mouseMove(canvas, QPoint(int(p.x()), int(p.y())))
             await asyncio.sleep(0.02)
-        QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(int(wpts[-1].x()), int(wpts[-1].y())))
+        QTest.mouseRelease(
+            canvas,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+            QPoint(int(wpts[-1].x()), int(wpts[-1].y())),
+        )
         if canvas.mask_image() is None:  # platforms that drop synthetic moves: paint the same strokes directly
             for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
                 canvas._stamp_segment((x0 * size, y0 * size), (x1 * size, y1 * size))

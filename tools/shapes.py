@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -61,16 +61,17 @@ HELDOUT_FRACTION = 0.2
 
 # ----------------------------------------------------------------- specs ---
 
+
 def make_spec(shape, colour, background, position=None, size=None) -> dict:
-    return {"shape": shape, "colour": colour, "background": background,
-            "position": position, "size": size}
+    return {"shape": shape, "colour": colour, "background": background, "position": position, "size": size}
 
 
 def all_specs() -> list[dict]:
     """Every valid caption combination (shape colour != background colour)."""
     out = []
     for shape, colour, bg, pos, size in itertools.product(
-            SHAPES, COLOURS, COLOURS, (None,) + POSITIONS, (None,) + SIZES):
+        SHAPES, COLOURS, COLOURS, (None,) + POSITIONS, (None,) + SIZES
+    ):
         if colour != bg:
             out.append(make_spec(shape, colour, bg, pos, size))
     return out
@@ -78,7 +79,7 @@ def all_specs() -> list[dict]:
 
 def _split_key(spec: dict) -> float:
     h = hashlib.sha256(caption(spec).encode("utf-8")).digest()
-    return int.from_bytes(h[:8], "big") / 2.0 ** 64
+    return int.from_bytes(h[:8], "big") / 2.0**64
 
 
 def is_heldout(spec: dict) -> bool:
@@ -104,6 +105,7 @@ def heldout_specs() -> list[dict]:
 
 
 # --------------------------------------------------------------- captions ---
+
 
 def caption(spec: dict) -> str:
     words = ["a"]
@@ -149,6 +151,7 @@ def parse_caption(text: str) -> dict:
 
 
 # -------------------------------------------------------------- rendering ---
+
 
 def random_spec(rng: random.Random | None = None, specs: list[dict] | None = None) -> dict:
     rng = rng or random.Random()
@@ -233,8 +236,9 @@ def classify(img) -> dict:
         if arr.max() <= 1.0:
             arr = arr * 255.0
     if arr.shape[0] != 64 or arr.shape[1] != 64:
-        arr = np.asarray(Image.fromarray(arr.clip(0, 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR),
-                         dtype=np.float32)
+        arr = np.asarray(
+            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR), dtype=np.float32
+        )
     lab = _nearest(arr)
     H, W = lab.shape
     border = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
@@ -253,7 +257,7 @@ def classify(img) -> dict:
     y0, y1 = np.percentile(ys, [1, 99])
     x0, x1, y0, y1 = int(round(x0)), int(round(x1)), int(round(y0)), int(round(y1))
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
-    box = mask[y0:y1 + 1, x0:x1 + 1]
+    box = mask[y0 : y1 + 1, x0 : x1 + 1]
     fill = box.mean() if box.size else 0.0
     k = max(1, min(bw, bh) // 5)
     tl = box[:k, :k].mean()

@@ -52,17 +52,26 @@ DEFAULT_STATE = ROOT / "tools" / ".train"
 # ----------------------------------------------------------- model configs ---
 
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3,
+    in_channels=3,
+    out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,
     up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(8, 16, 32), layers_per_block=1, norm_num_groups=1,
-    latent_channels=4, sample_size=64, act_fn="silu",
+    block_out_channels=(8, 16, 32),
+    layers_per_block=1,
+    norm_num_groups=1,
+    latent_channels=4,
+    sample_size=64,
+    act_fn="silu",
 )
 
 TEXT_HIDDEN = 128
 TEXT_CONFIG = dict(
-    hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN, num_hidden_layers=3,
-    num_attention_heads=4, max_position_embeddings=MAX_LEN, hidden_act="quick_gelu",
+    hidden_size=TEXT_HIDDEN,
+    intermediate_size=4 * TEXT_HIDDEN,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_LEN,
+    hidden_act="quick_gelu",
     projection_dim=TEXT_HIDDEN,
 )
 
@@ -70,13 +79,19 @@ TEXT_CONFIG = dict(
 # the UNet has no positional embeddings, and only at 4x4 and 2x2 does the convolutions' zero padding tell
 # every cell where it is (a two-level UNet trained for hours never learned "left" from "right").
 UNET_CONFIG = dict(
-    sample_size=16, in_channels=4, out_channels=4,
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
-    block_out_channels=(32, 64, 64, 64), layers_per_block=(2, 1, 1, 1), norm_num_groups=4,
-    cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4,  # (= number of heads in diffusers' naming)
-    addition_embed_type="text", addition_embed_type_num_heads=4,
+    block_out_channels=(32, 64, 64, 64),
+    layers_per_block=(2, 1, 1, 1),
+    norm_num_groups=4,
+    cross_attention_dim=TEXT_HIDDEN,
+    attention_head_dim=4,  # (= number of heads in diffusers' naming)
+    addition_embed_type="text",
+    addition_embed_type_num_heads=4,
 )
 
 SCHEDULER_CONFIG = dict(
@@ -86,8 +101,14 @@ SCHEDULER_CONFIG = dict(
     # x0 guess as a 7%-sized deviation from its input.  On a position-only toy, v learned "left" / "right"
     # in 50-75 steps; epsilon, with the same x0 weights, had not started after 100 (and the epsilon models
     # shipped before never learned position at all).
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="v_prediction",
     timestep_spacing="trailing",
 )
 
@@ -120,8 +141,9 @@ def atomic_save(obj, path: Path):
 
 # --------------------------------------------------------------- tokenizer ---
 
+
 def stage_tokenizer(args):
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, decoders
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
     from transformers import CLIPTokenizer
@@ -130,18 +152,29 @@ def stage_tokenizer(args):
     corpus = sorted({shapes.caption(s) for s in shapes.train_specs()})
     tok = Tokenizer(BPE(unk_token="<|endoftext|>", continuing_subword_prefix="", end_of_word_suffix="</w>"))
     tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(
-            r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-            behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(
+                    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+                ),
+                behavior="removed",
+                invert=True,
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=args.vocab_size, min_frequency=1,
-                         special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                         end_of_word_suffix="</w>", show_progress=False)
+    trainer = BpeTrainer(
+        vocab_size=args.vocab_size,
+        min_frequency=1,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
     # extra words so that close variants ("center", "a big ...") do not fall apart into bytes
     extra = ["center centre big tiny shape picture image of with and the in at on"]
     tok.train_from_iterator(corpus + extra, trainer=trainer)
@@ -156,12 +189,13 @@ def stage_tokenizer(args):
     ex = "a small yellow triangle at the left on a black background"
     ids = t2(ex, padding="max_length", max_length=t2.model_max_length, truncation=True).input_ids
     log(f"tokenizer: vocab {len(t2)}; '{ex}' -> {t2.convert_ids_to_tokens(ids)}")
-    assert len(ids) == MAX_LEN and "<|endoftext|>" != t2.convert_ids_to_tokens(ids)[2]
+    assert len(ids) == MAX_LEN and t2.convert_ids_to_tokens(ids)[2] != "<|endoftext|>"
     return t2
 
 
 def load_tokenizer(args):
     from transformers import CLIPTokenizer
+
     p = args.state / "tokenizer"
     if not p.exists():
         return stage_tokenizer(args)
@@ -169,6 +203,7 @@ def load_tokenizer(args):
 
 
 # --------------------------------------------------------------------- data ---
+
 
 def render_dataset(n: int, seed: int, specs=None):
     """(uint8 images N,64,64,3, list of specs) rendered from the training captions."""
@@ -186,8 +221,10 @@ def to_tensor(imgs_u8: np.ndarray) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- VAE ---
 
+
 def new_vae():
     from diffusers import AutoencoderKL
+
     return AutoencoderKL(**VAE_CONFIG)
 
 
@@ -272,8 +309,10 @@ def stage_vae(args, device):
             with torch.no_grad():
                 r = vae.decode(vae.encode(val[:64]).latent_dist.mode()).sample
             vae.train()
-            log(f"vae step {st['step']} loss {np.mean(losses):.4f} kl {kl.item():.1f} lr {lr:.1e} "
-                f"val psnr {psnr(r, val[:64]):.2f} dB  ({st['elapsed']:.0f}/{total_s:.0f}s)")
+            log(
+                f"vae step {st['step']} loss {np.mean(losses):.4f} kl {kl.item():.1f} lr {lr:.1e} "
+                f"val psnr {psnr(r, val[:64]):.2f} dB  ({st['elapsed']:.0f}/{total_s:.0f}s)"
+            )
             losses = []
         if time.time() - t_ck > 180:
             atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "st": st}, ck)
@@ -281,19 +320,25 @@ def stage_vae(args, device):
     vae.eval()
     # scaling factor from the data: 1 / std of the latent means
     with torch.no_grad():
-        zs = torch.cat([vae.encode(data[i:i + 256].to(device)).latent_dist.mode().cpu()
-                        for i in range(0, min(len(data), 2048), 256)])
-        r = torch.cat([vae.decode(vae.encode(val[i:i + 64]).latent_dist.mode()).sample
-                       for i in range(0, len(val), 64)])
+        zs = torch.cat(
+            [
+                vae.encode(data[i : i + 256].to(device)).latent_dist.mode().cpu()
+                for i in range(0, min(len(data), 2048), 256)
+            ]
+        )
+        r = torch.cat(
+            [vae.decode(vae.encode(val[i : i + 64]).latent_dist.mode()).sample for i in range(0, len(val), 64)]
+        )
     sf = float(1.0 / zs.std())
     vae.register_to_config(scaling_factor=sf)
     st["done"] = True
     st["scaling_factor"] = sf
     st["val_psnr"] = psnr(r, val)
-    atomic_save({"model": vae.state_dict(), "opt": None, "st": st,
-                 "config": dict(vae.config)}, ck)
-    log(f"vae: done at step {st['step']}, val psnr {st['val_psnr']:.2f} dB, latent std {zs.std():.3f} "
-        f"mean {zs.mean():.3f} -> scaling_factor {sf:.4f}")
+    atomic_save({"model": vae.state_dict(), "opt": None, "st": st, "config": dict(vae.config)}, ck)
+    log(
+        f"vae: done at step {st['step']}, val psnr {st['val_psnr']:.2f} dB, latent std {zs.std():.3f} "
+        f"mean {zs.mean():.3f} -> scaling_factor {sf:.4f}"
+    )
     return vae
 
 
@@ -308,6 +353,7 @@ def load_vae(args, device):
 
 # ------------------------------------------------------------ latent cache ---
 
+
 def build_cache(args, device, tokenizer):
     path = args.state / f"latents_{args.unet_images}.pt"
     vae_mtime = (args.state / "vae.pt").stat().st_mtime
@@ -320,39 +366,48 @@ def build_cache(args, device, tokenizer):
     t0 = time.time()
     imgs, specs = render_dataset(args.unet_images, args.seed + 3)
     caps = [shapes.caption(s) for s in specs]
-    ids = tokenizer(caps, padding="max_length", max_length=MAX_LEN, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(caps, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt").input_ids
     lat = []
     with torch.no_grad():
         for i in range(0, len(imgs), 256):
-            x = to_tensor(imgs[i:i + 256]).to(device)
+            x = to_tensor(imgs[i : i + 256]).to(device)
             lat.append((vae.encode(x).latent_dist.mode() * vae.config.scaling_factor).half().cpu())
     lat = torch.cat(lat)
     empty = tokenizer([""], padding="max_length", max_length=MAX_LEN, return_tensors="pt").input_ids[0]
     c = {"latents": lat, "ids": ids, "empty": empty, "vae_mtime": vae_mtime}
     atomic_save(c, path)
-    log(f"cached {len(lat)} latents in {time.time() - t0:.0f}s (std {lat.float().std():.3f}, "
-        f"mean {lat.float().mean():.3f})")
+    log(
+        f"cached {len(lat)} latents in {time.time() - t0:.0f}s (std {lat.float().std():.3f}, "
+        f"mean {lat.float().mean():.3f})"
+    )
     return c
 
 
 # --------------------------------------------------------------------- UNet ---
 
+
 def new_text_encoder(tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
-    cfg = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         **TEXT_CONFIG)
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TEXT_CONFIG,
+    )
     return CLIPTextModel(cfg)
 
 
 def new_unet():
     from diffusers import UNet2DConditionModel
+
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
 def new_scheduler():
     from diffusers import DDIMScheduler
+
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
@@ -391,9 +446,13 @@ def stage_unet(args, device, refine=False):
     # The text encoder learns at a fraction of the UNet's rate: CLIP's token embeddings start at std 0.02,
     # and at the full rate Adam flattens the words the UNet does not use yet (left / right) within ~25 steps,
     # after which nothing can learn them.
-    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr_scale": 1.0, "weight_decay": 0.01},
-                             {"params": list(te.parameters()), "lr_scale": args.te_lr_scale, "weight_decay": 0.0}],
-                            lr=args.lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(unet.parameters()), "lr_scale": 1.0, "weight_decay": 0.01},
+            {"params": list(te.parameters()), "lr_scale": args.te_lr_scale, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+    )
     ema = EMA([unet, te], args.ema)
     ck = args.state / ("unet_refine.pt" if refine else "unet.pt")
     if refine and not refined_checkpoint(args):
@@ -413,9 +472,7 @@ def stage_unet(args, device, refine=False):
         st = c["st"]
         if args.minutes:
             # a new budget: continue the cosine from where we are over the remaining time
-            if st["elapsed"] >= st["total_s"]:
-                st["total_s"] = st["elapsed"] + args.minutes * 60
-            elif args.reset_budget:
+            if st["elapsed"] >= st["total_s"] or args.reset_budget:
                 st["total_s"] = st["elapsed"] + args.minutes * 60
         torch.set_rng_state(c["rng"])
         log(f"unet: resuming at step {st['step']} ({st['elapsed']:.0f}s of {st['total_s']:.0f}s)")
@@ -428,8 +485,10 @@ def stage_unet(args, device, refine=False):
     total_s = st["total_s"]
     n_unet = sum(p.numel() for p in unet.parameters())
     n_te = sum(p.numel() for p in te.parameters())
-    log(f"unet: {n_unet / 1e6:.2f}M params, text encoder {n_te / 1e6:.2f}M; {len(lat_all)} latents; "
-        f"batch {args.batch}; budget {total_s:.0f}s; device {device}")
+    log(
+        f"unet: {n_unet / 1e6:.2f}M params, text encoder {n_te / 1e6:.2f}M; {len(lat_all)} latents; "
+        f"batch {args.batch}; budget {total_s:.0f}s; device {device}"
+    )
     sched = new_scheduler()
     ac = sched.alphas_cumprod.to(device)
     snr = ac / (1 - ac)
@@ -486,15 +545,23 @@ def stage_unet(args, device, refine=False):
         t_last = now
         losses.append(per.mean().item())
         if now - t_log > 60 or st["step"] % 200 == 0:
-            log(f"unet step {st['step']} loss {np.mean(losses):.4f} lr {lr:.2e} "
-                f"({st['elapsed']:.0f}/{total_s:.0f}s, {len(losses) / max(1e-6, now - t_log):.2f} it/s)")
+            log(
+                f"unet step {st['step']} loss {np.mean(losses):.4f} lr {lr:.2e} "
+                f"({st['elapsed']:.0f}/{total_s:.0f}s, {len(losses) / max(1e-6, now - t_log):.2f} it/s)"
+            )
             losses = []
             t_log = now
         last = st["elapsed"] >= total_s or (stop and st["step"] >= stop)
         if now - t_ck > args.checkpoint_every * 60 or last:
-            c = {"unet": unet.state_dict(), "te": te.state_dict(), "ema_unet": ema.shadow[0].state_dict(),
-                 "ema_te": ema.shadow[1].state_dict(), "opt": opt.state_dict(), "st": st,
-                 "rng": torch.get_rng_state()}
+            c = {
+                "unet": unet.state_dict(),
+                "te": te.state_dict(),
+                "ema_unet": ema.shadow[0].state_dict(),
+                "ema_te": ema.shadow[1].state_dict(),
+                "opt": opt.state_dict(),
+                "st": st,
+                "rng": torch.get_rng_state(),
+            }
             atomic_save(c, ck)
             t_ck = time.time()
             log(f"checkpoint at step {st['step']}")
@@ -510,9 +577,11 @@ def stage_unet(args, device, refine=False):
 
 # ------------------------------------------------------------------- export ---
 
+
 def export(args, tokenizer=None, unet=None, te=None, st=None):
     """Write the EMA weights as a diffusers StableDiffusionPipeline folder (atomically)."""
     from diffusers import StableDiffusionPipeline
+
     tokenizer = tokenizer or load_tokenizer(args)
     if unet is None:
         c = torch.load(refined_checkpoint(args) or args.state / "unet.pt", map_location="cpu", weights_only=False)
@@ -525,9 +594,17 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
     unet = copy.deepcopy(unet).cpu().float().eval()
     te = copy.deepcopy(te).cpu().float().eval()
     dtype = torch.float16 if args.fp16 else torch.float32
-    pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=te, tokenizer=tokenizer, unet=unet,
-                                   scheduler=new_scheduler(), safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae.cpu(),
+        text_encoder=te,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=new_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
     pipe.to(dtype=dtype)
     out = Path(args.out)
     tmp = out.parent / (out.name + ".tmp_export")
@@ -538,11 +615,20 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
     if meta_p.exists():
         meta = json.loads(meta_p.read_text())
     else:
-        meta = {"name": "Shapes (built-in)", "steps": 20, "guidance": 4.0, "scheduler": "ddim",
-                "width": 64, "height": 64, "eval": {}}
+        meta = {
+            "name": "Shapes (built-in)",
+            "steps": 20,
+            "guidance": 4.0,
+            "scheduler": "ddim",
+            "width": 64,
+            "height": 64,
+            "eval": {},
+        }
     meta.setdefault("eval", {})
-    meta["training"] = {"unet_steps": int(st["step"]) if st else None,
-                        "unet_seconds": round(float(st["elapsed"])) if st else None}
+    meta["training"] = {
+        "unet_steps": int(st["step"]) if st else None,
+        "unet_seconds": round(float(st["elapsed"])) if st else None,
+    }
     (tmp / "diffusion_desk.json").write_text(json.dumps(meta, indent=2) + "\n")
     old = out.parent / (out.name + ".old_export")
     if old.exists():
@@ -558,11 +644,16 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
 
 # --------------------------------------------------------------------- main ---
 
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["tokenizer", "vae", "unet", "refine", "export", "all"], default="all")
-    ap.add_argument("--minutes", type=float, default=None,
-                    help="time budget of the stage (all: UNet budget; defaults vae 12, unet 75, refine 15)")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="time budget of the stage (all: UNet budget; defaults vae 12, unet 75, refine 15)",
+    )
     ap.add_argument("--vae-minutes", type=float, default=12.0, help="VAE budget for --stage all")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--state", type=Path, default=DEFAULT_STATE)
@@ -583,17 +674,24 @@ def main(argv=None):
     ap.add_argument("--refine-ema", type=float, default=0.995)
     ap.add_argument("--refine-x0-floor", type=float, default=0.0)
     ap.add_argument("--te-lr-scale", type=float, default=0.05, help="text encoder learning rate / UNet's")
-    ap.add_argument("--x0-floor", type=float, default=1.0,
-                    help="lowest loss weight of an x0 error (1: as v-prediction at low SNR; 0: plain min-SNR)")
+    ap.add_argument(
+        "--x0-floor",
+        type=float,
+        default=1.0,
+        help="lowest loss weight of an x0 error (1: as v-prediction at low SNR; 0: plain min-SNR)",
+    )
     ap.add_argument("--high-t-share", type=float, default=0.3, help="share of each batch drawn at high t")
     ap.add_argument("--high-t-from", type=int, default=800, help="lowest timestep of that share")
     ap.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes")
     ap.add_argument("--export-every", type=float, default=10.0, help="minutes (0: only at the end)")
     ap.add_argument("--stop-after-steps", type=int, default=0, help="smoke tests: stop the UNet after N steps")
-    ap.add_argument("--reset-budget", action="store_true",
-                    help="unet: replace the remaining time budget by --minutes")
-    ap.add_argument("--init-from", type=Path, default=None,
-                    help="unet: start from the weights of another unet.pt checkpoint (fresh optimizer)")
+    ap.add_argument("--reset-budget", action="store_true", help="unet: replace the remaining time budget by --minutes")
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="unet: start from the weights of another unet.pt checkpoint (fresh optimizer)",
+    )
     ap.add_argument("--fp16", action="store_true", help="export fp16 weights (default fp32)")
     ap.add_argument("--force", action="store_true", help="vae: train further even if done")
     args = ap.parse_args(argv)

@@ -223,7 +223,9 @@ class CheckReport:
         if self.set_aside:
             parts.append(f"{len(self.set_aside)} unreadable image(s) were moved to the 'unindexed' folder")
         if self.missing:
-            parts.append(f"{len(self.missing)} entr{'y' if len(self.missing) == 1 else 'ies'} have lost their image file")
+            parts.append(
+                f"{len(self.missing)} entr{'y' if len(self.missing) == 1 else 'ies'} have lost their image file"
+            )
         if self.removed:
             parts.append(f"{len(self.removed)} leftover file(s) were cleaned up")
         return "; ".join(parts) + "." if parts else ""
@@ -254,12 +256,12 @@ class HistoryService(ABC):
         """Entries newest first."""
 
     @abstractmethod
-    def count(self, search: str | None = None, kind: str | Sequence[str] | None = None, favourite: bool | None = None) -> int:
-        ...
+    def count(
+        self, search: str | None = None, kind: str | Sequence[str] | None = None, favourite: bool | None = None
+    ) -> int: ...
 
     @abstractmethod
-    def set_favourite(self, ids: int | Iterable[int], favourite: bool = True) -> None:
-        ...
+    def set_favourite(self, ids: int | Iterable[int], favourite: bool = True) -> None: ...
 
     @abstractmethod
     def delete(self, ids: int | Iterable[int], to_trash: bool = False) -> builtins.list[Entry]:
@@ -270,12 +272,10 @@ class HistoryService(ABC):
         """The entry's request with its source image and mask, ready to run again."""
 
     @abstractmethod
-    def check(self, full: bool = False) -> CheckReport:
-        ...
+    def check(self, full: bool = False) -> CheckReport: ...
 
     @abstractmethod
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -401,7 +401,9 @@ def _db_error(exc: sqlite3.Error) -> HistoryError:
         return HistoryError("The disk is full: the history cannot be changed.", "Free some disk space.")
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
         return HistoryError("The history is busy (another Diffusion Desk is writing to it).", "Try again in a moment.")
-    return HistoryError(f"The history database failed: {exc}", "Restart Diffusion Desk; if it persists, run 'history check --full'.")
+    return HistoryError(
+        f"The history database failed: {exc}", "Restart Diffusion Desk; if it persists, run 'history check --full'."
+    )
 
 
 def _db_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -443,14 +445,18 @@ class HistoryStore(HistoryService):
             self.images_dir.mkdir(exist_ok=True)
             self.thumbs_dir.mkdir(exist_ok=True)
         except OSError as exc:
-            raise HistoryError(f"Cannot create the history folder {self.root}: {exc}", "Check the data folder's permissions.") from exc
+            raise HistoryError(
+                f"Cannot create the history folder {self.root}: {exc}", "Check the data folder's permissions."
+            ) from exc
         self._conn = self._open_checked()
         if check:
             self.check()
 
     # -- opening, migrations, recovery ----------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return conn
 
@@ -557,7 +563,7 @@ class HistoryStore(HistoryService):
                 finally:
                     self._conn = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "HistoryStore":
+    def __enter__(self) -> HistoryStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -622,7 +628,9 @@ class HistoryStore(HistoryService):
         return self._conn
 
     # -- saving ----------------------------------------------------------------------
-    def _write_source(self, folder: Path, prefix: str, image: Image.Image | None, created: builtins.list[Path]) -> str | None:
+    def _write_source(
+        self, folder: Path, prefix: str, image: Image.Image | None, created: builtins.list[Path]
+    ) -> str | None:
         if image is None:
             return None
         path = folder / f"{prefix}-{_image_digest(image)}.png"
@@ -682,10 +690,23 @@ class HistoryStore(HistoryService):
                 req["batch"] = 1
                 rows.append(
                     (
-                        uid, now, request.kind, json.dumps(req, ensure_ascii=False), request.prompt or "",
-                        request.negative_prompt or "", result.model_id or request.model or "", result.model_hash or "",
-                        seed, self._rel(image_path), self._rel(thumb_path), parent_id, result.elapsed,
-                        image.width, image.height, source_rel, mask_rel,
+                        uid,
+                        now,
+                        request.kind,
+                        json.dumps(req, ensure_ascii=False),
+                        request.prompt or "",
+                        request.negative_prompt or "",
+                        result.model_id or request.model or "",
+                        result.model_hash or "",
+                        seed,
+                        self._rel(image_path),
+                        self._rel(thumb_path),
+                        parent_id,
+                        result.elapsed,
+                        image.width,
+                        image.height,
+                        source_rel,
+                        mask_rel,
                     )
                 )
             _fsync_dir(images_dir)
@@ -722,7 +743,11 @@ class HistoryStore(HistoryService):
             return []
         with self._lock:
             marks = ",".join("?" * len(uids))
-            found = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE uid IN ({marks})", builtins.list(uids)).fetchall()
+            found = (
+                self._db()
+                .execute(f"SELECT {_COLUMNS} FROM entries WHERE uid IN ({marks})", builtins.list(uids))
+                .fetchall()
+            )
         by_uid = {row[1]: self._entry(row) for row in found}
         return [by_uid[uid] for uid in uids if uid in by_uid]
 
@@ -743,7 +768,9 @@ class HistoryStore(HistoryService):
             return None
         return " ".join(f'"{w}"*' for w in words[:32])
 
-    def _where(self, search: str | None, kind: str | Sequence[str] | None, favourite: bool | None) -> tuple[str, builtins.list[Any]]:
+    def _where(
+        self, search: str | None, kind: str | Sequence[str] | None, favourite: bool | None
+    ) -> tuple[str, builtins.list[Any]]:
         clauses: builtins.list[str] = []
         args: builtins.list[Any] = []
         query = self.fts_query(search) if search else None
@@ -777,7 +804,9 @@ class HistoryStore(HistoryService):
     entries = list
 
     @_db_errors
-    def count(self, search: str | None = None, kind: str | Sequence[str] | None = None, favourite: bool | None = None) -> int:
+    def count(
+        self, search: str | None = None, kind: str | Sequence[str] | None = None, favourite: bool | None = None
+    ) -> int:
         where, args = self._where(search, kind, favourite)
         with self._lock:
             return self._db().execute(f"SELECT count(*) FROM entries{where}", args).fetchone()[0]
@@ -788,7 +817,9 @@ class HistoryStore(HistoryService):
         try:
             request = GenerateRequest.from_dict(entry.request)
         except UserError as exc:
-            raise HistoryError(f"Entry {entry_id} holds a request this version cannot read: {exc.message}", exc.hint) from exc
+            raise HistoryError(
+                f"Entry {entry_id} holds a request this version cannot read: {exc.message}", exc.hint
+            ) from exc
         from desktop_app.core.images import load_image, load_mask
 
         changes: dict[str, Any] = {}
@@ -852,7 +883,9 @@ class HistoryStore(HistoryService):
             try:
                 rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", ids).fetchall()
                 entries = [self._entry(r) for r in rows]
-                conn.executemany("INSERT OR REPLACE INTO tombstones (uid, deleted_at) VALUES (?, ?)", [(e.uid, now) for e in entries])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO tombstones (uid, deleted_at) VALUES (?, ?)", [(e.uid, now) for e in entries]
+                )
                 conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", ids)
                 conn.execute("COMMIT")
             except BaseException:
@@ -863,7 +896,8 @@ class HistoryStore(HistoryService):
             shared = set()
             for rel in {p for e in entries for p in (e.source_path, e.mask_path) if p is not None}:
                 used = conn.execute(
-                    "SELECT 1 FROM entries WHERE source_path = ? OR mask_path = ? LIMIT 1", (self._rel(rel), self._rel(rel))
+                    "SELECT 1 FROM entries WHERE source_path = ? OR mask_path = ? LIMIT 1",
+                    (self._rel(rel), self._rel(rel)),
                 ).fetchone()
                 if used:
                     shared.add(rel)
@@ -915,7 +949,12 @@ class HistoryStore(HistoryService):
         return out
 
     def _scan_folder(
-        self, base: str, folder: str, files: dict[str, str], sources: builtins.list[str] | None, temps: builtins.list[Path]
+        self,
+        base: str,
+        folder: str,
+        files: dict[str, str],
+        sources: builtins.list[str] | None,
+        temps: builtins.list[Path],
     ) -> None:
         """Fill `files` (uid -> path relative to the root, as rows store it), `sources` and `temps`.
         Strings, not Paths: 10,000 Path objects cost more than the scan itself."""
@@ -957,7 +996,9 @@ class HistoryStore(HistoryService):
                     self._verify(self._db())
                 except sqlite3.DatabaseError as exc:
                     if not self._is_corruption(exc):
-                        raise HistoryError(f"Cannot check the history database: {exc}", f"Check {self.db_path}.") from exc
+                        raise HistoryError(
+                            f"Cannot check the history database: {exc}", f"Check {self.db_path}."
+                        ) from exc
                     self._conn.close()
                     self._conn = self._recover(str(exc))
                     assert self.last_check is not None
@@ -1004,7 +1045,9 @@ class HistoryStore(HistoryService):
                 rows = []
                 for folder in [*todo, *gone]:
                     low = f"images/{folder}/"
-                    rows += conn.execute(f"{columns} WHERE image_path >= ? AND image_path < ?", (low, low[:-1] + "0")).fetchall()
+                    rows += conn.execute(
+                        f"{columns} WHERE image_path >= ? AND image_path < ?", (low, low[:-1] + "0")
+                    ).fetchall()
         known_images = {r[2] for r in rows}
         referenced = {p for r in rows for p in (r[3], r[4]) if p}
         on_disk = set(images.values())
@@ -1079,7 +1122,9 @@ class HistoryStore(HistoryService):
                     done = [u for u in tombstones if u not in images or not (self.root / images[u]).exists()]
                     conn.executemany("DELETE FROM tombstones WHERE uid = ?", [(u,) for u in done])
                 if clean:
-                    conn.executemany("INSERT OR REPLACE INTO folder_state (folder, mtime_ns, checked_at) VALUES (?, ?, ?)", clean)
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO folder_state (folder, mtime_ns, checked_at) VALUES (?, ?, ?)", clean
+                    )
                 if vanished:
                     conn.executemany("DELETE FROM folder_state WHERE folder = ?", [(f,) for f in vanished])
                 conn.execute("COMMIT")
@@ -1089,9 +1134,13 @@ class HistoryStore(HistoryService):
         if missing_ids:
             with self._lock:
                 marks = ",".join("?" * len(missing_ids))
-                found = self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", missing_ids).fetchall()
+                found = (
+                    self._db().execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", missing_ids).fetchall()
+                )
             report.missing = [self._entry(r) for r in found]
-            log.warning("history: %d entr(ies) have lost their image: %s", len(found), [e.id for e in report.missing][:20])
+            log.warning(
+                "history: %d entr(ies) have lost their image: %s", len(found), [e.id for e in report.missing][:20]
+            )
         if report.adopted:
             log.warning("history: adopted %d image(s) without an entry", len(report.adopted))
             self._notify("added", report.adopted)
@@ -1105,7 +1154,9 @@ class HistoryStore(HistoryService):
         except OSError as exc:
             log.warning("history: cannot remove %s: %s", path, exc)
 
-    def _adopt(self, uid: str, path: Path, report: CheckReport, pending_parents: builtins.list[tuple[str, str]]) -> Entry | None:
+    def _adopt(
+        self, uid: str, path: Path, report: CheckReport, pending_parents: builtins.list[tuple[str, str]]
+    ) -> Entry | None:
         """Index an image file from its embedded metadata; set it aside when it has none."""
         try:
             with Image.open(path) as img:
@@ -1143,11 +1194,23 @@ class HistoryStore(HistoryService):
                     " model_id, model_hash, seed, image_path, thumb_path, parent_id, elapsed, width, height,"
                     " source_path, mask_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        uid, created, request.get("kind", "generate"), json.dumps(request, ensure_ascii=False),
-                        info.prompt, info.negative_prompt, info.model_id, info.model_hash, info.seed,
-                        self._rel(path), self._rel(thumb_path), parent_id,
-                        float(elapsed) if isinstance(elapsed, (int, float)) else None, size[0], size[1],
-                        source_rel, mask_rel,
+                        uid,
+                        created,
+                        request.get("kind", "generate"),
+                        json.dumps(request, ensure_ascii=False),
+                        info.prompt,
+                        info.negative_prompt,
+                        info.model_id,
+                        info.model_hash,
+                        info.seed,
+                        self._rel(path),
+                        self._rel(thumb_path),
+                        parent_id,
+                        float(elapsed) if isinstance(elapsed, (int, float)) else None,
+                        size[0],
+                        size[1],
+                        source_rel,
+                        mask_rel,
                     ),
                 )
                 conn.execute("COMMIT")

@@ -150,17 +150,86 @@ class CuratedModel:
     scheduler: str = "dpmpp_2m"
 
     def defaults(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "guidance": self.guidance, "width": self.size, "height": self.size, "scheduler": self.scheduler}
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "width": self.size,
+            "height": self.size,
+            "scheduler": self.scheduler,
+        }
 
 
 CURATED: tuple[CuratedModel, ...] = (
-    CuratedModel("Stable Diffusion 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd1", 2.1, 4.3, "The classic; huge ecosystem of LoRAs. 512x512."),
-    CuratedModel("Stable Diffusion 1.5 Inpainting", "stable-diffusion-v1-5/stable-diffusion-inpainting", "sd1-inpaint", 2.1, 4.3, "Fills masked areas seamlessly. 512x512."),
-    CuratedModel("Stable Diffusion 2.1", "stabilityai/stable-diffusion-2-1", "sd2-v", 2.6, 5.2, "v-prediction, 768x768.", size=768),
-    CuratedModel("SD-Turbo", "stabilityai/sd-turbo", "sd2", 2.6, 5.2, "1-4 steps, no guidance: fast on small GPUs. 512x512.", steps=2, guidance=0.0, scheduler="euler_a"),
-    CuratedModel("Stable Diffusion XL", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 6.9, 13.9, "Best quality; needs about 8 GB of GPU memory. 1024x1024.", steps=30, guidance=6.0, size=1024),
-    CuratedModel("SDXL-Turbo", "stabilityai/sdxl-turbo", "sdxl", 6.9, 13.9, "1-4 steps, no guidance. 512x512.", steps=2, guidance=0.0, scheduler="euler_a"),
-    CuratedModel("SDXL Inpainting", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "sdxl-inpaint", 6.9, 13.9, "Inpainting at 1024x1024.", steps=30, guidance=6.0, size=1024),
+    CuratedModel(
+        "Stable Diffusion 1.5",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "sd1",
+        2.1,
+        4.3,
+        "The classic; huge ecosystem of LoRAs. 512x512.",
+    ),
+    CuratedModel(
+        "Stable Diffusion 1.5 Inpainting",
+        "stable-diffusion-v1-5/stable-diffusion-inpainting",
+        "sd1-inpaint",
+        2.1,
+        4.3,
+        "Fills masked areas seamlessly. 512x512.",
+    ),
+    CuratedModel(
+        "Stable Diffusion 2.1",
+        "stabilityai/stable-diffusion-2-1",
+        "sd2-v",
+        2.6,
+        5.2,
+        "v-prediction, 768x768.",
+        size=768,
+    ),
+    CuratedModel(
+        "SD-Turbo",
+        "stabilityai/sd-turbo",
+        "sd2",
+        2.6,
+        5.2,
+        "1-4 steps, no guidance: fast on small GPUs. 512x512.",
+        steps=2,
+        guidance=0.0,
+        scheduler="euler_a",
+    ),
+    CuratedModel(
+        "Stable Diffusion XL",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "sdxl",
+        6.9,
+        13.9,
+        "Best quality; needs about 8 GB of GPU memory. 1024x1024.",
+        steps=30,
+        guidance=6.0,
+        size=1024,
+    ),
+    CuratedModel(
+        "SDXL-Turbo",
+        "stabilityai/sdxl-turbo",
+        "sdxl",
+        6.9,
+        13.9,
+        "1-4 steps, no guidance. 512x512.",
+        steps=2,
+        guidance=0.0,
+        scheduler="euler_a",
+    ),
+    CuratedModel(
+        "SDXL Inpainting",
+        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+        "sdxl-inpaint",
+        6.9,
+        13.9,
+        "Inpainting at 1024x1024.",
+        steps=30,
+        guidance=6.0,
+        size=1024,
+    ),
 )
 
 
@@ -191,7 +260,16 @@ def list_rows(registry: ModelRegistry | None = None) -> list[dict]:
             }
         )
     for c in CURATED:
-        rows.append({"id": c.repo, "name": c.name, "kind": "hub (curated)", "family": c.family, "download_gb": c.size_gb, "note": c.note})
+        rows.append(
+            {
+                "id": c.repo,
+                "name": c.name,
+                "kind": "hub (curated)",
+                "family": c.family,
+                "download_gb": c.size_gb,
+                "note": c.note,
+            }
+        )
     return rows
 
 

@@ -21,7 +21,9 @@ class ModelInfo:
     model_id: str  # its short name: "builtin", the folder or file name, the hub id
     family: str  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint, "" when unknown
     model_hash: str  # AUTOMATIC1111-style short hash of the weights, "" when there is no single weights file
-    defaults: dict[str, Any] = field(default_factory=dict, hash=False)  # recommended steps, guidance, width, height, scheduler
+    defaults: dict[str, Any] = field(
+        default_factory=dict, hash=False
+    )  # recommended steps, guidance, width, height, scheduler
 
 
 def builtin_model_path() -> Path:

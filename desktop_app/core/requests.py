@@ -79,7 +79,9 @@ class GenerateRequest:
             if value is None:
                 continue
             if value % 8:
-                raise InvalidRequest(f"{name} {value} is not a multiple of 8.", f"Use {value - value % 8} or {value - value % 8 + 8}.")
+                raise InvalidRequest(
+                    f"{name} {value} is not a multiple of 8.", f"Use {value - value % 8} or {value - value % 8 + 8}."
+                )
             _check_range(name, value, 64, 2048, "Pick a size between 64 and 2048 pixels.")
         if self.steps is not None:
             if not isinstance(self.steps, int):
@@ -159,8 +161,12 @@ def _check_resize_mode(mode: str) -> None:
 
 def _check_mask_grow(grow: int) -> None:
     if not isinstance(grow, int) or isinstance(grow, bool):
-        raise InvalidRequest(f"Mask grow must be a whole number of pixels, not {grow!r}.", "Use 0 to keep the mask as painted.")
-    _check_range("Mask grow", grow, 0, 256, "0 keeps the mask as painted; a few pixels let the change spill over its edge.")
+        raise InvalidRequest(
+            f"Mask grow must be a whole number of pixels, not {grow!r}.", "Use 0 to keep the mask as painted."
+        )
+    _check_range(
+        "Mask grow", grow, 0, 256, "0 keeps the mask as painted; a few pixels let the change spill over its edge."
+    )
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,10 @@ def _unsupported(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     def any_part(*parts: str) -> bool:
         return any(p in k for k in keys for p in parts)
 
-    if any_key("double_blocks.0.img_attn.norm.key_norm.scale", "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale"):
+    if any_key(
+        "double_blocks.0.img_attn.norm.key_norm.scale",
+        "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",
+    ):
         return "a FLUX.1 model"
     if any_part("single_stream_modulation.lin.weight", "early_stream_modulations.image.lin.weight"):
         return "a FLUX.2 model"
@@ -137,16 +140,22 @@ def _unsupported(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
         return "a LoRA (add it to a base model as a LoRA)"
     if any_key("emb_params", "string_to_param.*", "clip_l", "clip_g") or any_part("string_to_param"):
         return "a textual-inversion embedding"
-    if any_part("patchify_proj.", "cap_embedder.", "x_embedder.", "adaLN_modulation", "img_in.weight", "head.modulation"):
+    if any_part(
+        "patchify_proj.", "cap_embedder.", "x_embedder.", "adaLN_modulation", "img_in.weight", "head.modulation"
+    ):
         return "a transformer (DiT) image or video model"
-    if not _has(shapes, UNET) and (_has(shapes, "encoder.down.") or _has(shapes, "decoder.up.") or _has(shapes, "encoder.down_blocks.")):
+    if not _has(shapes, UNET) and (
+        _has(shapes, "encoder.down.") or _has(shapes, "decoder.up.") or _has(shapes, "encoder.down_blocks.")
+    ):
         return "a VAE only (choose it as a model's VAE, not as a model)"
     if _has(shapes, "down_blocks.") and _has(shapes, "conv_in.") and not _has(shapes, UNET):
         return "a UNet in diffusers layout without the rest of the pipeline"
     return None
 
 
-def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None, filename: str = "") -> Detection:
+def detect_family(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None, filename: str = ""
+) -> Detection:
     """SD 1.x / 2.x (eps or v) / XL, base or 9-channel inpainting, from names and shapes; ModelError otherwise."""
     shapes = _strip_state_dict_prefix(shapes)
     metadata = metadata or {}
@@ -154,14 +163,21 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
     if not _has(shapes, UNET):
         what = _unsupported(shapes)
         if what:
-            raise ModelError(f"{name} is {what}, not a Stable Diffusion checkpoint.", "Choose an SD 1.x, 2.x or XL checkpoint.")
+            raise ModelError(
+                f"{name} is {what}, not a Stable Diffusion checkpoint.", "Choose an SD 1.x, 2.x or XL checkpoint."
+            )
         raise ModelError(
             f"{name} has no Stable Diffusion UNet (no '{UNET}*' tensors): its family could not be recognised.",
             "Choose an SD 1.x, 2.x or XL checkpoint, or a diffusers folder.",
         )
-    what = _unsupported({k: v for k, v in shapes.items() if not k.startswith(UNET) or "joint_blocks" in k or "double_blocks" in k})
+    what = _unsupported(
+        {k: v for k, v in shapes.items() if not k.startswith(UNET) or "joint_blocks" in k or "double_blocks" in k}
+    )
     if what and not what.startswith(("a VAE", "a UNet")):
-        raise ModelError(f"{name} is {what}, not a Stable Diffusion 1.x / 2.x / XL checkpoint.", "Choose an SD 1.x, 2.x or XL checkpoint.")
+        raise ModelError(
+            f"{name} is {what}, not a Stable Diffusion 1.x / 2.x / XL checkpoint.",
+            "Choose an SD 1.x, 2.x or XL checkpoint.",
+        )
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     if conv_in is None or len(conv_in) != 4:
         raise ModelError(
@@ -179,8 +195,13 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
     if adm is not None:
         evidence.append(f"added-conditioning input {adm[-1]}")
     if in_channels not in (4, 9):
-        kind = {8: "an InstructPix2Pix model", 7: "an x4 upscaler", 5: "a depth-to-image model"}.get(in_channels, f"a model with a {in_channels}-channel UNet input")
-        raise ModelError(f"{name} is {kind} ({', '.join(evidence)}): not supported.", "Choose an SD 1.x, 2.x or XL text-to-image or inpainting checkpoint.")
+        kind = {8: "an InstructPix2Pix model", 7: "an x4 upscaler", 5: "a depth-to-image model"}.get(
+            in_channels, f"a model with a {in_channels}-channel UNet input"
+        )
+        raise ModelError(
+            f"{name} is {kind} ({', '.join(evidence)}): not supported.",
+            "Choose an SD 1.x, 2.x or XL text-to-image or inpainting checkpoint.",
+        )
     inpaint = in_channels == 9
     if has_xl_te or (adm is not None and _has(shapes, "conditioner.embedders.")):
         if not has_xl_te:
@@ -191,7 +212,10 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
         evidence.append("two text encoders (CLIP ViT-L + OpenCLIP ViT-bigG)")
         return Detection("sdxl-inpaint" if inpaint else "sdxl", in_channels, context_dim, "epsilon", tuple(evidence))
     if adm is not None:
-        raise ModelError(f"{name} has a class-conditioned UNet ({', '.join(evidence)}): likely Stable unCLIP, not supported.", "Choose an SD 1.x, 2.x or XL checkpoint.")
+        raise ModelError(
+            f"{name} has a class-conditioned UNet ({', '.join(evidence)}): likely Stable unCLIP, not supported.",
+            "Choose an SD 1.x, 2.x or XL checkpoint.",
+        )
     if has_openclip or (not has_clip_l and context_dim == 1024):
         evidence.append("OpenCLIP ViT-H text encoder")
         if inpaint:
@@ -199,11 +223,21 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
         prediction, known = sd2_prediction_hint(shapes, metadata, filename)
         if known:
             evidence.append(f"prediction type {prediction} (from the file)")
-        return Detection("sd2-v" if prediction == "v_prediction" else "sd2", in_channels, context_dim, prediction, tuple(evidence), known)
+        return Detection(
+            "sd2-v" if prediction == "v_prediction" else "sd2",
+            in_channels,
+            context_dim,
+            prediction,
+            tuple(evidence),
+            known,
+        )
     if has_clip_l or context_dim == 768:
         evidence.append("CLIP ViT-L text encoder")
         return Detection("sd1-inpaint" if inpaint else "sd1", in_channels, context_dim, "epsilon", tuple(evidence))
-    raise ModelError(f"{name}: a UNet was found ({', '.join(evidence)}) but no known text encoder.", "Choose an SD 1.x, 2.x or XL checkpoint.")
+    raise ModelError(
+        f"{name}: a UNet was found ({', '.join(evidence)}) but no known text encoder.",
+        "Choose an SD 1.x, 2.x or XL checkpoint.",
+    )
 
 
 def sd2_prediction_hint(shapes: Mapping[str, Any], metadata: Mapping[str, str], filename: str = "") -> tuple[str, bool]:
@@ -276,7 +310,10 @@ def configs_root() -> Path:
 def config_folder(family: str) -> Path:
     folder = configs_root() / family
     if not (folder / "model_index.json").is_file():
-        raise ModelError(f"The configs for {FAMILIES.get(family, (family,))[0]} are missing from {folder.parent}.", "Reinstall the app.")
+        raise ModelError(
+            f"The configs for {FAMILIES.get(family, (family,))[0]} are missing from {folder.parent}.",
+            "Reinstall the app.",
+        )
     return folder
 
 
@@ -287,7 +324,9 @@ def shared_tokenizer(pad_token: str = "<|endoftext|>"):
     folder = configs_root() / "clip_tokenizer"
     if not (folder / "vocab.json").is_file():
         folder = Path(str(resources.files("desktop_app.resources").joinpath("configs", "clip_tokenizer")))
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77)
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77
+    )
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -311,10 +350,14 @@ def build_clip_tokenizer_files(bpe_gz: str | os.PathLike, out_dir: str | os.Path
         lines = fh.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     alphabet = _bytes_to_unicode()
-    vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = (
+        alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    (out / "vocab.json").write_text(
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
+    )
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
     return out
 
@@ -355,7 +398,14 @@ _UNET_FIXED = {
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
 }
-_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
+_RESNET = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("skip_connection", "conv_shortcut"),
+]
 
 
 def unet_to_original(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,9 +513,15 @@ def pipeline_to_original(pipe) -> dict[str, Any]:
     sd.update(vae_to_original(pipe.vae.state_dict(), pipe.vae.config))
     if getattr(pipe, "text_encoder_2", None) is not None:
         sd.update(clip_to_original(pipe.text_encoder.state_dict(), CLIP_SDXL))
-        sd.update(openclip_to_original(pipe.text_encoder_2.state_dict(), OPENCLIP_SDXL, pipe.text_encoder_2.config.hidden_size))
+        sd.update(
+            openclip_to_original(
+                pipe.text_encoder_2.state_dict(), OPENCLIP_SDXL, pipe.text_encoder_2.config.hidden_size
+            )
+        )
     elif pipe.text_encoder.config.hidden_act == "gelu":  # OpenCLIP (SD 2.x); OpenAI CLIP uses quick_gelu
-        sd.update(openclip_to_original(pipe.text_encoder.state_dict(), OPENCLIP_SD2, pipe.text_encoder.config.hidden_size))
+        sd.update(
+            openclip_to_original(pipe.text_encoder.state_dict(), OPENCLIP_SD2, pipe.text_encoder.config.hidden_size)
+        )
     else:
         sd.update(clip_to_original(pipe.text_encoder.state_dict(), CLIP_SD1))
     return {k: v.detach().contiguous() for k, v in sd.items()}

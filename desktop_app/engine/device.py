@@ -20,7 +20,10 @@ def pick_device(requested: str | None = None) -> torch.device:
         if name not in DEVICES:
             raise UserError(f"Unknown device {requested!r}.", "Use cpu, cuda or mps.")
         if name == "cuda" and not torch.cuda.is_available():
-            raise UserError("CUDA was asked for but no CUDA GPU is available.", "Use --device cpu, or install the CUDA build of torch.")
+            raise UserError(
+                "CUDA was asked for but no CUDA GPU is available.",
+                "Use --device cpu, or install the CUDA build of torch.",
+            )
         if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UserError("MPS was asked for but is not available.", "Use --device cpu.")
         return torch.device(requested)

@@ -12,7 +12,9 @@ from desktop_app.engine.device import vae_precision
 from desktop_app.engine.models import LoadedModel
 
 
-def text_conditioning(loaded: LoadedModel, prompts: list[str], height: int, width: int) -> tuple[torch.Tensor, dict | None]:
+def text_conditioning(
+    loaded: LoadedModel, prompts: list[str], height: int, width: int
+) -> tuple[torch.Tensor, dict | None]:
     """What a direct UNet call needs for these prompts: encoder_hidden_states, and for SDXL the added_cond_kwargs.
 
     SD 1.x / 2.x: (embeds (B, L, D), None). SDXL: both text encoders' penultimate states joined,
@@ -25,9 +27,15 @@ def text_conditioning(loaded: LoadedModel, prompts: list[str], height: int, widt
     if not loaded.is_xl:
         embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
         return embeds, None
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
     time_ids = pipe._get_add_time_ids(
-        (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim
+        (height, width),
+        (0, 0),
+        (height, width),
+        dtype=embeds.dtype,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
     )
     return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
 

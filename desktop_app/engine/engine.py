@@ -55,7 +55,11 @@ class Engine:
     """Runs requests on the local device. Models load lazily on first use and stay loaded."""
 
     def __init__(
-        self, device: str | None = None, dtype: str | None = None, memory: MemoryOptions | None = None, allow_pickle: bool = False
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        memory: MemoryOptions | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -90,12 +94,20 @@ class Engine:
             raise
         except torch.OutOfMemoryError as exc:
             free_memory(self.device)
-            error = OutOfMemory(f"The {self.device.type.upper()} ran out of memory for this job.", memory_hint(self.models.memory, request))
+            error = OutOfMemory(
+                f"The {self.device.type.upper()} ran out of memory for this job.",
+                memory_hint(self.models.memory, request),
+            )
             emit(Failed(error.message, error.hint))
             raise error from exc
         except Exception as exc:
             log.exception("engine failure")
-            emit(Failed(f"The engine failed: {type(exc).__name__}: {exc}".splitlines()[0][:400], "See the log file for details; the next job will still run."))
+            emit(
+                Failed(
+                    f"The engine failed: {type(exc).__name__}: {exc}".splitlines()[0][:400],
+                    "See the log file for details; the next job will still run.",
+                )
+            )
             raise
         result.elapsed = time.perf_counter() - started
         emit(Finished(result))
@@ -123,7 +135,9 @@ class Engine:
             if scaled:
                 notices.append(_scaled_notice(image.size, native, (width, height), placement.mode, loaded))
             elif image.width % 8 or image.height % 8:
-                notices.append(f"The image is {image.width}x{image.height}, not a multiple of 8: worked at {width}x{height} and scaled back.")
+                notices.append(
+                    f"The image is {image.width}x{image.height}, not a multiple of 8: worked at {width}x{height} and scaled back."
+                )
         request = request.with_defaults(**loaded.defaults)
         if request.seed is None:
             request = request.replace(seed=random.randint(0, MAX_SEED))
@@ -169,7 +183,9 @@ class Engine:
         with self._lock:
             return model_info(self.models.get(model), model)
 
-    def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
+    def suggest_mask(
+        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+    ) -> Image.Image:
         """Where the two prompts disagree (DiffEdit): a mask the user can accept and correct with the brush."""
         with self._lock:
             loaded = self.models.get(model)
@@ -182,7 +198,9 @@ class Engine:
             tensor = torch.from_numpy(np.ascontiguousarray(latent, dtype=np.float32))[None]  # (1, C, h, w)
             return decode_images(loaded, tensor)[0]
 
-    def decode_trajectory(self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0) -> Image.Image:
+    def decode_trajectory(
+        self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0
+    ) -> Image.Image:
         """Full decode of one step of a run's trajectory, with the VAE of the model that made it."""
         return self.decode_latent(trajectory.latent(index, which, batch_index), trajectory.model or None)
 
@@ -208,7 +226,13 @@ class Engine:
 
     def list_models(self) -> list[dict]:
         """The built-in model, then the ones used before, then the curated hub list."""
-        builtin = {"id": BUILTIN, "name": model_defaults(BUILTIN).get("name", "Built-in"), "kind": "builtin", "family": "sd1", "missing": False}
+        builtin = {
+            "id": BUILTIN,
+            "name": model_defaults(BUILTIN).get("name", "Built-in"),
+            "kind": "builtin",
+            "family": "sd1",
+            "missing": False,
+        }
         return [builtin] + list_rows()
 
     def download_model(self, repo: str, on_progress: Callable[[Progress], None], cancel: threading.Event) -> Path:
@@ -219,8 +243,12 @@ class Engine:
             raise ModelError(f"{repo!r} is not a hub id.", "Use owner/name, optionally @revision and :subfolder.")
         try:
             return hub.download_model(
-                match["repo"], revision=match["revision"], subfolder=match["subfolder"], progress=hub.progress_to_events(on_progress),
-                cancel=cancel, prefer_fp16=self.device.type != "cpu",
+                match["repo"],
+                revision=match["revision"],
+                subfolder=match["subfolder"],
+                progress=hub.progress_to_events(on_progress),
+                cancel=cancel,
+                prefer_fp16=self.device.type != "cpu",
             )
         except hub.DownloadCancelled as exc:
             raise JobCancelled() from exc
@@ -251,7 +279,9 @@ def model_info(loaded: LoadedModel, source: str | None) -> ModelInfo:
     )
 
 
-def _scaled_notice(size: tuple[int, int], native: tuple[int, int], work: tuple[int, int], mode: str, loaded: LoadedModel) -> str:
+def _scaled_notice(
+    size: tuple[int, int], native: tuple[int, int], work: tuple[int, int], mode: str, loaded: LoadedModel
+) -> str:
     who = "the built-in model" if loaded.source.kind == "builtin" else loaded.model_id
     how = "" if mode == JUST_RESIZE else f" ({RESIZE_MODES[mode]})"
     return (
@@ -282,7 +312,9 @@ def _work_request(request: GenerateRequest, image: Image.Image | None, placement
     return request.replace(**changes)
 
 
-def _back_to_source(images: list[Image.Image], request: GenerateRequest, source: Image.Image, placement: Placement) -> list[Image.Image]:
+def _back_to_source(
+    images: list[Image.Image], request: GenerateRequest, source: Image.Image, placement: Placement
+) -> list[Image.Image]:
     """Results at the source's size; with a mask, the source pasted back through the inward feather, so every
     pixel outside the (grown) painted mask is the source's, bit for bit."""
     out = [from_work(im.convert("RGB"), source, placement) for im in images]

@@ -26,7 +26,19 @@ from desktop_app.core.errors import ModelError
 from desktop_app.core.events import Progress
 from desktop_app.core.model_registry import CURATED, CuratedModel, curated, format_size  # noqa: F401 - plain data, re-exported
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".onnx_data", ".h5", ".pb", ".pkl")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".msgpack",
+    ".onnx",
+    ".onnx_data",
+    ".h5",
+    ".pb",
+    ".pkl",
+)
 PICKLE_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+?))?(?::(?P<subfolder>[\w./-]+))?")
 
@@ -87,7 +99,14 @@ def _sync_hub_constants() -> None:
 class _Tracker:
     """Bytes across all files of one download; throttled reports; the cancel check runs on every chunk."""
 
-    def __init__(self, total: int, files_total: int, on_progress: OnProgress | None, cancel: threading.Event | None, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        total: int,
+        files_total: int,
+        on_progress: OnProgress | None,
+        cancel: threading.Event | None,
+        interval: float = 0.1,
+    ) -> None:
         self.total = total
         self.files_total = files_total
         self.files_done = 0
@@ -118,7 +137,9 @@ class _Tracker:
         elapsed = max(time.perf_counter() - self.started, 1e-6)
         rate = self.fresh / elapsed
         left = max(self.total - self.done, 0)
-        return DownloadProgress(self.done, self.total, rate, left / rate if rate > 0 else 0.0, self.file, self.files_done, self.files_total)
+        return DownloadProgress(
+            self.done, self.total, rate, left / rate if rate > 0 else 0.0, self.file, self.files_done, self.files_total
+        )
 
 
 # -- choosing files -----------------------------------------------------------------------------
@@ -136,12 +157,18 @@ def _variant_of(name: str) -> str | None:
     return None
 
 
-def select_files(files: dict[str, int], index: dict, prefix: str = "", prefer_fp16: bool = False) -> tuple[list[str], str | None]:
+def select_files(
+    files: dict[str, int], index: dict, prefix: str = "", prefer_fp16: bool = False
+) -> tuple[list[str], str | None]:
     """The files a pipeline needs (relative to the repo) and the weight variant chosen ('fp16' or None).
 
     `files`: repo path -> size. Refuses a component whose only weights are pickles.
     """
-    components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] and value[1]]
+    components = [
+        name
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] and value[1]
+    ]
     chosen = [prefix + "model_index.json"]
     per_component: dict[str, dict[str, list[str]]] = {}
     for path in files:
@@ -151,7 +178,9 @@ def select_files(files: dict[str, int], index: dict, prefix: str = "", prefer_fp
         folder, _, name = rel.partition("/")
         if not name or folder not in components or "/" in name:
             continue
-        group = per_component.setdefault(folder, {"plain": [], "fp16": [], "other_variant": [], "pickle": [], "config": []})
+        group = per_component.setdefault(
+            folder, {"plain": [], "fp16": [], "other_variant": [], "pickle": [], "config": []}
+        )
         if name.endswith(".safetensors"):
             variant = _variant_of(name)
             group["plain" if variant is None else "fp16" if variant == "fp16" else "other_variant"].append(path)
@@ -164,14 +193,20 @@ def select_files(files: dict[str, int], index: dict, prefix: str = "", prefer_fp
         else:
             group["config"].append(path)
     variant = None
-    if prefer_fp16 and any(g["fp16"] and any(p.endswith(".safetensors") for p in g["fp16"]) for g in per_component.values()):
+    if prefer_fp16 and any(
+        g["fp16"] and any(p.endswith(".safetensors") for p in g["fp16"]) for g in per_component.values()
+    ):
         variant = "fp16"
     for folder in components:
         group = per_component.get(folder)
         if group is None:
             continue
         chosen += group["config"]
-        weights = group["fp16"] if variant == "fp16" and any(p.endswith(".safetensors") for p in group["fp16"]) else group["plain"]
+        weights = (
+            group["fp16"]
+            if variant == "fp16" and any(p.endswith(".safetensors") for p in group["fp16"])
+            else group["plain"]
+        )
         if not weights and group["fp16"]:
             weights = group["fp16"]
             variant = "fp16"
@@ -186,7 +221,11 @@ def select_files(files: dict[str, int], index: dict, prefix: str = "", prefer_fp
 
 # -- the download -------------------------------------------------------------------------------
 def _offline_error(repo: str, why: str = "") -> ModelError:
-    reason = "the hub is switched off (HF_HUB_OFFLINE is set)" if offline() else f"the hub at {endpoint()} cannot be reached{': ' + why if why else ''}"
+    reason = (
+        "the hub is switched off (HF_HUB_OFFLINE is set)"
+        if offline()
+        else f"the hub at {endpoint()} cannot be reached{': ' + why if why else ''}"
+    )
     return ModelError(
         f"{repo} is not in the download cache ({cache_dir()}) and {reason}.",
         "Connect to the internet (and unset HF_HUB_OFFLINE) to download it once; after that it works offline. Or choose a local model.",
@@ -217,8 +256,10 @@ def _cached_snapshot(repo: str, revision: str | None, subfolder: str | None) -> 
             sub = folder / name
             if not sub.is_dir() or not any(sub.iterdir()):
                 return None
-            if name not in ("scheduler",) and not name.startswith("tokenizer") and not any(
-                p.suffix == ".safetensors" for p in sub.iterdir()
+            if (
+                name not in ("scheduler",)
+                and not name.startswith("tokenizer")
+                and not any(p.suffix == ".safetensors" for p in sub.iterdir())
             ):
                 return None
     return folder
@@ -297,7 +338,9 @@ def download_model(
     except (DownloadCancelled, ModelError):
         raise
     except (EntryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelError(f"{repo}: {exc}".splitlines()[0][:300], "The repo changed while downloading: try again.") from exc
+        raise ModelError(
+            f"{repo}: {exc}".splitlines()[0][:300], "The repo changed while downloading: try again."
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - network drop mid-file: resumable
         raise ModelError(
             f"The download of {repo} stopped: {type(exc).__name__}: {exc}".splitlines()[0][:300],
@@ -321,7 +364,9 @@ def fetch_file(repo: str, filename: str, revision: str, tracker: _Tracker, timeo
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     meta = get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint())
     if not meta.etag or not meta.commit_hash:
-        raise ModelError(f"The hub sent no version information for {filename}.", "Try again later, or check HF_ENDPOINT.")
+        raise ModelError(
+            f"The hub sent no version information for {filename}.", "Try again later, or check HF_ENDPOINT."
+        )
     storage = cache_dir() / repo_folder_name(repo_id=repo, repo_type="model")
     blob = storage / "blobs" / meta.etag
     pointer = storage / "snapshots" / meta.commit_hash / filename
@@ -360,7 +405,9 @@ def fetch_file(repo: str, filename: str, revision: str, tracker: _Tracker, timeo
                         tracker.add(len(chunk))
         size = partial.stat().st_size
         if meta.size is not None and size != meta.size:
-            raise ModelError(f"{filename}: got {size} of {meta.size} bytes.", "Try again: the download resumes where it stopped.")
+            raise ModelError(
+                f"{filename}: got {size} of {meta.size} bytes.", "Try again: the download resumes where it stopped."
+            )
         os.replace(partial, blob)
     try:
         _create_symlink(str(blob), str(pointer), new_blob=False)
@@ -409,6 +456,8 @@ def download_with_console_progress(repo_id: str, *, prefer_fp16: bool = False, s
         )
         out.flush()
 
-    folder = download_model(match["repo"], revision=match["revision"], subfolder=match["subfolder"], progress=show, prefer_fp16=prefer_fp16)
+    folder = download_model(
+        match["repo"], revision=match["revision"], subfolder=match["subfolder"], progress=show, prefer_fp16=prefer_fp16
+    )
     out.write("\n")
     return folder

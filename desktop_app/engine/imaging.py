@@ -108,8 +108,12 @@ def from_work(result: Image.Image, source: Image.Image, placement: Placement, re
     out = canvas.resize(source.size, resample)
     # outside the crop box the model saw nothing: those pixels stay exactly the source's
     sx, sy = placement.scale
-    box = (max(0, math.floor(-x / sx)), max(0, math.floor(-y / sy)), min(source.width, math.ceil((-x + placement.work[0]) / sx)),
-           min(source.height, math.ceil((-y + placement.work[1]) / sy)))
+    box = (
+        max(0, math.floor(-x / sx)),
+        max(0, math.floor(-y / sy)),
+        min(source.width, math.ceil((-x + placement.work[0]) / sx)),
+        min(source.height, math.ceil((-y + placement.work[1]) / sy)),
+    )
     keep = Image.new("L", source.size, 255)
     keep.paste(0, box)
     return Image.composite(source.convert(result.mode), out, keep)

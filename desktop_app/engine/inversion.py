@@ -82,6 +82,7 @@ __all__ = [
 
 # ----------------------------------------------------------------- schedule ---
 
+
 def _scheduler_config(loaded: LoadedModel) -> dict:
     """The model's scheduler config with a spacing both DDIM schedulers support ("linspace" -> "leading")."""
     config = dict(loaded.scheduler_config)
@@ -150,6 +151,7 @@ def edit_timesteps(scheduler, t0: int) -> list[int]:
 
 # ------------------------------------------------------------- UNet helpers ---
 
+
 def _unet(pipe, latents: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
     """The UNet's prediction (B, C, h, w) as float32 (noise, or velocity for a v-prediction model: the
     schedulers convert), for latents (B, C, h, w) and embeds (B, L, D)."""
@@ -158,7 +160,9 @@ def _unet(pipe, latents: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Te
     return out.float()
 
 
-def _guided(pipe, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+def _guided(
+    pipe, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor, guidance: float
+) -> torch.Tensor:
     """Classifier-free guided noise for several branches in one UNet call.
 
     latents: (B, C, h, w); cond, uncond: (B, L, D), one row per branch. Returns (B, C, h, w).
@@ -180,6 +184,7 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 
 
 # ---------------------------------------------------------------- inversion ---
+
 
 def invert(
     loaded: LoadedModel,
@@ -262,7 +267,14 @@ def denoise(
                     if same_prompt:  # the target branch is the source branch (up to rounding): one pass
                         eps_src = eps = _guided(pipe, x_src, t, cond_src, uncond, guidance)
                     else:  # both branches in one UNet call: (2B, C, h, w)
-                        both = _guided(pipe, torch.cat([x_src, x]), t, torch.cat([cond_src, cond_tgt]), torch.cat([uncond, uncond]), guidance)
+                        both = _guided(
+                            pipe,
+                            torch.cat([x_src, x]),
+                            t,
+                            torch.cat([cond_src, cond_tgt]),
+                            torch.cat([uncond, uncond]),
+                            guidance,
+                        )
                         eps_src, eps = both[:batch], both[batch:]
                     src_next = source_scheduler.step(eps_src, t, x_src).prev_sample
                     x = scheduler.step(eps, t, x).prev_sample + (target_level - src_next)
@@ -280,6 +292,7 @@ def denoise(
 
 
 # --------------------------------------------------------- source latents ---
+
 
 @dataclass
 class SourceLatents:
@@ -299,7 +312,7 @@ class SourceLatents:
         if any(t not in index for t in timesteps):
             return None
         # edit timesteps are a suffix of the source's: the step after the last is the final latent
-        if self.timesteps[-len(timesteps):] != timesteps:
+        if self.timesteps[-len(timesteps) :] != timesteps:
             return None
         return [self.final.float()] + [self.xt[index[t]].float() for t in reversed(timesteps)]
 
@@ -329,8 +342,12 @@ def source_latents_from_result(loaded: LoadedModel, result, index: int = 0) -> S
     x0_last = torch.from_numpy(trajectory.x0[-1][index : index + 1]).to(loaded.device)
     final = _final_from_last_step(loaded, request.steps, trajectory.timesteps[-1], xt[-1], x0_last)
     return SourceLatents(
-        timesteps=list(trajectory.timesteps), xt=xt, final=final,
-        prompt=request.prompt, negative_prompt=request.negative_prompt, guidance=request.guidance,
+        timesteps=list(trajectory.timesteps),
+        xt=xt,
+        final=final,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        guidance=request.guidance,
     )
 
 
@@ -350,7 +367,13 @@ def replay_latents(
     """
     pipe = loaded.pipe
     if hooks is None or hooks.trajectory is None:
-        hooks = StepHooks(loaded, lambda event: None, None, source_request.steps, source_request.replace(trajectory=True, previews=False))
+        hooks = StepHooks(
+            loaded,
+            lambda event: None,
+            None,
+            source_request.steps,
+            source_request.replace(trajectory=True, previews=False),
+        )
     start = len(hooks.trajectory)
     scheduler = make_scheduler("ddim", loaded.scheduler_config)
     pipe.scheduler = scheduler
@@ -381,7 +404,9 @@ def replay_latents(
     )
 
 
-def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int], work_image: Image.Image, hooks: StepHooks, emit: Emit):
+def _shortcut_levels(
+    loaded, request: EditRequest, source, timesteps: list[int], work_image: Image.Image, hooks: StepHooks, emit: Emit
+):
     """Levels from the source's own trajectory when it is a known DDIM result of this app; else None (with a notice)."""
     src_request = getattr(source, "request", source)
     if not isinstance(src_request, GenerateRequest) or src_request.kind != "generate":
@@ -404,7 +429,9 @@ def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int],
     how = "stored trajectory"
     if latents is None:
         hooks.total = src_request.steps + len(timesteps)
-        replaying = StepHooks(loaded, hooks.emit, hooks.cancel, hooks.total, request.replace(trajectory=True), phase="invert")
+        replaying = StepHooks(
+            loaded, hooks.emit, hooks.cancel, hooks.total, request.replace(trajectory=True), phase="invert"
+        )
         replaying.step, replaying.started = hooks.step, hooks.started
         latents = replay_latents(loaded, src_request, hooks=replaying)
         hooks.step = replaying.step
@@ -420,6 +447,7 @@ def _shortcut_levels(loaded, request: EditRequest, source, timesteps: list[int],
 
 # --------------------------------------------------------------------- masks ---
 
+
 def _latent_mask(mask: Image.Image, width: int, height: int, factor: int, device) -> torch.Tensor:
     """(1, 1, h, w) float mask at latent resolution (area average of the work-size mask)."""
     small = mask.resize((width, height), Image.BILINEAR).resize((width // factor, height // factor), Image.BOX)
@@ -427,6 +455,7 @@ def _latent_mask(mask: Image.Image, width: int, height: int, factor: int, device
 
 
 # ---------------------------------------------------------------- the edit ---
+
 
 def run_edit(
     loaded: LoadedModel,
@@ -451,7 +480,9 @@ def run_edit(
     steps, guidance = int(request.steps), float(request.guidance)
     width, height = int(request.width), int(request.height)
     source_image = request.image.convert("RGB")
-    work_image = source_image if source_image.size == (width, height) else source_image.resize((width, height), Image.LANCZOS)
+    work_image = (
+        source_image if source_image.size == (width, height) else source_image.resize((width, height), Image.LANCZOS)
+    )
 
     scheduler = _ddim(loaded, steps)
     t0 = resolve_t0(request, scheduler.config.num_train_timesteps, scheduler.alphas_cumprod)
@@ -485,7 +516,19 @@ def run_edit(
         feathered = feather_mask(request.mask, request.mask_blur)
         latent_mask = _latent_mask(feathered, width, height, loaded.latent_factor, device)  # (1, 1, h, w)
 
-    x = denoise(loaded, levels, timesteps, steps, method, guidance, cond_src, cond_tgt, uncond, latent_mask=latent_mask, hooks=hooks)
+    x = denoise(
+        loaded,
+        levels,
+        timesteps,
+        steps,
+        method,
+        guidance,
+        cond_src,
+        cond_tgt,
+        uncond,
+        latent_mask=latent_mask,
+        hooks=hooks,
+    )
     trajectory = hooks.trajectory
     image = decode_images(loaded, x)[0]
     if image.size != source_image.size:
@@ -503,6 +546,7 @@ def run_edit(
 
 
 # ------------------------------------------------------------ suggested mask ---
+
 
 def _remove_specks(binary: np.ndarray, min_cells: int) -> np.ndarray:
     """Drop 4-connected components smaller than min_cells (latent resolution, so small arrays)."""

@@ -59,7 +59,9 @@ def _read(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor] | str:
         try:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ModelError(f"{path.name} could not be read as tensors only.", "Use a .safetensors version of the LoRA.") from exc
+            raise ModelError(
+                f"{path.name} could not be read as tensors only.", "Use a .safetensors version of the LoRA."
+            ) from exc
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if path.suffix.lower() != ".safetensors":
         raise ModelError(f"{path.name}: unknown LoRA format.", "Use a .safetensors LoRA.")
@@ -78,20 +80,33 @@ def check_compatible(shapes: dict[str, tuple[int, ...]], loaded: LoadedModel, na
     """A LoRA made for another family fails with a message instead of a shape error deep in PEFT."""
     if not any(("lora" in k.lower()) or k.endswith(".alpha") for k in shapes):
         raise ModelError(f"{name} does not look like a LoRA (no lora_* tensors).", "Choose a LoRA .safetensors file.")
-    xl_keys = any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")) or "text_encoder_2" in k for k in shapes)
+    xl_keys = any(
+        k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")) or "text_encoder_2" in k for k in shapes
+    )
     if xl_keys and not loaded.is_xl:
-        raise ModelError(f"{name} is an SDXL LoRA; the loaded model is not SDXL.", "Load an SDXL model, or choose a LoRA made for this one.")
-    widths = {v[-1] for k, v in shapes.items() if re.search(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)", k) and len(v) >= 2}
+        raise ModelError(
+            f"{name} is an SDXL LoRA; the loaded model is not SDXL.",
+            "Load an SDXL model, or choose a LoRA made for this one.",
+        )
+    widths = {
+        v[-1]
+        for k, v in shapes.items()
+        if re.search(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)", k) and len(v) >= 2
+    }
     expected = int(loaded.pipe.unet.config.cross_attention_dim)
     if widths and expected not in widths:
-        family = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}.get(next(iter(widths)), f"a model with text width {next(iter(widths))}")
+        family = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}.get(
+            next(iter(widths)), f"a model with text width {next(iter(widths))}"
+        )
         raise ModelError(
             f"{name} was made for {family}; the loaded model ({loaded.family or loaded.model_id}) has text width {expected}.",
             "Choose a LoRA made for the loaded model's family.",
         )
 
 
-def apply_loras(loaded: LoadedModel, specs: Iterable[LoraSpec | tuple[str, float] | str], *, allow_pickle: bool = False) -> dict[str, Any]:
+def apply_loras(
+    loaded: LoadedModel, specs: Iterable[LoraSpec | tuple[str, float] | str], *, allow_pickle: bool = False
+) -> dict[str, Any]:
     """Make the model's LoRAs exactly `specs` (path, weight). Loads only new files; returns infotext fields."""
     wanted: dict[str, LoraSpec] = {}
     for spec in specs:
@@ -122,7 +137,10 @@ def apply_loras(loaded: LoadedModel, specs: Iterable[LoraSpec | tuple[str, float
                 pipe.delete_adapters(name)
             except Exception:  # noqa: BLE001 - it may not have been registered at all
                 pass
-            raise ModelError(f"Cannot apply the LoRA {path.name}: {exc}".splitlines()[0][:300], "It may be made for another model family, or damaged.") from exc
+            raise ModelError(
+                f"Cannot apply the LoRA {path.name}: {exc}".splitlines()[0][:300],
+                "It may be made for another model family, or damaged.",
+            ) from exc
         loaded.loras[name] = spec.weight
     if wanted:
         pipe.set_adapters(list(wanted), adapter_weights=[wanted[n].weight for n in wanted])

@@ -34,6 +34,7 @@ def quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 PICKLE_RISK = (
     "{name} is a pickle checkpoint: unpickling can run any code hidden in the file, so it is refused.",
@@ -60,16 +61,26 @@ class ModelSource:
         path = Path(text).expanduser()
         if path.is_dir():
             if not (path / "model_index.json").is_file():
-                raise ModelError(f"{path} is not a diffusers model folder: it has no model_index.json.", "Pick the folder that holds model_index.json.")
+                raise ModelError(
+                    f"{path} is not a diffusers model folder: it has no model_index.json.",
+                    "Pick the folder that holds model_index.json.",
+                )
             return cls("folder", str(path.resolve()))
         if path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
             if not path.is_file():
                 raise ModelError(f"No model file at {path}.", "Check the path.")
             return cls("single_file", str(path.resolve()))
         hub_id = hub.HUB_ID.fullmatch(text)
-        looks_like_path = text.startswith((".", "~", os.sep)) or (os.sep != "/" and os.sep in text) or Path(text.split("@")[0].split(":")[0]).suffix
+        looks_like_path = (
+            text.startswith((".", "~", os.sep))
+            or (os.sep != "/" and os.sep in text)
+            or Path(text.split("@")[0].split(":")[0]).suffix
+        )
         if looks_like_path or hub_id is None:
-            raise ModelError(f"No model folder at {text}.", "Give a diffusers folder with model_index.json, a .safetensors file, a hub id (owner/name), or 'builtin'.")
+            raise ModelError(
+                f"No model folder at {text}.",
+                "Give a diffusers folder with model_index.json, a .safetensors file, a hub id (owner/name), or 'builtin'.",
+            )
         return cls("hub", hub_id["repo"], hub_id["revision"] or None, hub_id["subfolder"] or None)
 
     @property
@@ -78,7 +89,11 @@ class ModelSource:
             return BUILTIN
         if self.kind != "hub":
             return Path(self.location).name
-        return self.location + (f"@{self.revision}" if self.revision else "") + (f":{self.subfolder}" if self.subfolder else "")
+        return (
+            self.location
+            + (f"@{self.revision}" if self.revision else "")
+            + (f":{self.subfolder}" if self.subfolder else "")
+        )
 
 
 def short_hash(path: Path) -> str:
@@ -131,7 +146,9 @@ class LoadedModel:
     _derived: dict[str, Any] = field(default_factory=dict)
     family: str = ""  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint, "" when unknown (diffusers folders report theirs)
     loras: dict[str, float] = field(default_factory=dict)  # adapter name -> weight, see engine.lora
-    decode_previews: bool = False  # the VAE decodes a native-size latent in under PREVIEW_DECODE_BUDGET: previews decode
+    decode_previews: bool = (
+        False  # the VAE decodes a native-size latent in under PREVIEW_DECODE_BUDGET: previews decode
+    )
 
     @property
     def model_id(self) -> str:
@@ -185,7 +202,12 @@ def _share_components(cls, pipe):
 
     params = inspect.signature(cls.__init__).parameters
     components = {name: module for name, module in pipe.components.items() if name in params}
-    for name in ("requires_safety_checker", "force_zeros_for_empty_prompt", "requires_aesthetics_score", "add_watermarker"):
+    for name in (
+        "requires_safety_checker",
+        "force_zeros_for_empty_prompt",
+        "requires_aesthetics_score",
+        "add_watermarker",
+    ):
         if name in params and name in pipe.config:
             components[name] = pipe.config[name]
     if "requires_safety_checker" in params:
@@ -207,13 +229,22 @@ def _folder_pipeline_class(folder: Path):
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"Cannot read {folder / 'model_index.json'}: {exc}", "Check that the folder is a complete diffusers model.") from exc
+        raise ModelError(
+            f"Cannot read {folder / 'model_index.json'}: {exc}", "Check that the folder is a complete diffusers model."
+        ) from exc
     name = str(index.get("_class_name", "StableDiffusionPipeline"))
     if "text_encoder_2" in index and index.get("text_encoder_2", [None])[0] is not None and "XL" in name:
         return diffusers.StableDiffusionXLPipeline
     if "XL" in name and "Refiner" not in name and index.get("text_encoder_2"):
         return diffusers.StableDiffusionXLPipeline
-    if name.startswith("StableDiffusion") and "XL" not in name and "3" not in name and "Upscale" not in name and "Depth" not in name and "Pix2Pix" not in name:
+    if (
+        name.startswith("StableDiffusion")
+        and "XL" not in name
+        and "3" not in name
+        and "Upscale" not in name
+        and "Depth" not in name
+        and "Pix2Pix" not in name
+    ):
         return diffusers.StableDiffusionPipeline
     raise ModelError(
         f"{folder.name} is a {name} model: Diffusion Desk runs Stable Diffusion 1.x, 2.x and XL.",
@@ -279,7 +310,11 @@ def load_single_file(path: Path, dtype: torch.dtype, *, allow_pickle: bool = Fal
         if (folder / "vocab.json").is_file():
             components[name] = CLIPTokenizer.from_pretrained(str(folder))
         elif folder.is_dir():
-            pad = json.loads((folder / "pad_token.json").read_text(encoding="utf-8")).get("pad_token", "<|endoftext|>") if (folder / "pad_token.json").is_file() else "<|endoftext|>"
+            pad = (
+                json.loads((folder / "pad_token.json").read_text(encoding="utf-8")).get("pad_token", "<|endoftext|>")
+                if (folder / "pad_token.json").is_file()
+                else "<|endoftext|>"
+            )
             components[name] = checkpoints.shared_tokenizer(pad)
     if not detection.is_xl:
         components.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
@@ -304,11 +339,25 @@ def load_single_file(path: Path, dtype: torch.dtype, *, allow_pickle: bool = Fal
     if detection.family == "sd2-v" and not detection.prediction_known:
         # same layout as the epsilon 2.x base: ask the UNet which one it is
         if not checkpoints.probe_v_prediction(pipe.unet):
-            detection = checkpoints.Detection("sd2", detection.in_channels, detection.context_dim, "epsilon", detection.evidence + ("prediction type epsilon (probed)",))
+            detection = checkpoints.Detection(
+                "sd2",
+                detection.in_channels,
+                detection.context_dim,
+                "epsilon",
+                detection.evidence + ("prediction type epsilon (probed)",),
+            )
         else:
-            detection = checkpoints.Detection("sd2-v", detection.in_channels, detection.context_dim, "v_prediction", detection.evidence + ("prediction type v (probed)",))
+            detection = checkpoints.Detection(
+                "sd2-v",
+                detection.in_channels,
+                detection.context_dim,
+                "v_prediction",
+                detection.evidence + ("prediction type v (probed)",),
+            )
     if pipe.scheduler.config.get("prediction_type") != detection.prediction_type:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=detection.prediction_type)
+        pipe.scheduler = type(pipe.scheduler).from_config(
+            pipe.scheduler.config, prediction_type=detection.prediction_type
+        )
     pipe._diffusion_desk_family = detection.family  # read by ModelManager
     return pipe, detection
 
@@ -318,27 +367,38 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
     quiet_libraries()
     if source.kind in ("builtin", "folder"):
         if not (Path(source.location) / "model_index.json").is_file():
-            raise ModelError(f"The model folder {source.location} has no model_index.json.", "Reinstall the app, or pick another model.")
+            raise ModelError(
+                f"The model folder {source.location} has no model_index.json.",
+                "Reinstall the app, or pick another model.",
+            )
         if not allow_pickle:
             _refuse_pickle_only_components(Path(source.location))
         cls = _folder_pipeline_class(Path(source.location))
         try:
             return _from_pretrained(cls, source.location, dtype)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"Cannot load the model at {source.location}: {exc}".splitlines()[0][:300], "Check that the folder is a complete Stable Diffusion model.") from exc
+            raise ModelError(
+                f"Cannot load the model at {source.location}: {exc}".splitlines()[0][:300],
+                "Check that the folder is a complete Stable Diffusion model.",
+            ) from exc
     if source.kind == "single_file":
         pipe, _ = load_single_file(Path(source.location), dtype, allow_pickle=allow_pickle)
         return pipe
     folder = Path(
         download(source)
         if download is not None
-        else hub.download_model(source.location, revision=source.revision, subfolder=source.subfolder, prefer_fp16=dtype != torch.float32)
+        else hub.download_model(
+            source.location, revision=source.revision, subfolder=source.subfolder, prefer_fp16=dtype != torch.float32
+        )
     )
     cls = _folder_pipeline_class(folder)
     try:
         return _from_pretrained(cls, str(folder), dtype, variant=hub.weights_variant(folder))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"Cannot load {source.model_id}: {exc}".splitlines()[0][:300], "The download may be incomplete: download it again.") from exc
+        raise ModelError(
+            f"Cannot load {source.model_id}: {exc}".splitlines()[0][:300],
+            "The download may be incomplete: download it again.",
+        ) from exc
 
 
 def family_of_pipeline(pipe) -> str:
@@ -360,7 +420,14 @@ def family_of_pipeline(pipe) -> str:
 class ModelManager:
     """Keeps one model loaded; asking for it again is free, asking for another unloads the first."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, memory: MemoryOptions | None = None, *, allow_pickle: bool = False) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        memory: MemoryOptions | None = None,
+        *,
+        allow_pickle: bool = False,
+    ) -> None:
         self.device = device
         self.dtype = dtype
         self.memory = memory or MemoryOptions()
@@ -376,9 +443,14 @@ class ModelManager:
         self.unload()
         download = None
         if source.kind == "hub":
+
             def download(src: ModelSource) -> Path:
                 return hub.download_model(
-                    src.location, revision=src.revision, subfolder=src.subfolder, progress=hub.progress_to_events(emit), cancel=cancel,
+                    src.location,
+                    revision=src.revision,
+                    subfolder=src.subfolder,
+                    progress=hub.progress_to_events(emit),
+                    cancel=cancel,
                     prefer_fp16=self.dtype != torch.float32,
                 )
 
@@ -437,7 +509,9 @@ def _decode_is_cheap(loaded: LoadedModel) -> bool:
     if width * height > 256 * 256:
         return False
     vae = loaded.pipe.vae
-    latent = torch.zeros((1, int(vae.config.latent_channels), height // factor, width // factor), device=loaded.device, dtype=vae.dtype)
+    latent = torch.zeros(
+        (1, int(vae.config.latent_channels), height // factor, width // factor), device=loaded.device, dtype=vae.dtype
+    )
     with torch.inference_mode():
         vae.decode(latent, return_dict=False)  # warm-up
         started = time.perf_counter()
@@ -461,6 +535,11 @@ def _remember(source: ModelSource, family: str, model_hash: str) -> None:
     try:
         from desktop_app.core.model_registry import ModelRegistry
 
-        ModelRegistry().touch(source.location if source.kind != "hub" else source.model_id, kind=source.kind, family=family, model_hash=model_hash)
+        ModelRegistry().touch(
+            source.location if source.kind != "hub" else source.model_id,
+            kind=source.kind,
+            family=family,
+            model_hash=model_hash,
+        )
     except Exception:  # noqa: BLE001 - the registry is a convenience
         log.warning("could not update the model registry", exc_info=True)

@@ -34,7 +34,9 @@ def _fit_images(size: int, count: int) -> np.ndarray:
     return images
 
 
-def fit_previewer(vae, scaling_factor: float, shift_factor: float = 0.0, size: int = 64, count: int = 32) -> LatentPreviewer:
+def fit_previewer(
+    vae, scaling_factor: float, shift_factor: float = 0.0, size: int = 64, count: int = 32
+) -> LatentPreviewer:
     """Least squares from scaled latents (N, C) to the decoder's output, area-averaged to latent resolution."""
     images = _fit_images(size, count)
     param = next(vae.parameters())

@@ -58,7 +58,9 @@ def encode_prompt_tokens(pipe, prompt: str) -> tuple[int, int]:
 class StepHooks:
     """Records each scheduler step and reports progress; one per run."""
 
-    def __init__(self, loaded: LoadedModel, emit: Emit, cancel, total: int, request: GenerateRequest, phase: str = "denoise") -> None:
+    def __init__(
+        self, loaded: LoadedModel, emit: Emit, cancel, total: int, request: GenerateRequest, phase: str = "denoise"
+    ) -> None:
         self.loaded = loaded
         self.emit = emit
         self.cancel = cancel
@@ -76,6 +78,7 @@ class StepHooks:
     def attach(self, scheduler) -> None:
         self._scheduler = scheduler
         self._original_step = scheduler.step
+
         # wraps() keeps the signature visible: pipelines pass `generator`/`eta` only if step() declares them
         def step(*args, **kwargs):
             return self._scheduler_step(*args, **kwargs)
@@ -94,7 +97,11 @@ class StepHooks:
             index = sched.step_index if sched.step_index is not None else 0
             sigma = float(sched.sigmas[index])
         out = self._original_step(model_output, timestep, sample, *args, **kwargs)
-        x0 = getattr(out, "pred_original_sample", None) if not isinstance(out, tuple) else (out[1] if len(out) > 1 else None)
+        x0 = (
+            getattr(out, "pred_original_sample", None)
+            if not isinstance(out, tuple)
+            else (out[1] if len(out) > 1 else None)
+        )
         if x0 is None:
             x0 = self._x0_from_output(sched, model_output, timestep, sample)
         xt = sample / math.sqrt(sigma * sigma + 1.0) if sigma is not None else sample
@@ -108,7 +115,11 @@ class StepHooks:
 
     @staticmethod
     def _x0_from_output(sched, model_output, timestep, sample) -> torch.Tensor:
-        if hasattr(sched, "model_outputs") and getattr(sched.config, "algorithm_type", "").startswith("dpmsolver") and sched.model_outputs[-1] is not None:
+        if (
+            hasattr(sched, "model_outputs")
+            and getattr(sched.config, "algorithm_type", "").startswith("dpmsolver")
+            and sched.model_outputs[-1] is not None
+        ):
             return sched.model_outputs[-1]  # DPM-Solver++ keeps its x0 prediction here
         alpha = sched.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
         if sched.config.prediction_type == "v_prediction":
@@ -153,7 +164,9 @@ def prompt_notices(pipe, request: GenerateRequest) -> list[str]:
             continue
         needed, limit = encode_prompt_tokens(pipe, text)
         if needed > limit:
-            notices.append(f"{label} is {needed - 2} tokens; the text encoder takes {limit - 2}: the last {needed - limit} were dropped.")
+            notices.append(
+                f"{label} is {needed - 2} tokens; the text encoder takes {limit - 2}: the last {needed - limit} were dropped."
+            )
     return notices
 
 
@@ -168,7 +181,9 @@ def denoising_steps(steps: int, strength: float) -> tuple[int, float]:
     return fine, max(strength, 1.0 / fine)
 
 
-def run_pipeline(loaded: LoadedModel, request: GenerateRequest, seeds: list[int], emit: Emit, cancel) -> tuple[list[Image.Image], Trajectory | None, dict]:
+def run_pipeline(
+    loaded: LoadedModel, request: GenerateRequest, seeds: list[int], emit: Emit, cancel
+) -> tuple[list[Image.Image], Trajectory | None, dict]:
     """Run generate / img2img / inpaint for a validated request with its defaults filled in.
 
     The request's image (and mask: the region the model may repaint, 255 = repaint) are at the work size
