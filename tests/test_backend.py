@@ -20,14 +20,19 @@ from desktop_app.engine.engine import Engine
 from tests.ui_conftest_helpers import FakeEngine
 
 TERMINAL = (Finished, Failed, Cancelled)
-MEMBERS = [
-    name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_")
-]
+MEMBERS = [name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_")]
 
 
 def test_the_protocol_lists_what_the_worker_calls():
     assert set(MEMBERS) == {
-        "run", "cancel", "preload", "suggest_mask", "decode_trajectory", "forward_process", "decode_latent", "list_models",
+        "run",
+        "cancel",
+        "preload",
+        "suggest_mask",
+        "decode_trajectory",
+        "forward_process",
+        "decode_latent",
+        "list_models",
         "download_model",
     }
 

@@ -30,10 +30,14 @@ def test_diffusers_pipelines_load_it_offline():
 
 def test_the_pixel_classifier_reads_renders_correctly():
     rng = np.random.default_rng(0)
-    specs = [s for s in train_specs()[:: max(1, len(train_specs()) // 60)]]
+    specs = list(train_specs()[:: max(1, len(train_specs()) // 60)])
     for spec in specs:
         got = classify(render(spec, rng=rng))
-        assert (got["shape"], got["colour"], got["background"]) == (spec["shape"], spec["colour"], spec["background"]), caption(spec)
+        assert (got["shape"], got["colour"], got["background"]) == (
+            spec["shape"],
+            spec["colour"],
+            spec["background"],
+        ), caption(spec)
 
 
 def test_held_out_captions_are_never_trained_on():
@@ -57,7 +61,9 @@ def test_inpainting_with_it_repaints_only_the_masked_shape(engine):
     source = render(make_spec("circle", "red", "blue", position="centre"), rng=np.random.default_rng(1))
     mask = Image.new("L", source.size, 0)
     mask.paste(255, (12, 12, 52, 52))
-    result = engine.run(InpaintRequest(prompt="a yellow circle on a blue background", image=source, mask=mask, seed=0, mask_blur=2))
+    result = engine.run(
+        InpaintRequest(prompt="a yellow circle on a blue background", image=source, mask=mask, seed=0, mask_blur=2)
+    )
     out, src = np.asarray(result.images[0]).astype(int), np.asarray(source).astype(int)
     assert np.array_equal(out[:4], src[:4])  # far outside the mask: the source's own pixels
     centre = out[28:36, 28:36].reshape(-1, 3).mean(axis=0)
@@ -118,7 +124,13 @@ def test_default_inpaint_and_masked_edit_change_no_unpainted_pixel(engine):
     src, unpainted = np.asarray(source), np.asarray(mask) == 0
     for request in (
         InpaintRequest(prompt="a yellow circle on a blue background", image=source, mask=mask, seed=0),
-        EditRequest(prompt="a yellow circle on a blue background", source_prompt="a red circle on a blue background", image=source, mask=mask, seed=0),
+        EditRequest(
+            prompt="a yellow circle on a blue background",
+            source_prompt="a red circle on a blue background",
+            image=source,
+            mask=mask,
+            seed=0,
+        ),
     ):
         out = np.asarray(engine.run(request).images[0])
         assert out.shape == src.shape
@@ -133,14 +145,24 @@ def test_a_wide_source_works_at_the_models_size_and_comes_back_at_its_own(engine
     from desktop_app.core.events import Notice
     from desktop_app.core.requests import EditRequest
 
-    source = render(make_spec("circle", "red", "blue", position="centre"), rng=np.random.default_rng(1)).resize((320, 200), Image.LANCZOS)
+    source = render(make_spec("circle", "red", "blue", position="centre"), rng=np.random.default_rng(1)).resize(
+        (320, 200), Image.LANCZOS
+    )
     events = []
     result = engine.run(
-        EditRequest(prompt="a yellow circle on a blue background", source_prompt="a red circle on a blue background", image=source, seed=0),
+        EditRequest(
+            prompt="a yellow circle on a blue background",
+            source_prompt="a red circle on a blue background",
+            image=source,
+            seed=0,
+        ),
         events.append,
     )
     assert result.images[0].size == (320, 200)
     assert (result.request.width, result.request.height) == (96, 64)
     assert result.trajectory.x0[0].shape[-2:] == (16, 24)  # the UNet ran at 96x64
     notices = [e.message for e in events if isinstance(e, Notice)]
-    assert "The image is 320x200; the built-in model works at 64x64: worked at 96x64 and scaled back to 320x200." in notices
+    assert (
+        "The image is 320x200; the built-in model works at 64x64: worked at 96x64 and scaled back to 320x200."
+        in notices
+    )

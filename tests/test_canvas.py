@@ -197,8 +197,16 @@ def test_wheel_zooms_around_the_cursor(qtbot, canvas):
     anchor = QPointF(150, 120)
     ix, iy = canvas.widget_to_image(anchor)
     s0 = canvas.scale
-    ev = QWheelEvent(anchor, canvas.mapToGlobal(anchor), P(0, 0), P(0, 120), Qt.MouseButton.NoButton,
-                     Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    ev = QWheelEvent(
+        anchor,
+        canvas.mapToGlobal(anchor),
+        P(0, 0),
+        P(0, 120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
     QApplication.sendEvent(canvas, ev)
     assert canvas.scale == pytest.approx(s0 * 1.25)
     assert canvas.widget_to_image(anchor) == pytest.approx((ix, iy))

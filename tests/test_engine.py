@@ -59,7 +59,12 @@ def test_missing_seed_is_drawn_and_recorded(engine, tiny_model_dir):
 
 def test_defaults_come_from_the_model(engine, tiny_model_dir):
     result = engine.run(gen(tiny_model_dir, seed=1))
-    assert (result.request.steps, result.request.width, result.request.height, result.request.scheduler) == (4, 64, 64, "ddim")
+    assert (result.request.steps, result.request.width, result.request.height, result.request.scheduler) == (
+        4,
+        64,
+        64,
+        "ddim",
+    )
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler_a", "dpmpp_2m"])
@@ -100,7 +105,9 @@ def test_trajectory_keeps_xt_and_x0_per_step_and_decodes(engine, tiny_model_dir)
     assert np.abs(pixels(decoded) - pixels(result.images[0])).mean() < 2
 
 
-def test_modes_share_one_unet_and_switching_loads_nothing(engine, tiny_model_dir, source_image, square_mask, monkeypatch):
+def test_modes_share_one_unet_and_switching_loads_nothing(
+    engine, tiny_model_dir, source_image, square_mask, monkeypatch
+):
     engine.run(gen(tiny_model_dir, seed=1))
     loaded = engine.models.loaded
     import diffusers
@@ -119,8 +126,12 @@ def test_modes_share_one_unet_and_switching_loads_nothing(engine, tiny_model_dir
 
 
 def test_img2img_strength_controls_how_much_changes(engine, tiny_model_dir, source_image):
-    low = engine.run(Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source_image, strength=0.2, steps=10, seed=1))
-    high = engine.run(Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source_image, strength=0.9, steps=10, seed=1))
+    low = engine.run(
+        Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source_image, strength=0.2, steps=10, seed=1)
+    )
+    high = engine.run(
+        Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source_image, strength=0.9, steps=10, seed=1)
+    )
     assert len(low.trajectory) == 2 and len(high.trajectory) == 9
     src = pixels(source_image)
     assert np.abs(pixels(low.images[0]) - src).mean() < np.abs(pixels(high.images[0]) - src).mean()
@@ -135,7 +146,15 @@ def _outside_feather(mask: Image.Image, blur: int) -> np.ndarray:
 @pytest.mark.parametrize("only_masked", [False, True])
 def test_inpaint_keeps_pixels_outside_the_mask_exactly(engine, tiny_model_dir, source_image, square_mask, only_masked):
     result = engine.run(
-        InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=2, only_masked=only_masked, only_masked_padding=8)
+        InpaintRequest(
+            prompt="x",
+            model=str(tiny_model_dir),
+            image=source_image,
+            mask=square_mask,
+            seed=2,
+            only_masked=only_masked,
+            only_masked_padding=8,
+        )
     )
     out, src = pixels(result.images[0]), pixels(source_image)
     keep = _outside_feather(square_mask, 4)
@@ -145,7 +164,9 @@ def test_inpaint_keeps_pixels_outside_the_mask_exactly(engine, tiny_model_dir, s
 
 
 def test_inpaint_with_a_9_channel_inpainting_unet(engine, tiny_inpaint_model_dir, source_image, square_mask):
-    result = engine.run(InpaintRequest(prompt="x", model=str(tiny_inpaint_model_dir), image=source_image, mask=square_mask, seed=2))
+    result = engine.run(
+        InpaintRequest(prompt="x", model=str(tiny_inpaint_model_dir), image=source_image, mask=square_mask, seed=2)
+    )
     assert engine.models.loaded.pipe.unet.config.in_channels == 9
     keep = _outside_feather(square_mask, 4)
     assert np.array_equal(pixels(result.images[0])[keep], pixels(source_image)[keep])
@@ -157,7 +178,9 @@ def test_inpaint_on_an_image_that_is_not_a_multiple_of_8(engine, tiny_model_dir)
     mask = Image.new("L", image.size, 0)
     mask.paste(255, (30, 30, 45, 45))
     events = []
-    result = engine.run(InpaintRequest(prompt="x", model=str(tiny_model_dir), image=image, mask=mask, seed=1), events.append)
+    result = engine.run(
+        InpaintRequest(prompt="x", model=str(tiny_model_dir), image=image, mask=mask, seed=1), events.append
+    )
     assert result.images[0].size == image.size
     assert any(isinstance(e, Notice) and "multiple of 8" in e.message for e in events)
     keep = _outside_feather(mask, 4)
@@ -232,7 +255,9 @@ def test_forward_process_preview_is_closed_form(engine, tiny_model_dir, source_i
     fp = engine.forward_process(source_image, str(tiny_model_dir))
     assert fp.num_train_timesteps == 1000
     assert fp.preview(0).shape == (8, 8, 3)
-    assert np.allclose(fp.latent(0), fp.x0 * np.sqrt(fp.alphas_cumprod[0]) + fp.noise * np.sqrt(1 - fp.alphas_cumprod[0]), atol=1e-5)
+    assert np.allclose(
+        fp.latent(0), fp.x0 * np.sqrt(fp.alphas_cumprod[0]) + fp.noise * np.sqrt(1 - fp.alphas_cumprod[0]), atol=1e-5
+    )
     # deep in the schedule the latent is nearly the noise
     assert np.corrcoef(fp.latent(999).ravel(), fp.noise.ravel())[0, 1] > 0.99
 
@@ -264,18 +289,32 @@ def test_out_of_memory_names_the_option_that_would_help(engine, tiny_model_dir, 
 
 # -- masks: the feather lies inside the painted mask (defect 12) -------------------------
 
+
 def _changed(out: Image.Image, src: Image.Image) -> np.ndarray:
     return (pixels(out) != pixels(src)).any(axis=-1)
 
 
 def test_default_inpaint_changes_no_pixel_outside_the_painted_mask(engine, tiny_model_dir, source_image, square_mask):
-    result = engine.run(InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=3))
+    result = engine.run(
+        InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=3)
+    )
     changed, painted = _changed(result.images[0], source_image), np.asarray(square_mask) > 0
     assert not (changed & ~painted).any() and changed[painted].mean() > 0.5
 
 
-def test_mask_grow_lets_the_change_spill_over_by_that_many_pixels_only(engine, tiny_model_dir, source_image, square_mask):
-    request = InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=3, mask_grow=6, mask_blur=0)
+def test_mask_grow_lets_the_change_spill_over_by_that_many_pixels_only(
+    engine, tiny_model_dir, source_image, square_mask
+):
+    request = InpaintRequest(
+        prompt="x",
+        model=str(tiny_model_dir),
+        image=source_image,
+        mask=square_mask,
+        seed=1,
+        steps=3,
+        mask_grow=6,
+        mask_blur=0,
+    )
     changed = _changed(engine.run(request).images[0], source_image)
     grown = np.zeros((64, 64), bool)
     grown[18:46, 18:46] = True  # the 16 px square (24..40) grown by 6 px
@@ -286,6 +325,7 @@ def test_mask_grow_lets_the_change_spill_over_by_that_many_pixels_only(engine, t
 
 
 # -- sources of another size than the model's (defect 9) ---------------------------------
+
 
 def _bands(size=(200, 100)) -> Image.Image:
     """Green | red | blue columns: 50, 100 and 50 px of a 200 px wide image."""
@@ -301,13 +341,17 @@ def test_resize_modes_map_the_source_onto_the_work_size_and_back():
 
     source = _bands()
     stretched = np.asarray(to_work(source, Placement(JUST_RESIZE, source.size, (64, 64))))
-    assert stretched.shape == (64, 64, 3) and stretched[32, 4, 1] > 150 and stretched[32, 60, 2] > 150  # all three bands
+    assert (
+        stretched.shape == (64, 64, 3) and stretched[32, 4, 1] > 150 and stretched[32, 60, 2] > 150
+    )  # all three bands
     cropped = to_work(source, Placement(CROP_AND_RESIZE, source.size, (64, 64)))
     assert (np.asarray(cropped)[:, :, 0] > 150).all()  # the middle square only: red
     placement = Placement(CROP_AND_RESIZE, source.size, (64, 64))
     back = np.asarray(from_work(Image.new("RGB", (64, 64), (255, 255, 255)), source, placement))
     assert back.shape == (100, 200, 3)
-    assert np.array_equal(back[:, :48], np.asarray(source)[:, :48]) and np.array_equal(back[:, 152:], np.asarray(source)[:, 152:])
+    assert np.array_equal(back[:, :48], np.asarray(source)[:, :48]) and np.array_equal(
+        back[:, 152:], np.asarray(source)[:, 152:]
+    )
     assert (back[:, 56:144] >= 245).all()  # what the model made lands where the model saw the source
     filled = Placement(RESIZE_AND_FILL, source.size, (64, 64))
     assert filled.scaled_size == (64, 32) and filled.offset == (0, 16)
@@ -322,7 +366,9 @@ def test_resize_modes_map_the_source_onto_the_work_size_and_back():
 def test_a_large_source_runs_at_the_models_area_and_returns_at_its_size(engine, tiny_model_dir, mode):
     source = _bands((400, 240))
     events = []
-    request = Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source, seed=1, steps=2, strength=0.5, resize_mode=mode)
+    request = Img2ImgRequest(
+        prompt="x", model=str(tiny_model_dir), image=source, seed=1, steps=2, strength=0.5, resize_mode=mode
+    )
     result = engine.run(request, events.append)
     assert result.images[0].size == (400, 240) and (result.request.width, result.request.height) == (104, 64)
     assert result.trajectory.xt[0].shape[-2:] == (8, 13)  # the UNet ran at 104x64, not 400x240
@@ -349,12 +395,25 @@ def test_an_unknown_resize_mode_is_refused():
 
 # -- strength x steps below one step (issue 17, item 4) ----------------------------------
 
+
 @pytest.mark.parametrize("kind", ["img2img", "inpaint"])
-def test_strength_zero_returns_the_source_and_a_tiny_strength_runs_one_step(engine, tiny_model_dir, source_image, square_mask, kind):
+def test_strength_zero_returns_the_source_and_a_tiny_strength_runs_one_step(
+    engine, tiny_model_dir, source_image, square_mask, kind
+):
     def request(strength):
         if kind == "img2img":
-            return Img2ImgRequest(prompt="x", model=str(tiny_model_dir), image=source_image, seed=1, steps=20, strength=strength)
-        return InpaintRequest(prompt="x", model=str(tiny_model_dir), image=source_image, mask=square_mask, seed=1, steps=20, strength=strength)
+            return Img2ImgRequest(
+                prompt="x", model=str(tiny_model_dir), image=source_image, seed=1, steps=20, strength=strength
+            )
+        return InpaintRequest(
+            prompt="x",
+            model=str(tiny_model_dir),
+            image=source_image,
+            mask=square_mask,
+            seed=1,
+            steps=20,
+            strength=strength,
+        )
 
     kept = engine.run(request(0.0))
     assert np.array_equal(pixels(kept.images[0]), pixels(source_image))

@@ -11,13 +11,13 @@ import time
 
 import pytest
 from PIL import Image
+from test_history_support import assert_consistent, edit_result, generate_result, image, inpaint_result
 
+from desktop_app.cli.history import add_history_parser, run_history
 from desktop_app.core.errors import HistoryError
 from desktop_app.core.history import MIGRATIONS, SCHEMA_VERSION, HistoryService, HistoryStore
 from desktop_app.core.infotext import read_png_metadata
 from desktop_app.core.requests import EditRequest, InpaintRequest
-from desktop_app.cli.history import add_history_parser, run_history
-from test_history_support import assert_consistent, edit_result, generate_result, image, inpaint_result
 
 
 @pytest.fixture

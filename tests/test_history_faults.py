@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_history_support import assert_consistent, edit_result, generate_result
 
 from desktop_app.core import history as history_module
 from desktop_app.core.errors import HistoryError
 from desktop_app.core.history import HistoryStore
-from test_history_support import assert_consistent, edit_result, generate_result
 
 TESTS = Path(__file__).resolve().parent
 NAMES = ("alpha", "beta", "gamma")
@@ -73,7 +73,9 @@ def test_writer_killed_at_each_stage(tmp_path, stage, nth, kind, expected):
     HistoryStore(root).close()
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(tests=str(TESTS)))
-    proc = subprocess.run([sys.executable, str(script), str(root), stage, str(nth), kind], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(root), stage, str(nth), kind], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert "finished" not in proc.stdout
     with HistoryStore(root) as store:
@@ -100,7 +102,12 @@ def test_deleter_killed_after_commit(tmp_path):
         store.set_favourite(keep.id)
     script = tmp_path / "deleter.py"
     script.write_text(WRITER.format(tests=str(TESTS)).replace("store.list()", "store.list(favourite=False)"))
-    proc = subprocess.run([sys.executable, str(script), str(root), "rows_deleted", "1", "delete"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(root), "rows_deleted", "1", "delete"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert all(e.image_path.exists() for e in entries)  # the crash left the files
     with HistoryStore(root) as store:
@@ -205,8 +212,9 @@ def test_disk_full_while_committing(tmp_path):
 
 def _worker(root: str, tag: int, n: int) -> None:
     sys.path.insert(0, str(TESTS))
-    from desktop_app.core.history import HistoryStore
     from test_history_support import generate_result
+
+    from desktop_app.core.history import HistoryStore
 
     store = HistoryStore(root)
     for i in range(n):

@@ -224,7 +224,9 @@ def _color_box(image, rect, color, tolerance=40):
 def test_thumbnails_fit_their_cell_with_the_caption_visible(qtbot, store, saver):
     """Defect 6: a 512x320 image was cropped to about 70x80 and its caption lost; a 64x64 one stayed tiny."""
     wide = dataclasses.replace(generate_result(prompt="wide"), images=[Image.new("RGB", (512, 320), (220, 20, 20))])
-    small = dataclasses.replace(generate_result(prompt="small", seed=5), images=[Image.new("RGB", (64, 64), (20, 20, 220))])
+    small = dataclasses.replace(
+        generate_result(prompt="small", seed=5), images=[Image.new("RGB", (64, 64), (20, 20, 220))]
+    )
     store.add(wide)
     store.add(small)
     p = HistoryPanel(store, saver)
@@ -360,8 +362,25 @@ def test_first_screen_fast_with_many_entries(qtbot, tmp_path):
     root = tmp_path / "big"
     s = HistoryStore(root)
     rows = [
-        (f"u{i:05d}", 1_700_000_000 + i, "generate", '{"kind": "generate", "prompt": "p"}', f"prompt {i}", "", "builtin",
-         "", i, f"images/2023-11-14/u{i:05d}.png", None, None, None, 64, 64, None, None)
+        (
+            f"u{i:05d}",
+            1_700_000_000 + i,
+            "generate",
+            '{"kind": "generate", "prompt": "p"}',
+            f"prompt {i}",
+            "",
+            "builtin",
+            "",
+            i,
+            f"images/2023-11-14/u{i:05d}.png",
+            None,
+            None,
+            None,
+            64,
+            64,
+            None,
+            None,
+        )
         for i in range(10_000)
     ]
     conn = s._db()

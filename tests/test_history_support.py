@@ -44,8 +44,18 @@ def edit_result(prompt: str = "a blue cube", source: Image.Image | None = None) 
     mask = Image.new("L", source.size, 0)
     mask.paste(255, (8, 8, 40, 40))
     request = EditRequest(
-        prompt=prompt, image=source, mask=mask, source_prompt="a green cube, on: wood", t0=600, steps=10,
-        guidance=5.0, width=64, height=64, seed=7, method="direct", strength=0.7,
+        prompt=prompt,
+        image=source,
+        mask=mask,
+        source_prompt="a green cube, on: wood",
+        t0=600,
+        steps=10,
+        guidance=5.0,
+        width=64,
+        height=64,
+        seed=7,
+        method="direct",
+        strength=0.7,
     )
     return Result(request=request, images=[image("blue")], seeds=[7], model_id="builtin", model_hash="abc", elapsed=0.5)
 
@@ -54,14 +64,18 @@ def inpaint_result(prompt: str = "a hat") -> Result:
     source = image("gray")
     mask = Image.new("L", source.size, 0)
     mask.paste(255, (0, 0, 32, 32))
-    request = InpaintRequest(prompt=prompt, image=source, mask=mask, steps=10, guidance=6.0, width=64, height=64, seed=3)
-    return Result(request=request, images=[image("purple")], seeds=[3], model_id="builtin", model_hash="abc", elapsed=0.4)
+    request = InpaintRequest(
+        prompt=prompt, image=source, mask=mask, steps=10, guidance=6.0, width=64, height=64, seed=3
+    )
+    return Result(
+        request=request, images=[image("purple")], seeds=[3], model_id="builtin", model_hash="abc", elapsed=0.4
+    )
 
 
 def assert_consistent(root: Path) -> int:
     """The crash-safety invariant: no temporary files, every row has a complete image, every image has a row."""
     root = Path(root)
-    temps = [p for p in root.rglob("*.tmp")]
+    temps = list(root.rglob("*.tmp"))
     assert not temps, temps
     conn = sqlite3.connect(root / "history.db")
     try:
@@ -74,6 +88,10 @@ def assert_consistent(root: Path) -> int:
         assert path.is_file(), f"row {uid} without its image"
         with Image.open(path) as img:
             img.load()  # a truncated PNG raises here
-    images = {p.relative_to(root).as_posix() for p in (root / "images").rglob("*.png") if not p.name.startswith(("src-", "mask-"))}
+    images = {
+        p.relative_to(root).as_posix()
+        for p in (root / "images").rglob("*.png")
+        if not p.name.startswith(("src-", "mask-"))
+    }
     assert images == {rel for _, rel in rows}
     return len(rows)

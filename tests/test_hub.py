@@ -23,7 +23,9 @@ class FakeHub:
     """Serves a folder in the hub's URL layout: /api/models/{repo}[/revision/{rev}] and /{repo}/resolve/{rev}/{path}."""
 
     def __init__(self, folder: Path, extra: dict[str, bytes] | None = None) -> None:
-        self.files: dict[str, bytes] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        self.files: dict[str, bytes] = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        }
         self.files.update(extra or {})
         self.delay = 0.0  # seconds per 16 KiB chunk
         self.drop_after: int | None = None  # close the connection after this many body bytes (a network drop)
@@ -43,7 +45,13 @@ class FakeHub:
             def do_GET(self):
                 hub_self.requests.append(("GET", self.path, self.headers.get("Range", "")))
                 if self.path.startswith(f"/api/models/{REPO}"):
-                    body = json.dumps({"id": REPO, "sha": COMMIT, "siblings": [{"rfilename": k, "size": len(v)} for k, v in hub_self.files.items()]}).encode()
+                    body = json.dumps(
+                        {
+                            "id": REPO,
+                            "sha": COMMIT,
+                            "siblings": [{"rfilename": k, "size": len(v)} for k, v in hub_self.files.items()],
+                        }
+                    ).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
@@ -64,7 +72,9 @@ class FakeHub:
                     self.send_response(200)
                 self._headers(data, len(data) - start)
                 try:
-                    end = len(data) if hub_self.drop_after is None or len(data) < 100_000 else start + hub_self.drop_after
+                    end = (
+                        len(data) if hub_self.drop_after is None or len(data) < 100_000 else start + hub_self.drop_after
+                    )
                     for i in range(start, end, 16384):
                         self.wfile.write(data[i : min(i + 16384, end)])
                         if hub_self.delay:
@@ -120,7 +130,10 @@ def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
     # a pickle next to the safetensors must never be fetched
     # like the real SD 1.5 repo: safety checker and feature extractor listed, a pickle beside the safetensors, a root .ckpt
     index = json.loads((tiny_model_dir / "model_index.json").read_text())
-    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"], feature_extractor=["transformers", "CLIPImageProcessor"])
+    index.update(
+        safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+        feature_extractor=["transformers", "CLIPImageProcessor"],
+    )
     extra = {
         "model_index.json": json.dumps(index).encode(),
         "unet/diffusion_pytorch_model.bin": b"not for download" * 100,
@@ -139,13 +152,19 @@ def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def _weights(server) -> int:
-    return sum(len(v) for k, v in server.files.items() if not k.endswith((".bin", ".ckpt")) and not k.startswith(("safety_checker", "feature_extractor")))
+    return sum(
+        len(v)
+        for k, v in server.files.items()
+        if not k.endswith((".bin", ".ckpt")) and not k.startswith(("safety_checker", "feature_extractor"))
+    )
 
 
 def test_download_reports_bytes_rate_and_eta_and_lands_in_the_hf_cache(fake_hub, tmp_path):
     events = []
     folder = hub.download_model(REPO, progress=events.append)
-    assert (folder / "model_index.json").is_file() and (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (folder / "model_index.json").is_file() and (
+        folder / "unet" / "diffusion_pytorch_model.safetensors"
+    ).is_file()
     assert str(folder).startswith(str(tmp_path / "hf" / "hub"))
     assert not (folder / "unet" / "diffusion_pytorch_model.bin").exists() and not (folder / "v1-5-pruned.ckpt").exists()
     assert not any(path.endswith((".bin", ".ckpt")) or "safety_checker" in path for _, path, _ in fake_hub.requests)
@@ -174,7 +193,9 @@ def test_cancel_stops_the_download_and_the_next_one_resumes(fake_hub, monkeypatc
     fake_hub.requests.clear()
     folder = hub.download_model(REPO)
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert any(rng.startswith("bytes=") and rng != "bytes=0-" for _, _, rng in fake_hub.requests), "resumed with a Range request"
+    assert any(rng.startswith("bytes=") and rng != "bytes=0-" for _, _, rng in fake_hub.requests), (
+        "resumed with a Range request"
+    )
     assert not list(Path(hub.cache_dir()).rglob("*.incomplete"))
 
 
@@ -277,7 +298,11 @@ def test_variant_and_pickle_selection():
         hub.select_files(files, index)
     files["vae/diffusion_pytorch_model.safetensors"] = 5
     plain, variant = hub.select_files(files, index)
-    assert variant is None and "unet/diffusion_pytorch_model.safetensors" in plain and not any("fp16" in p or "non_ema" in p for p in plain)
+    assert (
+        variant is None
+        and "unet/diffusion_pytorch_model.safetensors" in plain
+        and not any("fp16" in p or "non_ema" in p for p in plain)
+    )
     half, variant = hub.select_files(files, index, prefer_fp16=True)
     assert variant == "fp16"
     assert {p for p in half if p.startswith("unet/") and "fp16" in p} == {

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import zlib
 import struct
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from test_history_support import edit_result, generate_result, inpaint_result
 
 from desktop_app.core.errors import UserError
 from desktop_app.core.infotext import (
@@ -27,7 +28,6 @@ from desktop_app.core.infotext import (
     unquote,
 )
 from desktop_app.core.requests import EditRequest, GenerateRequest
-from test_history_support import edit_result, generate_result, inpaint_result
 
 A1111_SAMPLE = (
     "masterpiece, best quality, 1girl, (smile:1.2)\n"
@@ -52,8 +52,14 @@ def png_bytes(chunks: dict[str, str] | None = None, zip_: bool = False) -> bytes
 
 def test_format_generate_matches_a1111_layout():
     request = GenerateRequest(
-        prompt="a red cube", negative_prompt="blurry", steps=20, guidance=7.0, width=512, height=512,
-        seed=1, scheduler="dpmpp_2m",
+        prompt="a red cube",
+        negative_prompt="blurry",
+        steps=20,
+        guidance=7.0,
+        width=512,
+        height=512,
+        seed=1,
+        scheduler="dpmpp_2m",
     )
     text = format_parameters(request, seed=965400086, model_id="builtin", model_hash="1a2b3c4d5e")
     lines = text.split("\n")
@@ -67,8 +73,15 @@ def test_format_generate_matches_a1111_layout():
 
 def test_format_omits_empty_negative_prompt_and_quotes_values():
     request = EditRequest(
-        prompt="cat", source_prompt='a dog, sitting: "good"\nboy', t0=600, steps=10, guidance=5.5, width=64, height=64,
-        method="direct", strength=0.75,
+        prompt="cat",
+        source_prompt='a dog, sitting: "good"\nboy',
+        t0=600,
+        steps=10,
+        guidance=5.5,
+        width=64,
+        height=64,
+        method="direct",
+        strength=0.75,
     )
     text = format_parameters(request, seed=3, model_id="C:\\models\\x.safetensors", model_hash="ff")
     assert "Negative prompt" not in text
@@ -143,8 +156,14 @@ def test_read_a1111_png_and_request():
 
 def test_read_invokeai_png():
     meta = {
-        "positive_prompt": "a lighthouse at dusk", "negative_prompt": "people", "seed": 42, "steps": 30,
-        "cfg_scale": 7.5, "width": 512, "height": 640, "model": {"name": "sd-1.5", "base": "sd-1"},
+        "positive_prompt": "a lighthouse at dusk",
+        "negative_prompt": "people",
+        "seed": 42,
+        "steps": 30,
+        "cfg_scale": 7.5,
+        "width": 512,
+        "height": 640,
+        "model": {"name": "sd-1.5", "base": "sd-1"},
         "scheduler": "euler",
     }
     parsed = read_png_metadata(png_bytes({"invokeai_metadata": json.dumps(meta)}))
@@ -238,9 +257,15 @@ def test_parse_parameters_never_raises_other_errors(text):
     assert isinstance(params["Prompt"], str) and isinstance(params["Negative prompt"], str)
 
 
-_prompt_line = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x85"), min_size=1, max_size=30
-).map(str.strip).filter(lambda s: s and not s.startswith("Negative prompt:"))
+_prompt_line = (
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x85"),
+        min_size=1,
+        max_size=30,
+    )
+    .map(str.strip)
+    .filter(lambda s: s and not s.startswith("Negative prompt:"))
+)
 _prompt = st.lists(_prompt_line, min_size=1, max_size=3).map("\n".join)
 _anything = st.text(max_size=40)
 
@@ -249,8 +274,17 @@ _anything = st.text(max_size=40)
 @given(_prompt, st.one_of(st.just(""), _prompt), _anything, _anything, st.integers(0, 2**32 - 1))
 def test_round_trip_a1111_and_ours(prompt, negative, source_prompt, model_id, seed):
     request = EditRequest(
-        prompt=prompt, negative_prompt=negative, source_prompt=source_prompt, t0=500, steps=12, guidance=6.5,
-        width=64, height=64, seed=seed, method="ddim", strength=0.8,
+        prompt=prompt,
+        negative_prompt=negative,
+        source_prompt=source_prompt,
+        t0=500,
+        steps=12,
+        guidance=6.5,
+        width=64,
+        height=64,
+        seed=seed,
+        method="ddim",
+        strength=0.8,
     )
     text = format_parameters(request, seed=seed, model_id=model_id, model_hash="abc")
     params = parse_parameters(text)
@@ -275,12 +309,19 @@ def test_round_trip_a1111_and_ours(prompt, negative, source_prompt, model_id, se
         st.text(max_size=500),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-            lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+            lambda children: (
+                st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+            ),
             max_leaves=20,
         ).map(json.dumps),
         st.fixed_dictionaries(
-            {"request": st.dictionaries(st.sampled_from(["kind", "prompt", "steps", "seed", "width", "image", "t0"]),
-                                        st.none() | st.integers() | st.text(max_size=10) | st.floats(), max_size=5)}
+            {
+                "request": st.dictionaries(
+                    st.sampled_from(["kind", "prompt", "steps", "seed", "width", "image", "t0"]),
+                    st.none() | st.integers() | st.text(max_size=10) | st.floats(),
+                    max_size=5,
+                )
+            }
         ).map(json.dumps),
     ),
     st.booleans(),

@@ -85,25 +85,41 @@ def smooth_engine():
 
 # -- reconstruction ---------------------------------------------------------------
 
-def test_inversion_then_reconstruction_at_guidance_1_matches_the_vae_round_trip(smooth_engine, smooth_model_dir, source_image):
+
+def test_inversion_then_reconstruction_at_guidance_1_matches_the_vae_round_trip(
+    smooth_engine, smooth_model_dir, source_image
+):
     reference = vae_round_trip(smooth_engine, smooth_model_dir, source_image)
-    result = smooth_engine.run(edit(smooth_model_dir, image=source_image, method="ddim", guidance=1.0, steps=10, t0=600))
+    result = smooth_engine.run(
+        edit(smooth_model_dir, image=source_image, method="ddim", guidance=1.0, steps=10, t0=600)
+    )
     assert psnr(result.images[0], reference) >= 33.0
 
 
 def test_at_guidance_7_5_direct_beats_negative_prompt_beats_plain_ddim(smooth_engine, smooth_model_dir, source_image):
     reference = vae_round_trip(smooth_engine, smooth_model_dir, source_image)
     scores = {
-        method: psnr(smooth_engine.run(edit(smooth_model_dir, image=source_image, method=method, guidance=7.5, steps=6, t0=600)).images[0], reference)
+        method: psnr(
+            smooth_engine.run(
+                edit(smooth_model_dir, image=source_image, method=method, guidance=7.5, steps=6, t0=600)
+            ).images[0],
+            reference,
+        )
         for method in ("ddim", "negative-prompt", "direct")
     }
     assert scores["direct"] >= 50.0
     assert scores["direct"] >= scores["negative-prompt"] >= scores["ddim"] + 10.0
 
 
-def test_negative_prompt_inversion_ignores_guidance_when_target_is_source(smooth_engine, smooth_model_dir, source_image):
-    at_1 = smooth_engine.run(edit(smooth_model_dir, image=source_image, method="negative-prompt", guidance=1.0, steps=6, t0=600))
-    at_7 = smooth_engine.run(edit(smooth_model_dir, image=source_image, method="negative-prompt", guidance=7.5, steps=6, t0=600))
+def test_negative_prompt_inversion_ignores_guidance_when_target_is_source(
+    smooth_engine, smooth_model_dir, source_image
+):
+    at_1 = smooth_engine.run(
+        edit(smooth_model_dir, image=source_image, method="negative-prompt", guidance=1.0, steps=6, t0=600)
+    )
+    at_7 = smooth_engine.run(
+        edit(smooth_model_dir, image=source_image, method="negative-prompt", guidance=7.5, steps=6, t0=600)
+    )
     assert psnr(at_1.images[0], at_7.images[0]) >= 45.0
 
 
@@ -126,9 +142,23 @@ def test_an_edit_changes_the_image(engine, tiny_model_dir, source_image):
 
 # -- masks -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["direct", "ddim"])
-def test_masked_edit_leaves_pixels_outside_the_mask_identical(engine, tiny_model_dir, source_image, square_mask, method):
-    result = engine.run(edit(tiny_model_dir, image=source_image, mask=square_mask, prompt=TARGET, method=method, guidance=7.5, steps=4, t0=900))
+def test_masked_edit_leaves_pixels_outside_the_mask_identical(
+    engine, tiny_model_dir, source_image, square_mask, method
+):
+    result = engine.run(
+        edit(
+            tiny_model_dir,
+            image=source_image,
+            mask=square_mask,
+            prompt=TARGET,
+            method=method,
+            guidance=7.5,
+            steps=4,
+            t0=900,
+        )
+    )
     out = np.asarray(result.images[0]).astype(np.int16)
     src = np.asarray(source_image).astype(np.int16)
     outside = np.asarray(square_mask) == 0
@@ -146,10 +176,15 @@ def test_feathering_stays_inside_the_painted_mask(square_mask):
 
 # -- the exact shortcut for the app's own results ------------------------------------
 
+
 def test_a_result_of_the_app_is_replayed_exactly(engine, tiny_model_dir):
-    made = engine.run(GenerateRequest(prompt=SOURCE, model=str(tiny_model_dir), seed=11, steps=6, guidance=5.0, scheduler="ddim"))
+    made = engine.run(
+        GenerateRequest(prompt=SOURCE, model=str(tiny_model_dir), seed=11, steps=6, guidance=5.0, scheduler="ddim")
+    )
     loaded = engine.models.get(str(tiny_model_dir))
-    request = edit(tiny_model_dir, image=made.images[0], method="ddim", guidance=5.0, steps=6, t0=700, width=64, height=64, seed=0)
+    request = edit(
+        tiny_model_dir, image=made.images[0], method="ddim", guidance=5.0, steps=6, t0=700, width=64, height=64, seed=0
+    )
     request.validate()
     for source, how in ((made, "stored trajectory"), (made.request, "replayed trajectory")):
         events = []
@@ -158,7 +193,9 @@ def test_a_result_of_the_app_is_replayed_exactly(engine, tiny_model_dir):
         assert info["Edit source"] == how
         progress = [e for e in events if isinstance(e, Progress)]
         assert [p.step for p in progress] == list(range(1, progress[-1].total + 1))
-        replayed = 6 if how == "replayed trajectory" else 0  # a replay regenerates all 6 steps, then 5 steps below t0 700
+        replayed = (
+            6 if how == "replayed trajectory" else 0
+        )  # a replay regenerates all 6 steps, then 5 steps below t0 700
         assert [p.phase for p in progress] == ["invert"] * replayed + ["denoise"] * 5
     # a source that is not the stored result's image is inverted instead, with a notice
     other = Image.fromarray(255 - np.asarray(made.images[0]))
@@ -169,6 +206,7 @@ def test_a_result_of_the_app_is_replayed_exactly(engine, tiny_model_dir):
 
 
 # -- suggested mask --------------------------------------------------------------------
+
 
 def test_suggested_mask_is_a_binary_l_mask_of_the_image_size(engine, tiny_model_dir):
     loaded = engine.models.get(str(tiny_model_dir))
@@ -182,6 +220,7 @@ def test_suggested_mask_is_a_binary_l_mask_of_the_image_size(engine, tiny_model_
 
 
 # -- events, cancel --------------------------------------------------------------------
+
 
 def test_events_show_inversion_then_denoising(engine, tiny_model_dir, source_image):
     events = []
@@ -215,6 +254,7 @@ def test_cancel_during_inversion_stops_and_a_later_job_works(engine, tiny_model_
 
 
 # -- bad input ---------------------------------------------------------------------
+
 
 def test_t0_and_strength_resolve_on_the_schedule():
     assert inversion.resolve_t0(EditRequest(t0=250)) == 250

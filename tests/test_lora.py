@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -28,7 +26,11 @@ def _peft_layers(pipe, seed: int, text_encoder: bool = False):
     if text_encoder:
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), pipe.text_encoder, adapter_name="make")
+        inject_adapter_in_model(
+            LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+            pipe.text_encoder,
+            adapter_name="make",
+        )
         te = get_peft_model_state_dict(pipe.text_encoder, adapter_name="make")
     return unet, te
 
@@ -42,7 +44,9 @@ def lora_files(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("loras")
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
     unet, te = _peft_layers(pipe, 1, text_encoder=True)
-    StableDiffusionPipeline.save_lora_weights(str(root), unet_lora_layers=unet, text_encoder_lora_layers=te, weight_name="style_diffusers.safetensors")
+    StableDiffusionPipeline.save_lora_weights(
+        str(root), unet_lora_layers=unet, text_encoder_lora_layers=te, weight_name="style_diffusers.safetensors"
+    )
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
     unet, _ = _peft_layers(pipe, 2)
     kohya = {}
@@ -57,7 +61,11 @@ def lora_files(tmp_path_factory, tiny_model_dir):
 
 def _image(engine, model, seed=3, loras=()):
     """The request names its LoRAs; the engine applies exactly those (and removes any others)."""
-    result = engine.run(GenerateRequest(prompt="a red circle", model=str(model), seed=seed, steps=2, loras=tuple((str(p), w) for p, w in loras)))
+    result = engine.run(
+        GenerateRequest(
+            prompt="a red circle", model=str(model), seed=seed, steps=2, loras=tuple((str(p), w) for p, w in loras)
+        )
+    )
     return np.asarray(result.images[0]).astype(np.int16)
 
 
@@ -98,7 +106,10 @@ def test_lora_for_another_family_or_pickle_is_refused(engine, tiny_model_dir, lo
     with pytest.raises(ModelError, match="SDXL"):
         apply_loras(loaded, [LoraSpec(str(xl))])
     wide = tmp_path / "sd2_lora.safetensors"
-    save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(4, 1024)}, str(wide))
+    save_file(
+        {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(4, 1024)},
+        str(wide),
+    )
     with pytest.raises(ModelError, match="SD 2"):
         apply_loras(loaded, [LoraSpec(str(wide))])
     pickle = tmp_path / "old_lora.pt"
@@ -122,7 +133,9 @@ def test_sdxl_lora_applies_to_every_mode(engine, tmp_path):
     folder = build_tiny_sdxl(tmp_path / "xl")
     pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True)
     unet, _ = _peft_layers(pipe, 3)
-    StableDiffusionXLPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=unet, weight_name="xl_style.safetensors")
+    StableDiffusionXLPipeline.save_lora_weights(
+        str(tmp_path), unet_lora_layers=unet, weight_name="xl_style.safetensors"
+    )
     base = _image(engine, folder)
     loaded = engine.models.loaded
     assert not np.array_equal(_image(engine, folder, loras=[(tmp_path / "xl_style.safetensors", 1.0)]), base)

@@ -47,8 +47,13 @@ class InfoEngine(FakeEngine):
 
     def preload(self, model):
         super().preload(model)
-        return SimpleNamespace(source=model, model_id=model, family="sd1", model_hash="feedface01",
-                               defaults={"steps": 33, "guidance": 4.5, "scheduler": "euler_a", "width": 512, "height": 512})
+        return SimpleNamespace(
+            source=model,
+            model_id=model,
+            family="sd1",
+            model_hash="feedface01",
+            defaults={"steps": 33, "guidance": 4.5, "scheduler": "euler_a", "width": 512, "height": 512},
+        )
 
 
 @pytest.fixture
@@ -127,7 +132,9 @@ def test_a_broken_checkpoint_never_stays_selected_nor_sets_defaults(qtbot, worke
     assert make(worker, settings, registry).current() == good
     # the model that worked is still usable: a job on it runs
     with qtbot.waitSignal(worker.finished, timeout=10000):
-        worker.submit(GenerateRequest(prompt="still works", model=models.current(), steps=2, width=64, height=64, seed=1))
+        worker.submit(
+            GenerateRequest(prompt="still works", model=models.current(), steps=2, width=64, height=64, seed=1)
+        )
     # and the broken one can be taken out of the list
     assert broken in models.sources() and models.remove(broken) and broken not in models.sources()
 
@@ -165,7 +172,9 @@ def test_a_generation_finishes_while_a_slow_download_runs(qtbot, worker, setting
     assert not models.download("owner/big-model")  # already running
     finished = []
     worker.finished.connect(lambda job_id, result: finished.append(job_id))
-    job_id, _ = worker.submit(GenerateRequest(prompt="during a download", model=BUILTIN, steps=3, width=64, height=64, seed=2))
+    job_id, _ = worker.submit(
+        GenerateRequest(prompt="during a download", model=BUILTIN, steps=3, width=64, height=64, seed=2)
+    )
     qtbot.waitUntil(lambda: job_id in finished, timeout=10000)
     assert models.running_downloads() == ["owner/big-model"]  # the job did not wait for the download
     assert calls and calls[0][1] == "download-owner/big-model"  # its own thread, not the worker's

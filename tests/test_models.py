@@ -105,7 +105,9 @@ def test_generate_img2img_and_inpaint_run_on_each_form(engine, zoo, family, form
 
 def test_v_prediction_x0_follows_the_v_formula(engine, zoo):
     root, _ = zoo
-    result = engine.run(GenerateRequest(prompt="x", model=str(root / "sd2-v"), seed=4, steps=2, width=64, height=64, scheduler="ddim"))
+    result = engine.run(
+        GenerateRequest(prompt="x", model=str(root / "sd2-v"), seed=4, steps=2, width=64, height=64, scheduler="ddim")
+    )
     traj = result.trajectory
     sched = engine.models.loaded.pipe.scheduler
     # DDIM's own x0 for v-prediction: sqrt(a) x_t - sqrt(1-a) v; ours is recorded from the scheduler step
@@ -121,7 +123,7 @@ def test_sd2_epsilon_and_v_told_apart_by_metadata_sidecar_or_name(zoo, tmp_path)
     assert checkpoints.detect_family(shapes, {}, "v2-1_512-base-ema.safetensors").family == "sd2"
     assert checkpoints.detect_family(shapes, {}, "v2-1_768-ema-pruned.safetensors").prediction_known is False
     sidecar = tmp_path / "custom.safetensors"
-    sidecar.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    sidecar.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
     assert checkpoints.detect_family(shapes, {}, str(sidecar)).family == "sd2-v"
 
 
@@ -166,7 +168,10 @@ def _fake_safetensors(path: Path, shapes: dict[str, list[int]]) -> Path:
         (["model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"], "Stable Diffusion 3"),
         (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], "LoRA"),
         (["encoder.down.0.block.0.conv1.weight", "decoder.up.0.block.0.conv1.weight"], "VAE"),
-        (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.token_embedding.weight"], "InstructPix2Pix"),
+        (
+            ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.token_embedding.weight"],
+            "InstructPix2Pix",
+        ),
         (["something.else"], "could not be recognised"),
     ],
 )
@@ -193,7 +198,12 @@ def test_hash_is_stable_and_a1111_style(zoo):
 
 def test_hub_ids_with_revision_and_subfolder_parse():
     source = ModelSource.parse("stabilityai/sdxl-turbo@fp16:unet")
-    assert (source.kind, source.location, source.revision, source.subfolder) == ("hub", "stabilityai/sdxl-turbo", "fp16", "unet")
+    assert (source.kind, source.location, source.revision, source.subfolder) == (
+        "hub",
+        "stabilityai/sdxl-turbo",
+        "fp16",
+        "unet",
+    )
     assert ModelSource.parse("runwayml/stable-diffusion-v1-5").revision is None
     with pytest.raises(ModelError):
         ModelSource.parse("not a model")
@@ -220,18 +230,33 @@ def test_shipped_configs_match_the_real_checkpoint_layouts(family, monkeypatch):
         parts.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(root / "vae")))
         parts.text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder")))
         parts.text_encoder_2 = (
-            CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(root / "text_encoder_2"))) if (root / "text_encoder_2").is_dir() else None
+            CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(root / "text_encoder_2")))
+            if (root / "text_encoder_2").is_dir()
+            else None
         )
     original = checkpoints.pipeline_to_original(parts)
     metadata = {"modelspec.prediction_type": "v"} if family == "sd2-v" else {}
     assert checkpoints.detect_family(checkpoints.shapes_of(original), metadata).family == family
     unet = convert_ldm_unet_checkpoint(original, dict(parts.unet.config))
-    assert {k: tuple(v.shape) for k, v in unet.items()} == {k: tuple(v.shape) for k, v in parts.unet.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in unet.items()} == {
+        k: tuple(v.shape) for k, v in parts.unet.state_dict().items()
+    }
     vae = convert_ldm_vae_checkpoint(original, dict(parts.vae.config))
     assert set(vae) == set(parts.vae.state_dict())
     tokenizer = checkpoints.shared_tokenizer()
     assert len(tokenizer) == parts.text_encoder.config.vocab_size == 49408
-    assert tokenizer("a photograph of an astronaut riding a horse").input_ids == [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
+    assert tokenizer("a photograph of an astronaut riding a horse").input_ids == [
+        49406,
+        320,
+        8853,
+        539,
+        550,
+        18376,
+        6765,
+        320,
+        4558,
+        49407,
+    ]
 
 
 def test_v_prediction_probe_tells_the_two_sd2_kinds_apart():
@@ -262,7 +287,9 @@ def test_text_conditioning_drives_a_direct_unet_call(engine, zoo, family):
     assert (added is not None) == (family == "sdxl")
     latents = torch.zeros(2, 4, 8, 8)
     with torch.inference_mode():
-        out = loaded.pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+        out = loaded.pipe.unet(
+            latents, torch.tensor([500]), encoder_hidden_states=embeds, added_cond_kwargs=added
+        ).sample
     assert out.shape == latents.shape
 
 

@@ -29,7 +29,9 @@ class P:
     total_bytes: int
 
 
-def fake_downloader(steps: int = 5, delay: float = 0.02, block: threading.Event | None = None, calls: list | None = None):
+def fake_downloader(
+    steps: int = 5, delay: float = 0.02, block: threading.Event | None = None, calls: list | None = None
+):
     """Sleeps per chunk, reports bytes, honours cancel; returns the folder like the hub download does."""
 
     def download(repo, on_progress, cancel):
@@ -192,7 +194,11 @@ def test_closing_with_a_download_running_asks_keep_or_cancel(qtbot, worker, sett
     qtbot.waitUntil(lambda: models.downloads()[repo][0] > 0, timeout=5000)
     asked = []
     answer = QMessageBox.StandardButton.Yes if keep else QMessageBox.StandardButton.No
-    monkeypatch.setattr(dialog_module.QMessageBox, "question", staticmethod(lambda parent, title, text, *a: asked.append(text) or answer))
+    monkeypatch.setattr(
+        dialog_module.QMessageBox,
+        "question",
+        staticmethod(lambda parent, title, text, *a: asked.append(text) or answer),
+    )
     qtbot.keyClick(dlg, Qt.Key.Key_Escape)
     assert not dlg.isVisible() and asked and "background" in asked[0]
     if keep:
@@ -212,7 +218,12 @@ def test_a_real_hub_download_from_the_stand_in_hub_fills_the_progress(qtbot, wor
 
     from desktop_app.engine import hub
 
-    models = make_models(worker, settings, registry, lambda repo, on_progress, cancel: hub.download_model(repo, progress=on_progress, cancel=cancel))
+    models = make_models(
+        worker,
+        settings,
+        registry,
+        lambda repo, on_progress, cancel: hub.download_model(repo, progress=on_progress, cancel=cancel),
+    )
     dlg = open_dialog(qtbot, models)
     dlg.download(REPO)
     qtbot.waitUntil(lambda: dlg.chosen() == REPO, timeout=20000)

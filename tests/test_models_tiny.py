@@ -45,7 +45,9 @@ def _text_config(tokenizer, hidden: int, act: str, projection: int | None = None
     )
 
 
-def build_tiny_sd2(folder: str | Path, *, seed: int = 0, prediction_type: str = "v_prediction", inpaint_unet: bool = False) -> Path:
+def build_tiny_sd2(
+    folder: str | Path, *, seed: int = 0, prediction_type: str = "v_prediction", inpaint_unet: bool = False
+) -> Path:
     """SD 2.x layout: OpenCLIP-style text encoder (gelu), linear projections in the transformers, v-prediction."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -70,12 +72,23 @@ def build_tiny_sd2(folder: str | Path, *, seed: int = 0, prediction_type: str = 
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = CLIPTextModel(_text_config(tokenizer, 48, "gelu"))
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        steps_offset=1, prediction_type=prediction_type,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
     )
     pipe = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))
     (folder / "diffusion_desk.json").write_text(json.dumps(SETTINGS), encoding="utf-8")
@@ -114,12 +127,19 @@ def build_tiny_sdxl(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = F
     tokenizer_2 = CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2"))
     text_encoder = CLIPTextModel(_text_config(tokenizer, te1_width, "quick_gelu"))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, te2_width, "gelu", te2_width))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
     vae = _vae()
     vae.register_to_config(scaling_factor=0.13025)
     pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-        unet=unet, scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
     )
     pipe.save_pretrained(str(folder))
     (folder / "diffusion_desk.json").write_text(json.dumps(SETTINGS), encoding="utf-8")
@@ -137,7 +157,11 @@ def build_family(root: Path, family: str) -> Path:
         data["steps"] = 3
         (folder / "diffusion_desk.json").write_text(json.dumps(data))
     elif family.startswith("sd2"):
-        build_tiny_sd2(folder, prediction_type="v_prediction" if family == "sd2-v" else "epsilon", inpaint_unet=family.endswith("inpaint"))
+        build_tiny_sd2(
+            folder,
+            prediction_type="v_prediction" if family == "sd2-v" else "epsilon",
+            inpaint_unet=family.endswith("inpaint"),
+        )
     else:
         build_tiny_sdxl(folder, inpaint_unet=family.endswith("inpaint"))
     return folder

@@ -40,7 +40,9 @@ def test_ticking_allow_pickle_lets_a_ckpt_in_and_says_so(qtbot, tmp_path, worker
     assert not dlg.add_file(str(pickle))
     assert "Allow pickle checkpoints" in dlg.error_label.text()
     with qtbot.waitSignal(models.allowPickleChanged) as blocker:
-        qtbot.mouseClick(dlg.allow_pickle_check, Qt.MouseButton.LeftButton, pos=QPoint(8, dlg.allow_pickle_check.height() // 2))
+        qtbot.mouseClick(
+            dlg.allow_pickle_check, Qt.MouseButton.LeftButton, pos=QPoint(8, dlg.allow_pickle_check.height() // 2)
+        )
     assert blocker.args == [True] and models.allow_pickle and worker.allow_pickle
     assert dlg.add_file(str(pickle))
     assert dlg.chosen() == str(pickle.resolve())

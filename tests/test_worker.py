@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 
 import pytest
@@ -185,7 +184,6 @@ def test_awaiting_the_future_in_a_coroutine(qtbot, worker, qloop):
     task = asyncio.ensure_future(go())
     qtbot.waitUntil(task.done, timeout=5000)
     assert out["result"].images
-
 
 
 def test_jobs_after_shutdown_are_cancelled_not_raised(qtbot, qapp, qloop):

@@ -71,7 +71,12 @@ def build_tiny_sd(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = Fal
         )
     )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -85,7 +90,9 @@ def build_tiny_sd(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = Fal
     )
     pipe.save_pretrained(str(folder))
     (folder / "diffusion_desk.json").write_text(
-        json.dumps({"name": "Tiny test model", "steps": 4, "guidance": 5.0, "width": 64, "height": 64, "scheduler": "ddim"}),
+        json.dumps(
+            {"name": "Tiny test model", "steps": 4, "guidance": 5.0, "width": 64, "height": 64, "scheduler": "ddim"}
+        ),
         encoding="utf-8",
     )
     return folder

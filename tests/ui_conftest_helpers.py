@@ -168,9 +168,17 @@ class FakeEngine:
         source = model or BUILTIN
         if "missing" in source:
             raise ModelError(f"No model at {source}.", "Choose a diffusers folder with model_index.json.")
-        return ModelInfo(source=source, model_id=Path(source).name or source, family="sd1", model_hash="", defaults=model_defaults(BUILTIN))
+        return ModelInfo(
+            source=source,
+            model_id=Path(source).name or source,
+            family="sd1",
+            model_hash="",
+            defaults=model_defaults(BUILTIN),
+        )
 
-    def suggest_mask(self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None) -> Image.Image:
+    def suggest_mask(
+        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+    ) -> Image.Image:
         """The middle half of the image, or nothing when the prompts agree."""
         mask = Image.new("L", image.size, 0)
         if source_prompt != target_prompt:
@@ -192,7 +200,14 @@ class FakeEngine:
     def list_models(self) -> list[dict]:
         return [
             {"id": BUILTIN, "name": "Shapes (built-in)", "kind": "builtin", "family": "sd1", "missing": False},
-            {"id": "owner/fake-model", "name": "Fake", "kind": "hub (curated)", "family": "sd1", "download_gb": 0.1, "note": ""},
+            {
+                "id": "owner/fake-model",
+                "name": "Fake",
+                "kind": "hub (curated)",
+                "family": "sd1",
+                "download_gb": 0.1,
+                "note": "",
+            },
         ]
 
     def download_model(self, repo: str, on_progress, cancel: threading.Event) -> Path:
