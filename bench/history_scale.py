@@ -32,7 +32,39 @@ from desktop_app.core.history import HistoryStore, _encode_png, _encode_thumb, _
 from desktop_app.core.infotext import build_png_info
 from desktop_app.core.requests import GenerateRequest
 
-WORDS = ["red", "blue", "green", "yellow", "cube", "sphere", "cone", "table", "wood", "glass", "lighthouse", "dusk", "forest", "river", "mountain", "portrait", "cat", "dog", "robot", "castle", "city", "night", "rain", "snow", "sunset", "ocean", "bridge", "tower", "flower", "garden", "desert"]
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "cube",
+    "sphere",
+    "cone",
+    "table",
+    "wood",
+    "glass",
+    "lighthouse",
+    "dusk",
+    "forest",
+    "river",
+    "mountain",
+    "portrait",
+    "cat",
+    "dog",
+    "robot",
+    "castle",
+    "city",
+    "night",
+    "rain",
+    "snow",
+    "sunset",
+    "ocean",
+    "bridge",
+    "tower",
+    "flower",
+    "garden",
+    "desert",
+]
 
 
 def populate(root: Path, n: int) -> None:

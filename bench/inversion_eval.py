@@ -168,7 +168,7 @@ def edits(batch: Batch, guidance: float, method: str, masked: bool, suggest: boo
         )
     outs = batch.run(method, guidance, batch.embed(targets), latent_mask)
     ok, bg_psnr, identical = 0, [], 0
-    for i, ((spec, image), out) in enumerate(zip(items, outs)):
+    for i, ((_spec, image), out) in enumerate(zip(items, outs)):
         if masked:
             out = loaded.pipe.image_processor.apply_overlay(feathered[i], image, out)
         ok += shapes.classify(out)["colour"] == colours[i]

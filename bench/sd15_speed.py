@@ -110,15 +110,19 @@ def main() -> None:
         sync()
         return time.perf_counter() - start
 
-    run_engine = lambda: engine.run(request)  # noqa: E731
-    run_plain = lambda: plain(
-        "a photo of a cat",
-        num_inference_steps=steps,
-        guidance_scale=7.5,
-        width=size,
-        height=size,  # noqa: E731
-        generator=[torch.Generator("cpu").manual_seed(1)],
-    )
+    def run_engine():
+        return engine.run(request)
+
+    def run_plain():
+        return plain(
+            "a photo of a cat",
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            width=size,
+            height=size,
+            generator=[torch.Generator("cpu").manual_seed(1)],
+        )
+
     timed(run_engine), timed(run_plain)
     engine_times, plain_times = [], []
     for _ in range(runs):

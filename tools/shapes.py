@@ -139,7 +139,7 @@ def parse_caption(text: str) -> dict:
         elif w in POSITIONS:
             spec["position"] = w
     # shape colour: the colour word right before the shape word, else first colour in head
-    for i, w in enumerate(htoks):
+    for w in htoks:
         if w in PALETTE:
             spec["colour"] = w
             break
@@ -314,7 +314,7 @@ if __name__ == "__main__":  # self-check of the classifier on renders
     specs = all_specs()
     tot = {}
     n = 3000
-    for i in range(n):
+    for _ in range(n):
         s = rng.choice(specs)
         sc = score(s, classify(render(s, rng=rng)))
         for k, v in sc.items():

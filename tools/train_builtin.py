@@ -470,10 +470,9 @@ def stage_unet(args, device, refine=False):
         ema.shadow[1].load_state_dict(c["ema_te"])
         opt.load_state_dict(c["opt"])
         st = c["st"]
-        if args.minutes:
-            # a new budget: continue the cosine from where we are over the remaining time
-            if st["elapsed"] >= st["total_s"] or args.reset_budget:
-                st["total_s"] = st["elapsed"] + args.minutes * 60
+        # a new budget: continue the cosine from where we are over the remaining time
+        if args.minutes and (st["elapsed"] >= st["total_s"] or args.reset_budget):
+            st["total_s"] = st["elapsed"] + args.minutes * 60
         torch.set_rng_state(c["rng"])
         log(f"unet: resuming at step {st['step']} ({st['elapsed']:.0f}s of {st['total_s']:.0f}s)")
     elif args.init_from:
@@ -700,9 +699,8 @@ def main(argv=None):
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     log(f"device {device}, torch {torch.__version__}, stage {args.stage}")
-    if args.stage in ("tokenizer", "all"):
-        if args.stage == "tokenizer" or not (args.state / "tokenizer").exists():
-            stage_tokenizer(args)
+    if args.stage in ("tokenizer", "all") and (args.stage == "tokenizer" or not (args.state / "tokenizer").exists()):
+        stage_tokenizer(args)
     if args.stage in ("vae", "all"):
         if args.stage == "all":
             m = args.minutes
