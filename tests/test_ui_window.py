@@ -387,7 +387,7 @@ def test_trajectory_scrub_preview_then_full_decode(qtbot, window):
     assert window.document.showing == "view"
     assert window.canvas.shown_image().size == (result.images[0].width // 4, result.images[0].height // 4)
     qtbot.waitUntil(lambda: window.canvas.shown_image().size == result.images[0].size, timeout=5000)
-    assert "step 2 / 5" in window.timestep_panel.label.text()
+    assert "step 2/5" in window.timestep_panel.label.text()
     assert f"t = {result.trajectory.timesteps[1]}" in window.timestep_panel.label.text()
 
 
@@ -476,7 +476,8 @@ def test_batch_results_can_be_browsed(qtbot, window):
     child(window, "seedSpin").setValue(10)
     window.prompt_panel.batch_spin.setValue(3)
     result = click_generate(qtbot, window)
-    assert len(result.images) == 3 and window.next_image_button.isVisible()
+    assert len(result.images) == 3
+    qtbot.waitUntil(window.next_image_button.isVisible, timeout=2000)  # tool bars lay out on the next pass
     assert window.image_index_label.text() == "1 / 3"
     window.canvas.setFocus()
     qtbot.keyClick(window.canvas, Qt.Key.Key_Right, Qt.KeyboardModifier.AltModifier)

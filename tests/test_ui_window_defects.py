@@ -126,7 +126,7 @@ def test_every_image_mode_shows_its_strength_and_inpaint_its_controls(qtbot, win
     window.prompt_panel.set_mode("img2img")
     strength.setValue(0.3)
     window.timestep_panel.timeline.set_mode("t0")
-    assert "strength 0.30" in window.timestep_panel.label.text()
+    assert window.timestep_panel.label.text() == "t₀ = 300 · 0.30"
 
 
 # -- defect 5 -------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class MainWindow(QMainWindow):
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(240)
+        # as wide as the panel's narrowest layout (labels above fields), so nothing in it is cut off
+        scroll.setMinimumWidth(self.prompt_panel.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.prompt_scroll = scroll
 
@@ -216,6 +217,7 @@ class MainWindow(QMainWindow):
         self.progress_bar.setTextVisible(False)
         self.progress_bar.setMaximumWidth(220)
         self.progress_bar.setMinimumWidth(80)
+        self.progress_bar.setVisible(False)
         self.queue_label = QLabel("Queue: 0", objectName="queueLabel")
         prog = QHBoxLayout()
         prog.setContentsMargins(8, 0, 8, 6)
@@ -250,6 +252,7 @@ class MainWindow(QMainWindow):
 
         self.zoom_label = QLabel()
         self.size_label = QLabel()
+        self.statusBar().addPermanentWidget(self.shown_label)
         self.statusBar().addPermanentWidget(self.size_label)
         self.statusBar().addPermanentWidget(self.zoom_label)
         self._add_downloads_indicator()
@@ -388,16 +391,12 @@ class MainWindow(QMainWindow):
             act.setText(short)
             mt.addAction(act)
         mt.addSeparator()
-        mt.addWidget(self.prev_image_button)
-        mt.addWidget(self.image_index_label)
-        mt.addWidget(self.next_image_button)
+        # widgets in a tool bar show and hide through their actions
+        self._batch_actions = [mt.addWidget(w) for w in (self.prev_image_button, self.image_index_label, self.next_image_button)]
         self.act_use.setText("Use result")
         self.act_use.setToolTip("Make the shown result the source of the next job (Ctrl+Shift+U)")
         mt.addAction(self.act_use)
-        spacer = QWidget()
-        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        mt.addWidget(spacer)
-        mt.addWidget(self.shown_label)
+        self.image_index_label.setMinimumWidth(self.image_index_label.fontMetrics().horizontalAdvance("16 / 16") + 4)
         self.act_fit.setText("Fit")
         self.act_open.setText("Open…")
         self.act_brush.setChecked(True)
@@ -419,6 +418,7 @@ class MainWindow(QMainWindow):
         j.cancelled.connect(lambda *_: self._status("Cancelled"))
         j.queueChanged.connect(self._on_queue_changed)
         j.started.connect(self._on_job_started)
+        j.runningChanged.connect(self._on_running_changed)
         j.resultReady.connect(self._on_result)
         self.worker.serviceFailed.connect(self._on_service_failed)
         self.worker.serviceDone.connect(self._on_service_done)
@@ -793,6 +793,10 @@ class MainWindow(QMainWindow):
     def _on_job_started(self, job_id: int) -> None:
         self.prompt_panel.cancel_button.setEnabled(True)
 
+    def _on_running_changed(self, running: bool) -> None:
+        # the bar shows only while something runs; the text beside it always says what happens
+        self.progress_bar.setVisible(running or self.models.state() == "loading")
+
     def _on_job_failed(self, message: str, hint: str) -> None:
         self.show_error(message, hint, cause="job")
 
@@ -815,10 +819,12 @@ class MainWindow(QMainWindow):
             self.job_status_label.setText(message or "Loading the model…")
             if not self.jobs.is_running():
                 self.progress_bar.setRange(0, 0)
+                self.progress_bar.setVisible(True)
         elif state in ("ready", "failed"):
             if not self.jobs.is_running():
                 self.progress_bar.setRange(0, 1)
                 self.progress_bar.setValue(0)
+                self.progress_bar.setVisible(False)
                 self.job_status_label.setText(message or ("Model ready" if state == "ready" else "Idle"))
             if state == "ready":
                 self.clear_error(cause="model")
@@ -877,8 +883,8 @@ class MainWindow(QMainWindow):
         self.act_clear.setEnabled(has_mask_target and d.has_mask())
         self.act_invert.setEnabled(has_mask_target)
         n = len(d.result.images) if d.result is not None else 0
-        for w in (self.prev_image_button, self.image_index_label, self.next_image_button):
-            w.setVisible(n > 1)
+        for act in self._batch_actions:
+            act.setVisible(n > 1)
         self.image_index_label.setText(f"{d.index + 1} / {n}")
         shown = {"source": "showing the source", "result": "showing the result", "view": "showing a preview"}
         if d.showing == "result" and n > 1:

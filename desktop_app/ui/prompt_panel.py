@@ -133,6 +133,7 @@ class PromptPanel(QWidget):
         self.prompt_edit.setObjectName("promptEdit")
         self.prompt_edit.setAccessibleName("Prompt")
         self.prompt_edit.setMinimumHeight(70)
+        self.prompt_edit.setMaximumHeight(150)
         self.negative_prompt_edit = PromptEdit("Negative prompt: what to avoid")
         self.negative_prompt_edit.setObjectName("negativePromptEdit")
         self.negative_prompt_edit.setAccessibleName("Negative prompt")
@@ -140,7 +141,7 @@ class PromptPanel(QWidget):
         self.prompt_label = QLabel("Prompt", objectName="promptLabel")
         self.prompt_label.setBuddy(self.prompt_edit)
         outer.addWidget(self.prompt_label)
-        outer.addWidget(self.prompt_edit, 2)
+        outer.addWidget(self.prompt_edit, 1)
         outer.addWidget(QLabel("Negative prompt"))
         outer.addWidget(self.negative_prompt_edit, 1)
 
@@ -201,7 +202,7 @@ class PromptPanel(QWidget):
         self.mask_grow_spin.setRange(0, 128)
         self.mask_grow_spin.setSuffix(" px")
         self.mask_grow_spin.setToolTip("Grow the painted area outward before the feather (changes unpainted pixels)")
-        self.only_masked_check = QCheckBox("Only masked area, at full resolution", objectName="onlyMaskedCheck")
+        self.only_masked_check = QCheckBox("Only masked (full resolution)", objectName="onlyMaskedCheck")
         self.only_masked_check.setToolTip("Work on a crop around the mask at the model's size and paste it back")
         self.padding_spin = QSpinBox(objectName="onlyMaskedPaddingSpin")
         self.padding_spin.setRange(0, 256)
@@ -279,7 +280,7 @@ class PromptPanel(QWidget):
         run_row.addWidget(self.generate_button, 3)
         run_row.addWidget(self.cancel_button, 1)
         outer.addLayout(run_row)
-        outer.addStretch(0)
+        outer.addStretch(1)
 
         for spin, name in (
             (self.steps_spin, "Steps"),
@@ -299,6 +300,9 @@ class PromptPanel(QWidget):
         self.random_seed_button.clicked.connect(lambda: self.seed_spin.setValue(RANDOM_SEED))
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
 
+        for form in self.findChildren(QFormLayout):
+            # a narrow panel (a small screen, a large scale factor) puts labels above their fields, never clips
+            form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.apply_model_defaults(model_defaults(BUILTIN))
         self._on_mode_changed()
 
@@ -342,10 +346,22 @@ class PromptPanel(QWidget):
                 spin.blockSignals(True)
                 spin.setValue(max(64, min(2048, int(v))))
                 spin.blockSignals(False)
-        elif self._generate_size is not None:
+            self.source_size_label.setText(self._size_note(w, h))
+        else:
+            self.source_size_label.setText("")
+        if size is None and self._generate_size is not None:
             self.width_spin.setValue(self._generate_size[0])
             self.height_spin.setValue(self._generate_size[1])
             self._generate_size = None
+
+    def _size_note(self, w: int, h: int) -> str:
+        """What the engine will do with a source of this size (it maps sizes far from the model's: see resize_mode)."""
+        defaults = self.models.defaults() if self.models is not None else model_defaults(self.model())
+        mw, mh = int(defaults.get("width", 512)), int(defaults.get("height", 512))
+        ratio = (w * h) / float(mw * mh)
+        if 0.5 <= ratio <= 2.0:
+            return f"Source {w}×{h}: worked at its own size."
+        return f"Source {w}×{h}; this model works near {mw}×{mh}: resized to that area as chosen above, then back."
 
     def generate_size(self) -> tuple[int, int]:
         """The size for text-to-image jobs (what the user set, even while a source's size is shown)."""

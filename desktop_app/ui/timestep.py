@@ -23,11 +23,11 @@ class TimestepPanel(QWidget):
 
         self.slider = QSlider(Qt.Orientation.Horizontal, objectName="timestepSlider")
         self.slider.setAccessibleName("Diffusion timestep")
-        self.slider.setToolTip("Diffusion time: noise on the left (t = T), the image on the right (t = 0)")
+        self.slider.setToolTip("Diffusion time: pure noise at the left end (t = T), the image at the right end (t = 0)")
         self.slider.setMinimumWidth(160)
         self.slider.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.label = QLabel(objectName="timestepLabel")
-        self.label.setMinimumWidth(120)
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("step 150/150 · t = 999") + 6)
         self.label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.which_combo = QComboBox(objectName="trajectoryWhich")
         self.which_combo.addItem("predicted x̂₀", "x0")
@@ -37,16 +37,10 @@ class TimestepPanel(QWidget):
         self.t0_button.setText("Start t")
         self.t0_button.setToolTip("Use the slider to set the start timestep (strength) of the next img2img / inpaint / edit")
         self.t0_button.setCheckable(True)
-        self.left_label = QLabel("noise")
-        self.right_label = QLabel("image")
-        for lab in (self.left_label, self.right_label):
-            lab.setEnabled(False)  # the palette's dimmed text, in light and dark themes
 
         row = QHBoxLayout(self)
         row.setContentsMargins(8, 2, 8, 2)
-        row.addWidget(self.left_label)
         row.addWidget(self.slider, 1)
-        row.addWidget(self.right_label)
         row.addWidget(self.label)
         row.addWidget(self.which_combo)
         row.addWidget(self.t0_button)
@@ -118,12 +112,15 @@ class TimestepPanel(QWidget):
     def _update_label(self) -> None:
         tl = self.timeline
         if tl.mode == "t0":
-            self.label.setText(f"t₀ = {tl.t0} / {tl.T}  ·  strength {tl.strength():.2f}")
+            self.label.setText(f"t₀ = {tl.t0} · {tl.strength():.2f}")
+            self.label.setToolTip(f"Start timestep t₀ = {tl.t0} of {tl.T}: strength {tl.strength():.2f}")
         elif tl.mode == "trajectory" and tl.timesteps:
             i = max(0, min(len(tl.timesteps) - 1, tl.index))
-            self.label.setText(f"step {i + 1} / {len(tl.timesteps)}  ·  t = {tl.timesteps[i]}")
+            self.label.setText(f"step {i + 1}/{len(tl.timesteps)} · t = {tl.timesteps[i]}")
+            self.label.setToolTip(f"Step {i + 1} of {len(tl.timesteps)} of the run, at timestep {tl.timesteps[i]}")
         else:
-            self.label.setText("t: run a job, or open an image")
+            self.label.setText("t: run a job")
+            self.label.setToolTip("Run a job, or open an image in an image mode, to use the slider")
 
     def _on_value(self, value: int) -> None:
         if self._syncing or self.timeline.mode == "off":
