@@ -88,7 +88,7 @@ def save_grid(imgs, path, cols=8, scale=2):
     g = Image.new("RGB", (64 * cols, 64 * rows), (128, 128, 128))
     for i, im in enumerate(imgs):
         g.paste(im.resize((64, 64)), (64 * (i % cols), 64 * (i // cols)))
-    g = g.resize((64 * cols * scale, 64 * rows * scale), Image.NEAREST)
+    g = g.resize((64 * cols * scale, 64 * rows * scale), Image.Resampling.NEAREST)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     g.save(path)
 

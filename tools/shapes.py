@@ -205,7 +205,7 @@ def render(spec: dict, size: int = 64, rng: random.Random | np.random.Generator 
         d.polygon([(X - R, Y + R), (X + R, Y + R), (X, Y - R)], fill=col)
     else:
         raise ValueError(f"unknown shape {spec['shape']!r}")
-    return img.resize((size, size), Image.LANCZOS if hasattr(Image, "LANCZOS") else Image.BICUBIC)
+    return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
 # ------------------------------------------------------------- classifier ---
@@ -237,7 +237,8 @@ def classify(img) -> dict:
             arr = arr * 255.0
     if arr.shape[0] != 64 or arr.shape[1] != 64:
         arr = np.asarray(
-            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR), dtype=np.float32
+            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BILINEAR),
+            dtype=np.float32,
         )
     lab = _nearest(arr)
     H, W = lab.shape

@@ -448,7 +448,7 @@ class HistoryStore(HistoryService):
             raise HistoryError(
                 f"Cannot create the history folder {self.root}: {exc}", "Check the data folder's permissions."
             ) from exc
-        self._conn = self._open_checked()
+        self._conn: sqlite3.Connection | None = self._open_checked()
         if check:
             self.check()
 
@@ -561,7 +561,7 @@ class HistoryStore(HistoryService):
                 try:
                     self._conn.close()
                 finally:
-                    self._conn = None  # type: ignore[assignment]
+                    self._conn = None
 
     def __enter__(self) -> HistoryStore:
         return self
@@ -992,14 +992,15 @@ class HistoryStore(HistoryService):
         """
         if full and verify:
             with self._lock:
+                conn = self._db()
                 try:
-                    self._verify(self._db())
+                    self._verify(conn)
                 except sqlite3.DatabaseError as exc:
                     if not self._is_corruption(exc):
                         raise HistoryError(
                             f"Cannot check the history database: {exc}", f"Check {self.db_path}."
                         ) from exc
-                    self._conn.close()
+                    conn.close()
                     self._conn = self._recover(str(exc))
                     assert self.last_check is not None
                     return self.last_check
@@ -1166,8 +1167,11 @@ class HistoryStore(HistoryService):
             log.warning("history: %s has no usable metadata (%s); moving it to unindexed/", path, exc)
             self._set_aside(path, report)
             return None
-        meta = info.data.get("history") if isinstance(info.data.get("history"), dict) else {}
-        request = info.request.to_dict(include_images=False) if info.request is not None else {"prompt": info.prompt}
+        history = info.data.get("history")
+        meta: dict[str, Any] = history if isinstance(history, dict) else {}
+        request: dict[str, Any] = (
+            info.request.to_dict(include_images=False) if info.request is not None else {"prompt": info.prompt}
+        )
         if info.seed is not None:
             request["seed"] = info.seed
         request["batch"] = 1

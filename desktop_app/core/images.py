@@ -7,6 +7,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -74,7 +75,7 @@ def load_mask(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     """A mask as mode 'L' (255 = change here); alpha masks use their alpha channel."""
     img = source if isinstance(source, Image.Image) else _open_checked(source)
     img = ImageOps.exif_transpose(img) or img
-    if img.mode in ("RGBA", "LA") and img.getextrema()[-1][0] < 255:
+    if img.mode in ("RGBA", "LA") and cast("tuple[tuple[float, float], ...]", img.getextrema())[-1][0] < 255:
         return img.getchannel("A")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _to_rgb(img).convert("L")

@@ -28,7 +28,7 @@ class ModelInfo:
 
 def builtin_model_path() -> Path:
     """The shipped shapes model, inside the installed package."""
-    return Path(str(resources.files("desktop_app.resources").joinpath("models", "shapes")))
+    return Path(str(resources.files("desktop_app.resources").joinpath("models").joinpath("shapes")))
 
 
 def model_defaults(source: str | None) -> dict[str, Any]:

@@ -323,7 +323,7 @@ def shared_tokenizer(pad_token: str = "<|endoftext|>"):
 
     folder = configs_root() / "clip_tokenizer"
     if not (folder / "vocab.json").is_file():
-        folder = Path(str(resources.files("desktop_app.resources").joinpath("configs", "clip_tokenizer")))
+        folder = Path(str(resources.files("desktop_app.resources").joinpath("configs").joinpath("clip_tokenizer")))
     return CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77
     )

@@ -145,6 +145,7 @@ class Engine:
         notices = prompt_notices(loaded.pipe, request) + notices
         for message in notices:
             emit(Notice(message))
+        assert request.seed is not None  # given a random one above
         seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
         trajectory: Trajectory | None
         if isinstance(request, (Img2ImgRequest, InpaintRequest)) and request.strength == 0:
@@ -153,7 +154,7 @@ class Engine:
             images, trajectory, info = [image.copy() for _ in seeds], None, {"Denoising strength": 0.0}
         else:
             work = _work_request(request, image, placement)
-            if isinstance(request, EditRequest):
+            if isinstance(work, EditRequest):  # work is of request's class
                 if loaded.family.startswith("sdxl"):
                     raise ModelError(
                         "Editing by inversion works with SD 1.x / 2.x models and the built-in one, not yet with SDXL.",
@@ -305,7 +306,7 @@ def _work_request(request: GenerateRequest, image: Image.Image | None, placement
     changes: dict = {"image": to_work(image, placement)}
     mask = _model_mask(request)
     if mask is not None:
-        work_mask = to_work(mask, placement, Image.BILINEAR)
+        work_mask = to_work(mask, placement, Image.Resampling.BILINEAR)
         if work_mask.size != mask.size:  # any painted pixel is repainted; the paste-back keeps the unpainted ones
             work_mask = work_mask.point(lambda v: 255 if v else 0)
         changes["mask"] = work_mask

@@ -74,7 +74,7 @@ class Placement:
         return (W - sw) // 2, (H - sh) // 2  # negative when cropping (the overhang is cut), positive when filling
 
 
-def to_work(image: Image.Image, placement: Placement, resample=Image.LANCZOS) -> Image.Image:
+def to_work(image: Image.Image, placement: Placement, resample=Image.Resampling.LANCZOS) -> Image.Image:
     """The source mapped onto the work canvas by the placement's resize mode."""
     if placement.mode not in RESIZE_MODES:
         raise ValueError(placement.mode)
@@ -92,7 +92,9 @@ def to_work(image: Image.Image, placement: Placement, resample=Image.LANCZOS) ->
     return canvas
 
 
-def from_work(result: Image.Image, source: Image.Image, placement: Placement, resample=Image.LANCZOS) -> Image.Image:
+def from_work(
+    result: Image.Image, source: Image.Image, placement: Placement, resample=Image.Resampling.LANCZOS
+) -> Image.Image:
     """A work-size result back at the source's size. Crop and resize leaves the cut-off parts of the source as
     they were; resize and fill drops the bands."""
     if result.size == source.size and placement.work == source.size:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -51,6 +51,10 @@ from desktop_app.engine.encoding import decode_images, embed_prompt, encode_imag
 from desktop_app.engine.imaging import feather_mask, paste_back
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.sampling import StepHooks, generators, make_scheduler
+
+if TYPE_CHECKING:
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 Emit = Callable[[Any], None]
 
@@ -91,20 +95,25 @@ def _scheduler_config(loaded: LoadedModel) -> dict:
     return config
 
 
-def _ddim(loaded: LoadedModel, steps: int):
+def _ddim(loaded: LoadedModel, steps: int) -> DDIMScheduler:
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(_scheduler_config(loaded))
+    scheduler = cast("DDIMScheduler", DDIMScheduler.from_config(_scheduler_config(loaded)))
     scheduler.set_timesteps(steps, device="cpu")
     return scheduler
 
 
-def _ddim_inverse(loaded: LoadedModel, steps: int):
+def _ddim_inverse(loaded: LoadedModel, steps: int) -> DDIMInverseScheduler:
     from diffusers import DDIMInverseScheduler
 
-    scheduler = DDIMInverseScheduler.from_config(_scheduler_config(loaded))
+    scheduler = cast("DDIMInverseScheduler", DDIMInverseScheduler.from_config(_scheduler_config(loaded)))
     scheduler.set_timesteps(steps, device="cpu")
     return scheduler
+
+
+def _step(scheduler: DDIMScheduler | DDIMInverseScheduler, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+    """`scheduler.step(eps, t, x).prev_sample`: diffusers types step()'s result as output-or-tuple; it is the output."""
+    return cast("DDIMSchedulerOutput", scheduler.step(eps, t, x)).prev_sample
 
 
 def default_t0(alphas_cumprod=None, num_train_timesteps: int = 1000) -> int:
@@ -214,10 +223,10 @@ def invert(
                 # eps(x_{t-dt}, t): the usual approximation, the level below evaluated at the next timestep
                 eps = _unet(pipe, x, t, cond)  # (1, C, h, w)
                 below = x
-                x = inverse.step(eps, t, below).prev_sample  # (1, C, h, w) at alpha_bar_t
+                x = _step(inverse, eps, t, below)  # (1, C, h, w) at alpha_bar_t
                 for _ in range(refine):  # fixed point: x_t whose own DDIM step lands on the level below
                     eps = _unet(pipe, x, t, cond)
-                    x = inverse.step(eps, t, below).prev_sample
+                    x = _step(inverse, eps, t, below)
                 levels.append(x)
                 if hooks is not None:
                     hooks.on_step_end(pipe, i, t, {})
@@ -276,11 +285,11 @@ def denoise(
                             guidance,
                         )
                         eps_src, eps = both[:batch], both[batch:]
-                    src_next = source_scheduler.step(eps_src, t, x_src).prev_sample
-                    x = scheduler.step(eps, t, x).prev_sample + (target_level - src_next)
+                    src_next = _step(source_scheduler, eps_src, t, x_src)
+                    x = _step(scheduler, eps, t, x) + (target_level - src_next)
                 else:
                     eps = _guided(pipe, x, t, cond_tgt, negative, guidance)  # (B, C, h, w)
-                    x = scheduler.step(eps, t, x).prev_sample
+                    x = _step(scheduler, eps, t, x)
                 if latent_mask is not None:
                     x = latent_mask * x + (1.0 - latent_mask) * target_level
                 if hooks is not None:
@@ -322,7 +331,7 @@ def _final_from_last_step(loaded: LoadedModel, steps: int, t: int, xt: torch.Ten
     scheduler = _ddim(loaded, steps)
     alphas = scheduler.alphas_cumprod
     a_t = alphas[t].double()
-    prev = t - scheduler.config.num_train_timesteps // steps
+    prev = t - scheduler.config["num_train_timesteps"] // steps
     a_prev = alphas[prev].double() if prev >= 0 else scheduler.final_alpha_cumprod.double()
     xt, x0 = xt.double(), x0.double()
     eps = (xt - a_t.sqrt() * x0) / (1 - a_t).sqrt()
@@ -366,6 +375,8 @@ def replay_latents(
     record a trajectory; by default a silent one is made.
     """
     pipe = loaded.pipe
+    seed = source_request.seed if seed is None else seed
+    assert source_request.steps is not None and seed is not None  # the stored request has its defaults filled
     if hooks is None or hooks.trajectory is None:
         hooks = StepHooks(
             loaded,
@@ -374,6 +385,7 @@ def replay_latents(
             source_request.steps,
             source_request.replace(trajectory=True, previews=False),
         )
+    assert hooks.trajectory is not None  # made with trajectory=True
     start = len(hooks.trajectory)
     scheduler = make_scheduler("ddim", loaded.scheduler_config)
     pipe.scheduler = scheduler
@@ -385,7 +397,7 @@ def replay_latents(
                 negative_prompt=[source_request.negative_prompt] if source_request.negative_prompt else None,
                 num_inference_steps=source_request.steps,
                 guidance_scale=source_request.guidance,
-                generator=generators([source_request.seed if seed is None else seed]),
+                generator=generators([seed]),
                 height=source_request.height,
                 width=source_request.width,
                 output_type="latent",
@@ -428,6 +440,7 @@ def _shortcut_levels(
     latents = source_latents_from_result(loaded, source) if source is not src_request else None
     how = "stored trajectory"
     if latents is None:
+        assert src_request.steps is not None  # equal to request.steps, filled by the engine
         hooks.total = src_request.steps + len(timesteps)
         replaying = StepHooks(
             loaded, hooks.emit, hooks.cancel, hooks.total, request.replace(trajectory=True), phase="invert"
@@ -450,7 +463,9 @@ def _shortcut_levels(
 
 def _latent_mask(mask: Image.Image, width: int, height: int, factor: int, device) -> torch.Tensor:
     """(1, 1, h, w) float mask at latent resolution (area average of the work-size mask)."""
-    small = mask.resize((width, height), Image.BILINEAR).resize((width // factor, height // factor), Image.BOX)
+    small = mask.resize((width, height), Image.Resampling.BILINEAR).resize(
+        (width // factor, height // factor), Image.Resampling.BOX
+    )
     return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None, None].to(device)
 
 
@@ -477,15 +492,19 @@ def run_edit(
     the denoising trajectory, infotext fields). An edit is deterministic: a batch gets copies.
     """
     device = loaded.device
+    assert request.steps is not None and request.guidance is not None  # filled by the engine
+    assert request.width is not None and request.height is not None and request.image is not None
     steps, guidance = int(request.steps), float(request.guidance)
     width, height = int(request.width), int(request.height)
     source_image = request.image.convert("RGB")
     work_image = (
-        source_image if source_image.size == (width, height) else source_image.resize((width, height), Image.LANCZOS)
+        source_image
+        if source_image.size == (width, height)
+        else source_image.resize((width, height), Image.Resampling.LANCZOS)
     )
 
     scheduler = _ddim(loaded, steps)
-    t0 = resolve_t0(request, scheduler.config.num_train_timesteps, scheduler.alphas_cumprod)
+    t0 = resolve_t0(request, scheduler.config["num_train_timesteps"], scheduler.alphas_cumprod)
     timesteps = edit_timesteps(scheduler, t0)
     n = len(timesteps)
     method = request.method
@@ -532,7 +551,7 @@ def run_edit(
     trajectory = hooks.trajectory
     image = decode_images(loaded, x)[0]
     if image.size != source_image.size:
-        image = image.resize(source_image.size, Image.LANCZOS)
+        image = image.resize(source_image.size, Image.Resampling.LANCZOS)
     if feathered is not None:
         image = paste_back(image, source_image, feathered)
     info: dict[str, Any] = {"Edit method": method, "t0": timesteps[0], "Source prompt": request.source_prompt}
@@ -594,12 +613,14 @@ def suggest_mask(
     image = image.convert("RGB")
     width, height = max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
     scheduler = _ddim(loaded, 50)
-    t = int(min(max(t, 1), scheduler.config.num_train_timesteps - 1))
+    t = int(min(max(t, 1), scheduler.config["num_train_timesteps"] - 1))
     with torch.inference_mode():
         z0 = encode_image(loaded, image, (width, height)).float()  # (1, C, h, w)
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((draws,) + tuple(z0.shape[1:]), generator=generator).to(loaded.device)  # (D, C, h, w)
-        xt = scheduler.add_noise(z0.expand(draws, -1, -1, -1), noise, torch.full((draws,), t, dtype=torch.long))
+        xt = scheduler.add_noise(
+            z0.expand(draws, -1, -1, -1), noise, cast("torch.IntTensor", torch.full((draws,), t, dtype=torch.long))
+        )
         embeds = torch.cat([embed_prompt(loaded, source_prompt), embed_prompt(loaded, target_prompt)])  # (2, L, D)
         eps = _unet(loaded.pipe, torch.cat([xt, xt]), t, embeds.repeat_interleave(draws, dim=0))  # (2D, C, h, w)
         diff = (eps[draws:] - eps[:draws]).abs().mean(dim=(0, 1))  # (h, w)
@@ -609,12 +630,19 @@ def suggest_mask(
         return Image.new("L", image.size, 0)
     # smooth a little at latent resolution (3x3 box), normalise, threshold, drop specks
     padded = np.pad(diff, 1, mode="edge")
-    smooth = sum(padded[dy : dy + diff.shape[0], dx : dx + diff.shape[1]] for dy in range(3) for dx in range(3)) / 9.0
+    smooth = cast(
+        np.ndarray,
+        sum(padded[dy : dy + diff.shape[0], dx : dx + diff.shape[1]] for dy in range(3) for dx in range(3)) / 9.0,
+    )
     smooth = smooth / smooth.max()
     binary = smooth >= threshold
     binary = _remove_specks(binary, max(1, int(round(min_area * binary.size))))
     small = Image.fromarray((binary * 255).astype(np.uint8), "L")
     # upsample with soft edges, then threshold again for a crisp mask the brush can correct
     factor = max(1, width // binary.shape[1])
-    big = small.resize(image.size, Image.BILINEAR).filter(ImageFilter.GaussianBlur(factor / 2))
-    return big.point(lambda v: 255 if v >= 128 else 0)
+    big = small.resize(image.size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(factor / 2))
+
+    def crisp(v: int) -> int:
+        return 255 if v >= 128 else 0
+
+    return big.point(crisp)

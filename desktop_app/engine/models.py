@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,10 +442,10 @@ class ModelManager:
         if self.loaded is not None and self.loaded.source == source:
             return self.loaded
         self.unload()
-        download = None
+        download: Callable[[ModelSource], Path] | None = None
         if source.kind == "hub":
 
-            def download(src: ModelSource) -> Path:
+            def download_hub(src: ModelSource) -> Path:
                 return hub.download_model(
                     src.location,
                     revision=src.revision,
@@ -453,6 +454,8 @@ class ModelManager:
                     cancel=cancel,
                     prefer_fp16=self.dtype != torch.float32,
                 )
+
+            download = download_hub
 
         try:
             pipe = load_pipeline(source, self.dtype, allow_pickle=self.allow_pickle, download=download)

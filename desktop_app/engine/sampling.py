@@ -28,7 +28,7 @@ from desktop_app.engine.models import LoadedModel
 Emit = Callable[[Any], None]
 
 
-def make_scheduler(name: str, base_config):
+def make_scheduler(name: str | None, base_config):
     """A fresh scheduler of the chosen kind from the model's own config (cheap, no disk)."""
     from diffusers import (
         DDIMScheduler,
@@ -70,8 +70,8 @@ class StepHooks:
         self.trajectory = Trajectory(previewer=loaded.previewer, model=request.model) if request.trajectory else None
         self.step = 0
         self.started = time.perf_counter()
-        self._original_step = None
-        self._scheduler = None
+        self._original_step: Callable[..., Any] | None = None
+        self._scheduler: Any = None
         self._last_x0: np.ndarray | None = None  # (B, C, h, w) float32
 
     # -- scheduler.step wrapper: sees x_t, the model output and x0_hat ------------
@@ -96,6 +96,7 @@ class StepHooks:
         if getattr(sched, "init_noise_sigma", 1.0) != 1.0 and hasattr(sched, "sigmas"):
             index = sched.step_index if sched.step_index is not None else 0
             sigma = float(sched.sigmas[index])
+        assert self._original_step is not None  # set by attach()
         out = self._original_step(model_output, timestep, sample, *args, **kwargs)
         x0 = (
             getattr(out, "pred_original_sample", None)
@@ -110,6 +111,7 @@ class StepHooks:
         if self.trajectory is not None:
             self.trajectory.timesteps.append(int(timestep))
             self.trajectory.xt.append(to_numpy(xt))
+            assert self._last_x0 is not None  # computed above when there is a trajectory
             self.trajectory.x0.append(self._last_x0)
         return out
 
@@ -203,8 +205,8 @@ def run_pipeline(
         width=request.width,
     )
     info: dict[str, Any] = {}
-    total = request.steps
     assert request.width and request.height and request.steps  # filled by the engine
+    total = request.steps
     size = (request.width, request.height)
     if isinstance(request, (Img2ImgRequest, InpaintRequest)):
         assert request.image is not None
