@@ -148,6 +148,12 @@ class MainWindow(QMainWindow):
         scroll.setMinimumWidth(self.prompt_panel.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.prompt_scroll = scroll
+        left = QWidget(objectName="promptColumn")
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.setSpacing(0)
+        ll.addWidget(scroll, 1)
+        ll.addWidget(self.prompt_panel.run_bar)
 
         self.canvas = MaskCanvas(self.document, self.brush)
         self.timestep_panel = TimestepPanel(self.timeline)
@@ -240,7 +246,7 @@ class MainWindow(QMainWindow):
         self.history_panel = self._make_history_panel(placeholder=self._history_deferred)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal, objectName="mainSplitter")
-        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(left)
         self.splitter.addWidget(center)
         self.splitter.addWidget(self.history_panel)
         self.splitter.setStretchFactor(0, 0)

@@ -276,10 +276,12 @@ class PromptPanel(QWidget):
         self.cancel_button.setToolTip("Stop the current job (Esc)")
         self.cancel_button.setEnabled(False)
         self.cancel_button.setMinimumHeight(36)
-        run_row = QHBoxLayout()
+        # Generate and Cancel sit under the panel's scroll area (the window places `run_bar`), never scrolled away
+        self.run_bar = QWidget(objectName="runBar")
+        run_row = QHBoxLayout(self.run_bar)
+        run_row.setContentsMargins(8, 4, 8, 8)
         run_row.addWidget(self.generate_button, 3)
         run_row.addWidget(self.cancel_button, 1)
-        outer.addLayout(run_row)
         outer.addStretch(1)
 
         for spin, name in (
