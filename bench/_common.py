@@ -11,7 +11,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 def bench_model() -> str:
     """The built-in model (as a folder path, for plain diffusers too) when it is there, else a tiny random one."""
-    from tiny_model import builtin_or_tiny
+    from tiny_model import builtin_or_tiny  # pyright: ignore[reportMissingImports] - tests/ is on sys.path
 
     from desktop_app.core.modelinfo import builtin_model_path
 

@@ -69,7 +69,9 @@ def main() -> None:
         )
         return time.perf_counter() - start
 
-    run_engine(), run_plain()  # warm-up: load, first-call allocations
+    # warm-up: load, first-call allocations
+    run_engine()
+    run_plain()
     engine_times, plain_times = [], []
     for _ in range(args.runs):
         engine_times.append(run_engine())

@@ -22,7 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, cast
 
 from PIL import Image
 
@@ -126,18 +128,21 @@ def populate(root: Path, n: int) -> None:
     store.close()
 
 
-def timed(fn, repeat: int = 7) -> tuple[float, object]:
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T], repeat: int = 7) -> tuple[float, T]:
     times = []
-    value = None
+    value: T | None = None
     for _ in range(repeat):
         t0 = time.perf_counter()
         value = fn()
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), value
+    return statistics.median(times), cast(T, value)  # repeat >= 1: fn's last value
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--keep", help="build (or reuse) the history in this folder and keep it")
     args = parser.parse_args()

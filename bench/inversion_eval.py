@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 from desktop_app.core.modelinfo import builtin_model_path  # noqa: E402
 from desktop_app.core.requests import EditRequest, GenerateRequest  # noqa: E402
 from desktop_app.engine import inversion  # noqa: E402
+from desktop_app.engine.encoding import decode_images, embed_prompt  # noqa: E402
 from desktop_app.engine.engine import Engine, encode  # noqa: E402
 from tools import shapes  # noqa: E402
 
@@ -94,24 +95,21 @@ class Batch:
 
     def __init__(self, engine: Engine, model: str, items, steps: int, t0: int, refine: int) -> None:
         self.loaded = loaded = engine.models.get(model)
-        pipe = loaded.pipe
         self.items, self.steps = items, steps
         scheduler = inversion._ddim(loaded, steps)
         self.timesteps = inversion.edit_timesteps(scheduler, t0)
         with torch.inference_mode():
             self.z0 = torch.cat([encode(loaded, image, (64, 64)).float() for _, image in items])  # (B, C, h, w)
-            self.refs = [arr(im) for im in inversion._decode(pipe, self.z0)]  # the VAE reconstructions
-            self.cond_src = torch.cat(
-                [inversion._embed(pipe, shapes.caption(spec), loaded.device) for spec, _ in items]
-            )  # (B, L, D)
-            self.uncond = inversion._embed(pipe, "", loaded.device).expand_as(self.cond_src)
+            self.refs = [arr(im) for im in decode_images(loaded, self.z0)]  # the VAE reconstructions
+            self.cond_src = torch.cat([embed_prompt(loaded, shapes.caption(spec)) for spec, _ in items])  # (B, L, D)
+            self.uncond = embed_prompt(loaded, "").expand_as(self.cond_src)
         started = time.perf_counter()
         self.levels = inversion.invert(loaded, self.z0, self.cond_src, self.timesteps, steps, refine=refine)
         self.invert_seconds = time.perf_counter() - started
 
     def embed(self, texts: list[str]) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.cat([inversion._embed(self.loaded.pipe, text, self.loaded.device) for text in texts])
+            return torch.cat([embed_prompt(self.loaded, text) for text in texts])
 
     def run(self, method: str, guidance: float, cond_tgt=None, latent_mask=None) -> list[Image.Image]:
         x = inversion.denoise(
@@ -126,7 +124,7 @@ class Batch:
             self.uncond,
             latent_mask=latent_mask,
         )
-        return inversion._decode(self.loaded.pipe, x)
+        return decode_images(self.loaded, x)
 
 
 def reconstruction(batch: Batch, guidances, methods) -> dict:
@@ -203,7 +201,9 @@ def cost(engine, model, steps, guidance, t0, method, reps) -> tuple[float, float
         method=method,
         seed=0,
     )
-    engine.run(generate), engine.run(edit)  # warm up
+    # warm up
+    engine.run(generate)
+    engine.run(edit)
     gen_times, edit_times = [], []
     for _ in range(reps):
         for request, times in ((generate, gen_times), (edit, edit_times)):

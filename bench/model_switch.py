@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -39,7 +39,7 @@ def main() -> int:
     os.environ["DIFFUSION_DESK_MODEL_CONFIGS"] = str(work / "configs")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from test_models_tiny import build_family, save_single_file
+    from test_models_tiny import build_family, save_single_file  # pyright: ignore[reportMissingImports] - tests/ is on sys.path
 
     from desktop_app.engine.device import pick_dtype
     from desktop_app.engine.models import ModelManager

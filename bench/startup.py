@@ -80,7 +80,7 @@ def _measure(code: str, data_dir: str) -> tuple[float, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     data_dir = tempfile.mkdtemp()

@@ -46,13 +46,13 @@ def start_xvfb(size: str = "1440x900x24") -> subprocess.Popen | None:
 
 def pick_model(arg: str | None) -> str:
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_model import builtin_or_tiny
+    from tiny_model import builtin_or_tiny  # pyright: ignore[reportMissingImports] - tests/ is on sys.path
 
     return builtin_or_tiny(arg)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--model")
     ap.add_argument("--out", default=str(ROOT / "resources" / "screenshot.png"))
     ap.add_argument("--width", type=int, default=1360)
