@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -50,7 +52,7 @@ def real_window(qtbot, qloop, tmp_path, tiny_model_dir, engine):
     w.close()
 
 
-def child(w, name):
+def child(w, name) -> Any:
     return w.findChild(QWidget, name)
 
 
@@ -65,7 +67,13 @@ def test_real_run_progress_each_step_and_result_on_canvas(qtbot, real_window):
     assert len(result.trajectory) == 4 and real_window.timestep_panel.mode == "trajectory"
     # scrub to the first step: cheap preview, then the full decode on the worker thread
     child(real_window, "timestepSlider").setValue(0)
-    qtbot.waitUntil(lambda: real_window.canvas.shown_image().size == (64, 64) and any(k[2:] == (0, "x0") for k in real_window.timeline._decoded), timeout=10000)
+    qtbot.waitUntil(
+        lambda: (
+            real_window.canvas.shown_image().size == (64, 64)
+            and any(k[2:] == (0, "x0") for k in real_window.timeline._decoded)
+        ),
+        timeout=10000,
+    )
 
 
 def test_real_inpaint_keeps_unmasked_pixels(qtbot, real_window):
@@ -88,7 +96,7 @@ def test_real_inpaint_keeps_unmasked_pixels(qtbot, real_window):
     # pixels away from the painted area are the source's, exactly or within rounding
     from scipy.ndimage import binary_dilation
 
-    far = ~binary_dilation(~keep, iterations=2)
+    far = np.logical_not(binary_dilation(np.logical_not(keep), iterations=2))
     assert np.abs(out[far] - np.asarray(src).astype(int)[far]).max() <= 1
     assert np.abs(out[~keep] - np.asarray(src).astype(int)[~keep]).mean() > 5
 
@@ -177,7 +185,9 @@ def test_suggest_mask_fills_the_canvas_mask(qtbot, real_window):
     assert button is not None and button.isVisible()
     with qtbot.waitSignal(real_window.worker.serviceDone, timeout=60000):
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: real_window.canvas.mask_image() is not None or real_window.last_error is not None, timeout=10000)
+    qtbot.waitUntil(
+        lambda: real_window.canvas.mask_image() is not None or real_window.last_error is not None, timeout=10000
+    )
     mask = real_window.canvas.mask_image()
     assert mask is not None and mask.size == (64, 64)
     real_window.canvas.undo()  # the suggestion is one undoable step

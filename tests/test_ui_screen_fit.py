@@ -65,6 +65,6 @@ def test_the_window_fits_a_1366x768_screen(tmp_path, xvfb, scale):  # noqa: F811
     probe = json.loads(line[6:])
     sw, sh = probe["screen"]
     x, y, fw, fh = probe["frame"]
-    assert 0 <= x and 0 <= y and x + fw <= sw and y + fh <= sh, f"window {probe['frame']} on a {sw}x{sh} screen"
+    assert x >= 0 and y >= 0 and x + fw <= sw and y + fh <= sh, f"window {probe['frame']} on a {sw}x{sh} screen"
     assert probe["off"] == []
     assert probe["slider"] >= 150

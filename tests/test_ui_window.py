@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,10 +17,23 @@ from PySide6.QtWidgets import QWidget
 from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
 from tests.ui_conftest_helpers import FakeEngine, qloop  # noqa: F401
 
-OBJECT_NAMES = (
-    "promptEdit negativePromptEdit modeSelector stepsSpin guidanceSpin seedSpin widthSpin heightSpin "
-    "modelPicker generateButton cancelButton maskCanvas timestepSlider progressBar historyPanel"
-).split()
+OBJECT_NAMES = [
+    "promptEdit",
+    "negativePromptEdit",
+    "modeSelector",
+    "stepsSpin",
+    "guidanceSpin",
+    "seedSpin",
+    "widthSpin",
+    "heightSpin",
+    "modelPicker",
+    "generateButton",
+    "cancelButton",
+    "maskCanvas",
+    "timestepSlider",
+    "progressBar",
+    "historyPanel",
+]
 
 
 class Steps(QObject):
@@ -63,7 +77,7 @@ def window(qtbot, qloop, tmp_path, fake_engine):
     w.close()
 
 
-def child(w, name):
+def child(w, name) -> Any:
     found = w.findChild(QWidget, name)
     assert found is not None, name
     return found
@@ -94,7 +108,12 @@ def test_window_has_the_named_widgets(window):
     for name in OBJECT_NAMES:
         child(window, name)
     assert child(window, "historyPanel").isVisible()
-    assert [window.prompt_panel.mode_selector.itemData(i) for i in range(4)] == ["generate", "img2img", "inpaint", "edit"]
+    assert [window.prompt_panel.mode_selector.itemData(i) for i in range(4)] == [
+        "generate",
+        "img2img",
+        "inpaint",
+        "edit",
+    ]
 
 
 def test_window_shows_before_torch_is_imported(tmp_path):
@@ -111,8 +130,13 @@ def test_window_shows_before_torch_is_imported(tmp_path):
         print(json.dumps(heavy))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -129,7 +153,9 @@ def test_generate_click_gives_progress_per_step_and_result_on_canvas(qtbot, wind
     window.document.shownChanged.connect(lambda: previews.append(window.document.showing))
     result = click_generate(qtbot, window)
     assert steps.steps == [1, 2, 3, 4, 5, 6]
-    assert previews.count("view") >= 1 and previews[-1] == "result"  # live previews (the newest when the GUI falls behind), then the result
+    assert (
+        previews.count("view") >= 1 and previews[-1] == "result"
+    )  # live previews (the newest when the GUI falls behind), then the result
     req = fake_engine.runs[-1]
     assert isinstance(req, GenerateRequest) and req.prompt == "a red square" and req.steps == 6
     assert (req.width, req.height, req.seed) == (96, 64, 42)
@@ -168,7 +194,7 @@ def test_inpaint_leaves_unmasked_pixels_unchanged(qtbot, window, fake_engine, tm
     child(window, "stepsSpin").setValue(3)
     result = click_generate(qtbot, window)
     req = fake_engine.runs[-1]
-    assert isinstance(req, InpaintRequest) and req.mask.size == src.size
+    assert isinstance(req, InpaintRequest) and req.mask is not None and req.mask.size == src.size
     out = np.asarray(result.images[0])
     keep = mask == 0
     assert np.array_equal(out[keep], np.asarray(src)[keep])
@@ -216,7 +242,9 @@ def test_bad_image_file_shows_error_and_next_run_works(qtbot, window, fake_engin
 def test_engine_error_shows_message_and_window_keeps_working(qtbot, window, fake_engine):
     from desktop_app.core.errors import OutOfMemory
 
-    fake_engine.fail_next = OutOfMemory("The GPU ran out of memory for this job.", "Make fewer images per job (batch 1).")
+    fake_engine.fail_next = OutOfMemory(
+        "The GPU ran out of memory for this job.", "Make fewer images per job (batch 1)."
+    )
     child(window, "stepsSpin").setValue(2)
     qtbot.mouseClick(child(window, "generateButton"), Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=10000)
@@ -261,7 +289,8 @@ def test_request_building_for_each_mode(qtbot, window):
     window.prompt_panel.set_mode("img2img")
     window.timestep_panel.set_t0(300)
     req = window.build_request()
-    assert isinstance(req, Img2ImgRequest) and req.strength == pytest.approx(0.3) and req.image.size == (64, 48)
+    assert isinstance(req, Img2ImgRequest) and req.strength == pytest.approx(0.3)
+    assert req.image is not None and req.image.size == (64, 48)
     window.prompt_panel.set_mode("edit")
     window.prompt_panel.source_prompt_edit.setText("a dog")
     child(window, "strengthSpin").setValue(0.45)  # each image mode keeps its own strength
@@ -277,7 +306,9 @@ def test_fill_from_request(qtbot, window):
     src = Image.new("RGB", (64, 64), (1, 2, 3))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (10, 10, 30, 30))
-    req = InpaintRequest(prompt="p", negative_prompt="n", steps=7, guidance=3.5, seed=99, image=src, mask=mask, mask_blur=2)
+    req = InpaintRequest(
+        prompt="p", negative_prompt="n", steps=7, guidance=3.5, seed=99, image=src, mask=mask, mask_blur=2
+    )
     window.fill_from_request(req)
     assert window.prompt_panel.mode() == "inpaint"
     assert child(window, "promptEdit").toPlainText() == "p"
@@ -431,8 +462,13 @@ def test_run_gui_shows_window_and_exits_cleanly(tmp_path):
         print("RC", rc, w.findChild(type(w.history_panel), "historyPanel") is not None, w.history is not None)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                         env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "RC 0 True" in out.stdout
     assert (tmp_path / "settings.ini").is_file()
@@ -499,11 +535,15 @@ def test_drop_an_image_file_on_the_canvas(qtbot, window, tmp_path):
     Image.new("RGB", (72, 48), (9, 9, 9)).save(path)
     md = QMimeData()
     md.setUrls([QUrl.fromLocalFile(str(path))])
-    enter = QDragEnterEvent(QPoint(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(
+        QPoint(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     QApplication.sendEvent(window.canvas, enter)
     assert enter.isAccepted()
     # Qt only delivers a drop during a real drag; call the handler as the drag machinery would
-    ev = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    ev = QDropEvent(
+        QPointF(50, 50), Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     window.canvas.dropEvent(ev)
     assert window.source_image is not None and window.source_image.size == (72, 48)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def window(qtbot, qloop, tmp_path, engine):
     w.close()
 
 
-def child(w, name):
+def child(w, name) -> Any:
     found = w.findChild(QWidget, name)
     assert found is not None, name
     return found
@@ -75,12 +76,22 @@ def batch_result(colours):
     steps, b = 4, len(colours)
     xt, x0 = [], []
     for i in range(steps):
-        frames = np.stack([np.full((3, 4, 4), (np.array(c, np.float32) / 127.5 - 1)[:, None, None] * (i + 1) / steps) for c in colours])
+        frames = np.stack(
+            [
+                np.full((3, 4, 4), (np.array(c, np.float32) / 127.5 - 1)[:, None, None] * (i + 1) / steps)
+                for c in colours
+            ]
+        )
         x0.append(frames.astype(np.float32))
         xt.append(frames.astype(np.float32) * 0.5)
     traj = Trajectory(timesteps=[999, 666, 333, 0], xt=xt, x0=x0, previewer=IDENTITY, model="builtin")
     images = [Image.new("RGB", (16, 16), c) for c in colours]
-    return Result(request=GenerateRequest(prompt="p", seed=1, batch=b, model="builtin"), images=images, seeds=[1, 2, 3][:b], trajectory=traj)
+    return Result(
+        request=GenerateRequest(prompt="p", seed=1, batch=b, model="builtin"),
+        images=images,
+        seeds=[1, 2, 3][:b],
+        trajectory=traj,
+    )
 
 
 # -- defect 3 -------------------------------------------------------------------------------------
@@ -342,4 +353,3 @@ def test_edit_request_takes_its_strength_on_the_models_schedule(qtbot, window):
     child(window, "strengthSpin").setValue(1.0)
     req = window.build_request()
     assert isinstance(req, EditRequest) and req.t0 == window.timeline.T - 1  # the deepest timestep, never T
-

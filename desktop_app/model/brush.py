@@ -3,6 +3,8 @@ settings share, so a change anywhere shows everywhere."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtGui import QColor
 
@@ -73,13 +75,16 @@ class Brush(QObject):
         s.setValue("mask/color", self.overlay_color.name())
 
     def restore(self, s: QSettings) -> None:
-        for key, setter, default, cast in (
-            ("brush/size", self.set_size, 32, int),
-            ("brush/hardness", self.set_hardness, 1.0, float),
-            ("mask/opacity", self.set_overlay_opacity, 0.5, float),
-            ("mask/color", self.set_overlay_color, DEFAULT_OVERLAY, str),
-        ):
-            try:
-                setter(cast(s.value(key, default)))
-            except (TypeError, ValueError):
-                setter(default)
+        """The last session's brush; a value that does not parse (a hand-edited file) falls back to the default."""
+        self.set_size(_number(s.value("brush/size"), 32, int))
+        self.set_hardness(_number(s.value("brush/hardness"), 1.0, float))
+        self.set_overlay_opacity(_number(s.value("mask/opacity"), 0.5, float))
+        color = QColor(str(s.value("mask/color", DEFAULT_OVERLAY)))
+        self.set_overlay_color(color if color.isValid() else QColor(DEFAULT_OVERLAY))
+
+
+def _number(value: object, default: float, cast: type) -> Any:
+    try:
+        return cast(value) if value is not None else default  # type: ignore[call-arg]
+    except (TypeError, ValueError):
+        return default

@@ -75,7 +75,10 @@ class Document(QObject):
         else a blank one. `made_by`: the result (and batch index) of this session that it is; `entry_id`: the
         history entry it came from; either makes the next result's history row a child of it."""
         same = (
-            keep_mask and image is not None and self._mask is not None and self._mask.shape == (image.height, image.width)
+            keep_mask
+            and image is not None
+            and self._mask is not None
+            and self._mask.shape == (image.height, image.width)
         )
         self._source = image
         self._made_by = made_by
@@ -346,10 +349,8 @@ class Document(QObject):
         if not self._result_from_source:
             return False
         shown = self.shown_image()
-        size = getattr(shown, "size", None)
-        if callable(size):  # QImage.size()
-            s = size()
-            size = (s.width(), s.height())
-        if isinstance(shown, np.ndarray):
-            return True  # a latent-resolution preview of a job on this source, scaled into its rectangle
-        return size == self._source.size
+        if isinstance(shown, Image.Image):
+            return shown.size == self._source.size
+        # a preview or timeline frame (QImage or a latent-resolution array) of a job on this source, scaled into
+        # its rectangle
+        return True

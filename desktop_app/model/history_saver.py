@@ -118,7 +118,10 @@ class HistorySaver(QObject):
             message, hint = error.message, error.hint
         else:
             log.error("history: saving failed", exc_info=error)
-            message, hint = f"Could not save the result to the history: {error}", "The image stays open; save it with Save as."
+            message, hint = (
+                f"Could not save the result to the history: {error}",
+                "The image stays open; save it with Save as.",
+            )
         self._unsaved.append(item)
         self.unsavedChanged.emit(len(self._unsaved))
         self.failed.emit(message, hint)

@@ -9,8 +9,9 @@ into the document's view, and a finished job's result is put into the document a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
@@ -32,7 +33,9 @@ def build_request(mode: str, params: dict[str, Any], document: Document, t0: int
     extra = {k: params.pop(k) for k in list(params) if k not in GenerateRequest.field_names()}
     if mode in IMAGE_MODES:
         if document.source is None:
-            raise UserError("This mode needs a source image.", "Open an image (Ctrl+O), paste one, or switch to Generate.")
+            raise UserError(
+                "This mode needs a source image.", "Open an image (Ctrl+O), paste one, or switch to Generate."
+            )
         params["width"], params["height"] = None, None
     image_fields = {"image": document.source, "resize_mode": extra.get("resize_mode") or DEFAULT_RESIZE_MODE}
     if mode == "generate":
@@ -122,7 +125,9 @@ class Jobs(QObject):
         """Queue a validated request; an edit of one of this session's results replays its trajectory."""
         source = self.document.edit_source() if isinstance(request, EditRequest) else None
         image = getattr(request, "image", None)
-        job_id, future = self.worker.submit(request, source=source) if source is not None else self.worker.submit(request)
+        job_id, future = (
+            self.worker.submit(request, source=source) if source is not None else self.worker.submit(request)
+        )
         made_by = self.document.made_by if image is not None else None
         entry_id = self.document.source_entry_id if image is not None else None
         self._jobs[job_id] = _Job(request, source is not None, image, future, entry_id, made_by)
@@ -221,7 +226,9 @@ class Jobs(QObject):
             label = "Inverting"
         else:
             label = "Step"
-        self._set_status(f"{label} {ev.step}/{ev.total} · t={ev.timestep} · {ev.its_per_sec:.1f} it/s{eta}", int(ev.step), total)
+        self._set_status(
+            f"{label} {ev.step}/{ev.total} · t={ev.timestep} · {ev.its_per_sec:.1f} it/s{eta}", int(ev.step), total
+        )
 
     @Slot(int, object)
     def _on_preview(self, job_id: int, ev: Any) -> None:

@@ -9,7 +9,8 @@ latent preview while dragging, the full VAE decode (cached) when it rests.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
@@ -250,9 +251,8 @@ class Timeline(QObject):
                 self._decoded[key] = value
                 if self._mode == "trajectory" and key == self._key(self._index):
                     self.document.show_view(value)
-        elif what == "decode_latent":
-            if self._mode == "t0" and self.t0 == key and value is not None:
-                self.document.show_view(value)
+        elif what == "decode_latent" and self._mode == "t0" and self.t0 == key and value is not None:
+            self.document.show_view(value)
 
     @Slot(int, str, str, str)
     def _on_service_failed(self, job_id: int, kind: str, message: str, hint: str) -> None:

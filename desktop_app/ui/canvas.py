@@ -13,7 +13,7 @@ undo, ...) forward to the document and brush.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -23,6 +23,9 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from desktop_app.model.brush import Brush
 from desktop_app.model.document import Document
 from desktop_app.ui.qt_images import LazyModule, numpy_to_qimage, pil_to_qimage, qimage_to_pil
+
+if TYPE_CHECKING:
+    import numpy
 
 np = LazyModule("numpy")  # imported when the first image arrives, not at start-up
 
@@ -59,7 +62,7 @@ class MaskCanvas(QWidget):
         self._pixmap: QPixmap | None = None  # the source
         self._shown: QPixmap | None = None  # the shown image when it is not the source
         self._shown_key: Any = None
-        self._overlay: np.ndarray | None = None
+        self._overlay: numpy.ndarray | None = None
         self._overlay_img: QImage | None = None
 
         self._scale = 1.0
@@ -94,7 +97,11 @@ class MaskCanvas(QWidget):
         self.update()
 
     def _on_mask_changed(self, box: Any) -> None:
-        if box is None or self._overlay is None or self._overlay.shape[:2] != getattr(self.document.mask, "shape", None):
+        if (
+            box is None
+            or self._overlay is None
+            or self._overlay.shape[:2] != getattr(self.document.mask, "shape", None)
+        ):
             self._rebuild_overlay()
             self.update()
         else:
@@ -159,7 +166,7 @@ class MaskCanvas(QWidget):
             return shown
         return qimage_to_pil(_to_qimage(shown))
 
-    def mask_array(self) -> np.ndarray | None:
+    def mask_array(self) -> numpy.ndarray | None:
         mask = self.document.mask
         return None if mask is None else mask.copy()
 
@@ -259,8 +266,8 @@ class MaskCanvas(QWidget):
             self._overlay = self._overlay_img = None
             return
         h, w = mask.shape
-        self._overlay = np.zeros((h, w, 4), np.uint8)
-        self._overlay_img = QImage(self._overlay.data, w, h, 4 * w, QImage.Format.Format_RGBA8888_Premultiplied)
+        overlay = self._overlay = np.zeros((h, w, 4), np.uint8)
+        self._overlay_img = QImage(overlay.data, w, h, 4 * w, QImage.Format.Format_RGBA8888_Premultiplied)
         self._update_overlay(0, h, 0, w)
 
     def _update_overlay(self, y0: int, y1: int, x0: int, x1: int) -> None:
@@ -367,11 +374,21 @@ class MaskCanvas(QWidget):
         if shown is not None:
             p.drawPixmap(rect, shown, QRectF(shown.rect()))
         brush = self.brush
-        if brush.overlay_visible and self.mask_enabled and self._overlay_img is not None and self.document.mask_applies():
+        if (
+            brush.overlay_visible
+            and self.mask_enabled
+            and self._overlay_img is not None
+            and self.document.mask_applies()
+        ):
             p.setOpacity(brush.overlay_opacity)
             p.drawImage(rect, self._overlay_img, QRectF(self._overlay_img.rect()))
             p.setOpacity(1.0)
-        if self._cursor_pos is not None and self.document.source is not None and self.mask_enabled and not self._panning:
+        if (
+            self._cursor_pos is not None
+            and self.document.source is not None
+            and self.mask_enabled
+            and not self._panning
+        ):
             radius = brush.size / 2.0 * self._scale
             p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
             p.setPen(QPen(QColor(0, 0, 0, 160), 3))
@@ -381,7 +398,9 @@ class MaskCanvas(QWidget):
 
     def mousePressEvent(self, event) -> None:  # noqa: N802
         pos = event.position()
-        if event.button() == Qt.MouseButton.MiddleButton or (event.button() == Qt.MouseButton.LeftButton and self._space):
+        if event.button() == Qt.MouseButton.MiddleButton or (
+            event.button() == Qt.MouseButton.LeftButton and self._space
+        ):
             self._panning = True
             self._pan_last = pos
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
@@ -478,7 +497,7 @@ class MaskCanvas(QWidget):
         event.acceptProposedAction()
 
 
-def segment_distance(p0, p1, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
+def segment_distance(p0, p1, x0: int, x1: int, y0: int, y1: int) -> numpy.ndarray:
     """Distance from each pixel centre in [y0:y1, x0:x1] to the segment p0-p1 (image coordinates)."""
     ys = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
     xs = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5

@@ -80,7 +80,13 @@ log = logging.getLogger(__name__)
 ICON = 112
 PAGE = 120
 EntryRole = Qt.ItemDataRole.UserRole + 1
-KIND_FILTERS = (("All kinds", None), ("Generate", "generate"), ("Image to image", "img2img"), ("Inpaint", "inpaint"), ("Edit", "edit"))
+KIND_FILTERS = (
+    ("All kinds", None),
+    ("Generate", "generate"),
+    ("Image to image", "img2img"),
+    ("Inpaint", "inpaint"),
+    ("Edit", "edit"),
+)
 
 
 class SourceFromHistory(NamedTuple):
@@ -290,7 +296,11 @@ class HistoryModel(QAbstractListModel):
             self.reset()
             return
         known = {e.id for e in self._entries}
-        new = sorted((e for e in entries if e.id not in known and self._matches(e)), key=lambda e: (e.created_at, e.id), reverse=True)
+        new = sorted(
+            (e for e in entries if e.id not in known and self._matches(e)),
+            key=lambda e: (e.created_at, e.id),
+            reverse=True,
+        )
         if not new:
             return
         newest = self._entries[0].created_at if self._entries else float("-inf")
@@ -345,11 +355,21 @@ class ThumbnailDelegate(QStyledItemDelegate):
     @staticmethod
     def image_rect(cell: QRect, caption_height: int, size: QSize, margin: int = MARGIN) -> QRect:
         """Where a `size` image goes in `cell`: as large as fits above the caption, aspect ratio kept, centred."""
-        box = QRect(cell.left() + margin, cell.top() + margin, cell.width() - 2 * margin, cell.height() - caption_height - 3 * margin)
+        box = QRect(
+            cell.left() + margin,
+            cell.top() + margin,
+            cell.width() - 2 * margin,
+            cell.height() - caption_height - 3 * margin,
+        )
         if size.isEmpty() or box.isEmpty():
             return QRect(box.topLeft(), QSize(0, 0))
         fitted = size.scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio)
-        return QRect(box.left() + (box.width() - fitted.width()) // 2, box.top() + (box.height() - fitted.height()) // 2, fitted.width(), fitted.height())
+        return QRect(
+            box.left() + (box.width() - fitted.width()) // 2,
+            box.top() + (box.height() - fitted.height()) // 2,
+            fitted.width(),
+            fitted.height(),
+        )
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         opt = QStyleOptionViewItem(option)
@@ -370,12 +390,21 @@ class ThumbnailDelegate(QStyledItemDelegate):
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawPixmap(target, pix)
         text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
-        caption = QRect(cell.left() + self.MARGIN, cell.bottom() - self.MARGIN - caption_h + 1, cell.width() - 2 * self.MARGIN, caption_h)
+        caption = QRect(
+            cell.left() + self.MARGIN,
+            cell.bottom() - self.MARGIN - caption_h + 1,
+            cell.width() - 2 * self.MARGIN,
+            caption_h,
+        )
         selected = bool(opt.state & QStyle.StateFlag.State_Selected)  # type: ignore[attr-defined]
         role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
         painter.setPen(opt.palette.color(role))  # type: ignore[attr-defined]
         painter.setFont(opt.font)  # type: ignore[attr-defined]
-        painter.drawText(caption, int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter), metrics.elidedText(text, Qt.TextElideMode.ElideRight, caption.width()))
+        painter.drawText(
+            caption,
+            int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter),
+            metrics.elidedText(text, Qt.TextElideMode.ElideRight, caption.width()),
+        )
         painter.restore()
 
 
@@ -591,7 +620,11 @@ class HistoryPanel(QWidget):
     def _saver_links(self) -> list[tuple[Any, Any]]:
         saver = self.saver
         assert saver is not None
-        return [(saver.saved, self._on_saved), (saver.failed, self._on_save_failed), (saver.unsavedChanged, self._update_save_banner)]
+        return [
+            (saver.saved, self._on_saved),
+            (saver.failed, self._on_save_failed),
+            (saver.unsavedChanged, self._update_save_banner),
+        ]
 
     # -- labels ------------------------------------------------------------------------------
     def _show_banner(self, text: str) -> None:
@@ -702,7 +735,10 @@ class HistoryPanel(QWidget):
         from desktop_app.core.images import load_image
 
         if not entry.image_path.is_file():
-            raise HistoryError(f"The image of entry {entry.id} is missing ({entry.image_path}).", "Delete the entry, or restore the file.")
+            raise HistoryError(
+                f"The image of entry {entry.id} is missing ({entry.image_path}).",
+                "Delete the entry, or restore the file.",
+            )
         return load_image(entry.image_path)
 
     def _report(self, exc: UserError) -> None:
@@ -721,8 +757,12 @@ class HistoryPanel(QWidget):
             self._report(exc)
             return None
         result = Result(
-            request=request, images=[image], seeds=[entry.seed if entry.seed is not None else 0],
-            model_id=entry.model_id, model_hash=entry.model_hash, elapsed=entry.elapsed or 0.0,
+            request=request,
+            images=[image],
+            seeds=[entry.seed if entry.seed is not None else 0],
+            model_id=entry.model_id,
+            model_hash=entry.model_hash,
+            elapsed=entry.elapsed or 0.0,
         )
         if self.saver is not None:
             self.saver.remember(result, [entry])  # shown again, never saved again
@@ -797,7 +837,9 @@ class HistoryPanel(QWidget):
         QGuiApplication.clipboard().setMimeData(data)
 
     def _confirm(self, text: str) -> bool:
-        answer = QMessageBox.question(self, "Delete from history", text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        answer = QMessageBox.question(
+            self, "Delete from history", text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+        )
         return answer == QMessageBox.StandardButton.Yes
 
     def delete_entries(self, entries: Any, confirm: bool = True) -> bool:
@@ -806,7 +848,9 @@ class HistoryPanel(QWidget):
             return False
         n = len(entries)
         where = "to the trash" if self.to_trash else "permanently"
-        if confirm and not self._confirm(f"Delete {n} entr{'y' if n == 1 else 'ies'} and {'its' if n == 1 else 'their'} image{'s' if n > 1 else ''} ({where})?"):
+        if confirm and not self._confirm(
+            f"Delete {n} entr{'y' if n == 1 else 'ies'} and {'its' if n == 1 else 'their'} image{'s' if n > 1 else ''} ({where})?"
+        ):
             return False
         try:
             self.history.delete([e.id for e in entries], to_trash=self.to_trash)

@@ -61,6 +61,7 @@ from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
 from desktop_app.ui.theme import style_accent_button
 from desktop_app.ui.timestep import TimestepPanel
+from desktop_app.ui.widgets import named
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
 DEFAULT_SIZE = (1320, 820)
@@ -140,15 +141,17 @@ class MainWindow(QMainWindow):
         style_accent_button(self.prompt_panel.generate_button)
         self.prompt_panel.bind_models(self.models)
         self.prompt_panel.bind_timeline(self.timeline)
-        scroll = QScrollArea(objectName="promptScroll")
+        scroll = named(QScrollArea(), "promptScroll")
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         # as wide as the panel's narrowest layout (labels above fields), so nothing in it is cut off
-        scroll.setMinimumWidth(self.prompt_panel.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2)
+        scroll.setMinimumWidth(
+            self.prompt_panel.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2
+        )
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.prompt_scroll = scroll
-        left = QWidget(objectName="promptColumn")
+        left = named(QWidget(), "promptColumn")
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
         ll.setSpacing(0)
@@ -160,48 +163,48 @@ class MainWindow(QMainWindow):
         self.timestep_slider: QSlider = self.timestep_panel.slider
 
         # tool bars: the brush above the canvas, the mask's actions and the batch below it
-        self.canvas_toolbar = QToolBar("Brush", objectName="canvasToolbar")
+        self.canvas_toolbar = named(QToolBar("Brush"), "canvasToolbar")
         self.canvas_toolbar.setMovable(False)
-        self.brush_size_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushSizeSlider")
+        self.brush_size_slider = named(QSlider(Qt.Orientation.Horizontal), "brushSizeSlider")
         self.brush_size_slider.setRange(1, 512)
         self.brush_size_slider.setFixedWidth(72)
         self.brush_size_slider.setToolTip("Brush size in image pixels ([ and ])")
         self.brush_size_label = QLabel()
         self.brush_size_label.setMinimumWidth(40)
-        self.hardness_slider = QSlider(Qt.Orientation.Horizontal, objectName="brushHardnessSlider")
+        self.hardness_slider = named(QSlider(Qt.Orientation.Horizontal), "brushHardnessSlider")
         self.hardness_slider.setRange(0, 100)
         self.hardness_slider.setFixedWidth(44)
         self.hardness_slider.setToolTip("Brush hardness (soft edges paint grey)")
-        self.opacity_slider = QSlider(Qt.Orientation.Horizontal, objectName="maskOpacitySlider")
+        self.opacity_slider = named(QSlider(Qt.Orientation.Horizontal), "maskOpacitySlider")
         self.opacity_slider.setRange(5, 100)
         self.opacity_slider.setFixedWidth(44)
         self.opacity_slider.setToolTip("Mask overlay opacity")
-        self.mask_color_button = QToolButton(objectName="maskColorButton")
+        self.mask_color_button = named(QToolButton(), "maskColorButton")
         self.mask_color_button.setToolTip("Colour of the mask overlay")
         self.mask_color_button.setAccessibleName("Mask colour")
 
-        self.mask_toolbar = QToolBar("Mask and results", objectName="maskToolbar")
+        self.mask_toolbar = named(QToolBar("Mask and results"), "maskToolbar")
         self.mask_toolbar.setMovable(False)
-        self.prev_image_button = QToolButton(objectName="previousImageButton")
+        self.prev_image_button = named(QToolButton(), "previousImageButton")
         self.prev_image_button.setText("◀")
         self.prev_image_button.setToolTip("Previous image of the batch (Alt+Left)")
-        self.next_image_button = QToolButton(objectName="nextImageButton")
+        self.next_image_button = named(QToolButton(), "nextImageButton")
         self.next_image_button.setText("▶")
         self.next_image_button.setToolTip("Next image of the batch (Alt+Right)")
-        self.image_index_label = QLabel(objectName="imageIndexLabel")
-        self.shown_label = QLabel(objectName="shownLabel")  # says whether the source or a result is shown
+        self.image_index_label = named(QLabel(), "imageIndexLabel")
+        self.shown_label = named(QLabel(), "shownLabel")  # says whether the source or a result is shown
         self.shown_label.setEnabled(False)
 
         # error banner
-        self.error_banner = QFrame(objectName="errorBanner")
+        self.error_banner = named(QFrame(), "errorBanner")
         self.error_banner.setStyleSheet(
             "#errorBanner { background: #5a1f24; border: 1px solid #a8434c; border-radius: 4px; }"
             "#errorBanner QLabel { color: #ffe3e3; }"
         )
-        self.error_label = QLabel(objectName="errorLabel")
+        self.error_label = named(QLabel(), "errorLabel")
         self.error_label.setWordWrap(True)
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton(objectName="errorCloseButton")
+        close = named(QToolButton(), "errorCloseButton")
         close.setText("✕")
         close.setAutoRaise(True)
         close.setToolTip("Dismiss")
@@ -213,10 +216,10 @@ class MainWindow(QMainWindow):
         self.error_banner.hide()
 
         # progress: a text that always says what happens (loading a model included), and the bar
-        self.job_status_label = QLabel("Idle", objectName="jobStatusLabel")
+        self.job_status_label = named(QLabel("Idle"), "jobStatusLabel")
         self.job_status_label.setMinimumWidth(80)
         self.job_status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.progress_bar = QProgressBar(objectName="progressBar")
+        self.progress_bar = named(QProgressBar(), "progressBar")
         self.progress_bar.setAccessibleName("Progress")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -224,14 +227,14 @@ class MainWindow(QMainWindow):
         self.progress_bar.setMaximumWidth(220)
         self.progress_bar.setMinimumWidth(80)
         self.progress_bar.setVisible(False)
-        self.queue_label = QLabel("Queue: 0", objectName="queueLabel")
+        self.queue_label = named(QLabel("Queue: 0"), "queueLabel")
         prog = QHBoxLayout()
         prog.setContentsMargins(8, 0, 8, 6)
         prog.addWidget(self.job_status_label, 1)
         prog.addWidget(self.progress_bar, 1)
         prog.addWidget(self.queue_label)
 
-        center = QWidget(objectName="canvasArea")
+        center = named(QWidget(), "canvasArea")
         cl = QVBoxLayout(center)
         cl.setContentsMargins(0, 0, 0, 0)
         cl.setSpacing(2)
@@ -245,7 +248,7 @@ class MainWindow(QMainWindow):
 
         self.history_panel = self._make_history_panel(placeholder=self._history_deferred)
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal, objectName="mainSplitter")
+        self.splitter = named(QSplitter(Qt.Orientation.Horizontal), "mainSplitter")
         self.splitter.addWidget(left)
         self.splitter.addWidget(center)
         self.splitter.addWidget(self.history_panel)
@@ -326,7 +329,6 @@ class MainWindow(QMainWindow):
         return act
 
     def _build_actions(self) -> None:
-        mb = self.menuBar()
         a = self._action
         c, d, b = self.canvas, self.document, self.brush
         self.act_open = a("&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open, "actionOpen")
@@ -335,7 +337,17 @@ class MainWindow(QMainWindow):
         self.act_save = a("&Save result…", self.save_result_dialog, QKeySequence.StandardKey.Save, "actionSave")
         self.act_use = a("&Use result as source", self.use_result_as_source, "Ctrl+Shift+U", "actionUseResult")
         self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit, "actionQuit")
-        self._menu("&File", self.act_open, self.act_paste, None, self.act_copy, self.act_save, self.act_use, None, self.act_quit)
+        self._menu(
+            "&File",
+            self.act_open,
+            self.act_paste,
+            None,
+            self.act_copy,
+            self.act_save,
+            self.act_use,
+            None,
+            self.act_quit,
+        )
 
         self.act_undo = a("&Undo stroke", d.undo, QKeySequence.StandardKey.Undo, "actionUndo")
         self.act_redo = a("&Redo stroke", d.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "actionRedo")
@@ -349,8 +361,19 @@ class MainWindow(QMainWindow):
         self.act_show_mask.setChecked(True)
         self.act_mask_color = a("Mask &colour…", self.choose_mask_color, None, "actionMaskColor")
         self._menu(
-            "&Mask", self.act_undo, self.act_redo, None, self.act_brush, self.act_eraser, self.act_smaller,
-            self.act_bigger, None, self.act_clear, self.act_invert, self.act_show_mask, self.act_mask_color,
+            "&Mask",
+            self.act_undo,
+            self.act_redo,
+            None,
+            self.act_brush,
+            self.act_eraser,
+            self.act_smaller,
+            self.act_bigger,
+            None,
+            self.act_clear,
+            self.act_invert,
+            self.act_show_mask,
+            self.act_mask_color,
         )
 
         self.act_fit = a("Zoom to &fit", c.zoom_fit, "Ctrl+0", "actionZoomFit")
@@ -364,8 +387,18 @@ class MainWindow(QMainWindow):
         self.act_history = a("&History panel", self._toggle_history, "Ctrl+H", "actionHistoryPanel", True)
         self.act_history.setChecked(True)
         self._menu(
-            "&View", self.act_fit, self.act_actual, self.act_zoom_in, self.act_zoom_out, None, self.act_show_source,
-            self.act_show_result, self.act_prev_image, self.act_next_image, None, self.act_history,
+            "&View",
+            self.act_fit,
+            self.act_actual,
+            self.act_zoom_in,
+            self.act_zoom_out,
+            None,
+            self.act_show_source,
+            self.act_show_result,
+            self.act_prev_image,
+            self.act_next_image,
+            None,
+            self.act_history,
         )
 
         self.act_generate = a("&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "actionGenerate")
@@ -374,7 +407,9 @@ class MainWindow(QMainWindow):
         self.act_models = a("&Models…", self.open_models_dialog, None, "actionModels")
         self._menu("&Run", self.act_generate, self.act_cancel, self.act_cancel_all, None, self.act_models)
 
-        self.act_shortcuts = a("&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents, "actionShortcuts")
+        self.act_shortcuts = a(
+            "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents, "actionShortcuts"
+        )
         self.act_about = a("&About Diffusion Desk", self.show_about, None, "actionAbout")
         self._menu("&Help", self.act_shortcuts, self.act_about)
 
@@ -393,12 +428,19 @@ class MainWindow(QMainWindow):
         self.mask_color_button.clicked.connect(self.choose_mask_color)
 
         mt = self.mask_toolbar
-        for act, short in ((self.act_undo, "Undo"), (self.act_redo, "Redo"), (self.act_clear, "Clear"), (self.act_invert, "Invert")):
+        for act, short in (
+            (self.act_undo, "Undo"),
+            (self.act_redo, "Redo"),
+            (self.act_clear, "Clear"),
+            (self.act_invert, "Invert"),
+        ):
             act.setText(short)
             mt.addAction(act)
         mt.addSeparator()
         # widgets in a tool bar show and hide through their actions
-        self._batch_actions = [mt.addWidget(w) for w in (self.prev_image_button, self.image_index_label, self.next_image_button)]
+        self._batch_actions = [
+            mt.addWidget(w) for w in (self.prev_image_button, self.image_index_label, self.next_image_button)
+        ]
         self.act_use.setText("Use result")
         self.act_use.setToolTip("Make the shown result the source of the next job (Ctrl+Shift+U)")
         mt.addAction(self.act_use)
@@ -543,7 +585,10 @@ class MainWindow(QMainWindow):
     def _confirm_quit(self, jobs: int) -> bool:
         text = f"{jobs} job{'s are' if jobs > 1 else ' is'} running or waiting. Quit and cancel {'them' if jobs > 1 else 'it'}?"
         answer = QMessageBox.question(
-            self, "Quit Diffusion Desk", text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            self,
+            "Quit Diffusion Desk",
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
         )
         return answer == QMessageBox.StandardButton.Yes
@@ -711,7 +756,9 @@ class MainWindow(QMainWindow):
                 "Write what the image should show in the target prompt.",
             )
             return None
-        job_id, _ = self.worker.suggest_mask(self.document.source, edit["source_prompt"], values["prompt"], self.models.current())
+        job_id, _ = self.worker.suggest_mask(
+            self.document.source, edit["source_prompt"], values["prompt"], self.models.current()
+        )
         self._suggest_job = job_id
         self.prompt_panel.set_suggest_busy(True)
         self._status("Looking for the region the edit changes…", 0)
@@ -918,7 +965,7 @@ class MainWindow(QMainWindow):
         return rows
 
     def show_shortcuts(self) -> QDialog:
-        dlg = QDialog(self, objectName="shortcutsDialog")
+        dlg = named(QDialog(self), "shortcutsDialog")
         dlg.setWindowTitle("Keyboard shortcuts")
         rows = self.shortcut_rows()
         table = QTableWidget(len(rows), 2, dlg)
@@ -955,4 +1002,3 @@ class MainWindow(QMainWindow):
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-

@@ -44,6 +44,7 @@ FAMILY_NAMES = {
     "sdxl-inpaint": "SDXL inpainting",
 }
 
+
 def check_model_folder(path: str | Path) -> str | None:
     """None when `path` looks like a diffusers pipeline folder, else a reason."""
     p = Path(path)
@@ -100,16 +101,22 @@ class ModelsDialog(QDialog):
         self.remove_button.clicked.connect(self.remove_selected)
         self.allow_pickle_check = QCheckBox("Allow pickle checkpoints (.ckpt, .pt, .bin)")
         self.allow_pickle_check.setObjectName("allowPickleCheck")
-        self.allow_pickle_check.setToolTip("A pickle file can run any code on this computer when it is opened.\nTick only for files from a source you trust; prefer .safetensors.")
+        self.allow_pickle_check.setToolTip(
+            "A pickle file can run any code on this computer when it is opened.\nTick only for files from a source you trust; prefer .safetensors."
+        )
         self.allow_pickle_check.setChecked(models.allow_pickle)
         self.allow_pickle_check.toggled.connect(models.set_allow_pickle)
 
         self.curated = QListWidget()
         self.curated.setObjectName("curatedList")
         for model in CURATED:
-            item = QListWidgetItem(f"{model.name}   —   {FAMILY_NAMES.get(model.family, model.family)}, {model.size_gb:.1f} GB\n      {model.note}")
+            item = QListWidgetItem(
+                f"{model.name}   —   {FAMILY_NAMES.get(model.family, model.family)}, {model.size_gb:.1f} GB\n      {model.note}"
+            )
             item.setData(SourceRole, model.repo)
-            item.setToolTip(f"{model.repo}\n{model.size_gb:.1f} GB download on a GPU (half precision), {model.size_gb_fp32:.1f} GB on a CPU")
+            item.setToolTip(
+                f"{model.repo}\n{model.size_gb:.1f} GB download on a GPU (half precision), {model.size_gb_fp32:.1f} GB on a CPU"
+            )
             self.curated.addItem(item)
         self.curated.setCurrentRow(0)
         self.download_button = QPushButton("Download" if models.can_download() else "Use (downloads on first run)")
@@ -171,7 +178,9 @@ class ModelsDialog(QDialog):
             item = self._add_item(source)
             info = self.models.info(source)
             if info is not None:
-                self._describe(item, str(getattr(info, "family", "") or ""), str(getattr(info, "model_hash", "") or ""), False)
+                self._describe(
+                    item, str(getattr(info, "family", "") or ""), str(getattr(info, "model_hash", "") or ""), False
+                )
         for known in self.models.known():
             item = self._add_item(known.location)
             if self.models.info(known.location) is None:
@@ -198,7 +207,9 @@ class ModelsDialog(QDialog):
 
     def _describe(self, item: QListWidgetItem, family: str, model_hash: str, missing: bool) -> None:
         base = item.data(LabelRole)
-        extra = ", ".join(x for x in (FAMILY_NAMES.get(family, family), f"hash {model_hash}" if model_hash else "") if x)
+        extra = ", ".join(
+            x for x in (FAMILY_NAMES.get(family, family), f"hash {model_hash}" if model_hash else "") if x
+        )
         item.setText(f"{base}   ({extra})" if extra else base)
         item.setData(MissingRole, missing)
         if missing:
@@ -288,7 +299,11 @@ class ModelsDialog(QDialog):
             for repo in running:
                 self.models.cancel_download(repo)
         chosen = self.chosen()
-        if result == QDialog.DialogCode.Accepted and chosen and (chosen != self.models.current() or self.models.state() == "failed"):
+        if (
+            result == QDialog.DialogCode.Accepted
+            and chosen
+            and (chosen != self.models.current() or self.models.state() == "failed")
+        ):
             self.models.select(chosen)
         super().done(result)
 
@@ -317,7 +332,9 @@ class ModelsDialog(QDialog):
             self.models.add(repo)
             self._fill()
             self.select(repo)
-            self.download_status.setText(f"{repo} will download when it is first used; the progress shows in the main window.")
+            self.download_status.setText(
+                f"{repo} will download when it is first used; the progress shows in the main window."
+            )
             return
         if self.models.download(repo):
             self._watch(repo)
@@ -349,7 +366,9 @@ class ModelsDialog(QDialog):
         self.cancel_button.setEnabled(False)
         self.download_button.setEnabled(True)
         if error == "cancelled":
-            self.download_status.setText(f"The download of {repo} was cancelled; it resumes where it stopped next time.")
+            self.download_status.setText(
+                f"The download of {repo} was cancelled; it resumes where it stopped next time."
+            )
             return
         if error:
             self.download_status.setText(f"The download of {repo} failed: {error}")

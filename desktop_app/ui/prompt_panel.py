@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from desktop_app.core.modelinfo import BUILTIN, model_defaults
 from desktop_app.core.requests import EDIT_METHODS, MAX_SEED, RESIZE_MODES, SCHEDULERS
+from desktop_app.ui.widgets import named
 
 MODES: list[tuple[str, str]] = [
     ("generate", "Generate"),
@@ -58,7 +59,10 @@ class PromptEdit(QPlainTextEdit):
         self.setTabChangesFocus(True)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
-        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+        if (
+            event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and event.modifiers() & Qt.KeyboardModifier.ControlModifier
+        ):
             self.submitted.emit()
             event.accept()
             return
@@ -103,19 +107,21 @@ class PromptPanel(QWidget):
         outer.setSpacing(8)
 
         # mode
-        self.mode_selector = QComboBox(objectName="modeSelector")
+        self.mode_selector = named(QComboBox(), "modeSelector")
         self.mode_selector.setAccessibleName("Mode")
         for key, label in MODES:
             self.mode_selector.addItem(label, key)
-        self.mode_selector.setToolTip("Generate from text, change an image (Img2Img), repaint a masked area (Inpaint) or edit by inversion (Edit)")
+        self.mode_selector.setToolTip(
+            "Generate from text, change an image (Img2Img), repaint a masked area (Inpaint) or edit by inversion (Edit)"
+        )
 
         # model
-        self.model_picker = QComboBox(objectName="modelPicker")
+        self.model_picker = named(QComboBox(), "modelPicker")
         self.model_picker.setAccessibleName("Model")
         self.model_picker.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_picker.setMinimumContentsLength(8)
         self.model_picker.addItem("Built-in (shapes)", BUILTIN)
-        self.models_button = QToolButton(objectName="modelsButton")
+        self.models_button = named(QToolButton(), "modelsButton")
         self.models_button.setText("…")
         self.models_button.setToolTip("Choose or add a model")
         model_row = QHBoxLayout()
@@ -138,7 +144,7 @@ class PromptPanel(QWidget):
         self.negative_prompt_edit.setObjectName("negativePromptEdit")
         self.negative_prompt_edit.setAccessibleName("Negative prompt")
         self.negative_prompt_edit.setMaximumHeight(64)
-        self.prompt_label = QLabel("Prompt", objectName="promptLabel")
+        self.prompt_label = named(QLabel("Prompt"), "promptLabel")
         self.prompt_label.setBuddy(self.prompt_edit)
         outer.addWidget(self.prompt_label)
         outer.addWidget(self.prompt_edit, 1)
@@ -146,11 +152,11 @@ class PromptPanel(QWidget):
         outer.addWidget(self.negative_prompt_edit, 1)
 
         # edit mode fields (the editing issue extends this group)
-        self.edit_group = QGroupBox("Edit", objectName="editGroup")
+        self.edit_group = named(QGroupBox("Edit"), "editGroup")
         eg = QFormLayout(self.edit_group)
-        self.source_prompt_edit = QLineEdit(objectName="sourcePromptEdit")
+        self.source_prompt_edit = named(QLineEdit(), "sourcePromptEdit")
         self.source_prompt_edit.setPlaceholderText("What the source image shows")
-        self.edit_method_combo = QComboBox(objectName="editMethodCombo")
+        self.edit_method_combo = named(QComboBox(), "editMethodCombo")
         self.edit_method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.edit_method_combo.setMinimumContentsLength(12)
         for m in EDIT_METHODS:
@@ -158,30 +164,34 @@ class PromptPanel(QWidget):
         self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index("direct"))
         eg.addRow("Source prompt", self.source_prompt_edit)
         eg.addRow("Method", self.edit_method_combo)
-        self.suggest_mask_button = QPushButton("Suggest mask", objectName="suggestMaskButton")
-        self.suggest_mask_button.setToolTip("Mask where the target prompt differs from the source prompt; correct it with the brush")
+        self.suggest_mask_button = named(QPushButton("Suggest mask"), "suggestMaskButton")
+        self.suggest_mask_button.setToolTip(
+            "Mask where the target prompt differs from the source prompt; correct it with the brush"
+        )
         self.suggest_mask_button.clicked.connect(self.suggestMaskRequested)
         eg.addRow("", self.suggest_mask_button)
         outer.addWidget(self.edit_group)
 
         # every image mode: how deep, and how the source meets the model's size
-        self.image_group = QGroupBox("Source image", objectName="imageGroup")
+        self.image_group = named(QGroupBox("Source image"), "imageGroup")
         imf = QFormLayout(self.image_group)
         imf.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.strength_spin = QDoubleSpinBox(objectName="strengthSpin")
+        self.strength_spin = named(QDoubleSpinBox(), "strengthSpin")
         self.strength_spin.setRange(0.0, 1.0)
         self.strength_spin.setSingleStep(0.05)
         self.strength_spin.setDecimals(2)
         self.strength_spin.setAccessibleName("Strength")
-        self.strength_spin.setToolTip("How much changes: 0 keeps the image, 1 starts from noise (the timestep slider's t₀)")
-        self.resize_mode_combo = QComboBox(objectName="resizeModeCombo")
+        self.strength_spin.setToolTip(
+            "How much changes: 0 keeps the image, 1 starts from noise (the timestep slider's t₀)"
+        )
+        self.resize_mode_combo = named(QComboBox(), "resizeModeCombo")
         for key, label in RESIZE_MODES.items():
             self.resize_mode_combo.addItem(label, key)
         self.resize_mode_combo.setToolTip(
             "When the source's size is far from the model's: stretch it (just resize), crop it to the model's shape, "
             "or fit it and fill the rest"
         )
-        self.source_size_label = QLabel(objectName="sourceSizeLabel")
+        self.source_size_label = named(QLabel(), "sourceSizeLabel")
         self.source_size_label.setWordWrap(True)
         self.source_size_label.setEnabled(False)
         imf.addRow("Strength", self.strength_spin)
@@ -190,21 +200,23 @@ class PromptPanel(QWidget):
         outer.addWidget(self.image_group)
 
         # inpaint fields
-        self.inpaint_group = QGroupBox("Mask", objectName="inpaintGroup")
+        self.inpaint_group = named(QGroupBox("Mask"), "inpaintGroup")
         ig = QFormLayout(self.inpaint_group)
         ig.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.mask_blur_spin = QSpinBox(objectName="maskBlurSpin")
+        self.mask_blur_spin = named(QSpinBox(), "maskBlurSpin")
         self.mask_blur_spin.setRange(0, 64)
         self.mask_blur_spin.setValue(4)
         self.mask_blur_spin.setSuffix(" px")
-        self.mask_blur_spin.setToolTip("Feather inside the painted area; pixels you did not paint stay exactly as they are")
-        self.mask_grow_spin = QSpinBox(objectName="maskGrowSpin")
+        self.mask_blur_spin.setToolTip(
+            "Feather inside the painted area; pixels you did not paint stay exactly as they are"
+        )
+        self.mask_grow_spin = named(QSpinBox(), "maskGrowSpin")
         self.mask_grow_spin.setRange(0, 128)
         self.mask_grow_spin.setSuffix(" px")
         self.mask_grow_spin.setToolTip("Grow the painted area outward before the feather (changes unpainted pixels)")
-        self.only_masked_check = QCheckBox("Only masked (full resolution)", objectName="onlyMaskedCheck")
+        self.only_masked_check = named(QCheckBox("Only masked (full resolution)"), "onlyMaskedCheck")
         self.only_masked_check.setToolTip("Work on a crop around the mask at the model's size and paste it back")
-        self.padding_spin = QSpinBox(objectName="onlyMaskedPaddingSpin")
+        self.padding_spin = named(QSpinBox(), "onlyMaskedPaddingSpin")
         self.padding_spin.setRange(0, 256)
         self.padding_spin.setValue(32)
         self.padding_spin.setSuffix(" px")
@@ -221,18 +233,18 @@ class PromptPanel(QWidget):
         params = QGroupBox("Parameters")
         form = QFormLayout(params)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.steps_spin = QSpinBox(objectName="stepsSpin")
+        self.steps_spin = named(QSpinBox(), "stepsSpin")
         self.steps_spin.setRange(1, 150)
-        self.guidance_spin = QDoubleSpinBox(objectName="guidanceSpin")
+        self.guidance_spin = named(QDoubleSpinBox(), "guidanceSpin")
         self.guidance_spin.setRange(0.0, 30.0)
         self.guidance_spin.setSingleStep(0.5)
         self.guidance_spin.setDecimals(1)
         self.seed_spin = SeedSpin()
         self.seed_spin.setObjectName("seedSpin")
-        self.random_seed_button = QToolButton(objectName="randomSeedButton")
+        self.random_seed_button = named(QToolButton(), "randomSeedButton")
         self.random_seed_button.setText("Random")
         self.random_seed_button.setToolTip("Random seed for each job")
-        self.reuse_seed_button = QToolButton(objectName="reuseSeedButton")
+        self.reuse_seed_button = named(QToolButton(), "reuseSeedButton")
         self.reuse_seed_button.setText("Last")
         self.reuse_seed_button.setToolTip("Reuse the last job's seed")
         self.reuse_seed_button.setEnabled(False)
@@ -240,8 +252,8 @@ class PromptPanel(QWidget):
         seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(self.random_seed_button)
         seed_row.addWidget(self.reuse_seed_button)
-        self.width_spin = QSpinBox(objectName="widthSpin")
-        self.height_spin = QSpinBox(objectName="heightSpin")
+        self.width_spin = named(QSpinBox(), "widthSpin")
+        self.height_spin = named(QSpinBox(), "heightSpin")
         for spin in (self.width_spin, self.height_spin):
             spin.setRange(64, 2048)
             spin.setSingleStep(8)
@@ -250,9 +262,9 @@ class PromptPanel(QWidget):
         size_row.addWidget(self.width_spin, 1)
         size_row.addWidget(QLabel("×"))
         size_row.addWidget(self.height_spin, 1)
-        self.batch_spin = QSpinBox(objectName="batchSpin")
+        self.batch_spin = named(QSpinBox(), "batchSpin")
         self.batch_spin.setRange(1, 16)
-        self.scheduler_combo = QComboBox(objectName="schedulerCombo")
+        self.scheduler_combo = named(QComboBox(), "schedulerCombo")
         self.scheduler_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.scheduler_combo.setMinimumContentsLength(10)
         self.scheduler_combo.addItem("Model default", None)
@@ -267,17 +279,17 @@ class PromptPanel(QWidget):
         outer.addWidget(params)
 
         # run
-        self.generate_button = QPushButton("Generate", objectName="generateButton")
+        self.generate_button = named(QPushButton("Generate"), "generateButton")
         self.generate_button.setToolTip("Queue a job (Ctrl+Enter)")
         self.generate_button.setDefault(True)
         self.generate_button.setMinimumHeight(36)
         self.generate_button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.cancel_button = QPushButton("Cancel", objectName="cancelButton")
+        self.cancel_button = named(QPushButton("Cancel"), "cancelButton")
         self.cancel_button.setToolTip("Stop the current job (Esc)")
         self.cancel_button.setEnabled(False)
         self.cancel_button.setMinimumHeight(36)
         # Generate and Cancel sit under the panel's scroll area (the window places `run_bar`), never scrolled away
-        self.run_bar = QWidget(objectName="runBar")
+        self.run_bar = named(QWidget(), "runBar")
         run_row = QHBoxLayout(self.run_bar)
         run_row.setContentsMargins(8, 4, 8, 8)
         run_row.addWidget(self.generate_button, 3)
@@ -462,7 +474,8 @@ class PromptPanel(QWidget):
             self.width_spin.setValue(size[0])
             self.height_spin.setValue(size[1])
         self.scheduler_combo.setCurrentIndex(0)
-        self.scheduler_combo.setItemText(0, f"Model default ({SCHEDULERS.get(d.get('scheduler'), d.get('scheduler'))})")
+        scheduler = str(d.get("scheduler") or "")
+        self.scheduler_combo.setItemText(0, f"Model default ({SCHEDULERS.get(scheduler, scheduler)})")
 
     # -- seed ------------------------------------------------------------------
     def set_last_seed(self, seed: int | None) -> None:
@@ -524,15 +537,16 @@ class PromptPanel(QWidget):
             self.prompt_edit.setPlainText(str(data["prompt"] or ""))
         if "negative_prompt" in data:
             self.negative_prompt_edit.setPlainText(str(data["negative_prompt"] or ""))
-        for key, spin, cast in (
-            ("steps", self.steps_spin, int),
-            ("guidance", self.guidance_spin, float),
-            ("width", self.width_spin, int),
-            ("height", self.height_spin, int),
-            ("batch", self.batch_spin, int),
+        for key, spin in (
+            ("steps", self.steps_spin),
+            ("width", self.width_spin),
+            ("height", self.height_spin),
+            ("batch", self.batch_spin),
         ):
             if data.get(key) is not None:
-                spin.setValue(cast(data[key]))
+                spin.setValue(int(data[key]))
+        if data.get("guidance") is not None:
+            self.guidance_spin.setValue(float(data["guidance"]))
         if "seed" in data:
             self.seed_spin.setValue(RANDOM_SEED if data["seed"] is None else int(data["seed"]))
         if "scheduler" in data:

@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QToolButton, QWidget
 
 from desktop_app.model.timeline import Timeline
+from desktop_app.ui.widgets import named
 
 REST_MS = 220
 
@@ -21,21 +22,23 @@ class TimestepPanel(QWidget):
         self.timeline = timeline
         self._syncing = False
 
-        self.slider = QSlider(Qt.Orientation.Horizontal, objectName="timestepSlider")
+        self.slider = named(QSlider(Qt.Orientation.Horizontal), "timestepSlider")
         self.slider.setAccessibleName("Diffusion timestep")
         self.slider.setToolTip("Diffusion time: pure noise at the left end (t = T), the image at the right end (t = 0)")
         self.slider.setMinimumWidth(160)
         self.slider.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.label = QLabel(objectName="timestepLabel")
+        self.label = named(QLabel(), "timestepLabel")
         self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("step 150/150 · t = 999") + 6)
         self.label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        self.which_combo = QComboBox(objectName="trajectoryWhich")
+        self.which_combo = named(QComboBox(), "trajectoryWhich")
         self.which_combo.addItem("predicted x̂₀", "x0")
         self.which_combo.addItem("noisy xₜ", "xt")
         self.which_combo.setToolTip("Show the predicted clean image or the noisy latent at this step")
-        self.t0_button = QToolButton(objectName="startTimestepButton")
+        self.t0_button = named(QToolButton(), "startTimestepButton")
         self.t0_button.setText("Start t")
-        self.t0_button.setToolTip("Use the slider to set the start timestep (strength) of the next img2img / inpaint / edit")
+        self.t0_button.setToolTip(
+            "Use the slider to set the start timestep (strength) of the next img2img / inpaint / edit"
+        )
         self.t0_button.setCheckable(True)
 
         row = QHBoxLayout(self)
