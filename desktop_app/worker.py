@@ -38,14 +38,21 @@ when an asyncio event loop is set for the GUI thread (qasync); without one
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import importlib
+import importlib.util
 import itertools
 import logging
 import os
 import queue
+import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
@@ -63,10 +70,108 @@ _PRIORITY_JOB = 1
 
 def default_engine_factory() -> Any:
     """Import and build the real engine: called on the worker thread, the first time a job needs it."""
-    from desktop_app.engine.engine import Engine  # imports torch: never on the GUI thread
+    with quiet_import():
+        from desktop_app.engine.engine import Engine  # imports torch: never on the GUI thread
+
+        import_lazy_dependencies()
 
     leave_a_core_for_the_gui()
     return Engine(device=None)
+
+
+# torch's native libraries, in load order; loaded ahead of `import torch` where they exist (see quiet_import)
+_TORCH_LIBRARIES = (
+    "libtorch_global_deps.so",
+    "libc10.so",
+    "libc10_cuda.so",
+    "libtorch_cpu.so",
+    "libtorch_cuda.so",
+    "libtorch.so",
+)
+
+
+# What loading a model imports lazily (diffusers and transformers resolve these names on first use: some
+# 2,000 modules, transformers, peft, accelerate, scipy and sympy among them): imported with the engine, inside
+# quiet_import, so that a model load later imports next to nothing.
+_LAZY_DEPENDENCIES = (
+    ("diffusers", "StableDiffusionPipeline"),
+    ("diffusers", "StableDiffusionImg2ImgPipeline"),
+    ("diffusers", "StableDiffusionInpaintPipeline"),
+    ("diffusers", "StableDiffusionXLPipeline"),
+    ("diffusers", "DDIMScheduler"),
+    ("diffusers", "DDIMInverseScheduler"),
+    ("diffusers", "DPMSolverMultistepScheduler"),
+    ("diffusers", "EulerAncestralDiscreteScheduler"),
+    ("diffusers", "EulerDiscreteScheduler"),
+    ("diffusers", "UNet2DModel"),
+    ("transformers", "CLIPTokenizer"),
+    ("transformers", "CLIPTextModel"),
+)
+
+
+def import_lazy_dependencies() -> None:
+    """Resolve `_LAZY_DEPENDENCIES` now (each one that is there; a missing one is the model load's business)."""
+    try:
+        from desktop_app.engine.models import quiet_libraries
+
+        quiet_libraries()  # their import notices (no torchvision...) are for developers, as the model load's are
+    except Exception:  # noqa: BLE001
+        pass
+    for module, name in _LAZY_DEPENDENCIES:
+        try:
+            getattr(importlib.import_module(module), name)
+        except Exception:  # noqa: BLE001 - only a head start
+            log.debug("could not import %s.%s ahead of the model load", module, name, exc_info=True)
+
+
+@contextlib.contextmanager
+def quiet_import() -> Iterator[None]:
+    """Import torch and diffusers on the worker thread without stalling the GUI thread (defect 8).
+
+    Two things held the GIL for 100-200 ms at a time while the engine was imported, and the GUI thread, which
+    needs the GIL for every Python slot and paint, stood still meanwhile:
+    - the loader mapping and relocating libtorch_cpu (`import torch._C` dlopens it while holding the GIL):
+      the libraries are loaded first through libc's dlopen called by ctypes, which releases the GIL;
+    - the cyclic garbage collector's full passes over the millions of objects the import creates: it is off
+      during the import, and what the import made is then frozen (gc.freeze), so later full passes skip it.
+    """
+    if "torch" not in sys.modules:
+        preload_torch_libraries()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()  # the modules live as long as the process: never scan them again
+        if was_enabled:
+            gc.enable()
+
+
+def preload_torch_libraries() -> list[str]:
+    """dlopen torch's big native libraries with the GIL released; the names loaded (none when torch is missing,
+    not a Linux wheel, or anything fails: `import torch` then loads them itself)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        import ctypes
+
+        spec = importlib.util.find_spec("torch")  # finds the package without importing it
+        if spec is None or spec.origin is None:
+            return []
+        lib_dir = Path(spec.origin).parent / "lib"
+        libc = ctypes.CDLL(None)  # a CDLL's functions release the GIL while they run (PyDLL's would not)
+        dlopen = libc.dlopen
+        dlopen.restype = ctypes.c_void_p
+        dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    except Exception:  # noqa: BLE001 - only a head start
+        return []
+    loaded = []
+    for name in _TORCH_LIBRARIES:
+        path = lib_dir / name
+        # RTLD_LOCAL as the import's own load would: torch._C then finds them loaded and only links
+        if path.is_file() and dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_LOCAL):
+            loaded.append(name)
+    return loaded
 
 
 def leave_a_core_for_the_gui() -> None:
@@ -99,7 +204,7 @@ class _Job:
 
 
 class _WorkerThread(QThread):
-    def __init__(self, worker: "EngineWorker") -> None:
+    def __init__(self, worker: EngineWorker) -> None:
         super().__init__()
         self._worker = worker
         self.setObjectName("engineWorkerThread")
@@ -268,7 +373,9 @@ class EngineWorker(QObject):
         fut.add_done_callback(_consume_exception)
         return fut
 
-    def _enqueue(self, priority: int, kind: str, request: Any = None, call: Callable | None = None, source: Any = None) -> _Job:
+    def _enqueue(
+        self, priority: int, kind: str, request: Any = None, call: Callable | None = None, source: Any = None
+    ) -> _Job:
         job = _Job(priority, next(self._seq), next(self._ids), kind, request=request, call=call, source=source)
         job.future = self._make_future()
         if self._stopping:  # after shutdown (a late timer while the window closes): never runs
@@ -320,7 +427,7 @@ class EngineWorker(QObject):
             job.future.set_result(value)
 
     # -- the worker thread ---------------------------------------------------------
-    def backend(self) -> "Backend":
+    def backend(self) -> Backend:
         """The backend, created on first use (on whichever thread asks first: the worker's, or a download's)."""
         return self._get_engine()
 
