@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -34,6 +35,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools import shapes  # noqa: E402
+
+if TYPE_CHECKING:
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 DEFAULT_MODEL = ROOT / "resources" / "models" / "shapes"
 
@@ -100,8 +106,8 @@ def inversion_psnr(pipe, n=20, steps=50, seed=0):
 
     vae, unet = pipe.vae, pipe.unet
     sf = vae.config.scaling_factor
-    inv = DDIMInverseScheduler.from_config(pipe.scheduler.config)
-    fwd = DDIMScheduler.from_config(pipe.scheduler.config)
+    inv = cast("DDIMInverseScheduler", DDIMInverseScheduler.from_config(pipe.scheduler.config))
+    fwd = cast("DDIMScheduler", DDIMScheduler.from_config(pipe.scheduler.config))
     specs = shapes.heldout_specs()[:n]
     rng = random.Random(seed + 99)
     vals = []
@@ -122,11 +128,12 @@ def inversion_psnr(pipe, n=20, steps=50, seed=0):
         inv.set_timesteps(steps)
         for t in inv.timesteps:
             pred = unet(z, t, encoder_hidden_states=cond).sample  # the model's output (epsilon or v)
-            z = inv.step(pred, t, z).prev_sample
+            # diffusers types step()'s timestep int (a tensor works) and its result as output-or-tuple
+            z = cast("DDIMSchedulerOutput", inv.step(pred, t, z)).prev_sample  # pyright: ignore[reportArgumentType]
         fwd.set_timesteps(steps)
         for t in fwd.timesteps:
             pred = unet(z, t, encoder_hidden_states=cond).sample  # the model's output (epsilon or v)
-            z = fwd.step(pred, t, z).prev_sample
+            z = cast("DDIMSchedulerOutput", fwd.step(pred, t, z)).prev_sample  # pyright: ignore[reportArgumentType]
         rec = vae.decode(z / sf).sample.clamp(-1, 1)
         mse = ((rec - ref) / 2).pow(2).mean().item()
         vals.append(10 * math.log10(1 / max(mse, 1e-12)))
@@ -194,13 +201,16 @@ def main(argv=None):
     from diffusers import DDIMScheduler  # noqa: F401
 
     g0 = torch.Generator("cpu").manual_seed(0)
-    im = pipe(
-        "a red square on a white background",
-        num_inference_steps=steps,
-        guidance_scale=gsc,
-        generator=g0,
-        height=64,
-        width=64,
+    im = cast(
+        "StableDiffusionPipelineOutput",
+        pipe(
+            "a red square on a white background",
+            num_inference_steps=steps,
+            guidance_scale=gsc,
+            generator=g0,
+            height=64,
+            width=64,
+        ),
     ).images[0]
     c = shapes.classify(im)
     print(f"'a red square on a white background' seed 0 -> {c}")

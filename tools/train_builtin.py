@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -45,13 +46,18 @@ if str(ROOT) not in sys.path:
 
 from tools import shapes  # noqa: E402
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+    from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
 MAX_LEN = 16
 DEFAULT_OUT = ROOT / "resources" / "models" / "shapes"
 DEFAULT_STATE = ROOT / "tools" / ".train"
 
 # ----------------------------------------------------------- model configs ---
 
-VAE_CONFIG = dict(
+VAE_CONFIG: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,
@@ -65,7 +71,7 @@ VAE_CONFIG = dict(
 )
 
 TEXT_HIDDEN = 128
-TEXT_CONFIG = dict(
+TEXT_CONFIG: dict[str, Any] = dict(
     hidden_size=TEXT_HIDDEN,
     intermediate_size=4 * TEXT_HIDDEN,
     num_hidden_layers=3,
@@ -78,7 +84,7 @@ TEXT_CONFIG = dict(
 # Four levels, 16x16 -> 2x2, with cross-attention at 8x8, 4x4 and 2x2.  Position words need the deep levels:
 # the UNet has no positional embeddings, and only at 4x4 and 2x2 does the convolutions' zero padding tell
 # every cell where it is (a two-level UNet trained for hours never learned "left" from "right").
-UNET_CONFIG = dict(
+UNET_CONFIG: dict[str, Any] = dict(
     sample_size=16,
     in_channels=4,
     out_channels=4,
@@ -94,7 +100,7 @@ UNET_CONFIG = dict(
     addition_embed_type_num_heads=4,
 )
 
-SCHEDULER_CONFIG = dict(
+SCHEDULER_CONFIG: dict[str, Any] = dict(
     # SD's schedule: terminal alpha_bar 0.0047.  (A linear 1e-4..0.02 schedule, alpha_bar_T = 4e-5, made
     # epsilon-prediction errors at t~999 blow up into latent DC offsets with 20-step DDIM.)
     # v-prediction: where the shape goes is decided at t > 800, where an epsilon model must express its
@@ -181,7 +187,8 @@ def stage_tokenizer(args):
     model = json.loads(tok.to_str())["model"]
     vocab = model["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LEN)
+    # transformers types merges as strings; the BPE model takes (a, b) pairs, as tokenizers writes them
+    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LEN)  # pyright: ignore[reportArgumentType]
     if out.exists():
         shutil.rmtree(out)
     clip_tok.save_pretrained(out)
@@ -228,6 +235,17 @@ def new_vae():
     return AutoencoderKL(**VAE_CONFIG)
 
 
+# diffusers types encode() / decode()'s results as output-or-tuple; with return_dict (the default) it is the output
+def latent_dist(vae: AutoencoderKL, x: torch.Tensor) -> DiagonalGaussianDistribution:
+    """vae.encode(x).latent_dist"""
+    return cast("AutoencoderKLOutput", vae.encode(x)).latent_dist
+
+
+def decoded(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+    """vae.decode(z).sample"""
+    return cast("DecoderOutput", vae.decode(cast("torch.FloatTensor", z))).sample
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
     return 10 * math.log10(1.0 / max(mse, 1e-12))
@@ -269,6 +287,7 @@ def stage_vae(args, device):
     dec_mode = st.get("dec", False)
     if dec_mode:
         vae.encoder.requires_grad_(False)
+        assert vae.quant_conv is not None  # VAE_CONFIG keeps the quant conv
         vae.quant_conv.requires_grad_(False)
         opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=3e-4)
     vae.train()
@@ -277,6 +296,7 @@ def stage_vae(args, device):
             dec_mode = True
             st["dec"] = True
             vae.encoder.requires_grad_(False)
+            assert vae.quant_conv is not None
             vae.quant_conv.requires_grad_(False)
             opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=3e-4)
             log(f"vae: step {st['step']} -> decoder-only fine-tune")
@@ -289,10 +309,10 @@ def stage_vae(args, device):
             pg["lr"] = lr
         idx = torch.randint(0, len(data), (bs,), generator=g)
         x = data[idx].to(device)
-        post = vae.encode(x).latent_dist
+        post = latent_dist(vae, x)
         # deterministic (posterior mean) early on: learns far faster; sampled later for a robust decoder
         z = post.mode() if (dec_mode or frac < 0.6) else post.sample()
-        rec = vae.decode(z).sample
+        rec = decoded(vae, z)
         kl = post.kl().mean()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
@@ -307,7 +327,7 @@ def stage_vae(args, device):
         if st["step"] % 100 == 0:
             vae.eval()
             with torch.no_grad():
-                r = vae.decode(vae.encode(val[:64]).latent_dist.mode()).sample
+                r = decoded(vae, latent_dist(vae, val[:64]).mode())
             vae.train()
             log(
                 f"vae step {st['step']} loss {np.mean(losses):.4f} kl {kl.item():.1f} lr {lr:.1e} "
@@ -321,14 +341,9 @@ def stage_vae(args, device):
     # scaling factor from the data: 1 / std of the latent means
     with torch.no_grad():
         zs = torch.cat(
-            [
-                vae.encode(data[i : i + 256].to(device)).latent_dist.mode().cpu()
-                for i in range(0, min(len(data), 2048), 256)
-            ]
+            [latent_dist(vae, data[i : i + 256].to(device)).mode().cpu() for i in range(0, min(len(data), 2048), 256)]
         )
-        r = torch.cat(
-            [vae.decode(vae.encode(val[i : i + 64]).latent_dist.mode()).sample for i in range(0, len(val), 64)]
-        )
+        r = torch.cat([decoded(vae, latent_dist(vae, val[i : i + 64]).mode()) for i in range(0, len(val), 64)])
     sf = float(1.0 / zs.std())
     vae.register_to_config(scaling_factor=sf)
     st["done"] = True
@@ -371,7 +386,7 @@ def build_cache(args, device, tokenizer):
     with torch.no_grad():
         for i in range(0, len(imgs), 256):
             x = to_tensor(imgs[i : i + 256]).to(device)
-            lat.append((vae.encode(x).latent_dist.mode() * vae.config.scaling_factor).half().cpu())
+            lat.append((latent_dist(vae, x).mode() * vae.config["scaling_factor"]).half().cpu())
     lat = torch.cat(lat)
     empty = tokenizer([""], padding="max_length", max_length=MAX_LEN, return_tensors="pt").input_ids[0]
     c = {"latents": lat, "ids": ids, "empty": empty, "vae_mtime": vae_mtime}
@@ -495,7 +510,7 @@ def stage_unet(args, device, refine=False):
     # epsilon loss weights an x0 error by the SNR (0.005 at t=999), so the layout decided at high t (where
     # the shape goes: position words) carries almost no gradient; a floor of 1 weights it as v-prediction does.
     w_x0 = torch.clamp(torch.clamp(snr, max=args.min_snr), min=args.x0_floor)
-    v_pred = sched.config.prediction_type == "v_prediction"
+    v_pred = sched.config["prediction_type"] == "v_prediction"
     # ... expressed as weights of the loss on the model's output (v error^2 = x0 error^2 * (snr + 1))
     w_all = w_x0 / (snr + 1) if v_pred else w_x0 / snr
     n_high = int(round(args.high_t_share * args.batch))
@@ -589,6 +604,7 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
         te = new_text_encoder(tokenizer)
         te.load_state_dict(c["ema_te"])
         st = c["st"]
+    assert te is not None  # given with unet
     vae = load_vae(args, torch.device("cpu"))
     unet = copy.deepcopy(unet).cpu().float().eval()
     te = copy.deepcopy(te).cpu().float().eval()
@@ -598,10 +614,10 @@ def export(args, tokenizer=None, unet=None, te=None, st=None):
         text_encoder=te,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=new_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
+        scheduler=new_scheduler(),  # pyright: ignore[reportArgumentType] - diffusers types it as an enum
+        safety_checker=None,  # pyright: ignore[reportArgumentType] - None is documented
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
+        image_encoder=None,  # pyright: ignore[reportArgumentType]
         requires_safety_checker=False,
     )
     pipe.to(dtype=dtype)
