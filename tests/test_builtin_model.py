@@ -96,7 +96,7 @@ def test_the_last_steps_preview_has_the_decoded_images_colours(engine):
     result = engine.run(GenerateRequest(prompt="a red circle on a blue background", seed=0), previews.append)
     last = [e for e in previews if isinstance(e, Preview)][-1].image
     assert last.size == result.images[0].size  # the built-in VAE is cheap: its previews are real decodes
-    decoded = np.asarray(result.images[0].convert("RGB").resize(last.size, Image.BOX), float)
+    decoded = np.asarray(result.images[0].convert("RGB").resize(last.size, Image.Resampling.BOX), float)
     preview = np.asarray(last.convert("RGB"), float)
     corner = decoded[:2, :2].reshape(-1, 3).mean(axis=0)
     distance = np.abs(decoded - corner).sum(axis=-1)
@@ -107,7 +107,7 @@ def test_the_last_steps_preview_has_the_decoded_images_colours(engine):
         assert _hue_gap(_hue(want), _hue(got)) < 30, (want, got)
     # the slider's numpy preview of the same step, fitted to what the decoder shows, has the background's hue
     cheap = result.trajectory.previews(len(result.trajectory) - 1).astype(float)
-    cheap_decoded = np.asarray(result.images[0].convert("RGB").resize(cheap.shape[1::-1], Image.BOX), float)
+    cheap_decoded = np.asarray(result.images[0].convert("RGB").resize(cheap.shape[1::-1], Image.Resampling.BOX), float)
     field = np.abs(cheap_decoded - cheap_decoded[:2, :2].reshape(-1, 3).mean(axis=0)).sum(axis=-1) < 60
     assert _hue_gap(_hue(cheap_decoded[field].mean(axis=0)), _hue(cheap[field].mean(axis=0))) < 30
 
@@ -146,7 +146,7 @@ def test_a_wide_source_works_at_the_models_size_and_comes_back_at_its_own(engine
     from desktop_app.core.requests import EditRequest
 
     source = render(make_spec("circle", "red", "blue", position="centre"), rng=np.random.default_rng(1)).resize(
-        (320, 200), Image.LANCZOS
+        (320, 200), Image.Resampling.LANCZOS
     )
     events = []
     result = engine.run(

@@ -8,9 +8,17 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 
 from desktop_app.cli.main import main
 from desktop_app.core.infotext import read_png_metadata
+
+
+def _parameters(path) -> str:
+    """The ``parameters`` text chunk of a PNG the CLI wrote."""
+    with Image.open(path) as image:
+        assert isinstance(image, PngImageFile), type(image)
+        return image.text["parameters"]
 
 
 @pytest.fixture()
@@ -56,11 +64,11 @@ def test_generate_writes_png_with_parameters(tiny_model_dir, tmp_path, capsys):
     )
     assert code == 0
     assert out.is_file() and (tmp_path / "out-2.png").is_file()
-    text = Image.open(out).text["parameters"]
+    text = _parameters(out)
     assert text.splitlines()[0] == "a red circle on a blue background"
     assert "Negative prompt: blurry" in text
     assert "Steps: 3, Sampler: Euler, CFG scale: 6, Seed: 11, Size: 64x64" in text
-    assert "Seed: 12" in Image.open(tmp_path / "out-2.png").text["parameters"]
+    assert "Seed: 12" in _parameters(tmp_path / "out-2.png")
     assert "denoise" in capsys.readouterr().err  # the progress bar
 
 
@@ -68,7 +76,9 @@ def test_generate_replays_from_its_own_metadata(tiny_model_dir, tmp_path):
     first, second = tmp_path / "a.png", tmp_path / "b.png"
     args = ["generate", "-p", "x", "--model", str(tiny_model_dir), "--steps", "2", "--no-history"]
     assert main(args + ["--out", str(first)]) == 0
-    seed = read_png_metadata(first).request.seed
+    request = read_png_metadata(first).request
+    assert request is not None
+    seed = request.seed
     assert main(args + ["--seed", str(seed), "--out", str(second)]) == 0
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
 
@@ -93,7 +103,7 @@ def test_img2img_and_inpaint(tiny_model_dir, tmp_path, source_png, mask_png):
         )
         == 0
     )
-    assert "Denoising strength: 0.5" in Image.open(out).text["parameters"]
+    assert "Denoising strength: 0.5" in _parameters(out)
     out = tmp_path / "inp.png"
     assert (
         main(
@@ -131,7 +141,9 @@ def test_img2img_and_inpaint(tiny_model_dir, tmp_path, source_png, mask_png):
         (["inpaint", "--image", "__src__", "--mask", "__empty__"], "mask is empty"),
     ],
 )
-def test_bad_input_exits_non_zero_with_one_line(tiny_model_dir, tmp_path, source_png, capsys, extra, message):
+def test_bad_input_exits_non_zero_with_one_line(
+    tiny_model_dir, tmp_path, source_png, capsys, extra: list[str], message
+):
     corrupt = tmp_path / "c.png"
     corrupt.write_bytes(b"garbage")
     empty = tmp_path / "e.png"

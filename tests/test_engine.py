@@ -319,7 +319,8 @@ def test_mask_grow_lets_the_change_spill_over_by_that_many_pixels_only(
     grown = np.zeros((64, 64), bool)
     grown[18:46, 18:46] = True  # the 16 px square (24..40) grown by 6 px
     assert not (changed & ~grown).any() and (changed & grown & ~(np.asarray(square_mask) > 0)).any()
-    assert InpaintRequest.from_dict(request.to_dict()).mask_grow == 6
+    restored = InpaintRequest.from_dict(request.to_dict())
+    assert isinstance(restored, InpaintRequest) and restored.mask_grow == 6
     with pytest.raises(UserError, match="Mask grow"):
         request.replace(mask_grow=-1).validate()
 
@@ -376,7 +377,8 @@ def test_a_large_source_runs_at_the_models_area_and_returns_at_its_size(engine, 
     assert f"The image is 400x240; tiny-sd works at 64x64: worked at 104x64{label} and scaled back to 400x240." in [
         e.message for e in events if isinstance(e, Notice)
     ]
-    assert Img2ImgRequest.from_dict(result.request.to_dict()).resize_mode == mode
+    restored = Img2ImgRequest.from_dict(result.request.to_dict())
+    assert isinstance(restored, Img2ImgRequest) and restored.resize_mode == mode
 
 
 def test_a_large_inpaint_keeps_every_unpainted_pixel(engine, tiny_model_dir):

@@ -27,7 +27,7 @@ def store(tmp_path):
     s.close()
 
 
-def test_add_batch_one_entry_per_image(store):
+def test_add_batch_one_entry_per_image(store: HistoryStore):
     entries = store.add(generate_result(n=3, seed=40))
     assert isinstance(store, HistoryService)
     assert [e.seed for e in entries] == [40, 41, 42]
@@ -84,6 +84,7 @@ def test_edit_sources_stored_and_replayed(store):
     assert entry.source_path.parent == entry.image_path.parent
     request = store.load_request(entry.id)
     assert isinstance(request, EditRequest)
+    assert request.image is not None and request.mask is not None
     assert request.image.tobytes() == source.tobytes()
     assert request.mask.mode == "L" and request.mask.getextrema() == (0, 255)
     assert request.source_prompt == "a green cube, on: wood" and request.t0 == 600 and request.seed == 7
@@ -258,7 +259,8 @@ def test_cli(tmp_path, monkeypatch):
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert f"{b.uid}.png" in names and f"{b.uid}.source.png" in names and f"{b.uid}.mask.png" in names
-    assert read_png_metadata(tmp_path / "out" / f"{b.uid}.png").request.t0 == 600
+    exported = read_png_metadata(tmp_path / "out" / f"{b.uid}.png").request
+    assert isinstance(exported, EditRequest) and exported.t0 == 600
     code, _, err = run_cli(["history", "show", "999"])
     assert code == 1 and "no history entry 999" in err
     code, out, _ = run_cli(["history", "delete", str(a.id)])
@@ -300,7 +302,8 @@ def test_sqlite_errors_become_history_errors(store):
 
         def execute(self, *a, **k):
             error = sqlite3.DatabaseError("database disk image is malformed")
-            error.sqlite_errorcode = 11
+            # sqlite_errorcode is set by sqlite3 from Python 3.11; the stubs hide it for the 3.10 target
+            error.sqlite_errorcode = 11  # pyright: ignore[reportAttributeAccessIssue]
             raise error
 
         def __getattr__(self, name):

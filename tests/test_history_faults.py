@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import cast
 
 import pytest
 from test_history_support import assert_consistent, edit_result, generate_result
@@ -89,6 +90,7 @@ def test_writer_killed_at_each_stage(tmp_path, stage, nth, kind, expected):
                 assert request.image is not None and request.mask is not None
                 assert request.source_prompt == "a green cube, on: wood"
         if stage in ("replaced",):
+            assert store.last_check is not None
             assert len(store.last_check.adopted) == count
 
 
@@ -112,6 +114,7 @@ def test_deleter_killed_after_commit(tmp_path):
     assert all(e.image_path.exists() for e in entries)  # the crash left the files
     with HistoryStore(root) as store:
         assert [e.id for e in store.list()] == [keep.id]
+        assert store.last_check is not None
         assert not store.last_check.adopted
         assert not any(e.image_path.exists() or e.thumbnail_path.exists() for e in entries)
         assert store._db().execute("SELECT count(*) FROM tombstones").fetchone()[0] == 0
@@ -194,14 +197,15 @@ def test_disk_full_while_committing(tmp_path):
 
         def executemany(self, *a, **k):
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = 13
+            # sqlite_errorcode is set by sqlite3 from Python 3.11; the stubs hide it for the 3.10 target
+            error.sqlite_errorcode = 13  # pyright: ignore[reportAttributeAccessIssue]
             raise error
 
         def __getattr__(self, name):
             return getattr(self.conn, name)
 
     real = store._conn
-    store._conn = FullConnection(real)
+    store._conn = cast(sqlite3.Connection, FullConnection(real))  # a stand-in: delegates all but executemany
     with pytest.raises(HistoryError, match="disk is full"):
         store.add(generate_result())
     store._conn = real
@@ -236,6 +240,7 @@ def test_two_processes_same_folder(tmp_path):
         assert p.exitcode == 0
     expected = 3 * sum(1 + i % 2 for i in range(10))
     with HistoryStore(root) as store:
+        assert store.last_check is not None
         assert store.last_check.clean, store.last_check
         assert store.count() == expected
         assert store.count(search="process beta") == expected // 3

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QAction, QColor, QFont, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import QMainWindow, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QMainWindow, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 from test_history_support import edit_result, generate_result
 
 from desktop_app.core.history import HistoryStore
@@ -53,9 +53,14 @@ def panel(qtbot, store, saver):
     qtbot.addWidget(p)
     p.resize(420, 600)
     p.show()
-    p.window_ = Window(p)
     yield p
     saver.wait(10)
+
+
+@pytest.fixture
+def window(panel):
+    """What the panel asked the window for, recorded from its signals."""
+    return Window(panel)
 
 
 def fill(store, n, **kw):
@@ -80,7 +85,8 @@ def test_without_history(qtbot):
 
 def test_a_panel_never_saves_and_takes_only_a_saver(qtbot, store):
     with pytest.raises(TypeError):
-        HistoryPanel(store, QObject())  # the old HistoryPanel(history, window) call
+        # the old HistoryPanel(history, window) call: the wrong type on purpose
+        HistoryPanel(store, QObject())  # pyright: ignore[reportArgumentType]
     p = HistoryPanel(store)
     qtbot.addWidget(p)
     assert not hasattr(p, "add_result") and not hasattr(p, "saved")
@@ -110,7 +116,7 @@ def test_thumbnails_load_off_thread(qtbot, panel, store):
     assert "seed 100" in panel.model.data(index, Qt.ItemDataRole.ToolTipRole).lower()
 
 
-def test_missing_image_gets_placeholder(qtbot, panel, store):
+def test_missing_image_gets_placeholder(qtbot, panel, window, store):
     [entry] = store.add(generate_result())
     entry.image_path.unlink()
     entry.thumbnail_path.unlink()
@@ -119,7 +125,7 @@ def test_missing_image_gets_placeholder(qtbot, panel, store):
     qtbot.waitUntil(lambda: entry.id in panel.model._thumbs, timeout=5000)
     assert panel.model._thumbs[entry.id] is panel.model._missing
     panel.open_entry(entry)
-    assert panel.window_.errors and "missing" in panel.window_.errors[-1][0]
+    assert window.errors and "missing" in window.errors[-1][0]
 
 
 def test_search_and_filters(qtbot, panel, store):
@@ -183,10 +189,9 @@ def test_a_failed_save_shows_a_banner_and_retry_writes_it(qtbot, panel, store, s
     assert not panel.save_banner.isVisible()
 
 
-def test_open_reuse_and_use_as_source(qtbot, panel, store, saver):
+def test_open_reuse_and_use_as_source(qtbot, panel, window, store, saver):
     [parent] = store.add(generate_result(prompt="the parent"))
     qtbot.waitUntil(lambda: panel.model.rowCount() == 1)
-    window = panel.window_
     shown = panel.open_entry(parent)
     assert window.shown == [shown] and shown.images[0].size == (64, 64) and shown.seeds == [parent.seed]
     saver.save(shown)  # the window shows it as a result: it is not saved a second time
@@ -311,13 +316,13 @@ def test_delete_with_confirm(qtbot, panel, store, monkeypatch):
     assert store.count() == 1 and not entries[0].image_path.exists()
 
 
-def test_keyboard_and_context_menu(qtbot, panel, store, monkeypatch):
+def test_keyboard_and_context_menu(qtbot, panel, window, store, monkeypatch):
     entries = fill(store, 2)
     qtbot.waitUntil(lambda: panel.model.rowCount() == 2)
     panel.view.setCurrentIndex(panel.model.index(0))
     panel.view.setFocus()
     qtbot.keyClick(panel.view, Qt.Key.Key_Return)
-    assert panel.window_.shown and panel.window_.shown[-1].seeds == [entries[-1].seed]
+    assert window.shown and window.shown[-1].seeds == [entries[-1].seed]
     menu = panel._build_menu(entries[-1], [entries[-1]])
     texts = [a.text() for a in menu.actions() if a.text()]
     assert texts[:3] == ["Open on canvas", "Reuse parameters", "Use as source (edit / inpaint)"]
@@ -422,16 +427,18 @@ def test_real_main_window_saves_results(qtbot, qloop, tmp_path):
     qtbot.waitExposed(window)
     panel = window.findChild(QWidget, "historyPanel")
     assert isinstance(panel, HistoryPanel) and panel.history is s and panel.saver is saver
-    window.findChild(QWidget, "promptEdit").setPlainText("a window cube")
+    prompt = window.findChild(QPlainTextEdit, "promptEdit")
+    assert isinstance(prompt, QPlainTextEdit)
+    prompt.setPlainText("a window cube")
     with qtbot.waitSignal(saver.saved, timeout=20000) as blocker:
         window.generate()
     [entry] = blocker.args[0][:1]
     assert entry.prompt == "a window cube"
     qtbot.waitUntil(lambda: panel.model.rowCount() >= 1)
     # Reuse fills the window's prompt panel.
-    window.findChild(QWidget, "promptEdit").setPlainText("something else")
+    prompt.setPlainText("something else")
     panel.reuse_entry(entry)
-    assert window.findChild(QWidget, "promptEdit").toPlainText() == "a window cube"
+    assert prompt.toPlainText() == "a window cube"
     panel.open_entry(entry)
     assert window.current_result is not None and window.current_result.seeds == [entry.seed]
     window.close()

@@ -111,6 +111,7 @@ def test_png_info_per_image_seed_and_extra():
         parsed = read_png_metadata(buf.getvalue())
         assert parsed.source == "diffusion_desk"
         assert parsed.seed == 10 + index
+        assert parsed.request is not None
         assert parsed.request.seed == 10 + index and parsed.request.batch == 1
         assert parsed.parameters["Seed"] == str(10 + index)
         assert parsed.parameters["Token merging ratio"] == "0.5"
@@ -150,6 +151,7 @@ def test_read_a1111_png_and_request():
     assert parsed.source == "a1111"
     assert parsed.prompt.startswith("masterpiece")
     assert parsed.seed == 965400086
+    assert parsed.request is not None
     assert parsed.request.steps == 28 and parsed.request.width == 512 and parsed.request.height == 768
     assert parsed.request.guidance == 7.0
 
@@ -170,6 +172,7 @@ def test_read_invokeai_png():
     assert parsed.source == "invokeai"
     assert parsed.prompt == "a lighthouse at dusk" and parsed.negative_prompt == "people"
     assert parsed.seed == 42 and parsed.model_id == "sd-1.5"
+    assert parsed.request is not None
     assert parsed.request.height == 640
 
 
@@ -186,7 +189,8 @@ def test_ours_wins_over_parameters(tmp_path):
     # inpaint too
     result = inpaint_result()
     result.images[0].save(path, pnginfo=png_info(result, 0))
-    assert read_png_metadata(path).request.kind == "inpaint"
+    request = read_png_metadata(path).request
+    assert request is not None and request.kind == "inpaint"
 
 
 def test_broken_ours_falls_back_to_parameters():
@@ -354,7 +358,8 @@ def test_read_png_metadata_on_damaged_bytes(junk, position):
 
 def test_format_parameters_of_a_result():
     result = generate_result(n=2, seed=31)
-    text = format_parameters(result)
+    # format_parameters documents a Result as well; its annotation names only the request
+    text = format_parameters(result)  # pyright: ignore[reportArgumentType]
     assert text == format_parameters(result.request, 31, "builtin", "0123456789", {}, (64, 64))
 
 
@@ -363,7 +368,7 @@ def test_one_image_saved_from_two_threads_keeps_each_files_own_text(tmp_path):
     import threading
 
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
+    from PIL.PngImagePlugin import PngImageFile, PngInfo
 
     from desktop_app.core.images import save_png
 
@@ -376,7 +381,9 @@ def test_one_image_saved_from_two_threads_keeps_each_files_own_text(tmp_path):
             info.add_text("parameters", f"{name} {i}")
             path = tmp_path / f"{name}.png"
             save_png(image, path, info)
-            if Image.open(path).text.get("parameters") != f"{name} {i}":
+            with Image.open(path) as written:
+                text = written.text if isinstance(written, PngImageFile) else {}
+            if text.get("parameters") != f"{name} {i}":
                 failures.append((name, i))
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b")]

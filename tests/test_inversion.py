@@ -72,6 +72,7 @@ def smooth_model_dir(tiny_model_dir, tmp_path_factory):
     shutil.copytree(tiny_model_dir, folder)
     unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
     with torch.no_grad():
+        assert unet.conv_out.bias is not None
         unet.conv_out.weight.mul_(0.05)
         unet.conv_out.bias.mul_(0.05)
     unet.save_pretrained(str(folder / "unet"))
@@ -200,7 +201,9 @@ def test_a_result_of_the_app_is_replayed_exactly(engine, tiny_model_dir):
     # a source that is not the stored result's image is inverted instead, with a notice
     other = Image.fromarray(255 - np.asarray(made.images[0]))
     events = []
-    images, _, info = inversion.run_edit(loaded, request.replace(image=other), [0], events.append, None, source=made)
+    other_request = request.replace(image=other)
+    assert isinstance(other_request, EditRequest)
+    images, _, info = inversion.run_edit(loaded, other_request, [0], events.append, None, source=made)
     assert "Edit source" not in info
     assert any(isinstance(e, Notice) and "does not match" in e.message for e in events)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from desktop_app.engine.lora import LoraSpec, adapter_name, apply_loras
 pytest.importorskip("peft")
 
 
-def _peft_layers(pipe, seed: int, text_encoder: bool = False):
+def _peft_layers(pipe, seed: int, text_encoder: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Random (non-zero) LoRA layers on the UNet (and text encoder), as a diffusers-layout state dict."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -44,6 +46,7 @@ def lora_files(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("loras")
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
     unet, te = _peft_layers(pipe, 1, text_encoder=True)
+    assert te is not None
     StableDiffusionPipeline.save_lora_weights(
         str(root), unet_lora_layers=unet, text_encoder_lora_layers=te, weight_name="style_diffusers.safetensors"
     )

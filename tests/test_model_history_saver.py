@@ -39,7 +39,9 @@ def test_writes_off_the_gui_thread_in_order_and_reports_on_it(qtbot, store, monk
     qtbot.waitUntil(lambda: len(batches) == 5, timeout=5000)
     assert [b[0].prompt for b in batches] == [f"cube {i}" for i in range(5)]
     assert all(name.startswith("history-save") for name in writers)
-    assert all(t is QCoreApplication.instance().thread() for t in receivers)
+    app = QCoreApplication.instance()
+    assert app is not None
+    assert all(t is app.thread() for t in receivers)
     assert saver.pending() == 0 and saver.unsaved() == []
     assert assert_consistent(store.root) == 5
     saver.close()

@@ -65,7 +65,6 @@ def settings(tmp_path):
 def worker():
     engine = InfoEngine()
     w = EngineWorker(engine_factory=lambda: engine)
-    w.engine = engine
     yield w
     w.shutdown(5000)
 

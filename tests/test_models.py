@@ -8,6 +8,8 @@ import json
 import os
 import struct
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -221,18 +223,24 @@ def test_shipped_configs_match_the_real_checkpoint_layouts(family, monkeypatch):
     monkeypatch.delenv(checkpoints.CONFIGS_ENV, raising=False)
     root = checkpoints.config_folder(family)
 
-    class Parts:
-        pass
+    def config(cls, folder: Path) -> dict[str, Any]:
+        # load_config is annotated as returning (config, unused kwargs); without return_unused_kwargs it is the config
+        return cast(dict[str, Any], cls.load_config(str(folder)))
 
-    parts = Parts()
     with init_empty_weights():
-        parts.unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(root / "unet")))
-        parts.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(root / "vae")))
-        parts.text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder")))
-        parts.text_encoder_2 = (
-            CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(root / "text_encoder_2")))
-            if (root / "text_encoder_2").is_dir()
-            else None
+        unet_model = UNet2DConditionModel.from_config(config(UNet2DConditionModel, root / "unet"))
+        vae_model = AutoencoderKL.from_config(config(AutoencoderKL, root / "vae"))
+        assert isinstance(unet_model, UNet2DConditionModel) and isinstance(vae_model, AutoencoderKL)
+        # the pipeline's parts, as pipeline_to_original reads them
+        parts = SimpleNamespace(
+            unet=unet_model,
+            vae=vae_model,
+            text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder"))),
+            text_encoder_2=(
+                CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(root / "text_encoder_2")))
+                if (root / "text_encoder_2").is_dir()
+                else None
+            ),
         )
     original = checkpoints.pipeline_to_original(parts)
     metadata = {"modelspec.prediction_type": "v"} if family == "sd2-v" else {}
@@ -319,7 +327,7 @@ def test_shipped_model_index_and_shared_tokenizer_path(zoo, family, tmp_path, mo
     from importlib import resources
 
     root, files = zoo
-    shipped = Path(str(resources.files("desktop_app.resources").joinpath("configs", family)))
+    shipped = Path(str(resources.files("desktop_app.resources").joinpath("configs").joinpath(family)))
     custom = tmp_path / "configs" / family
     for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler"):
         if (root / family / sub).is_dir():
@@ -341,17 +349,18 @@ def test_shipped_model_index_and_shared_tokenizer_path(zoo, family, tmp_path, mo
 
 
 def test_vae_helpers_upcast_an_fp16_sdxl_vae_and_put_it_back(zoo):
-    from types import SimpleNamespace
-
     from diffusers import AutoencoderKL
 
     from desktop_app.engine.encoding import vae_decode, vae_encode
+    from desktop_app.engine.models import LoadedModel
 
     root, _ = zoo
     vae = AutoencoderKL.from_pretrained(str(root / "sdxl" / "vae"), local_files_only=True)
     vae.register_to_config(force_upcast=True)
-    vae.to(torch.float16)
-    loaded = SimpleNamespace(pipe=SimpleNamespace(vae=vae), dtype=torch.float16)
+    # diffusers wraps ModelMixin.to in functools.wraps(torch.nn.Module.to), which the stubs read as unbound
+    vae.to(torch.float16)  # pyright: ignore[reportArgumentType]
+    # a stand-in with just what the VAE helpers read
+    loaded = cast(LoadedModel, SimpleNamespace(pipe=SimpleNamespace(vae=vae), dtype=torch.float16))
     latents = vae_encode(loaded, torch.zeros(1, 3, 64, 64, dtype=torch.float16))
     assert latents.dtype == torch.float16 and latents.shape == (1, 4, 8, 8)
     pixels = vae_decode(loaded, latents)

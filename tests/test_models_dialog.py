@@ -51,10 +51,14 @@ def fake_downloader(
 
 
 @pytest.fixture
-def worker():
-    engine = FakeEngine()
-    w = EngineWorker(engine_factory=lambda: engine)
-    w.engine = engine
+def fake_engine():
+    """The fake engine the `worker` fixture's worker builds."""
+    return FakeEngine()
+
+
+@pytest.fixture
+def worker(fake_engine):
+    w = EngineWorker(engine_factory=lambda: fake_engine)
     yield w
     w.shutdown(5000)
 

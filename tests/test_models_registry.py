@@ -35,7 +35,8 @@ def test_a_deleted_model_is_listed_as_missing_not_a_crash(tmp_path):
 def test_touch_orders_by_last_use_and_keeps_known_fields(tmp_path):
     registry = ModelRegistry(tmp_path / "models.json")
     a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
+    a.mkdir()
+    b.mkdir()
     registry.add(str(a), "folder", family="sd2-v", model_hash="1111111111", name="Model A")
     registry.touch(str(b), kind="folder")
     registry.touch(str(a), kind="folder")

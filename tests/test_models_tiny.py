@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from tiny_model import build_tiny_sd, write_tokenizer
 
@@ -17,9 +18,10 @@ def _vae():
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        # diffusers annotates these tuples as tuple[int] / tuple[str] (one element); any length is meant
+        block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
@@ -46,7 +48,11 @@ def _text_config(tokenizer, hidden: int, act: str, projection: int | None = None
 
 
 def build_tiny_sd2(
-    folder: str | Path, *, seed: int = 0, prediction_type: str = "v_prediction", inpaint_unet: bool = False
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "v_prediction",
+    inpaint_unet: bool = False,
 ) -> Path:
     """SD 2.x layout: OpenCLIP-style text encoder (gelu), linear projections in the transformers, v-prediction."""
     import torch
@@ -65,7 +71,8 @@ def build_tiny_sd2(
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=48,
         norm_num_groups=8,
-        attention_head_dim=(2, 4),
+        # diffusers annotates the per-block tuple as tuple[int] (one element); one entry per block is meant
+        attention_head_dim=(2, 4),  # pyright: ignore[reportArgumentType]
         use_linear_projection=True,
     )
     write_tokenizer(folder / "tokenizer")
@@ -85,9 +92,11 @@ def build_tiny_sd2(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers annotates scheduler with the KarrasDiffusionSchedulers enum and these two as required; a
+        # scheduler instance and None (with requires_safety_checker=False) are what it takes
+        scheduler=scheduler,  # pyright: ignore[reportArgumentType]
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))
@@ -112,10 +121,11 @@ def build_tiny_sdxl(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = F
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2),
+        # diffusers annotates the per-block tuples as tuple[int] (one element); one entry per block is meant
+        transformer_layers_per_block=(1, 2),  # pyright: ignore[reportArgumentType]
         cross_attention_dim=te1_width + te2_width,
         norm_num_groups=8,
-        attention_head_dim=(2, 4),
+        attention_head_dim=(2, 4),  # pyright: ignore[reportArgumentType]
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
@@ -139,7 +149,8 @@ def build_tiny_sdxl(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = F
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=scheduler,
+        # diffusers annotates scheduler with the KarrasDiffusionSchedulers enum; a scheduler instance is what it takes
+        scheduler=scheduler,  # pyright: ignore[reportArgumentType]
     )
     pipe.save_pretrained(str(folder))
     (folder / "diffusion_desk.json").write_text(json.dumps(SETTINGS), encoding="utf-8")

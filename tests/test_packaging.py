@@ -34,9 +34,13 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
+class _CaseSensitiveParser(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr  # keys are case-sensitive
+
+
 def _desktop_entry() -> configparser.SectionProxy:
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str  # keys are case-sensitive
+    parser = _CaseSensitiveParser(interpolation=None, strict=True)
     parser.read(DESKTOP, encoding="utf-8")
     return parser["Desktop Entry"]
 
@@ -59,7 +63,7 @@ def test_desktop_entry_opens_images_and_sits_under_graphics():
 
 
 def test_desktop_exec_is_the_gui_entry_point():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["gui-scripts"]["diffusion-desk"] == "desktop_app.cli.main:main"
@@ -80,11 +84,14 @@ def test_metainfo_has_what_software_centres_show():
     assert root.findtext("launchable") == DESKTOP.name
     assert root.findtext("name") == "Diffusion Desk"
     assert root.findtext("developer_name")  # not <developer>: appstream 0.16's validator rejects it
-    assert 10 < len(root.findtext("summary")) < 80
+    summary = root.findtext("summary")
+    assert summary is not None and 10 < len(summary) < 80
     assert len(root.findall("description/p")) >= 1
     image = root.find("screenshots/screenshot[@type='default']/image")
-    assert image is not None and image.text.startswith("https://") and image.text.endswith(".png")
-    assert root.find("content_rating").get("type") == "oars-1.1"
+    assert image is not None and image.text is not None
+    assert image.text.startswith("https://") and image.text.endswith(".png")
+    rating = root.find("content_rating")
+    assert rating is not None and rating.get("type") == "oars-1.1"
     assert {m.text for m in root.findall("provides/mediatype")} == {"image/png", "image/jpeg", "image/webp"}
 
 

@@ -11,7 +11,7 @@ import pytest
 from PySide6.QtCore import QThread, QTimer
 from PySide6.QtWidgets import QMessageBox
 
-from desktop_app.app.crash import CrashHandler
+from desktop_app.app.crash import CrashHandler, ExcInfo
 
 
 class Boom(RuntimeError):
@@ -23,34 +23,40 @@ def _raise_boom():
 
 
 @pytest.fixture
-def handler(qapp, tmp_path, monkeypatch):
-    """A handler whose dialog is recorded instead of run modally."""
+def shown() -> list:
+    """The dialogs the `handler` fixture's handler made: (box, made on the GUI thread)."""
+    return []
+
+
+@pytest.fixture
+def handler(qapp, tmp_path, monkeypatch, shown):
+    """A handler whose dialog is recorded (in `shown`) instead of run modally."""
     h = CrashHandler(tmp_path / "logs" / "diffusion-desk.log")
-    shown: list = []
 
     def fake_show(exc_info):
         box = h.make_dialog(exc_info)
         shown.append((box, QThread.currentThread() is qapp.thread()))
 
     monkeypatch.setattr(h, "_show_dialog", fake_show)
-    h.shown = shown
     yield h
     h.uninstall()
 
 
-def _exc_info():
+def _exc_info() -> ExcInfo:
+    """What sys.exc_info() gives in the except clause of a real raise."""
     try:
         _raise_boom()
-    except Boom:
-        return sys.exc_info()
+    except Boom as exc:
+        return type(exc), exc, exc.__traceback__
+    raise AssertionError("_raise_boom() returned")
 
 
-def test_dialog_names_the_log_file_and_carries_the_traceback(handler, caplog):
+def test_dialog_names_the_log_file_and_carries_the_traceback(handler, shown, caplog):
     with caplog.at_level(logging.CRITICAL, logger="desktop_app.app.crash"):
         handler.handle(_exc_info())
     assert handler.count == 1
     assert any(r.exc_info and r.exc_info[0] is Boom for r in caplog.records)
-    box, on_gui_thread = handler.shown[0]
+    box, on_gui_thread = shown[0]
     assert isinstance(box, QMessageBox) and on_gui_thread
     assert box.icon() == QMessageBox.Icon.Critical
     assert str(handler.log_path) in box.informativeText()
@@ -60,20 +66,20 @@ def test_dialog_names_the_log_file_and_carries_the_traceback(handler, caplog):
 
 
 @pytest.mark.qt_no_exception_capture
-def test_exception_in_a_qt_slot_reaches_the_handler(qtbot, handler):
+def test_exception_in_a_qt_slot_reaches_the_handler(qtbot, handler, shown):
     handler.install()
     QTimer.singleShot(0, _raise_boom)
     qtbot.waitUntil(lambda: handler.count == 1, timeout=5000)
-    assert handler.last[0] is Boom and len(handler.shown) == 1
+    assert handler.last[0] is Boom and len(shown) == 1
 
 
-def test_exception_in_another_thread_shows_the_dialog_on_the_gui_thread(qtbot, handler):
+def test_exception_in_another_thread_shows_the_dialog_on_the_gui_thread(qtbot, handler, shown):
     handler.install()
     thread = threading.Thread(target=_raise_boom, name="worker-x")
     thread.start()
     thread.join(5)
-    qtbot.waitUntil(lambda: len(handler.shown) == 1, timeout=5000)
-    assert handler.shown[0][1] is True  # made on the GUI thread
+    qtbot.waitUntil(lambda: len(shown) == 1, timeout=5000)
+    assert shown[0][1] is True  # made on the GUI thread
     assert handler.last[0] is Boom
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from PySide6.QtCore import QPoint, QSettings, Qt
-from test_models_dialog import registry, settings, worker  # noqa: F401 - fixtures
+from test_models_dialog import fake_engine, registry, settings, worker  # noqa: F401 - fixtures
 
 from desktop_app.core.modelinfo import BUILTIN
 from desktop_app.core.requests import GenerateRequest
@@ -48,21 +48,21 @@ def test_ticking_allow_pickle_lets_a_ckpt_in_and_says_so(qtbot, tmp_path, worker
     assert dlg.chosen() == str(pickle.resolve())
 
 
-def test_the_pickle_opt_in_reaches_the_engine_and_survives_a_restart(qtbot, tmp_path, worker, registry):  # noqa: F811
+def test_the_pickle_opt_in_reaches_the_engine_and_survives_a_restart(qtbot, tmp_path, worker, fake_engine, registry):  # noqa: F811
     def run_job():
         with qtbot.waitSignal(worker.finished, timeout=10000):
             worker.submit(GenerateRequest(prompt="a cube", model=BUILTIN, steps=2, width=64, height=64, seed=1))
 
     path = str(tmp_path / "settings.ini")
-    worker.engine.models = SimpleNamespace(allow_pickle=True)
+    fake_engine.models = SimpleNamespace(allow_pickle=True)
     models = Models(worker, QSettings(path, QSettings.Format.IniFormat), registry=registry)
     run_job()
-    assert worker.engine.models.allow_pickle is False  # off unless the user opted in
+    assert fake_engine.models.allow_pickle is False  # off unless the user opted in
     dlg = ModelsDialog(models)
     qtbot.addWidget(dlg)
     dlg.allow_pickle_check.setChecked(True)
     run_job()
-    assert worker.engine.models.allow_pickle is True
+    assert fake_engine.models.allow_pickle is True
     worker.allow_pickle = False
     Models(worker, QSettings(path, QSettings.Format.IniFormat), registry=registry)  # the next launch
     assert worker.allow_pickle is True

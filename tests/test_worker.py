@@ -61,14 +61,14 @@ class Recorder(QObject):
 
 
 @pytest.fixture
-def engine():
+def fake_engine():
     """The fake engine the `worker` fixture's worker builds."""
     return FakeEngine()
 
 
 @pytest.fixture
-def worker(qapp, qloop, engine):
-    w = EngineWorker(engine_factory=lambda: engine)
+def worker(qapp, qloop, fake_engine):
+    w = EngineWorker(engine_factory=lambda: fake_engine)
     w.start()
     yield w
     assert w.shutdown(5000)
@@ -79,7 +79,7 @@ def wait_future(qtbot, fut, timeout=5000):
     return fut
 
 
-def test_submit_runs_on_worker_thread_and_resolves_future(qtbot, worker, engine):
+def test_submit_runs_on_worker_thread_and_resolves_future(qtbot, worker, fake_engine):
     rec = Recorder(worker)
     job_id, fut = worker.submit(GenerateRequest(prompt="a", steps=5, width=64, height=64, seed=3))
     wait_future(qtbot, fut)
@@ -89,7 +89,7 @@ def test_submit_runs_on_worker_thread_and_resolves_future(qtbot, worker, engine)
     assert [ev.step for _, ev in rec.progress] == [1, 2, 3, 4, 5]
     assert len(rec.previews) == 5
     assert rec.threads == {qapp_thread()}  # slots ran on the GUI thread
-    assert engine.thread_names and engine.thread_names[0] != threading.main_thread().name
+    assert fake_engine.thread_names and fake_engine.thread_names[0] != threading.main_thread().name
     assert rec.queue[-1] == 0
 
 
@@ -101,15 +101,15 @@ def qapp_thread():
     return app.thread()
 
 
-def test_failure_becomes_signal_and_next_job_runs(qtbot, worker, engine):
+def test_failure_becomes_signal_and_next_job_runs(qtbot, worker, fake_engine):
     rec = Recorder(worker)
-    engine.fail_next = UserError("Model broke.", "Pick another model.")
+    fake_engine.fail_next = UserError("Model broke.", "Pick another model.")
     _, fut = worker.submit(GenerateRequest(prompt="a", steps=2))
     wait_future(qtbot, fut)
     with pytest.raises(UserError):
         fut.result()
     assert rec.failed and rec.failed[0][1:] == ("Model broke.", "Pick another model.")
-    engine.fail_next = RuntimeError("boom")
+    fake_engine.fail_next = RuntimeError("boom")
     _, fut = worker.submit(GenerateRequest(prompt="a", steps=2))
     wait_future(qtbot, fut)
     assert isinstance(fut.exception(), RuntimeError)
@@ -119,9 +119,9 @@ def test_failure_becomes_signal_and_next_job_runs(qtbot, worker, engine):
     assert fut.result().images
 
 
-def test_cancel_running_and_waiting_jobs(qtbot, worker, engine):
+def test_cancel_running_and_waiting_jobs(qtbot, worker, fake_engine):
     rec = Recorder(worker)
-    engine.step_delay = 0.02
+    fake_engine.step_delay = 0.02
     id1, f1 = worker.submit(GenerateRequest(prompt="a", steps=100))
     id2, f2 = worker.submit(GenerateRequest(prompt="b", steps=100))
     qtbot.waitUntil(lambda: len(rec.progress) >= 2, timeout=5000)
@@ -132,8 +132,8 @@ def test_cancel_running_and_waiting_jobs(qtbot, worker, engine):
     assert isinstance(f1.exception(), JobCancelled)
     assert sorted(rec.cancelled) == sorted([id1, id2])
     assert len(rec.progress) < 50  # stopped within a step or so
-    assert len(engine.runs) == 1  # the waiting job never reached the engine
-    engine.step_delay = 0.0
+    assert len(fake_engine.runs) == 1  # the waiting job never reached the engine
+    fake_engine.step_delay = 0.0
     _, f3 = worker.submit(GenerateRequest(prompt="c", steps=2))
     wait_future(qtbot, f3)
     assert f3.result().images
@@ -159,9 +159,9 @@ def test_engine_that_cannot_start_fails_and_thread_lives(qtbot, qapp, qloop):
     assert w.shutdown(5000)
 
 
-def test_5000_progress_signals_do_not_crash(qtbot, worker, engine):
+def test_5000_progress_signals_do_not_crash(qtbot, worker, fake_engine):
     rec = Recorder(worker)
-    engine.progress_per_step = 5000
+    fake_engine.progress_per_step = 5000
     _, fut = worker.submit(GenerateRequest(prompt="a", steps=1))
     wait_future(qtbot, fut, timeout=20000)
     qtbot.waitUntil(lambda: len(rec.progress) == 5000, timeout=20000)

@@ -47,9 +47,10 @@ def build_tiny_sd(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = Fal
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        # diffusers annotates these tuples as tuple[int] / tuple[str] (one element); any length is meant
+        block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
@@ -83,9 +84,11 @@ def build_tiny_sd(folder: str | Path, *, seed: int = 0, inpaint_unet: bool = Fal
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers annotates scheduler with the KarrasDiffusionSchedulers enum and these two as required; a
+        # scheduler instance and None (with requires_safety_checker=False) are what it takes
+        scheduler=scheduler,  # pyright: ignore[reportArgumentType]
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))

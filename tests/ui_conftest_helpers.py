@@ -38,7 +38,8 @@ def qloop(qapp):
         qapp.aboutToQuit.disconnect(loop._after_run_forever)
     except (RuntimeError, TypeError):
         pass
-    loop._QEventLoop__is_running = False
+    # qasync's own `self.__is_running`, reached by its mangled name; pyright does not model name mangling
+    loop._QEventLoop__is_running = False  # pyright: ignore[reportAttributeAccessIssue]
     try:
         loop._after_run_forever()
     except Exception:  # noqa: BLE001 - best effort
@@ -173,7 +174,7 @@ class FakeEngine:
             model_id=Path(source).name or source,
             family="sd1",
             model_hash="",
-            defaults=model_defaults(BUILTIN),
+            defaults=model_defaults(source),  # what the real engine reads from the folder
         )
 
     def suggest_mask(
