@@ -23,26 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
-from PySide6.QtGui import QAction, QColor, QGuiApplication, QIcon, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QApplication,
-    QColorDialog,
     QDialog,
-    QDialogButtonBox,
     QFileDialog,
     QFrame,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QProgressBar,
     QScrollArea,
-    QSizePolicy,
     QSlider,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QToolBar,
     QToolButton,
     QVBoxLayout,
@@ -56,7 +49,11 @@ from desktop_app.model.brush import Brush, default_brush_size
 from desktop_app.model.document import Document
 from desktop_app.model.jobs import Jobs, build_request
 from desktop_app.model.timeline import Timeline
+from desktop_app.ui.brush_bar import BrushToolBar
 from desktop_app.ui.canvas import MaskCanvas
+from desktop_app.ui.error_banner import ErrorBanner
+from desktop_app.ui.help import ShortcutsDialog
+from desktop_app.ui.job_status import JobStatus
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
 from desktop_app.ui.theme import style_accent_button
@@ -162,27 +159,7 @@ class MainWindow(QMainWindow):
         self.timestep_panel = TimestepPanel(self.timeline)
         self.timestep_slider: QSlider = self.timestep_panel.slider
 
-        # tool bars: the brush above the canvas, the mask's actions and the batch below it
-        self.canvas_toolbar = named(QToolBar("Brush"), "canvasToolbar")
-        self.canvas_toolbar.setMovable(False)
-        self.brush_size_slider = named(QSlider(Qt.Orientation.Horizontal), "brushSizeSlider")
-        self.brush_size_slider.setRange(1, 512)
-        self.brush_size_slider.setFixedWidth(72)
-        self.brush_size_slider.setToolTip("Brush size in image pixels ([ and ])")
-        self.brush_size_label = QLabel()
-        self.brush_size_label.setMinimumWidth(40)
-        self.hardness_slider = named(QSlider(Qt.Orientation.Horizontal), "brushHardnessSlider")
-        self.hardness_slider.setRange(0, 100)
-        self.hardness_slider.setFixedWidth(44)
-        self.hardness_slider.setToolTip("Brush hardness (soft edges paint grey)")
-        self.opacity_slider = named(QSlider(Qt.Orientation.Horizontal), "maskOpacitySlider")
-        self.opacity_slider.setRange(5, 100)
-        self.opacity_slider.setFixedWidth(44)
-        self.opacity_slider.setToolTip("Mask overlay opacity")
-        self.mask_color_button = named(QToolButton(), "maskColorButton")
-        self.mask_color_button.setToolTip("Colour of the mask overlay")
-        self.mask_color_button.setAccessibleName("Mask colour")
-
+        # tool bars: the brush above the canvas (made with its actions), the mask's actions and the batch below it
         self.mask_toolbar = named(QToolBar("Mask and results"), "maskToolbar")
         self.mask_toolbar.setMovable(False)
         self.prev_image_button = named(QToolButton(), "previousImageButton")
@@ -195,55 +172,22 @@ class MainWindow(QMainWindow):
         self.shown_label = named(QLabel(), "shownLabel")  # says whether the source or a result is shown
         self.shown_label.setEnabled(False)
 
-        # error banner
-        self.error_banner = named(QFrame(), "errorBanner")
-        self.error_banner.setStyleSheet(
-            "#errorBanner { background: #5a1f24; border: 1px solid #a8434c; border-radius: 4px; }"
-            "#errorBanner QLabel { color: #ffe3e3; }"
-        )
-        self.error_label = named(QLabel(), "errorLabel")
-        self.error_label.setWordWrap(True)
-        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = named(QToolButton(), "errorCloseButton")
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Dismiss")
-        close.clicked.connect(self.clear_error)
-        eb = QHBoxLayout(self.error_banner)
-        eb.setContentsMargins(10, 6, 6, 6)
-        eb.addWidget(self.error_label, 1)
-        eb.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
-        self.error_banner.hide()
-
-        # progress: a text that always says what happens (loading a model included), and the bar
-        self.job_status_label = named(QLabel("Idle"), "jobStatusLabel")
-        self.job_status_label.setMinimumWidth(80)
-        self.job_status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.progress_bar = named(QProgressBar(), "progressBar")
-        self.progress_bar.setAccessibleName("Progress")
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setMaximumWidth(220)
-        self.progress_bar.setMinimumWidth(80)
-        self.progress_bar.setVisible(False)
-        self.queue_label = named(QLabel("Queue: 0"), "queueLabel")
-        prog = QHBoxLayout()
-        prog.setContentsMargins(8, 0, 8, 6)
-        prog.addWidget(self.job_status_label, 1)
-        prog.addWidget(self.progress_bar, 1)
-        prog.addWidget(self.queue_label)
+        self.error_banner = ErrorBanner()
+        self.job_status = JobStatus(self.jobs, self.models)
+        self.job_status_label = self.job_status.label
+        self.progress_bar = self.job_status.bar
+        self.queue_label = self.job_status.queue_label
 
         center = named(QWidget(), "canvasArea")
         cl = QVBoxLayout(center)
         cl.setContentsMargins(0, 0, 0, 0)
         cl.setSpacing(2)
-        cl.addWidget(self.canvas_toolbar)
+        self.canvas_column = cl
         cl.addWidget(self.error_banner)
         cl.addWidget(self.canvas, 1)
         cl.addWidget(self.mask_toolbar)
         cl.addWidget(self.timestep_panel)
-        cl.addLayout(prog)
+        cl.addWidget(self.job_status)
         self.canvas_area = center
 
         self.history_panel = self._make_history_panel(placeholder=self._history_deferred)
@@ -413,19 +357,8 @@ class MainWindow(QMainWindow):
         self.act_about = a("&About Diffusion Desk", self.show_about, None, "actionAbout")
         self._menu("&Help", self.act_shortcuts, self.act_about)
 
-        tb = self.canvas_toolbar
-        tb.addAction(self.act_brush)
-        tb.addAction(self.act_eraser)
-        tb.addWidget(self.brush_size_slider)
-        tb.addWidget(self.brush_size_label)
-        tb.addSeparator()
-        tb.addWidget(QLabel("Hard"))
-        tb.addWidget(self.hardness_slider)
-        tb.addSeparator()
-        tb.addWidget(QLabel("Mask"))
-        tb.addWidget(self.opacity_slider)
-        tb.addWidget(self.mask_color_button)
-        self.mask_color_button.clicked.connect(self.choose_mask_color)
+        self.canvas_toolbar = BrushToolBar(self.brush, (self.act_brush, self.act_eraser))
+        self.canvas_column.insertWidget(0, self.canvas_toolbar)
 
         mt = self.mask_toolbar
         for act, short in (
@@ -459,14 +392,11 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         j = self.jobs
-        j.statusChanged.connect(self.job_status_label.setText)
-        j.progressChanged.connect(self._on_progress)
         j.noticed.connect(lambda text: self._status(text, 10000))
         j.failed.connect(self._on_job_failed)
         j.cancelled.connect(lambda *_: self._status("Cancelled"))
-        j.queueChanged.connect(self._on_queue_changed)
         j.started.connect(self._on_job_started)
-        j.runningChanged.connect(self._on_running_changed)
+        j.queueChanged.connect(self._on_queue_changed)
         j.resultReady.connect(self._on_result)
         self.worker.serviceFailed.connect(self._on_service_failed)
         self.worker.serviceDone.connect(self._on_service_done)
@@ -490,11 +420,6 @@ class MainWindow(QMainWindow):
         c.imageDropped.connect(self.open_image)
         c.imageDataDropped.connect(self._on_image_data)
         c.zoomChanged.connect(lambda scale: self.zoom_label.setText(f"{scale * 100:.0f}%"))
-        self.brush.changed.connect(self._sync_brush_controls)
-        self.brush.overlayChanged.connect(self._sync_brush_controls)
-        self.brush_size_slider.valueChanged.connect(self.brush.set_size)
-        self.hardness_slider.valueChanged.connect(lambda v: self.brush.set_hardness(v / 100.0))
-        self.opacity_slider.valueChanged.connect(lambda v: self.brush.set_overlay_opacity(v / 100.0))
 
         d = self.document
         d.sourceChanged.connect(self._on_source_changed)
@@ -506,7 +431,6 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             app.installEventFilter(self._spin_guard)
-        self._sync_brush_controls()
         self._update_actions()
 
     def attach_history(self, history: Any) -> None:
@@ -546,7 +470,6 @@ class MainWindow(QMainWindow):
         history_shown = str(s.value("window/history", "true")).lower() != "false"
         self.act_history.setChecked(history_shown)
         self.history_panel.setVisible(history_shown)
-        self._sync_brush_controls()
 
     def _keep_on_screen(self) -> None:
         """A geometry saved on a bigger screen (or at another scale) must not leave controls off screen."""
@@ -597,18 +520,11 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str, hint: str = "", cause: str | None = None) -> None:
         """The banner; `cause` names what would make it go by itself ("source", "model", "job")."""
         self.last_error = (message, hint)
-        self._error_cause = cause
-        text = f"<b>{_html(message)}</b>" + (f"<br>{_html(hint)}" if hint else "")
-        self.error_label.setText(text)
-        self.error_banner.show()
+        self.error_banner.show_error(message, hint, cause)
         self.statusBar().showMessage(message, 8000)
 
     def clear_error(self, cause: str | None = None) -> None:
-        """Hide the banner (only when its cause is `cause`, when one is given)."""
-        if cause is not None and self._error_cause not in (cause, "job"):
-            return
-        self.error_banner.hide()
-        self._error_cause = None
+        self.error_banner.clear(cause)
 
     def _status(self, text: str, ms: int = 5000) -> None:
         self.statusBar().showMessage(text, ms)
@@ -846,21 +762,11 @@ class MainWindow(QMainWindow):
     def _on_job_started(self, job_id: int) -> None:
         self.prompt_panel.cancel_button.setEnabled(True)
 
-    def _on_running_changed(self, running: bool) -> None:
-        # the bar shows only while something runs; the text beside it always says what happens
-        self.progress_bar.setVisible(running or self.models.state() == "loading")
-
     def _on_job_failed(self, message: str, hint: str) -> None:
         self.show_error(message, hint, cause="job")
 
-    def _on_progress(self, value: int, maximum: int) -> None:
-        if self.progress_bar.maximum() != maximum or self.progress_bar.minimum() != 0:
-            self.progress_bar.setRange(0, maximum)
-        self.progress_bar.setValue(value)
-
     @Slot(int)
     def _on_queue_changed(self, n: int) -> None:
-        self.queue_label.setText(f"Queue: {n}")
         self.prompt_panel.cancel_button.setEnabled(n > 0)
 
     # -- model ---------------------------------------------------------------------------
@@ -868,19 +774,8 @@ class MainWindow(QMainWindow):
         self.timeline.model_changed()
 
     def _on_model_state(self, state: str, message: str) -> None:
-        if state == "loading":
-            self.job_status_label.setText(message or "Loading the model…")
-            if not self.jobs.is_running():
-                self.progress_bar.setRange(0, 0)
-                self.progress_bar.setVisible(True)
-        elif state in ("ready", "failed"):
-            if not self.jobs.is_running():
-                self.progress_bar.setRange(0, 1)
-                self.progress_bar.setValue(0)
-                self.progress_bar.setVisible(False)
-                self.job_status_label.setText(message or ("Model ready" if state == "ready" else "Idle"))
-            if state == "ready":
-                self.clear_error(cause="model")
+        if state == "ready":
+            self.clear_error(cause="model")
 
     def set_allow_pickle(self, allowed: bool) -> None:
         """The opt-in to pickle checkpoints: kept in the settings, applied by the worker from the next job on."""
@@ -900,26 +795,7 @@ class MainWindow(QMainWindow):
 
     # -- small things ----------------------------------------------------------------------
     def choose_mask_color(self) -> None:
-        color = QColorDialog.getColor(self.brush.overlay_color, self, "Mask colour")
-        if color.isValid():
-            self.brush.set_overlay_color(color)
-
-    def _sync_brush_controls(self) -> None:
-        b = self.brush
-        for widget, value in (
-            (self.brush_size_slider, b.size),
-            (self.hardness_slider, int(round(b.hardness * 100))),
-            (self.opacity_slider, int(round(b.overlay_opacity * 100))),
-        ):
-            widget.blockSignals(True)
-            widget.setValue(value)
-            widget.blockSignals(False)
-        self.brush_size_label.setText(f"{b.size}px")
-        self.act_brush.setChecked(b.tool == "brush")
-        self.act_eraser.setChecked(b.tool == "eraser")
-        swatch = QPixmap(16, 16)
-        swatch.fill(QColor(b.overlay_color))
-        self.mask_color_button.setIcon(QIcon(swatch))
+        self.canvas_toolbar.choose_color()
 
     def _update_size_label(self) -> None:
         size = self.document.size
@@ -952,38 +828,8 @@ class MainWindow(QMainWindow):
         self._update_size_label()
 
     # -- help ------------------------------------------------------------------------------
-    def shortcut_rows(self) -> list[tuple[str, str]]:
-        """(action, keys) for every action with a shortcut, as the menus name them."""
-        rows = []
-        for act in self.actions():
-            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in act.shortcuts())
-            if keys:
-                rows.append((act.text().replace("&", ""), keys))
-        rows.append(("Pan the canvas", "Space + drag, middle button"))
-        rows.append(("Zoom at the pointer", "Mouse wheel"))
-        rows.append(("Run from a prompt box", "Ctrl+Enter"))
-        return rows
-
     def show_shortcuts(self) -> QDialog:
-        dlg = named(QDialog(self), "shortcutsDialog")
-        dlg.setWindowTitle("Keyboard shortcuts")
-        rows = self.shortcut_rows()
-        table = QTableWidget(len(rows), 2, dlg)
-        table.setObjectName("shortcutsTable")
-        table.setHorizontalHeaderLabels(["Action", "Keys"])
-        for i, (name, keys) in enumerate(rows):
-            table.setItem(i, 0, QTableWidgetItem(name))
-            table.setItem(i, 1, QTableWidgetItem(keys))
-        table.resizeColumnsToContents()
-        table.horizontalHeader().setStretchLastSection(True)
-        table.verticalHeader().hide()
-        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, dlg)
-        buttons.rejected.connect(dlg.reject)
-        lay = QVBoxLayout(dlg)
-        lay.addWidget(table)
-        lay.addWidget(buttons)
-        dlg.resize(460, 480)
+        dlg = ShortcutsDialog(self.actions(), self)
         dlg.setModal(False)
         dlg.show()
         self._shortcuts_dialog = dlg
@@ -998,7 +844,3 @@ class MainWindow(QMainWindow):
             f"<b>Diffusion Desk {__version__}</b><p>Local text-to-image, inpainting and inversion editing.</p>"
             "<p>F1 lists the keyboard shortcuts.</p>",
         )
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,79 @@
+"""The brush tool bar above the canvas, bound to a `Brush`: tool, size, hardness, and the mask overlay's look."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QColor, QIcon, QPixmap
+from PySide6.QtWidgets import QColorDialog, QLabel, QSlider, QToolBar, QToolButton, QWidget
+
+from desktop_app.model.brush import Brush
+from desktop_app.ui.widgets import named
+
+
+class BrushToolBar(QToolBar):
+    def __init__(self, brush: Brush, tools: tuple[QAction, QAction], parent: QWidget | None = None) -> None:
+        """`tools`: the window's Brush and Eraser actions (they carry the B and E shortcuts)."""
+        super().__init__("Brush", parent)
+        self.setObjectName("canvasToolbar")
+        self.setMovable(False)
+        self.brush = brush
+        self.brush_action, self.eraser_action = tools
+        self.size_slider = named(QSlider(Qt.Orientation.Horizontal), "brushSizeSlider")
+        self.size_slider.setRange(1, 512)
+        self.size_slider.setFixedWidth(72)
+        self.size_slider.setToolTip("Brush size in image pixels ([ and ])")
+        self.size_label = QLabel()
+        self.size_label.setMinimumWidth(40)
+        self.hardness_slider = named(QSlider(Qt.Orientation.Horizontal), "brushHardnessSlider")
+        self.hardness_slider.setRange(0, 100)
+        self.hardness_slider.setFixedWidth(44)
+        self.hardness_slider.setToolTip("Brush hardness (soft edges paint grey)")
+        self.opacity_slider = named(QSlider(Qt.Orientation.Horizontal), "maskOpacitySlider")
+        self.opacity_slider.setRange(5, 100)
+        self.opacity_slider.setFixedWidth(44)
+        self.opacity_slider.setToolTip("Mask overlay opacity")
+        self.color_button = named(QToolButton(), "maskColorButton")
+        self.color_button.setToolTip("Colour of the mask overlay")
+        self.color_button.setAccessibleName("Mask colour")
+
+        self.addAction(self.brush_action)
+        self.addAction(self.eraser_action)
+        self.addWidget(self.size_slider)
+        self.addWidget(self.size_label)
+        self.addSeparator()
+        self.addWidget(QLabel("Hard"))
+        self.addWidget(self.hardness_slider)
+        self.addSeparator()
+        self.addWidget(QLabel("Mask"))
+        self.addWidget(self.opacity_slider)
+        self.addWidget(self.color_button)
+
+        self.size_slider.valueChanged.connect(brush.set_size)
+        self.hardness_slider.valueChanged.connect(lambda v: brush.set_hardness(v / 100.0))
+        self.opacity_slider.valueChanged.connect(lambda v: brush.set_overlay_opacity(v / 100.0))
+        self.color_button.clicked.connect(self.choose_color)
+        brush.changed.connect(self.sync)
+        brush.overlayChanged.connect(self.sync)
+        self.sync()
+
+    def choose_color(self) -> None:
+        color = QColorDialog.getColor(self.brush.overlay_color, self, "Mask colour")
+        if color.isValid():
+            self.brush.set_overlay_color(color)
+
+    def sync(self) -> None:
+        b = self.brush
+        for slider, value in (
+            (self.size_slider, b.size),
+            (self.hardness_slider, int(round(b.hardness * 100))),
+            (self.opacity_slider, int(round(b.overlay_opacity * 100))),
+        ):
+            slider.blockSignals(True)
+            slider.setValue(value)
+            slider.blockSignals(False)
+        self.size_label.setText(f"{b.size}px")
+        self.brush_action.setChecked(b.tool == "brush")
+        self.eraser_action.setChecked(b.tool == "eraser")
+        swatch = QPixmap(16, 16)
+        swatch.fill(QColor(b.overlay_color))
+        self.color_button.setIcon(QIcon(swatch))
