@@ -21,6 +21,7 @@ from desktop_app.core.infotext import (
     build_png_info,
     format_parameters,
     param_pairs,
+    parameters_to_request,
     parse_parameters,
     png_info,
     quote,
@@ -393,3 +394,89 @@ def test_one_image_saved_from_two_threads_keeps_each_files_own_text(tmp_path):
         t.join()
     assert failures == []
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -- resize mode and mask grow (defects 9 and 12) ------------------------------------
+
+
+def _field(request, name: str):
+    """A field only some request kinds have (pyright knows the base class)."""
+    return getattr(request, name)
+
+
+def _saved(result, index: int = 0) -> bytes:
+    buf = io.BytesIO()
+    result.images[index].save(buf, format="PNG", pnginfo=png_info(result, index))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "kind, resize_mode, mask_grow, label",
+    [
+        ("inpaint", "crop_and_resize", 6, "Crop and resize"),
+        ("inpaint", "resize_and_fill", 0, "Resize and fill"),
+        ("edit", "resize_and_fill", 12, "Resize and fill"),
+        ("img2img", "crop_and_resize", None, "Crop and resize"),
+    ],
+)
+def test_resize_mode_and_mask_grow_round_trip_through_the_parameters_text(kind, resize_mode, mask_grow, label):
+    from dataclasses import replace
+
+    from desktop_app.core.requests import Img2ImgRequest
+
+    if kind == "inpaint":
+        base = inpaint_result()
+    elif kind == "edit":
+        base = edit_result()
+    else:
+        base = generate_result()
+        base = replace(base, request=Img2ImgRequest(prompt="x", image=base.images[0], steps=4, seed=1))
+    changes = {"resize_mode": resize_mode, **({"mask_grow": mask_grow} if mask_grow is not None else {})}
+    request = base.request.replace(**changes)
+    # what the engine puts into Result.info: the mode's name when it is not the default, the grow when not 0
+    info = {"Resize mode": label, **({"Mask grow": mask_grow} if mask_grow else {})}
+    result = replace(base, request=request, info=info)
+    text = format_parameters(result)
+    last = text.splitlines()[-1]
+    assert f"Resize mode: {label}" in last and last.count("Resize mode:") == 1
+    assert ("Mask grow: " in last) == bool(mask_grow) and last.count("Mask grow:") <= 1
+    if mask_grow:
+        assert f"Mask grow: {mask_grow}," in last
+    pairs = dict(A1111_PARAM_RE.findall(last))  # AUTOMATIC1111's own parser reads the line as before
+    assert pairs["Resize mode"] == label and pairs["Steps"] == str(request.steps)
+    # back from the A1111 text alone (as another tool's image would be read) and from our chunk
+    params = parse_parameters(text)
+    again = parameters_to_request(params)
+    assert again.kind == kind
+    assert _field(again, "resize_mode") == resize_mode
+    if mask_grow is not None:
+        assert _field(again, "mask_grow") == mask_grow
+    ours = read_png_metadata(_saved(result))
+    assert ours.source == "diffusion_desk" and ours.request is not None
+    assert _field(ours.request, "resize_mode") == resize_mode
+    assert ours.parameters["Resize mode"] == label
+    a1111 = read_png_metadata(png_bytes({"parameters": text}))  # the text chunk alone
+    assert a1111.source == "a1111" and _field(a1111.request, "resize_mode") == resize_mode
+
+
+def test_defaults_write_no_resize_mode_or_mask_grow_and_read_back_as_defaults():
+    result = inpaint_result()
+    last = format_parameters(result).splitlines()[-1]
+    assert "Resize mode" not in last and "Mask grow" not in last  # just resize, mask as painted: nothing to say
+    again = parameters_to_request(parse_parameters(format_parameters(result)))
+    assert _field(again, "resize_mode") == "just_resize" and _field(again, "mask_grow") == 0
+
+
+def test_a1111_resize_mode_names_and_unknown_ones():
+    base = "x\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64, Mode: img2img, Denoising strength: 0.5"
+    for text, want in (
+        ("Resize mode: Crop and resize", "crop_and_resize"),
+        ("Resize mode: resize_and_fill", "resize_and_fill"),
+        ('Resize mode: "Just resize (latent upscale)"', "just_resize"),  # A1111's fourth: not ours, the default
+        ("Mask grow: -3", "just_resize"),
+    ):
+        request = parameters_to_request(parse_parameters(f"{base}, {text}"))
+        assert _field(request, "resize_mode") == want, text
+    inpaint = "x\nSteps: 20, Seed: 1, Size: 64x64, Mode: inpaint, Mask blur: 4"
+    assert _field(parameters_to_request(parse_parameters(inpaint + ", Mask grow: 9")), "mask_grow") == 9
+    assert _field(parameters_to_request(parse_parameters(inpaint + ", Mask grow: -3")), "mask_grow") == 0

@@ -29,19 +29,24 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from desktop_app.core.errors import UserError
-from desktop_app.core.requests import REQUEST_TYPES, SCHEDULERS, GenerateRequest
+from desktop_app.core.requests import DEFAULT_RESIZE_MODE, REQUEST_TYPES, RESIZE_MODES, SCHEDULERS, GenerateRequest
+
+if TYPE_CHECKING:
+    from desktop_app.core.events import Result
 
 PARAMETERS_KEY = "parameters"
 OUR_KEY = "diffusion_desk"
 FORMAT_VERSION = 1
 MAX_INFOTEXT_CHARS = 256 * 1024  # real infotexts are a few KB; PIL caps a chunk at 1 MB
 _SAMPLER_TO_ID = {name.lower(): sid for sid, name in SCHEDULERS.items()}
+# "Resize mode: Crop and resize": the names AUTOMATIC1111's img2img tab shows (its infotext has no such key); ids too
+_RESIZE_MODE_TO_ID = {**{sid: sid for sid in RESIZE_MODES}, **{name.lower(): sid for sid, name in RESIZE_MODES.items()}}
 
 
 class MetadataError(UserError):
@@ -118,15 +123,21 @@ def parameter_pairs(
         pairs.append(("Denoising strength", _number(strength)))
     if request.kind in ("inpaint", "edit") and getattr(request, "mask", None) is not None:
         pairs.append(("Mask blur", getattr(request, "mask_blur", None)))
+    if request.kind in ("inpaint", "edit") and getattr(request, "mask", None) is not None:
+        # ours: AUTOMATIC1111 has no mask grow; absent means 0, the mask as painted
+        pairs.append(("Mask grow", getattr(request, "mask_grow", 0) or None))
     if request.kind == "inpaint" and getattr(request, "only_masked", False):
         pairs.append(("Inpaint area", "Only masked"))
         pairs.append(("Masked area padding", getattr(request, "only_masked_padding", None)))
+    resize_mode = getattr(request, "resize_mode", DEFAULT_RESIZE_MODE)
+    if request.kind != "generate" and resize_mode != DEFAULT_RESIZE_MODE:  # absent means just resize
+        pairs.append(("Resize mode", RESIZE_MODES.get(resize_mode, resize_mode)))
     pairs.append(("Mode", request.kind))
     if request.kind == "edit":
         pairs.append(("T0", getattr(request, "t0", None)))
         pairs.append(("Edit method", getattr(request, "method", None)))
         pairs.append(("Source prompt", getattr(request, "source_prompt", "")))
-    known = {k for k, _ in pairs}
+    known = {k for k, _ in pairs} | {"Mask grow", "Resize mode"}  # these two say what the request says
     for key, value in (extra or {}).items():
         key = str(key).strip()
         if key in known or not _is_key(key) or isinstance(value, (dict, list, tuple)):
@@ -146,7 +157,7 @@ def _is_key(key: str) -> bool:
 
 
 def format_parameters(
-    request: GenerateRequest,
+    request: GenerateRequest | Result,
     seed: int | None = None,
     model_id: str = "",
     model_hash: str = "",
@@ -157,18 +168,19 @@ def format_parameters(
 
     Given a `core.events.Result` instead of a request, describes its first image.
     """
+    req: Any = request
     if hasattr(request, "images") and hasattr(request, "request"):
-        result = request
-        request = result.request
+        result: Any = request
+        req = result.request
         seed = result.seeds[0] if seed is None and result.seeds else seed
         model_id = model_id or result.model_id
         model_hash = model_hash or result.model_hash
         extra = _per_image(result.info, 0, len(result.images)) if extra is None else extra
         size = size or (result.images[0].size if result.images else None)
-    lines = [request.prompt.replace("\x00", "")]
-    if request.negative_prompt:
-        lines.append(f"Negative prompt: {request.negative_prompt}".replace("\x00", ""))
-    pairs = parameter_pairs(request, seed, model_id, model_hash, extra, size)
+    lines = [req.prompt.replace("\x00", "")]
+    if req.negative_prompt:
+        lines.append(f"Negative prompt: {req.negative_prompt}".replace("\x00", ""))
+    pairs = parameter_pairs(req, seed, model_id, model_hash, extra, size)
     lines.append(", ".join(f"{k}: {quote(v)}" for k, v in pairs))
     return "\n".join(lines)
 
@@ -266,7 +278,8 @@ def param_pairs(line: str) -> list[tuple[str, str]]:
         colon = line.find(":", pos)
         if colon < 0:
             break
-        run = _KEYCHARS_RE.match(line[pos:colon][::-1]).end()
+        keychars = _KEYCHARS_RE.match(line[pos:colon][::-1])  # `*`: always matches, maybe empty
+        run = keychars.end() if keychars is not None else 0
         word = _WORD_RE.search(line, colon - run, colon)
         if word is None or colon - word.start() < 2:
             pos = colon + 1
@@ -382,6 +395,12 @@ def parameters_to_request(params: dict[str, Any]) -> GenerateRequest:
         data["source_prompt"] = str(params.get("Source prompt", ""))
     if "mask_blur" in names and _to_int(params.get("Mask blur")) is not None:
         data["mask_blur"] = _to_int(params.get("Mask blur"))
+    grow = _to_int(params.get("Mask grow"))
+    if "mask_grow" in names and grow is not None and grow >= 0:
+        data["mask_grow"] = grow
+    resize_mode = _RESIZE_MODE_TO_ID.get(str(params.get("Resize mode", "")).strip().lower())
+    if "resize_mode" in names and resize_mode is not None:  # another tool's mode ("latent upscale"): the default
+        data["resize_mode"] = resize_mode
     if data["seed"] is not None and not (0 <= data["seed"] < 2**32):
         data["seed"] = None
     return cls(**{k: v for k, v in data.items() if k in names})
@@ -408,7 +427,9 @@ def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
     try:
         record = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise MetadataError("The Diffusion Desk metadata is not valid JSON.", "The image's metadata may be damaged.") from exc
+        raise MetadataError(
+            "The Diffusion Desk metadata is not valid JSON.", "The image's metadata may be damaged."
+        ) from exc
     if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
         raise MetadataError("The Diffusion Desk metadata has no request.", "The image's metadata may be damaged.")
     try:
@@ -420,7 +441,9 @@ def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
     except UserError as exc:
         raise MetadataError(f"The Diffusion Desk metadata holds a bad request: {exc.message}", exc.hint) from exc
     except Exception as exc:  # TypeError and friends from odd field values
-        raise MetadataError("The Diffusion Desk metadata holds a bad request.", "The image's metadata may be damaged.") from exc
+        raise MetadataError(
+            "The Diffusion Desk metadata holds a bad request.", "The image's metadata may be damaged."
+        ) from exc
     seed = record.get("seed", request.seed)
     return ParsedInfo(
         source=OUR_KEY,
@@ -493,7 +516,7 @@ def _invokeai_to_info(text: str) -> ParsedInfo:
 
 def _open_info(source: str | os.PathLike | bytes | Image.Image) -> dict[str, Any]:
     if isinstance(source, Image.Image):
-        info = dict(source.info)
+        info: dict[str, Any] = {str(key): value for key, value in source.info.items()}
         text = getattr(source, "text", None)  # PNG chunks after the image data
         if isinstance(text, dict):
             for key, value in text.items():
@@ -521,7 +544,9 @@ def _open_info(source: str | os.PathLike | bytes | Image.Image) -> dict[str, Any
     except (ValueError, OSError, SyntaxError, zlib.error, EOFError, MemoryError, Image.DecompressionBombError) as exc:
         reason = str(exc) or type(exc).__name__
         if "too large" in reason.lower() or "too much memory" in reason.lower():
-            raise MetadataError(f"{label} has a text chunk that is too large.", "The image's metadata is damaged.") from exc
+            raise MetadataError(
+                f"{label} has a text chunk that is too large.", "The image's metadata is damaged."
+            ) from exc
         raise MetadataError(f"Cannot read {label}: not an image or corrupt ({reason}).", "Use a PNG file.") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow can raise odd things on crafted files
         raise MetadataError(f"Cannot read {label}: {type(exc).__name__}.", "Use a PNG file.") from exc
@@ -602,4 +627,3 @@ __all__ = [
     "request_record",
     "unquote",
 ]
-
