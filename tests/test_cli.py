@@ -262,3 +262,116 @@ def test_help_lists_the_commands_and_the_files():
         [sys.executable, "-m", "desktop_app", "models", "--help"], capture_output=True, text=True, timeout=60
     )
     assert sub.stdout.startswith("usage: diffusion-desk models")
+
+
+# -- --mask-grow and --resize-mode (defects 12 and 9) --------------------------------------------------------------
+
+
+def _job(command: str, tiny_model_dir, out, *extra: str) -> int:
+    return main(
+        [command, "-p", "x", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "5", "--no-history"]
+        + list(extra)
+        + ["--out", str(out)]
+    )
+
+
+def _outside(mask_png, grow: int = 0) -> np.ndarray:
+    """Pixels more than `grow` px outside the mask's square (16..48)."""
+    outside = np.ones((64, 64), bool)
+    outside[max(0, 16 - grow) : 48 + grow, max(0, 16 - grow) : 48 + grow] = False
+    return outside
+
+
+def test_inpaint_mask_grow_lets_the_change_spill_over_only_when_asked(tiny_model_dir, tmp_path, source_png, mask_png):
+    src = np.asarray(Image.open(source_png).convert("RGB"))
+    plain, grown = tmp_path / "plain.png", tmp_path / "grown.png"
+    args = ("--image", str(source_png), "--mask", str(mask_png))
+    assert _job("inpaint", tiny_model_dir, plain, *args) == 0
+    assert _job("inpaint", tiny_model_dir, grown, *args, "--mask-grow", "6") == 0
+    plain_px, grown_px = np.asarray(Image.open(plain)), np.asarray(Image.open(grown))
+    outside = _outside(mask_png)
+    assert np.array_equal(plain_px[outside], src[outside])  # the default: every unpainted pixel is the source's
+    ring = outside & ~_outside(mask_png, 6)  # the 6 px around the painted square
+    assert not np.array_equal(grown_px[ring], src[ring])  # grown: the change reaches past the painted edge
+    far = _outside(mask_png, 6)
+    assert np.array_equal(grown_px[far], src[far])  # and no further than the grow
+    assert "Mask grow" not in _parameters(plain)
+    assert "Mask grow: 6" in _parameters(grown)
+    assert vars(read_png_metadata(grown).request)["mask_grow"] == 6
+
+
+def test_edit_takes_mask_grow(tiny_model_dir, tmp_path, source_png, mask_png):
+    out = tmp_path / "edit.png"
+    code = _job(
+        "edit",
+        tiny_model_dir,
+        out,
+        "--image",
+        str(source_png),
+        "--mask",
+        str(mask_png),
+        "--mask-grow",
+        "4",
+        "--t0",
+        "400",
+    )
+    assert code == 0
+    assert "Mask grow: 4" in _parameters(out) and "Mode: edit" in _parameters(out)
+    src = np.asarray(Image.open(source_png).convert("RGB"))
+    far = _outside(mask_png, 4)
+    assert np.array_equal(np.asarray(Image.open(out))[far], src[far])
+
+
+@pytest.mark.parametrize("command", ["img2img", "inpaint", "edit"])
+def test_resize_mode_fits_a_source_of_another_shape(tiny_model_dir, tmp_path, command, capsys):
+    wide = tmp_path / "wide.png"  # 2:1, worked at 64x64 (the tiny model's size): the mode decides how
+    pixels = np.zeros((64, 128, 3), np.uint8)
+    pixels[:, :64] = (220, 30, 30)
+    pixels[:, 64:] = (30, 30, 220)
+    Image.fromarray(pixels).save(wide)
+    mask = tmp_path / "wide-mask.png"
+    Image.new("L", (128, 64), 255).save(mask)
+    extra = ["--image", str(wide)] + (["--mask", str(mask)] if command == "inpaint" else [])
+    outputs = {}
+    for mode in ("just_resize", "crop_and_resize", "resize_and_fill"):
+        out = tmp_path / f"{command}-{mode}.png"
+        assert _job(command, tiny_model_dir, out, *extra, "--size", "64x64", "--resize-mode", mode) == 0
+        with Image.open(out) as image:
+            assert image.size == (128, 64)  # back at the source's size
+            outputs[mode] = np.asarray(image.convert("RGB"))
+        text = _parameters(out)
+        assert ("Resize mode" in text) == (mode != "just_resize"), text
+        request = read_png_metadata(out).request
+        assert request is not None and vars(request)["resize_mode"] == mode
+    assert "Crop and resize" in _parameters(tmp_path / f"{command}-crop_and_resize.png")
+    assert "Resize and fill" in _parameters(tmp_path / f"{command}-resize_and_fill.png")
+    assert not np.array_equal(outputs["just_resize"], outputs["crop_and_resize"])
+    assert not np.array_equal(outputs["crop_and_resize"], outputs["resize_and_fill"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["img2img", "--resize-mode", "stretch"], "invalid choice: 'stretch'"),
+        (["inpaint", "--mask", "m.png", "--mask-grow", "-2"], "0 or more"),
+        (["edit", "--mask-grow", "two"], "whole number of pixels"),
+        (["generate", "--resize-mode", "crop_and_resize"], "unrecognized arguments"),
+        (["generate", "--mask-grow", "4"], "unrecognized arguments"),
+    ],
+)
+def test_bad_resize_mode_or_mask_grow_is_a_usage_error(tmp_path, source_png, capsys, args, message):
+    image = [] if args[0] == "generate" else ["--image", str(source_png)]
+    with pytest.raises(SystemExit) as exit_:
+        main(args + image + ["-p", "x", "--out", str(tmp_path / "o.png")])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_the_real_command_lists_the_resize_modes_and_mask_grow():
+    helped = subprocess.run(
+        [sys.executable, "-m", "desktop_app", "inpaint", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0
+    assert "--mask-grow N" in helped.stdout
+    assert "{just_resize,crop_and_resize,resize_and_fill}" in helped.stdout

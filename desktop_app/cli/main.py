@@ -12,7 +12,7 @@ from typing import Any
 from desktop_app import __version__
 from desktop_app.core import paths
 from desktop_app.core.errors import UserError
-from desktop_app.core.requests import EDIT_METHODS, SCHEDULERS
+from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EDIT_METHODS, RESIZE_MODES, SCHEDULERS
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -63,6 +63,38 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
     )
 
 
+def _add_resize_mode(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resize-mode",
+        choices=tuple(RESIZE_MODES),
+        default=DEFAULT_RESIZE_MODE,
+        help="how the source is fitted to a work size of another shape (--size): stretch it (just_resize, the "
+        "default), scale it to cover and cut the overhang (crop_and_resize), or scale it to fit and fill the bands "
+        "with its stretched edges (resize_and_fill); the result comes back at the source's size",
+    )
+
+
+def _add_mask_grow(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mask-grow",
+        type=_pixels,
+        default=0,
+        metavar="N",
+        help="grow the mask outward by N pixels before the feather (default 0: every pixel outside the mask stays "
+        "exactly the source's; a few pixels let the change spill over the mask's edge)",
+    )
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of pixels, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a number of pixels, 0 or more, not {value}")
+    return value
+
+
 def _add_global(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"diffusion-desk {__version__}")
     parser.add_argument(
@@ -109,17 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(i2i)
     i2i.add_argument("--image", "-i", required=True)
     i2i.add_argument("--strength", type=float, default=0.6, help="0 keeps the image, 1 replaces it")
+    _add_resize_mode(i2i)
 
     inp = sub.add_parser("inpaint", help="repaint the white part of a mask")
     _add_common(inp)
     inp.add_argument("--image", "-i", required=True)
     inp.add_argument("--mask", required=True, help="white = change, black = keep")
     inp.add_argument("--strength", type=float, default=1.0)
-    inp.add_argument("--mask-blur", type=int, default=4, help="feather in pixels")
+    inp.add_argument("--mask-blur", type=int, default=4, help="feather in pixels, inside the mask")
+    _add_mask_grow(inp)
     inp.add_argument(
         "--only-masked", action="store_true", help="work on the mask's area at model resolution and paste back"
     )
     inp.add_argument("--padding", type=int, default=32, help="context around the mask for --only-masked")
+    _add_resize_mode(inp)
 
     edit = sub.add_parser("edit", help="edit a real image by DDIM inversion")
     _add_common(edit)
@@ -131,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     depth.add_argument("--strength", type=float, default=None, help="t0 as a fraction of the schedule")
     edit.add_argument("--mask", default=None, help="optional: only the white part may change")
+    edit.add_argument("--mask-blur", type=int, default=4, help="with --mask: feather in pixels, inside the mask")
+    _add_mask_grow(edit)
     edit.add_argument("--method", choices=EDIT_METHODS, default=None)
+    _add_resize_mode(edit)
 
     try:
         from desktop_app.cli.history import add_history_parser
@@ -246,7 +284,7 @@ def _request_from_args(args: argparse.Namespace):
         return GenerateRequest(**common)
     image = load_image(args.image)
     if args.command == "img2img":
-        return Img2ImgRequest(**common, image=image, strength=args.strength)
+        return Img2ImgRequest(**common, image=image, strength=args.strength, resize_mode=args.resize_mode)
     if args.command == "inpaint":
         return InpaintRequest(
             **common,
@@ -254,10 +292,19 @@ def _request_from_args(args: argparse.Namespace):
             mask=load_mask(args.mask),
             strength=args.strength,
             mask_blur=args.mask_blur,
+            mask_grow=args.mask_grow,
             only_masked=args.only_masked,
             only_masked_padding=args.padding,
+            resize_mode=args.resize_mode,
         )
-    extra: dict[str, Any] = dict(source_prompt=args.source_prompt, t0=args.t0, strength=args.strength)
+    extra: dict[str, Any] = dict(
+        source_prompt=args.source_prompt,
+        t0=args.t0,
+        strength=args.strength,
+        mask_blur=args.mask_blur,
+        mask_grow=args.mask_grow,
+        resize_mode=args.resize_mode,
+    )
     if args.method:
         extra["method"] = args.method
     if args.mask:
