@@ -159,3 +159,41 @@ def test_smoke_module_is_what_the_cli_runs():
 
     assert callable(run_smoke)
     assert sys.modules["desktop_app.app.smoke"].DEFAULT_TIMEOUT > 0
+
+
+def _smoke(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "DIFFUSION_DESK_DATA_DIR": str(tmp_path / "data")}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_smoke_makes_an_image_and_waits_for_the_history_saver(tmp_path):
+    """`diffusion-desk --smoke` (the CLI's own path to run_smoke): one image on the canvas, then written to the
+    history by the window's HistorySaver (saved(list) with one entry per image) before the data folder goes."""
+    if not (ROOT / "desktop_app" / "resources" / "models" / "shapes" / "model_index.json").is_file():
+        pytest.skip("the built-in model is not in this checkout")
+    proc = _smoke("import sys; from desktop_app.cli.main import main; sys.exit(main(['--smoke']))", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "image on the canvas" in proc.stdout and "saved to the history (1 entry)" in proc.stdout, proc.stdout
+
+
+def test_smoke_fails_when_the_history_cannot_save(tmp_path):
+    """A write that fails reaches the smoke test through HistorySaver.failed(message, hint): exit 1, with why."""
+    if not (ROOT / "desktop_app" / "resources" / "models" / "shapes" / "model_index.json").is_file():
+        pytest.skip("the built-in model is not in this checkout")
+    code = (
+        "import sys\n"
+        "from desktop_app.core import history\n"
+        "from desktop_app.core.errors import UserError\n"
+        "def add(self, *args, **kwargs):\n"
+        "    raise UserError('The disk is full.', 'Free some space.')\n"
+        "history.HistoryStore.add = add\n"
+        "from desktop_app.app.smoke import run_smoke\n"
+        "sys.exit(run_smoke())\n"
+    )
+    proc = _smoke(code, tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED: saving to the history: The disk is full. Free some space." in proc.stdout, proc.stdout

@@ -114,9 +114,7 @@ def _run(model: str | os.PathLike | None, timeout: float, data_dir: Path, starte
             return loop.run_until_complete(_drive(window, timeout, started))
     finally:
         try:
-            panel = getattr(window, "history_panel", None)
-            if panel is not None and hasattr(panel, "wait_for_saves"):
-                panel.wait_for_saves(30.0)  # before the temporary data folder goes
+            window.history_saver.wait(30.0)  # the history's writes end before the temporary data folder goes
             window.close()
             window.deleteLater()
         except RuntimeError:  # already deleted
@@ -144,16 +142,24 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
 
     window.resultReady.connect(on_result)
     window.worker.failed.connect(on_failed)
-    # The history saves each result in the background: the smoke test waits for that too (and checks it worked).
+    # The window's HistorySaver writes each result in the background: the smoke test waits for that too (and
+    # checks that it worked).
     saved: asyncio.Future = loop.create_future()
-    panel_ = getattr(window, "history_panel", None)
-    if panel_ is not None and hasattr(panel_, "saved") and getattr(panel_, "history", None) is not None:
-        panel_.saved.connect(lambda entries: saved.done() or saved.set_result(entries))
-        panel_.saveFailed.connect(
-            lambda result, message, hint: saved.done() or saved.set_exception(RuntimeError(f"{message} {hint}".strip()))
-        )
+    saver = window.history_saver
+
+    def on_saved(entries: list) -> None:
+        if not saved.done():
+            saved.set_result(entries)
+
+    def on_save_failed(message: str, hint: str) -> None:
+        if not saved.done():
+            saved.set_exception(RuntimeError(f"{message} {hint}".strip()))
+
+    if saver.store() is not None:
+        saver.saved.connect(on_saved)
+        saver.failed.connect(on_save_failed)
     else:
-        saved.set_result(None)  # no history in this window: nothing to wait for
+        saved.set_result(None)  # the history could not be opened: the window works without it
     window.show()
     await asyncio.sleep(0)  # let the first paint happen
 
@@ -180,7 +186,7 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
         result = await asyncio.wait_for(done, timeout=max(1.0, timeout - (time.perf_counter() - started)))
     except asyncio.TimeoutError:
         _say(f"FAILED: no result within {timeout:.0f} s")
-        window.cancel_all()
+        window.jobs.cancel_all()
         return EXIT_TIMEOUT
     except RuntimeError as exc:
         _say(f"FAILED: {exc}")
@@ -210,6 +216,9 @@ async def _drive(window: Any, timeout: float, started: float) -> int:
         return EXIT_FAILED
     except RuntimeError as exc:
         _say(f"FAILED: saving to the history: {exc}")
+        return EXIT_FAILED
+    if entries is not None and len(entries) != len(images):
+        _say(f"FAILED: {len(images)} image(s) made, {len(entries)} history entries written")
         return EXIT_FAILED
     kept = "" if entries is None else f", saved to the history ({len(entries)} entry)"
     _say(
