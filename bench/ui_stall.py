@@ -52,9 +52,18 @@ class Phase:
     lateness: list[float] = field(default_factory=list)  # ms
     at: list[float] = field(default_factory=list)  # perf_counter of the tick before the late one
     steps: str = "-"  # steps done / steps asked, from the progress events
+    started: float | None = None  # perf_counter when the job started on the worker (the model loaded before it)
 
     def worst(self) -> float:
         return max(self.lateness, default=0.0)
+
+    def split(self) -> tuple[float, float]:
+        """The worst stall before the job started (the import and the model load) and from then on (the steps)."""
+        if self.started is None:
+            return 0.0, self.worst()
+        before = [late for late, at in zip(self.lateness, self.at) if at < self.started]
+        after = [late for late, at in zip(self.lateness, self.at) if at >= self.started]
+        return max(before, default=0.0), max(after, default=0.0)
 
     def p99(self) -> float:
         late = self.lateness
@@ -195,6 +204,8 @@ def main() -> int:
         @Slot(int, object)
         def on_started(self, job_id: int, request: Any) -> None:
             trace.mark("job started")
+            if phase.started is None:
+                phase.started = time.perf_counter()
 
         @Slot(str, str)
         def on_model_state(self, state: str, message: str) -> None:
@@ -280,6 +291,10 @@ def main() -> int:
             f"median {statistics.median(run.lateness) if run.lateness else 0:.1f} ms, "
             f"{run.worst() / floor:.1f}x the idle worst  [{'ok' if run.worst() <= TARGET_MS else 'over'}: "
             f"target <= {TARGET_MS:.0f} ms]"
+        )
+        loading, stepping = run.split()
+        print(
+            f"    worst before the job started (import, model load): {loading:.1f} ms; during the steps: {stepping:.1f} ms"
         )
         if args.trace:
             for i in run.worst_ticks(4):
