@@ -35,6 +35,7 @@ Plain data: no Qt, no torch.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -42,15 +43,19 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
+import shutil
 import sqlite3
+import stat
 import sys
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +71,7 @@ from desktop_app.core.requests import GenerateRequest
 log = logging.getLogger(__name__)
 
 DB_NAME = "history.db"
+FAVOURITES_NAME = "favourites.txt"  # the favourites' uids, one a line: a rebuild from the images keeps them
 THUMB_SIZE = 256
 BUSY_TIMEOUT_MS = 10_000
 TEMP_GRACE_S = 3600  # a temporary file this old is stale even if its pid is taken
@@ -154,6 +160,17 @@ _COLUMNS = (
 )
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _FULL_CODE = 13  # SQLITE_FULL
+_READONLY_CODE = 8  # SQLITE_READONLY
+_IOERR_CODE = 10  # SQLITE_IOERR ("disk I/O error": on a full disk, some writes fail this way)
+_CANTOPEN_CODE = 14  # SQLITE_CANTOPEN
+_LOW_SPACE = 1 << 20  # an I/O error with less free space than this is a full disk
+# The only files an entry may name as its source or mask: content-addressed images this store wrote.
+_SOURCE_RE = re.compile(r"^images/(\d{4}-\d{2}-\d{2})/(src|mask)-([0-9a-f]{20})\.png$")
+_IMAGE_RE = re.compile(r"^images/[^/\\]+/[^/\\]+\.png$")
+_THUMB_RE = re.compile(r"^thumbs/[^/\\]+/[^/\\]+\.jpg$")
+_UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,99}$")
+_MAX_TIME = 253402300799.0  # 9999-12-31: a later created_at cannot be shown as a date
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 # --------------------------------------------------------------------------- data
@@ -211,23 +228,34 @@ class CheckReport:
     removed: list[Path] = field(default_factory=list)  # temporary files, leftovers of deletions
     set_aside: list[Path] = field(default_factory=list)  # unreadable images moved to unindexed/
     missing: list[Entry] = field(default_factory=list)  # rows whose image file is gone (kept, not dropped)
+    # references an adopted image made to files the store did not write (its source or mask): not kept
+    dropped: list[str] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # images without a row left for later (read-only, disk full)
+    deferred: str = ""  # why some of the check's writes were left for later
 
     @property
     def clean(self) -> bool:
-        return not (self.adopted or self.removed or self.set_aside or self.missing)
+        return not (self.adopted or self.removed or self.set_aside or self.missing or self.dropped or self.skipped)
 
     def message(self) -> str:
         parts = []
         if self.adopted:
             parts.append(f"{len(self.adopted)} image(s) found without an entry were added back")
+        if self.dropped:
+            n = len(self.dropped)
+            parts.append(
+                f"{n} source or mask reference(s) of added-back images named files the history did not write and "
+                "were dropped"
+            )
         if self.set_aside:
             parts.append(f"{len(self.set_aside)} unreadable image(s) were moved to the 'unindexed' folder")
         if self.missing:
-            parts.append(
-                f"{len(self.missing)} entr{'y' if len(self.missing) == 1 else 'ies'} have lost their image file"
-            )
+            n = len(self.missing)
+            parts.append("1 entry has lost its image file" if n == 1 else f"{n} entries have lost their image files")
         if self.removed:
             parts.append(f"{len(self.removed)} leftover file(s) were cleaned up")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} image(s) without an entry will be added back later ({self.deferred})")
         return "; ".join(parts) + "." if parts else ""
 
 
@@ -365,45 +393,107 @@ def _image_digest(image: Image.Image) -> str:
     return h.hexdigest()[:20]
 
 
+def _finite(value: Any, low: float, high: float) -> float | None:
+    """`value` as a float when it is a number within [low, high] (metadata may hold NaN, 1e400, "x", true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and low <= number <= high else None
+
+
 def _new_uid(now: float) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     return f"{stamp}-{secrets.token_hex(6)}"
 
 
-def _disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return True
-    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == _FULL_CODE
-
-
-def _save_error(exc: BaseException) -> HistoryError:
-    if _disk_full(exc):
-        return HistoryError(
-            "The disk is full: the result was not saved to the history.",
-            "Free some disk space; the image stays open, so you can still save it with Save as.",
-        )
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
-        return HistoryError(
-            "The history is busy (another Diffusion Desk is writing to it): the result was not saved.",
-            "Try again in a moment; the image stays open.",
-        )
-    return HistoryError(f"Could not save to the history: {exc}", "The image stays open; save it with Save as.")
-
-
-def _db_error(exc: sqlite3.Error) -> HistoryError:
+def _sqlite_code(exc: BaseException) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and (code & 0xFF) in _CORRUPT_CODES:
-        return HistoryError(
-            f"The history database is damaged ({exc}).",
-            "Restart Diffusion Desk: it keeps the damaged file aside and rebuilds the history from the images.",
-        )
-    if _disk_full(exc):
-        return HistoryError("The disk is full: the history cannot be changed.", "Free some disk space.")
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(exc).lower()  # Python 3.10 has no sqlite_errorcode
+    if "disk is full" in text:
+        return _FULL_CODE
+    if "readonly database" in text or "read-only" in text:
+        return _READONLY_CODE
+    if "disk i/o error" in text:
+        return _IOERR_CODE
+    if "unable to open database" in text:
+        return _CANTOPEN_CODE
+    return None
+
+
+def _free_space(folder: Path) -> int | None:
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def _fault(exc: BaseException, folder: Path) -> str | None:
+    """'full', 'readonly' or 'locked' when `exc` is one of those, else None."""
+    code = _sqlite_code(exc) if isinstance(exc, sqlite3.Error) else None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "full"
+    if code == _FULL_CODE:
+        return "full"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "readonly"
+    if code == _READONLY_CODE:
+        return "readonly"
+    if code in (_IOERR_CODE, _CANTOPEN_CODE) or (isinstance(exc, OSError) and exc.errno == errno.EIO):
+        free = _free_space(folder)
+        if free is not None and free < _LOW_SPACE:
+            return "full"
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
-        return HistoryError("The history is busy (another Diffusion Desk is writing to it).", "Try again in a moment.")
-    return HistoryError(
-        f"The history database failed: {exc}", "Restart Diffusion Desk; if it persists, run 'history check --full'."
+        return "locked"
+    return None
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} bytes"
+
+
+def _full_message(folder: Path, what: str, needed: int) -> tuple[str, str]:
+    free = _free_space(folder)
+    room = f"{_size(free)} free, " if free is not None else ""
+    return (
+        f"The disk is full: {what} (the history folder {folder} has {room}about {_size(needed)} is needed).",
+        f"Free at least {_size(needed)} on that disk, then try again.",
     )
+
+
+def _readonly_message(folder: Path, what: str) -> tuple[str, str]:
+    return (
+        f"The history folder {folder} is read-only: {what}.",
+        "Make the folder writable, or choose another data folder with --data-dir; the history can still be browsed.",
+    )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT; on an error, ROLLBACK if SQLite has not already rolled back (it does on
+    SQLITE_FULL), and the original error goes on: a failing ROLLBACK never hides it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("history: rollback failed after an error: %s", exc)
+        raise
 
 
 def _db_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -415,7 +505,7 @@ def _db_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
             log.error("history: %s failed: %s", method.__name__, exc)
-            raise _db_error(exc) from exc
+            raise self._db_error(exc) from exc
 
     return wrapper
 
@@ -436,28 +526,123 @@ class HistoryStore(HistoryService):
         self.images_dir = self.root / "images"
         self.thumbs_dir = self.root / "thumbs"
         self.unindexed_dir = self.root / "unindexed"
+        self.favourites_path = self.root / FAVOURITES_NAME
         self.recovery_message: str | None = None
         self.last_check: CheckReport | None = None
+        # Why the history cannot be changed now (a read-only folder, a full disk), or None: it can still be read.
+        self.read_only_reason: str | None = None
+        self._read_only_kind: str | None = None  # "readonly" or "full"
         self._lock = threading.RLock()
         self._listeners: builtins.list[Callable[[str, Any], None]] = []
+        self._conn: sqlite3.Connection | None = self._open()
+        if check:
+            self.check()
+
+    @property
+    def read_only(self) -> bool:
+        return self.read_only_reason is not None
+
+    # -- opening, migrations, recovery ----------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        """The connection: read-write when the folder and the disk allow it, else read-only (see read_only_reason)."""
+        self.read_only_reason = self._read_only_kind = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.images_dir.mkdir(exist_ok=True)
             self.thumbs_dir.mkdir(exist_ok=True)
+            self._probe_writable()
         except OSError as exc:
-            raise HistoryError(
-                f"Cannot create the history folder {self.root}: {exc}", "Check the data folder's permissions."
-            ) from exc
-        self._conn: sqlite3.Connection | None = self._open_checked()
-        if check:
-            self.check()
+            kind = _fault(exc, self.root)
+            if kind not in ("readonly", "full"):
+                raise HistoryError(
+                    f"Cannot create the history folder {self.root}: {exc}", "Check the data folder's permissions."
+                ) from exc
+            self._set_read_only(kind)
+            return self._open_read_only()
+        try:
+            return self._open_checked()
+        except HistoryError as error:
+            kind = _fault(error.__cause__, self.root) if error.__cause__ is not None else None
+            if kind not in ("readonly", "full"):
+                raise
+            self._set_read_only(kind)
+            return self._open_read_only()
 
-    # -- opening, migrations, recovery ----------------------------------------
+    def _set_read_only(self, kind: str | None) -> None:
+        self._read_only_kind = kind
+        if kind == "full":
+            self.read_only_reason = _full_message(self.root, "the history can be read but not changed", _LOW_SPACE)[0]
+        else:
+            where = self.root if self.root.is_dir() else self.root.parent
+            self.read_only_reason = (
+                f"The history folder {self.root} is read-only: it can be browsed, but nothing new is saved to it."
+                if self.root.is_dir()
+                else f"The data folder {where} is read-only: the history cannot be created there."
+            )
+        log.warning("history: %s", self.read_only_reason)
+
+    def _probe_writable(self) -> None:
+        """Raise OSError when the folder or the database cannot be written (os.access is no use as root)."""
+        probe = self.root / f".write-test.{os.getpid()}.{secrets.token_hex(3)}.tmp"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+        if self.db_path.exists():
+            os.close(os.open(self.db_path, os.O_RDWR))
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """Open for reading only (nothing is written: no -shm, no migration on disk). A database of an older
+        schema is copied into memory and migrated there; no database at all reads as an empty history."""
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        if not self.db_path.is_file():
+            self._migrate(memory)
+            return memory
+        base = "file:" + urllib.parse.quote(str(self.db_path)) + "?mode=ro"
+        conn: sqlite3.Connection | None = None
+        error: sqlite3.Error | None = None
+        for uri in (base, base + "&immutable=1"):  # immutable: when the -shm file cannot be made
+            try:
+                conn = sqlite3.connect(
+                    uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+                )
+                self._verify(conn)
+                break
+            except sqlite3.DatabaseError as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                error = exc
+                if self._is_corruption(exc):
+                    break
+        if conn is None:
+            assert error is not None
+            if self._is_corruption(error):
+                raise HistoryError(
+                    f"The history database is damaged ({error}) and cannot be rebuilt: {self.read_only_reason}",
+                    "Make the folder writable (or free some disk space) and start again; it is then rebuilt from "
+                    "the images.",
+                ) from error
+            raise HistoryError(
+                f"Cannot read the history database: {error}. {self.read_only_reason}", f"Check {self.db_path}."
+            ) from error
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            conn.close()
+            self._migrate(memory)  # raises the newer-schema error
+        if version < SCHEMA_VERSION:
+            conn.backup(memory)
+            conn.close()
+            self._migrate(memory)
+            return memory
+        memory.close()
+        conn.execute("PRAGMA query_only = 1")
         return conn
 
     def _open_checked(self) -> sqlite3.Connection:
@@ -506,17 +691,12 @@ class HistoryStore(HistoryService):
                 "Update Diffusion Desk, or use another data folder with --data-dir.",
             )
         for number in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 current = conn.execute("PRAGMA user_version").fetchone()[0]
                 if current < number:  # another process may have migrated meanwhile
                     for statement in MIGRATIONS[number - 1]:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             log.info("history: migrated %s to schema %d", self.db_path, number)
 
     def _recover(self, reason: str) -> sqlite3.Connection:
@@ -554,6 +734,65 @@ class HistoryStore(HistoryService):
             f"{'y' if len(report.adopted) == 1 else 'ies'} recovered."
         )
         return conn
+
+    # -- what cannot be written -----------------------------------------------------------
+    def _require_writable(self, what: str) -> None:
+        """Raise HistoryError when the history is read-only (a read-only folder, a full disk), after one try to
+        open it for writing again (the user may have freed space or changed the folder's permissions)."""
+        if self.read_only_reason is None:
+            return
+        kind = self._read_only_kind
+        with self._lock:
+            try:
+                conn = self._open()
+            except (HistoryError, OSError, sqlite3.Error) as exc:
+                log.warning("history: still cannot open for writing: %s", exc)
+                self._set_read_only(kind)
+                conn = None
+            if conn is not None:
+                old, self._conn = self._conn, conn
+                if old is not None:
+                    old.close()
+        if self.read_only_reason is None:
+            return
+        if self._read_only_kind == "full":
+            raise HistoryError(*_full_message(self.root, what, _LOW_SPACE))
+        raise HistoryError(*_readonly_message(self.root, what))
+
+    def _save_error(self, exc: BaseException, needed: int) -> HistoryError:
+        kind = _fault(exc, self.root)
+        if kind == "full":
+            message, hint = _full_message(self.root, "the result was not saved to the history", needed)
+            return HistoryError(message, hint + " The result stays in memory: Retry, or save it elsewhere.")
+        if kind == "readonly":
+            message, hint = _readonly_message(self.root, "the result was not saved to it")
+            return HistoryError(message, "The result stays in memory: save it elsewhere. " + hint)
+        if kind == "locked":
+            return HistoryError(
+                "The history is busy (another Diffusion Desk is writing to it): the result was not saved.",
+                "Try again in a moment; the image stays open.",
+            )
+        return HistoryError(f"Could not save to the history: {exc}", "The image stays open; save it with Save as.")
+
+    def _db_error(self, exc: BaseException, what: str = "the history cannot be changed") -> HistoryError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES:
+            return HistoryError(
+                f"The history database is damaged ({exc}).",
+                "Restart Diffusion Desk: it keeps the damaged file aside and rebuilds the history from the images.",
+            )
+        kind = _fault(exc, self.root)
+        if kind == "full":
+            return HistoryError(*_full_message(self.root, what, _LOW_SPACE))
+        if kind == "readonly":
+            return HistoryError(*_readonly_message(self.root, what))
+        if kind == "locked":
+            return HistoryError(
+                "The history is busy (another Diffusion Desk is writing to it).", "Try again in a moment."
+            )
+        return HistoryError(
+            f"The history database failed: {exc}", "Restart Diffusion Desk; if it persists, run 'history check --full'."
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -595,6 +834,29 @@ class HistoryStore(HistoryService):
     def _abs(self, rel: str | None) -> Path | None:
         return (self.root / rel) if rel else None
 
+    def _source_abs(self, rel: Any) -> Path | None:
+        """A row's source or mask, only when it names a content-addressed file of this store (older versions
+        adopted any path an image's metadata named: such rows lose the reference, never point outside)."""
+        return self.root / rel if isinstance(rel, str) and _SOURCE_RE.match(rel) else None
+
+    def owned(self, path: Path | None) -> bool:
+        """Whether `path` is a regular file of this store (under images/ or thumbs/, not a link): the only files
+        the store deletes or exports."""
+        if path is None:
+            return False
+        try:
+            rel = Path(path).relative_to(self.root)
+        except ValueError:
+            return False
+        if not rel.parts or rel.parts[0] not in ("images", "thumbs") or ".." in rel.parts:
+            return False
+        try:
+            info = os.lstat(path)
+            parent = Path(path).parent.resolve()
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and parent.is_relative_to(self.root)
+
     def _entry(self, row: Sequence[Any]) -> Entry:
         try:
             request = json.loads(row[4])
@@ -611,15 +873,17 @@ class HistoryStore(HistoryService):
             model_id=row[7],
             model_hash=row[8] or "",
             seed=row[9],
-            image_path=self.root / row[10],
-            thumbnail_path=self._abs(row[11]),
+            image_path=self.root / row[10]
+            if isinstance(row[10], str) and _IMAGE_RE.match(row[10])
+            else self.images_dir / "invalid" / f"{row[1]}.png",
+            thumbnail_path=self._abs(row[11]) if isinstance(row[11], str) and _THUMB_RE.match(row[11]) else None,
             parent_id=row[12],
             favourite=bool(row[13]),
             elapsed=row[14],
             width=row[15],
             height=row[16],
-            source_path=self._abs(row[17]),
-            mask_path=self._abs(row[18]),
+            source_path=self._source_abs(row[17]),
+            mask_path=self._source_abs(row[18]),
         )
 
     def _db(self) -> sqlite3.Connection:
@@ -628,26 +892,24 @@ class HistoryStore(HistoryService):
         return self._conn
 
     # -- saving ----------------------------------------------------------------------
-    def _write_source(
-        self, folder: Path, prefix: str, image: Image.Image | None, created: builtins.list[Path]
-    ) -> str | None:
+    def _write_source(self, folder: Path, prefix: str, image: Image.Image | None) -> tuple[Path, bytes | None] | None:
+        """Where the source (or mask) goes, with its PNG bytes when that file is not there yet."""
         if image is None:
             return None
         path = folder / f"{prefix}-{_image_digest(image)}.png"
         if path.exists():
             try:
                 os.utime(path)  # fresh mtime: check() in another process leaves it alone
-                return self._rel(path)
+                return path, None
             except OSError:
                 pass
-        _atomic_write(path, _encode_png(image))
-        created.append(path)
-        return self._rel(path)
+        return path, _encode_png(image)
 
     @_db_errors
     def add(self, result: Any, parent_id: int | None = None) -> builtins.list[Entry]:
         if not result.images:
             raise HistoryError("The result has no images to save.", "Run the job again.")
+        self._require_writable("the result was not saved to it")
         request = result.request
         now = time.time()
         folder_name = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -660,71 +922,73 @@ class HistoryStore(HistoryService):
             with self._lock:
                 found = self._db().execute("SELECT uid FROM entries WHERE id = ?", (parent_id,)).fetchone()
             parent_uid, parent_id = (found[0], parent_id) if found else (None, None)
+        # Everything is encoded first: the space it needs is known before the first byte is written.
+        files: builtins.list[tuple[Path, bytes, bool]] = []  # path, data, durable
+        sources: builtins.list[str | None] = []
+        for prefix, image in (("src", getattr(request, "image", None)), ("mask", getattr(request, "mask", None))):
+            found_source = self._write_source(images_dir, prefix, image)
+            if found_source is not None and found_source[1] is not None:
+                files.append((found_source[0], found_source[1], True))
+            sources.append(self._rel(found_source[0]) if found_source is not None else None)
+        source_rel, mask_rel = sources
+        for index, image in enumerate(result.images):
+            uid = _new_uid(now)
+            meta = {
+                "uid": uid,
+                "created_at": now,
+                "parent_uid": parent_uid,
+                "source": source_rel,
+                "mask": mask_rel,
+                "elapsed": result.elapsed,
+                "batch_index": index,
+                "batch_size": len(result.images),
+            }
+            info = png_info(result, index, history=meta)
+            image_path = images_dir / f"{uid}.png"
+            thumb_path = thumbs_dir / f"{uid}.jpg"
+            files.append((image_path, _encode_png(image, info), True))
+            files.append((thumb_path, _encode_thumb(image), False))
+            seed = result.seeds[index] if index < len(result.seeds) else request.seed
+            req = request.to_dict(include_images=False)
+            req["seed"] = seed
+            req["batch"] = 1
+            rows.append(
+                (
+                    uid,
+                    now,
+                    request.kind,
+                    json.dumps(req, ensure_ascii=False),
+                    request.prompt or "",
+                    request.negative_prompt or "",
+                    result.model_id or request.model or "",
+                    result.model_hash or "",
+                    seed,
+                    self._rel(image_path),
+                    self._rel(thumb_path),
+                    parent_id,
+                    result.elapsed,
+                    image.width,
+                    image.height,
+                    source_rel,
+                    mask_rel,
+                )
+            )
+        needed = sum(len(data) for _, data, _ in files) + 64 * 1024 * len(rows)  # the rows, their index, the WAL
         try:
             images_dir.mkdir(parents=True, exist_ok=True)
             thumbs_dir.mkdir(parents=True, exist_ok=True)
-            source_rel = self._write_source(images_dir, "src", getattr(request, "image", None), created)
-            mask_rel = self._write_source(images_dir, "mask", getattr(request, "mask", None), created)
-            for index, image in enumerate(result.images):
-                uid = _new_uid(now)
-                meta = {
-                    "uid": uid,
-                    "created_at": now,
-                    "parent_uid": parent_uid,
-                    "source": source_rel,
-                    "mask": mask_rel,
-                    "elapsed": result.elapsed,
-                    "batch_index": index,
-                    "batch_size": len(result.images),
-                }
-                info = png_info(result, index, history=meta)
-                image_path = images_dir / f"{uid}.png"
-                thumb_path = thumbs_dir / f"{uid}.jpg"
-                _atomic_write(image_path, _encode_png(image, info))
-                created.append(image_path)
-                _atomic_write(thumb_path, _encode_thumb(image), durable=False)
-                created.append(thumb_path)
-                seed = result.seeds[index] if index < len(result.seeds) else request.seed
-                req = request.to_dict(include_images=False)
-                req["seed"] = seed
-                req["batch"] = 1
-                rows.append(
-                    (
-                        uid,
-                        now,
-                        request.kind,
-                        json.dumps(req, ensure_ascii=False),
-                        request.prompt or "",
-                        request.negative_prompt or "",
-                        result.model_id or request.model or "",
-                        result.model_hash or "",
-                        seed,
-                        self._rel(image_path),
-                        self._rel(thumb_path),
-                        parent_id,
-                        result.elapsed,
-                        image.width,
-                        image.height,
-                        source_rel,
-                        mask_rel,
-                    )
-                )
+            for path, data, durable in files:
+                _atomic_write(path, data, durable=durable)
+                created.append(path)
             _fsync_dir(images_dir)
             _stage("replaced")
-            with self._lock:
-                conn = self._db()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO entries (uid, created_at, kind, request_json, prompt, negative_prompt,"
-                        " model_id, model_hash, seed, image_path, thumb_path, parent_id, elapsed, width, height,"
-                        " source_path, mask_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            with self._lock, _transaction(self._db()) as conn:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO entries (uid, created_at, kind, request_json, prompt, negative_prompt,"
+                    " model_id, model_hash, seed, image_path, thumb_path, parent_id, elapsed, width, height,"
+                    " source_path, mask_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
             _stage("committed")
         except (OSError, sqlite3.Error) as exc:
             for path in reversed(created):
@@ -733,7 +997,7 @@ class HistoryStore(HistoryService):
                 except OSError:
                     pass
             log.error("history: saving failed: %s", exc)
-            raise _save_error(exc) from exc
+            raise self._save_error(exc, needed) from exc
         entries = self._by_uids([row[0] for row in rows])
         self._notify("added", entries)
         return entries
@@ -840,6 +1104,8 @@ class HistoryStore(HistoryService):
             return entry.thumbnail_path
         if not entry.image_path.is_file():
             return None
+        if self.read_only:
+            return entry.image_path  # nothing can be written: the image itself, scaled by whoever shows it
         thumb = entry.thumbnail_path or (self.thumbs_dir / entry.image_path.parent.name / f"{entry.uid}.jpg")
         try:
             with Image.open(entry.image_path) as img:
@@ -857,40 +1123,51 @@ class HistoryStore(HistoryService):
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         if not ids:
             return
+        self._require_writable("favourites cannot be changed")
         marks = ",".join("?" * len(ids))
         with self._lock:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 conn.execute(f"UPDATE entries SET favourite = ? WHERE id IN ({marks})", [1 if favourite else 0, *ids])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", ids).fetchall()
+            self._write_favourites()
         self._notify("changed", [self._entry(r) for r in rows])
+
+    def _write_favourites(self) -> None:
+        """The favourites' uids into favourites.txt (a rebuild of a damaged database from the images reads it)."""
+        uids = [r[0] for r in self._db().execute("SELECT uid FROM entries WHERE favourite = 1 ORDER BY id")]
+        try:
+            if uids:
+                _atomic_write(self.favourites_path, ("\n".join(uids) + "\n").encode("ascii", "replace"))
+            elif self.favourites_path.exists():
+                self.favourites_path.unlink()
+        except OSError as exc:  # the database has them; only a rebuild would miss them
+            log.warning("history: cannot write %s: %s", self.favourites_path, exc)
+
+    def _read_favourites(self) -> set[str]:
+        try:
+            with open(self.favourites_path, encoding="ascii", errors="replace") as f:
+                return {line.strip() for line in f.read(1 << 22).splitlines() if _UID_RE.match(line.strip())}
+        except OSError:
+            return set()
 
     @_db_errors
     def delete(self, ids: int | Iterable[int], to_trash: bool = False) -> builtins.list[Entry]:
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         if not ids:
             return []
+        self._require_writable("entries cannot be deleted")
         marks = ",".join("?" * len(ids))
         now = time.time()
         with self._lock:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE id IN ({marks})", ids).fetchall()
                 entries = [self._entry(r) for r in rows]
                 conn.executemany(
                     "INSERT OR REPLACE INTO tombstones (uid, deleted_at) VALUES (?, ?)", [(e.uid, now) for e in entries]
                 )
                 conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", ids)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             _stage("rows_deleted")
             # Sources still used by other entries stay.
             shared = set()
@@ -907,7 +1184,7 @@ class HistoryStore(HistoryService):
             files = [entry.image_path, entry.thumbnail_path]
             files += [p for p in (entry.source_path, entry.mask_path) if p is not None and p not in shared]
             for path in files:
-                if path is None or not path.exists():
+                if path is None or not self.owned(path):  # only files of the store, never what a row names elsewhere
                     continue
                 try:
                     if to_trash and path != entry.thumbnail_path:
@@ -929,6 +1206,8 @@ class HistoryStore(HistoryService):
             if failed and to_trash:
                 # The files stay: without a tombstone the next check() adds them back rather than deleting them.
                 conn.executemany("DELETE FROM tombstones WHERE uid = ?", [(u,) for u in set(failed)])
+            if any(e.favourite for e in entries):
+                self._write_favourites()
         self._notify("deleted", [e.id for e in entries])
         if failed and to_trash:
             raise HistoryError(
@@ -989,6 +1268,9 @@ class HistoryStore(HistoryService):
         The quick form (at every open) rescans only the day folders changed since their last clean
         check; `full` rescans everything, thumbnails included, and runs SQLite's quick_check first
         (a damaged database is then set aside and rebuilt, see `recovery_message`).
+
+        Nothing here needs to write to read: on a read-only folder or a full disk the check reports what
+        it found and leaves its changes for later (`CheckReport.skipped`, `deferred`).
         """
         if full and verify:
             with self._lock:
@@ -1000,11 +1282,18 @@ class HistoryStore(HistoryService):
                         raise HistoryError(
                             f"Cannot check the history database: {exc}", f"Check {self.db_path}."
                         ) from exc
+                    if self.read_only:
+                        raise HistoryError(
+                            f"The history database is damaged ({exc}) and cannot be rebuilt now: "
+                            f"{self.read_only_reason}",
+                            "Make the folder writable (or free some disk space) and run the check again.",
+                        ) from exc
                     conn.close()
                     self._conn = self._recover(str(exc))
                     assert self.last_check is not None
                     return self.last_check
         report = CheckReport()
+        writable = not self.read_only
         now = time.time()
         with self._lock:
             conn = self._db()
@@ -1025,12 +1314,13 @@ class HistoryStore(HistoryService):
                 thumb_folders = [e.name for e in it if e.is_dir(follow_symlinks=False)]
             for folder in thumb_folders:
                 self._scan_folder("thumbs", folder, thumbs, None, temps)
+        _stage("scanned")
         dirty: set[str] = set()  # folders not to mark clean
         for tmp in temps:
             match = _TEMP_RE.match(tmp.name)
             try:
                 age = now - tmp.stat().st_mtime
-                if (match and not _pid_alive(int(match.group(1)))) or age > TEMP_GRACE_S:
+                if writable and ((match and not _pid_alive(int(match.group(1)))) or age > TEMP_GRACE_S):
                     tmp.unlink()
                     report.removed.append(tmp)
                 else:
@@ -1057,35 +1347,45 @@ class HistoryStore(HistoryService):
         # Images without a row.
         orphans = {uid: rel for uid, rel in images.items() if rel not in known_images}
         pending_parents: builtins.list[tuple[str, str]] = []
+        favourites = self._read_favourites() if orphans else set()
+        digests: dict[str, bool] = {}  # source rel -> whether its content matches its name (shared by a batch)
         for uid, rel in sorted(orphans.items()):
             path = self.root / rel
             dirty.add(self._folder_of(rel))
+            if not writable:
+                report.skipped.append(path)
+                continue
             if uid in tombstones:
                 self._remove(path, report)
                 if uid in thumbs:
                     self._remove(self.root / thumbs.pop(uid), report)
                 continue
-            entry = self._adopt(uid, path, report, pending_parents)
+            try:
+                entry = self._adopt(uid, path, report, pending_parents, favourites, digests)
+            except (OSError, sqlite3.Error) as exc:
+                kind = _fault(exc, self.root)
+                if kind not in ("full", "readonly"):
+                    raise
+                self._defer(report, kind, exc)
+                writable = False
+                report.skipped.append(path)
+                continue
             if entry is not None:
                 referenced |= {self._rel(p) for p in (entry.source_path, entry.mask_path) if p is not None}
-        if pending_parents:  # a parent adopted after its child
-            with self._lock:
-                conn = self._db()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for uid, parent_uid in pending_parents:
-                        conn.execute(
-                            "UPDATE entries SET parent_id = (SELECT id FROM entries WHERE uid = ?) WHERE uid = ?",
-                            (parent_uid, uid),
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+        if pending_parents and writable:  # a parent adopted after its child
+
+            def link_parents(conn: sqlite3.Connection) -> None:
+                for uid, parent_uid in pending_parents:
+                    conn.execute(
+                        "UPDATE entries SET parent_id = (SELECT id FROM entries WHERE uid = ?) WHERE uid = ?",
+                        (parent_uid, uid),
+                    )
+
+            writable = self._check_write(report, link_parents)
             fixed = {e.uid: e for e in self._by_uids([u for u, _ in pending_parents])}
             report.adopted = [fixed.get(e.uid, e) for e in report.adopted]
         # Thumbnails of nothing (a deletion cut short).
-        if thumbs:
+        if thumbs and writable:
             live_uids = {r[1] for r in rows} | {e.uid for e in report.adopted}
             for uid, rel in thumbs.items():
                 if uid not in live_uids and uid not in images:
@@ -1096,7 +1396,7 @@ class HistoryStore(HistoryService):
                 continue
             path = self.root / rel
             try:
-                if now - path.stat().st_mtime > SOURCE_GRACE_S:
+                if writable and now - path.stat().st_mtime > SOURCE_GRACE_S:
                     self._remove(path, report)
                 else:
                     dirty.add(self._folder_of(rel))
@@ -1115,12 +1415,11 @@ class HistoryStore(HistoryService):
                 continue
             clean.append((folder, mtime, now))
         vanished = [f for f in gone if f not in dirty]
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if tombstones:
-                    done = [u for u in tombstones if u not in images or not (self.root / images[u]).exists()]
+        done = [u for u in tombstones if u not in images or not (self.root / images[u]).exists()]
+        if writable and (done or clean or vanished):  # no transaction when there is nothing to write
+
+            def bookkeeping(conn: sqlite3.Connection) -> None:
+                if done:
                     conn.executemany("DELETE FROM tombstones WHERE uid = ?", [(u,) for u in done])
                 if clean:
                     conn.executemany(
@@ -1128,10 +1427,12 @@ class HistoryStore(HistoryService):
                     )
                 if vanished:
                     conn.executemany("DELETE FROM folder_state WHERE folder = ?", [(f,) for f in vanished])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+
+            writable = self._check_write(report, bookkeeping)
+        if writable and not self.favourites_path.exists():  # favourites from before favourites.txt existed
+            with self._lock:
+                if self._db().execute("SELECT 1 FROM entries WHERE favourite = 1 LIMIT 1").fetchone():
+                    self._write_favourites()
         if missing_ids:
             with self._lock:
                 marks = ",".join("?" * len(missing_ids))
@@ -1142,11 +1443,31 @@ class HistoryStore(HistoryService):
             log.warning(
                 "history: %d entr(ies) have lost their image: %s", len(found), [e.id for e in report.missing][:20]
             )
+        if report.skipped and not report.deferred:
+            report.deferred = self.read_only_reason or "the history cannot be written now"
         if report.adopted:
             log.warning("history: adopted %d image(s) without an entry", len(report.adopted))
             self._notify("added", report.adopted)
         self.last_check = report
         return report
+
+    def _check_write(self, report: CheckReport, write: Callable[[sqlite3.Connection], None]) -> bool:
+        """Run one of check()'s writes in a transaction; on a full disk or a read-only database it is left for
+        later (False: nothing more is written in this check)."""
+        try:
+            with self._lock, _transaction(self._db()) as conn:
+                write(conn)
+            return True
+        except sqlite3.Error as exc:
+            kind = _fault(exc, self.root)
+            if kind not in ("full", "readonly"):
+                raise
+            self._defer(report, kind, exc)
+            return False
+
+    def _defer(self, report: CheckReport, kind: str, exc: BaseException) -> None:
+        log.warning("history: check left its changes for later: %s", exc)
+        report.deferred = "the disk is full" if kind == "full" else "the history folder is read-only"
 
     def _remove(self, path: Path, report: CheckReport) -> None:
         try:
@@ -1156,81 +1477,147 @@ class HistoryStore(HistoryService):
             log.warning("history: cannot remove %s: %s", path, exc)
 
     def _adopt(
-        self, uid: str, path: Path, report: CheckReport, pending_parents: builtins.list[tuple[str, str]]
+        self,
+        uid: str,
+        path: Path,
+        report: CheckReport,
+        pending_parents: builtins.list[tuple[str, str]],
+        favourites: set[str] | None = None,
+        digests: dict[str, bool] | None = None,
     ) -> Entry | None:
-        """Index an image file from its embedded metadata; set it aside when it has none."""
+        """Index an image file from its embedded metadata; set it aside when it has none.
+
+        The metadata is the file's, not ours: anyone can copy a PNG into images/. Its source and mask are kept
+        only when they name content-addressed files this store wrote (`_trusted_source`); other values are
+        dropped with a notice. Numbers out of range are dropped too."""
+        try:
+            info_stat = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info_stat.st_mode) or not _UID_RE.match(uid):  # a link, a fifo, an odd name
+            log.warning("history: %s is not a plain image file; moving it to unindexed/", path)
+            self._set_aside(path, report)
+            return None
         try:
             with Image.open(path) as img:
                 size = img.size
                 info = read_png_metadata(img)
-        except (MetadataError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            history = info.data.get("history") if isinstance(info.data, dict) else None
+            meta: dict[str, Any] = history if isinstance(history, dict) else {}
+            request: dict[str, Any] = (
+                info.request.to_dict(include_images=False) if info.request is not None else {"prompt": info.prompt}
+            )
+            kind = request.get("kind", "generate")
+            request_json = json.dumps(request, ensure_ascii=False, default=str)
+        except Image.DecompressionBombError as exc:
+            log.warning("history: %s is too large to read (%s); moving it to unindexed/", path, exc)
+            self._set_aside(path, report)
+            return None
+        except (MetadataError, OSError, ValueError, SyntaxError) as exc:
             log.warning("history: %s has no usable metadata (%s); moving it to unindexed/", path, exc)
             self._set_aside(path, report)
             return None
-        history = info.data.get("history")
-        meta: dict[str, Any] = history if isinstance(history, dict) else {}
-        request: dict[str, Any] = (
-            info.request.to_dict(include_images=False) if info.request is not None else {"prompt": info.prompt}
-        )
-        if info.seed is not None:
-            request["seed"] = info.seed
+        except Exception as exc:  # noqa: BLE001 - a crafted file must not stop the history from opening
+            log.warning("history: %s has unreadable metadata (%r); moving it to unindexed/", path, exc)
+            self._set_aside(path, report)
+            return None
         request["batch"] = 1
-        try:
-            created = float(meta.get("created_at") or path.stat().st_mtime)
-        except (TypeError, ValueError, OSError):
-            created = time.time()
-        elapsed = meta.get("elapsed")
-        source_rel = self._existing_rel(meta.get("source"))
-        mask_rel = self._existing_rel(meta.get("mask"))
+        seed = info.seed if isinstance(info.seed, int) and _INT64[0] <= info.seed <= _INT64[1] else None
+        if seed is not None:
+            request["seed"] = seed
+        created = _finite(meta.get("created_at"), 0.0, _MAX_TIME)
+        if created is None:
+            created = info_stat.st_mtime
+        elapsed = _finite(meta.get("elapsed"), 0.0, 1e9)
+        source_rel = self._trusted_source(meta.get("source"), "src", path, report, digests)
+        mask_rel = self._trusted_source(meta.get("mask"), "mask", path, report, digests)
         thumb_path = self.thumbs_dir / path.parent.name / f"{uid}.jpg"
+        favourite = 1 if favourites and uid in favourites else 0
+        parent_uid = meta.get("parent_uid")
+        parent_uid = parent_uid if isinstance(parent_uid, str) and _UID_RE.match(parent_uid) else None
+        text = [v if isinstance(v, str) else "" for v in (info.prompt, info.negative_prompt, info.model_id)]
+        model_hash = info.model_hash if isinstance(info.model_hash, str) else ""
         with self._lock:
             conn = self._db()
-            parent_id = None
-            if isinstance(meta.get("parent_uid"), str):
-                found = conn.execute("SELECT id FROM entries WHERE uid = ?", (meta["parent_uid"],)).fetchone()
-                parent_id = found[0] if found else None
-                if found is None:
-                    pending_parents.append((uid, meta["parent_uid"]))
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
+                # Within the write lock: a deletion another process committed since the scan (its tombstone, or
+                # its files already gone) is not undone by adding the entry back.
+                if conn.execute("SELECT 1 FROM tombstones WHERE uid = ?", (uid,)).fetchone() or not path.is_file():
+                    return None
+                parent_id = None
+                if parent_uid is not None:
+                    found = conn.execute("SELECT id FROM entries WHERE uid = ?", (parent_uid,)).fetchone()
+                    parent_id = found[0] if found else None
+                    if found is None:
+                        pending_parents.append((uid, parent_uid))
                 conn.execute(
                     "INSERT OR IGNORE INTO entries (uid, created_at, kind, request_json, prompt, negative_prompt,"
                     " model_id, model_hash, seed, image_path, thumb_path, parent_id, elapsed, width, height,"
-                    " source_path, mask_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " source_path, mask_path, favourite) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         uid,
                         created,
-                        request.get("kind", "generate"),
-                        json.dumps(request, ensure_ascii=False),
-                        info.prompt,
-                        info.negative_prompt,
-                        info.model_id,
-                        info.model_hash,
-                        info.seed,
+                        kind if kind in KINDS else "generate",
+                        request_json,
+                        *text,
+                        model_hash,
+                        seed,
                         self._rel(path),
                         self._rel(thumb_path),
                         parent_id,
-                        float(elapsed) if isinstance(elapsed, (int, float)) else None,
+                        elapsed,
                         size[0],
                         size[1],
                         source_rel,
                         mask_rel,
+                        favourite,
                     ),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         entries = self._by_uids([uid])
         if entries:
             report.adopted.append(entries[0])
             return entries[0]
         return None
 
-    def _existing_rel(self, rel: Any) -> str | None:
-        if not isinstance(rel, str) or not rel or ".." in rel.split("/"):
+    def _trusted_source(
+        self, value: Any, prefix: str, image: Path, report: CheckReport, digests: dict[str, bool] | None
+    ) -> str | None:
+        """`value` when it names a source (or mask) this store wrote: images/<day>/<prefix>-<digest>.png, a plain
+        file whose pixels have that digest. Anything else is dropped, with a notice in the report."""
+        if value is None or value == "":
             return None
-        return rel if (self.root / rel).is_file() else None
+        match = _SOURCE_RE.match(value) if isinstance(value, str) else None
+        ok = False
+        if match is not None and match.group(2) == prefix:
+            rel = match.group(0)
+            if digests is not None and rel in digests:
+                ok = digests[rel]
+            else:
+                ok = self._source_matches(self.root / rel, match.group(3))
+                if digests is not None:
+                    digests[rel] = ok
+        if ok:
+            return value
+        what = "source" if prefix == "src" else "mask"
+        shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
+        notice = f"{image.name}: its {what} {shown} is not a file the history wrote; the reference was dropped"
+        log.warning("history: %s", notice)
+        report.dropped.append(notice)
+        return None
+
+    def _source_matches(self, path: Path, digest: str) -> bool:
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or not path.parent.resolve().is_relative_to(self.images_dir):
+                return False
+            with Image.open(path) as img:
+                if img.format != "PNG":
+                    return False
+                img.load()
+                return _image_digest(img) == digest
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is simply not ours
+            log.debug("history: %s is not a source of the store: %s", path, exc)
+            return False
 
     def _set_aside(self, path: Path, report: CheckReport) -> None:
         try:
