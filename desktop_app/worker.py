@@ -134,15 +134,24 @@ def quiet_import() -> Iterator[None]:
       the libraries are loaded first through libc's dlopen called by ctypes, which releases the GIL;
     - the cyclic garbage collector's full passes over the millions of objects the import creates: it is off
       during the import, and what the import made is then frozen (gc.freeze), so later full passes skip it.
+
+    Only the first time does anything (a second engine imports nothing), and the freeze only in a process where
+    torch was not imported yet: freezing also keeps whatever cyclic garbage is alive from ever being collected,
+    which in a process that already ran models (tests) could be a model's tensors.
     """
-    if "torch" not in sys.modules:
+    if "desktop_app.engine.engine" in sys.modules:
+        yield
+        return
+    fresh = "torch" not in sys.modules
+    if fresh:
         preload_torch_libraries()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()  # the modules live as long as the process: never scan them again
+        if fresh:
+            gc.freeze()  # the modules live as long as the process: never scan them again
         if was_enabled:
             gc.enable()
 

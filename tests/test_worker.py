@@ -296,3 +296,17 @@ def test_the_engine_import_leaves_the_gil_to_the_gui(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok"), out.stdout
+
+
+def test_the_quiet_import_touches_nothing_once_the_engine_is_imported():
+    """A second engine (or a process that ran models already) must not freeze live garbage: a model's cycles."""
+    import gc
+
+    pytest.importorskip("torch")
+    import desktop_app.engine.engine  # noqa: F401 - what a first engine imported
+    from desktop_app.worker import quiet_import
+
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    with quiet_import():
+        assert gc.isenabled() == enabled
+    assert gc.get_freeze_count() == frozen and gc.isenabled() == enabled
