@@ -262,7 +262,7 @@ def test_cli(tmp_path, monkeypatch):
     exported = read_png_metadata(tmp_path / "out" / f"{b.uid}.png").request
     assert isinstance(exported, EditRequest) and exported.t0 == 600
     code, _, err = run_cli(["history", "show", "999"])
-    assert code == 1 and "no history entry 999" in err
+    assert code == 2 and "no history entry 999" in err
     code, out, _ = run_cli(["history", "delete", str(a.id)])
     assert code == 0 and "Deleted 1" in out
     code, out, _ = run_cli(["history", "list"])

@@ -10,6 +10,7 @@ import argparse
 import json
 import shutil
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,8 +56,24 @@ def _store() -> Any:
     return HistoryStore()
 
 
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
+
+
+def printable(text: Any, keep: str = "") -> str:
+    """`text` with control characters (a NUL, an escape sequence, a bidi override...) shown as \\xNN / \\uNNNN,
+    so a prompt cannot garble or fake the terminal's output; characters in `keep` (e.g. a newline) stay."""
+    out = []
+    for ch in str(text):
+        if ch in keep or not (unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI or ch in "\u2028\u2029"):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
 def _line(entry: Any) -> str:
-    prompt = entry.prompt.replace("\n", " ")
+    prompt = printable(entry.prompt.replace("\n", " "))
     if len(prompt) > 60:
         prompt = prompt[:57] + "..."
     star = "*" if entry.favourite else " "
@@ -99,7 +116,7 @@ def _show(store: Any, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"Mask:      {entry.mask_path}\n")
     if entry.parent_id is not None:
         out.write(f"Parent:    {entry.parent_id}\n")
-    out.write(f"Model:     {entry.model_id} {entry.model_hash}\n")
+    out.write(f"Model:     {printable(entry.model_id)} {printable(entry.model_hash)}\n")
     out.write(f"Favourite: {'yes' if entry.favourite else 'no'}\n")
     if entry.elapsed is not None:
         out.write(f"Time:      {entry.elapsed:.2f} s\n")
@@ -113,7 +130,7 @@ def _show(store: Any, args: argparse.Namespace, out: TextIO) -> int:
         except (OSError, ValueError):
             pass
     if text:
-        out.write("\n" + str(text) + "\n")
+        out.write("\n" + printable(text, keep="\n\t") + "\n")
     else:
         out.write("\n" + json.dumps(entry.request, ensure_ascii=False, indent=2) + "\n")
     return 0
@@ -128,9 +145,15 @@ def _export(store: Any, args: argparse.Namespace, out: TextIO) -> int:
     folder = Path(args.out).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        owned = getattr(store, "owned", None)
+        if owned is not None and not owned(entry.image_path):  # only the store's own files, never a link out of it
+            raise HistoryError(
+                f"The image of entry {entry.id} is not a file of the history ({entry.image_path}).",
+                "Nothing was exported; run 'history check --full'.",
+            )
         written = [shutil.copy2(entry.image_path, folder / entry.image_path.name)]
         for label, path in (("source", entry.source_path), ("mask", entry.mask_path)):
-            if path is not None and path.is_file():
+            if path is not None and path.is_file() and (owned is None or owned(path)):
                 written.append(shutil.copy2(path, folder / f"{entry.uid}.{label}.png"))
         request_file = folder / f"{entry.uid}.request.json"
         request_file.write_text(json.dumps(entry.request, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -161,31 +184,43 @@ def _check(store: Any, args: argparse.Namespace, out: TextIO) -> int:
     for entry in report.missing:
         out.write(f"missing image: entry {entry.id}: {entry.image_path}\n")
     for path in report.set_aside:
-        out.write(f"set aside (no metadata): {path}\n")
+        out.write(f"set aside (no metadata): {printable(path)}\n")
+    for notice in report.dropped:
+        out.write(f"dropped: {printable(notice)}\n")
+    for path in report.skipped:
+        out.write(f"not added yet ({report.deferred}): {printable(path)}\n")
     return 0
 
 
 _COMMANDS = {"list": _list, "show": _show, "export": _export, "delete": _delete, "check": _check}
 
 
+USER_ERROR = 2  # the exit status of a user error, as in every other command
+
+
+def _error(err: TextIO, exc: UserError) -> int:
+    err.write(f"error: {printable(exc.message)}\n" + (f"hint: {printable(exc.hint)}\n" if exc.hint else ""))
+    return USER_ERROR
+
+
 def run_history(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run a parsed ``history`` command; 0 on success, 1 on a user error (message and hint on stderr)."""
+    """Run a parsed ``history`` command; 0 on success, 2 on a user error (message and hint on stderr)."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     assert out is not None and err is not None  # sys.stdout is None only in a windowed bundle, which has no CLI
     try:
         store = _store()
     except UserError as exc:
-        err.write(f"error: {exc.message}\n" + (f"hint: {exc.hint}\n" if exc.hint else ""))
-        return 1
+        return _error(err, exc)
     try:
+        if getattr(store, "read_only_reason", None):
+            err.write(f"note: {printable(store.read_only_reason)}\n")
         if store.recovery_message:
-            err.write(f"note: {store.recovery_message}\n")
+            err.write(f"note: {printable(store.recovery_message)}\n")
         elif store.last_check is not None and store.last_check.message():
-            err.write(f"note: {store.last_check.message()}\n")
+            err.write(f"note: {printable(store.last_check.message())}\n")
         return _COMMANDS[args.history_command](store, args, out)
     except UserError as exc:
-        err.write(f"error: {exc.message}\n" + (f"hint: {exc.hint}\n" if exc.hint else ""))
-        return 1
+        return _error(err, exc)
     finally:
         store.close()

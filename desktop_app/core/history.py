@@ -404,6 +404,22 @@ def _finite(value: Any, low: float, high: float) -> float | None:
     return number if math.isfinite(number) and low <= number <= high else None
 
 
+def _default_root() -> Path:
+    """The data folder's history folder; its path even when it cannot be created (a read-only data folder)."""
+    from desktop_app.core import paths
+
+    try:
+        return paths.history_dir()
+    except OSError as exc:
+        root = paths._root()  # noqa: SLF001 - history_dir() without its mkdir
+        log.warning("history: cannot create the history folder: %s", exc)
+        if root is not None:
+            return root / "history"
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir(paths.APP_NAME, appauthor=False)) / "history"
+
+
 def _new_uid(now: float) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     return f"{stamp}-{secrets.token_hex(6)}"
@@ -496,6 +512,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+_WHAT = {
+    "set_favourite": "favourites cannot be changed",
+    "delete": "entries cannot be deleted",
+    "check": "the check cannot finish",
+    "add": "the result was not saved to the history",
+}
+
+
 def _db_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     """SQLite errors out of a public method become HistoryError (a UserError the UI shows)."""
 
@@ -505,7 +529,7 @@ def _db_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
             log.error("history: %s failed: %s", method.__name__, exc)
-            raise self._db_error(exc) from exc
+            raise self._db_error(exc, _WHAT.get(method.__name__, "the history cannot be changed")) from exc
 
     return wrapper
 
@@ -518,9 +542,7 @@ class HistoryStore(HistoryService):
 
     def __init__(self, root: str | os.PathLike | None = None, *, check: bool = True) -> None:
         if root is None:
-            from desktop_app.core.paths import history_dir
-
-            root = history_dir()
+            root = _default_root()
         self.root = Path(root).expanduser().resolve()
         self.db_path = self.root / DB_NAME
         self.images_dir = self.root / "images"
