@@ -353,3 +353,15 @@ def test_edit_request_takes_its_strength_on_the_models_schedule(qtbot, window):
     child(window, "strengthSpin").setValue(1.0)
     req = window.build_request()
     assert isinstance(req, EditRequest) and req.t0 == window.timeline.T - 1  # the deepest timestep, never T
+
+
+def test_a_value_typed_while_a_model_loads_is_kept(qtbot, window, tmp_path):
+    folder = tmp_path / "slow-model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    (folder / "diffusion_desk.json").write_text('{"steps": 9, "guidance": 2.5, "width": 128, "height": 128}')
+    window.prompt_panel.set_model(str(folder))  # the load runs on the worker thread
+    child(window, "stepsSpin").setValue(13)  # typed before the load ends
+    qtbot.waitUntil(lambda: window.models.state() == "ready", timeout=5000)
+    assert child(window, "stepsSpin").value() == 13
+    assert child(window, "guidanceSpin").value() == 2.5  # what the user did not touch takes the model's value

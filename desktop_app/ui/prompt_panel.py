@@ -101,6 +101,7 @@ class PromptPanel(QWidget):
         self.models: Any = None
         self.timeline: Any = None
         self._restored_for: str | None = None  # a model whose recommended settings the restored ones replace
+        self._before_load: dict[str, Any] | None = None  # the parameters when a model began to load
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
@@ -389,6 +390,7 @@ class PromptPanel(QWidget):
         models.sourcesChanged.connect(self._sync_models)
         models.currentChanged.connect(self._sync_models)
         models.defaultsReady.connect(self._on_defaults_ready)
+        models.stateChanged.connect(self._on_models_state)
         self._sync_models()
 
     def _sync_models(self, *_: Any) -> None:
@@ -426,7 +428,25 @@ class PromptPanel(QWidget):
             self._restored_for = None
             return
         self._restored_for = None
-        self.apply_model_defaults(defaults)
+        # a value the user changed while the model loaded is theirs: only the untouched ones take the defaults
+        before, self._before_load = self._before_load, None
+        self.apply_model_defaults(defaults, keep=self._changed_since(before) if before is not None else ())
+
+    def _on_models_state(self, state: str, message: str) -> None:
+        if state == "loading":
+            self._before_load = self._parameter_values()
+
+    def _parameter_values(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps_spin.value(),
+            "guidance": self.guidance_spin.value(),
+            "size": self.generate_size(),
+            "scheduler": self.scheduler_combo.currentIndex(),
+        }
+
+    def _changed_since(self, before: dict[str, Any]) -> set[str]:
+        now = self._parameter_values()
+        return {key for key, value in before.items() if now[key] != value}
 
     def model(self) -> str:
         if self.models is not None:
@@ -464,16 +484,22 @@ class PromptPanel(QWidget):
         if self.timeline is not None:
             self.timeline.set_strength(value, self.mode())
 
-    def apply_model_defaults(self, d: dict[str, Any]) -> None:
-        self.steps_spin.setValue(int(d.get("steps", 25)))
-        self.guidance_spin.setValue(float(d.get("guidance", 7.0)))
+    def apply_model_defaults(self, d: dict[str, Any], keep: set[str] | tuple[str, ...] = ()) -> None:
+        """A model's recommended settings; the parameters named in `keep` stay as they are."""
+        if "steps" not in keep:
+            self.steps_spin.setValue(int(d.get("steps", 25)))
+        if "guidance" not in keep:
+            self.guidance_spin.setValue(float(d.get("guidance", 7.0)))
         size = (int(d.get("width", 512)), int(d.get("height", 512)))
-        if self._generate_size is not None:
+        if "size" in keep:
+            pass
+        elif self._generate_size is not None:
             self._generate_size = size
         else:
             self.width_spin.setValue(size[0])
             self.height_spin.setValue(size[1])
-        self.scheduler_combo.setCurrentIndex(0)
+        if "scheduler" not in keep:
+            self.scheduler_combo.setCurrentIndex(0)
         scheduler = str(d.get("scheduler") or "")
         self.scheduler_combo.setItemText(0, f"Model default ({SCHEDULERS.get(scheduler, scheduler)})")
 
