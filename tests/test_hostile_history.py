@@ -482,3 +482,104 @@ def test_real_full_disk_on_a_small_tmpfs(tmpfs):
     with HistoryStore(root) as store:
         assert store.add(noise)  # room again: saving works
     assert assert_consistent(root) == len(saved) + 1
+
+
+# --------------------------------------------------------------------------- the minor items
+
+
+@pytest.mark.parametrize("files_gone", [False, True])
+def test_delete_racing_another_process_check_stays_deleted(populated, files_gone):
+    """Process B scans (the image is there), process A commits the deletion (and, or not yet, removes the files),
+    B reads the rows (none for it): B must not add the entry back as '[image missing]'."""
+    root, plain, edit, _ = populated
+    a, b = HistoryStore(root), HistoryStore(root, check=False)
+
+    def deleter(stage: str) -> None:
+        if stage != "scanned":
+            return
+        history_module._fault_hook = None
+        if files_gone:
+            a.delete([plain.id])
+        else:  # A's commit, its files not yet removed
+            with a._lock:
+                conn = a._db()
+                conn.execute("INSERT INTO tombstones (uid, deleted_at) VALUES (?, 0)", (plain.uid,))
+                conn.execute("DELETE FROM entries WHERE id = ?", (plain.id,))
+
+    history_module._fault_hook = deleter
+    try:
+        report = b.check(full=True)
+    finally:
+        history_module._fault_hook = None
+    assert report.adopted == [] and report.missing == []
+    assert [e.uid for e in b.list()] == [edit.uid]
+    a.check(full=True)  # A (or its next start) finishes the deletion
+    assert not plain.image_path.exists()
+    assert [e.uid for e in a.list()] == [edit.uid] and a.check(full=True).clean
+    a.close()
+    b.close()
+    assert assert_consistent(root) == 1
+
+
+def test_favourites_survive_a_rebuild(populated):
+    root, plain, edit, _ = populated
+    with HistoryStore(root) as store:
+        store.set_favourite(edit.id)
+    assert (root / "favourites.txt").read_text().split() == [edit.uid]
+    (root / "history.db").write_bytes(b"no longer a database" * 50)
+    with HistoryStore(root) as store:
+        assert store.recovery_message and "2 entries recovered" in store.recovery_message
+        assert {e.uid: e.favourite for e in store.list()} == {edit.uid: True, plain.uid: False}
+        store.set_favourite([e.id for e in store.list()], False)
+    assert not (root / "favourites.txt").exists()
+
+
+def test_favourites_from_before_the_side_file(populated):
+    root, plain, _edit, _ = populated
+    conn = sqlite3.connect(root / "history.db")
+    conn.execute("UPDATE entries SET favourite = 1 WHERE uid = ?", (plain.uid,))
+    conn.commit()
+    conn.close()
+    HistoryStore(root).close()
+    assert (root / "favourites.txt").read_text().split() == [plain.uid]
+
+
+def test_missing_image_grammar(populated):
+    root, plain, edit, _ = populated
+    plain.image_path.unlink()
+    with HistoryStore(root) as store:
+        assert store.last_check is not None
+        assert store.last_check.message() == "1 entry has lost its image file."
+        edit.image_path.unlink()
+        assert store.check(full=True).message() == "2 entries have lost their image files."
+
+
+def test_control_characters_in_a_prompt_are_escaped(tmp_path):
+    root = tmp_path / "history"
+    prompt = "a cube\x00 with \x1b[31mred\x1b[0m \u202eevil\r"
+    with HistoryStore(root) as store:
+        entry = store.add(generate_result(prompt=prompt))[0]
+    for argv in (["history", "list"], ["history", "show", str(entry.id)]):
+        code, out, err = run_cli_at(root, argv)
+        assert code == 0, err
+        assert "\x00" not in out and "\x1b" not in out and "\u202e" not in out and "\r" not in out
+        assert "\\x1b[31mred" in out and "\\u202eevil" in out
+        assert argv[1] != "list" or "a cube\\x00 with" in out
+    code, out, _ = run_cli_at(root, ["history", "list", "--json"])
+    assert code == 0 and "\x00" not in out and "\\u0000" in out
+
+
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        (["history", "show", "999"], "There is no history entry 999."),
+        (["history", "delete", "999"], "There is no history entry 999."),
+        (["history", "export", "999", "--out", "x"], "There is no history entry 999."),
+    ],
+)
+def test_history_user_errors_exit_2(populated, argv, text):
+    root, *_ = populated
+    before = snapshot(root)
+    code, out, err = run_cli_at(root, argv)
+    assert code == 2 and err.startswith(f"error: {text}") and "hint: " in err and "Traceback" not in err
+    assert snapshot(root) == before
