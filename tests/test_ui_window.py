@@ -6,16 +6,14 @@ import json
 import subprocess
 import sys
 import textwrap
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import QObject, QPoint, QPointF, Qt, Slot
-from PySide6.QtWidgets import QWidget
 
 from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
-from tests.ui_conftest_helpers import FakeEngine, qloop  # noqa: F401
+from tests.ui_conftest_helpers import FakeEngine, child, click_generate, make_window, paint, qloop  # noqa: F401
 
 OBJECT_NAMES = [
     "promptEdit",
@@ -60,16 +58,6 @@ def fake_engine():
     return FakeEngine()
 
 
-def make_window(qtbot, data_dir, engine, model=None):
-    from desktop_app.app.application import create_main_window
-
-    w = create_main_window(model=model, data_dir=data_dir, engine_factory=lambda: engine)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    return w
-
-
 @pytest.fixture
 def window(qtbot, qloop, tmp_path, fake_engine):
     w = make_window(qtbot, tmp_path / "data", fake_engine)
@@ -77,31 +65,8 @@ def window(qtbot, qloop, tmp_path, fake_engine):
     w.close()
 
 
-def child(w, name) -> Any:
-    found = w.findChild(QWidget, name)
-    assert found is not None, name
-    return found
-
-
 def set_prompt(w, text):
     child(w, "promptEdit").setPlainText(text)
-
-
-def click_generate(qtbot, w, timeout=10000):
-    with qtbot.waitSignal(w.resultReady, timeout=timeout) as blocker:
-        qtbot.mouseClick(child(w, "generateButton"), Qt.MouseButton.LeftButton)
-    return blocker.args[0]
-
-
-def paint(qtbot, w, points_image, size=12):
-    canvas = w.canvas
-    canvas.set_brush_size(size)
-    pts = [canvas.image_to_widget(x, y) for x, y in points_image]
-    pts = [QPoint(int(p.x()), int(p.y())) for p in pts]
-    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=pts[0])
-    for p in pts[1:]:
-        qtbot.mouseMove(canvas, pos=p)
-    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=pts[-1])
 
 
 def test_window_has_the_named_widgets(window):

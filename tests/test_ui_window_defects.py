@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QPoint, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QMessageBox, QToolBar, QToolButton, QWidget
 
 from desktop_app.core.events import Progress, Result
 from desktop_app.core.latents import LatentPreviewer, Trajectory
 from desktop_app.core.requests import EditRequest, GenerateRequest, InpaintRequest
-from tests.ui_conftest_helpers import FakeEngine, qloop  # noqa: F401  (qloop is a fixture)
+from tests.ui_conftest_helpers import FakeEngine, child, click_generate, make_window, paint, qloop  # noqa: F401
 
 IDENTITY = LatentPreviewer(np.concatenate([np.eye(3, dtype=np.float32), np.zeros((1, 3), np.float32)]))
-
-
-def make_window(qtbot, data_dir, engine):
-    from desktop_app.app.wiring import create_main_window
-
-    w = create_main_window(data_dir=data_dir, engine_factory=lambda: engine)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    return w
 
 
 @pytest.fixture
@@ -40,29 +29,6 @@ def window(qtbot, qloop, tmp_path, engine):
     w = make_window(qtbot, tmp_path / "data", engine)
     yield w
     w.close()
-
-
-def child(w, name) -> Any:
-    found = w.findChild(QWidget, name)
-    assert found is not None, name
-    return found
-
-
-def run_job(qtbot, w, timeout=10000):
-    with qtbot.waitSignal(w.resultReady, timeout=timeout) as blocker:
-        qtbot.mouseClick(child(w, "generateButton"), Qt.MouseButton.LeftButton)
-    return blocker.args[0]
-
-
-def paint(qtbot, w, points, size=8):
-    canvas = w.canvas
-    canvas.set_brush_size(size)
-    pts = [canvas.image_to_widget(x, y) for x, y in points]
-    pts = [QPoint(int(p.x()), int(p.y())) for p in pts]
-    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=pts[0])
-    for p in pts[1:]:
-        qtbot.mouseMove(canvas, pos=p)
-    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=pts[-1])
 
 
 def canvas_pixel(w, x, y):
@@ -129,7 +95,7 @@ def test_every_image_mode_shows_its_strength_and_inpaint_its_controls(qtbot, win
     child(window, "onlyMaskedPaddingSpin").setValue(48)
     child(window, "maskGrowSpin").setValue(3)
     child(window, "stepsSpin").setValue(2)
-    run_job(qtbot, window)
+    click_generate(qtbot, window)
     req = engine.runs[-1]
     assert isinstance(req, InpaintRequest)
     assert (req.strength, req.only_masked, req.only_masked_padding, req.mask_grow) == (0.55, True, 48, 3)
@@ -177,7 +143,7 @@ def test_mask_colour_is_the_users_and_is_not_drawn_over_unrelated_results(qtbot,
     # a picture made from text alone: the mask painted for the red source is not over it
     window.prompt_panel.set_mode("generate")
     child(window, "stepsSpin").setValue(1)
-    result = run_job(qtbot, window)
+    result = click_generate(qtbot, window)
     c = canvas_pixel(window, 32, 32)
     assert (c.red(), c.green(), c.blue()) == result.images[0].getpixel((32, 32))
     # back on the source, the mask is there again
@@ -222,7 +188,7 @@ def test_scrubbing_an_older_result_after_a_model_switch_keeps_the_chosen_model(q
     engine_decode = engine.decode_trajectory
     engine.decode_trajectory = lambda *a, **k: decodes.append(a[1]) or engine_decode(*a, **k)
     child(window, "stepsSpin").setValue(4)
-    run_job(qtbot, window)  # with the built-in model
+    click_generate(qtbot, window)  # with the built-in model
     folder = tmp_path / "other-model"
     folder.mkdir()
     (folder / "model_index.json").write_text("{}")
@@ -254,7 +220,7 @@ def test_the_first_job_says_it_loads_the_model(qtbot, window, engine):
     texts = []
     window.jobs.statusChanged.connect(texts.append)
     child(window, "stepsSpin").setValue(2)
-    run_job(qtbot, window)
+    click_generate(qtbot, window)
     assert texts[0] == "Loading the built-in model…"
     assert texts[-1].startswith("Done")
     assert window.job_status_label.text().startswith("Done")
@@ -285,7 +251,7 @@ def test_edit_mode_names_the_target_prompt_and_its_methods(qtbot, window):
 
 def test_a_replay_is_labelled_as_one(qtbot, window):
     child(window, "stepsSpin").setValue(2)
-    run_job(qtbot, window)
+    click_generate(qtbot, window)
     window.use_result_as_source()
     window.prompt_panel.set_mode("edit")
     window.prompt_panel.source_prompt_edit.setText("a red square")
@@ -334,12 +300,12 @@ def test_quitting_during_a_job_asks_first(qtbot, window, engine, monkeypatch, an
 
 def test_a_finished_result_is_saved_to_the_history_with_its_parent(qtbot, window):
     child(window, "stepsSpin").setValue(2)
-    first = run_job(qtbot, window)
+    first = click_generate(qtbot, window)
     saver = window.history_saver
     qtbot.waitUntil(lambda: saver.pending() == 0 and bool(saver.entries_for(first)), timeout=5000)
     window.use_result_as_source()
     window.prompt_panel.set_mode("img2img")
-    second = run_job(qtbot, window)
+    second = click_generate(qtbot, window)
     qtbot.waitUntil(lambda: saver.pending() == 0 and bool(saver.entries_for(second)), timeout=5000)
     parent = saver.entries_for(first)[0]
     child_entry = saver.entries_for(second)[0]

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +225,47 @@ class FakeEngine:
         folder = Path(tempfile.gettempdir()) / "fake-hub" / repo.replace("/", "--")
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+
+# -- driving the real window ------------------------------------------------------------------------
+def make_window(qtbot, data_dir, engine, model=None):
+    """The app's own window (its wiring, model objects and worker) over `engine`, shown."""
+    from desktop_app.app.wiring import create_main_window
+
+    w = create_main_window(model=model, data_dir=data_dir, engine_factory=lambda: engine)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    return w
+
+
+def child(w, name) -> Any:
+    """The window's widget of that objectName (it must exist)."""
+    from PySide6.QtWidgets import QWidget
+
+    found = w.findChild(QWidget, name)
+    assert found is not None, name
+    return found
+
+
+def click_generate(qtbot, w, timeout=10000):
+    """Click Generate and wait for the result; returns it."""
+    from PySide6.QtCore import Qt
+
+    with qtbot.waitSignal(w.resultReady, timeout=timeout) as blocker:
+        qtbot.mouseClick(child(w, "generateButton"), Qt.MouseButton.LeftButton)
+    return blocker.args[0]
+
+
+def paint(qtbot, w, points_image, size=12):
+    """A mouse stroke through `points_image` (image pixels) with a brush of `size`."""
+    from PySide6.QtCore import QPoint, Qt
+
+    canvas = w.canvas
+    canvas.set_brush_size(size)
+    pts = [canvas.image_to_widget(x, y) for x, y in points_image]
+    pts = [QPoint(int(p.x()), int(p.y())) for p in pts]
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=pts[0])
+    for p in pts[1:]:
+        qtbot.mouseMove(canvas, pos=p)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=pts[-1])
