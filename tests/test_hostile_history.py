@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from PySide6.QtCore import Qt
 from test_history_support import assert_consistent, edit_result, generate_result
 
 from desktop_app.cli.history import add_history_parser, run_history
@@ -583,3 +584,92 @@ def test_history_user_errors_exit_2(populated, argv, text):
     code, out, err = run_cli_at(root, argv)
     assert code == 2 and err.startswith(f"error: {text}") and "hint: " in err and "Traceback" not in err
     assert snapshot(root) == before
+
+
+# --------------------------------------------------------------------------- the window's side
+
+
+def test_full_disk_in_the_window_keeps_the_result_and_saves_it_elsewhere(qtbot, populated, monkeypatch, tmp_path):
+    from desktop_app.core.infotext import read_png_metadata
+    from desktop_app.model.history_saver import HistorySaver
+    from desktop_app.ui.history_panel import HistoryPanel
+
+    root, *_ = populated
+    store = HistoryStore(root)
+    saver = HistorySaver(store)
+    panel = HistoryPanel(store, saver)
+    qtbot.addWidget(panel)
+    panel.show()
+    before = snapshot(root)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(history_module, "_atomic_write", full)
+    result = generate_result(prompt="made on a full disk", n=2)
+    with qtbot.waitSignal(saver.failed, timeout=10000) as failed:
+        saver.save(result)
+    message, hint = failed.args
+    assert message.startswith("The disk is full") and str(root) in message and "stays in memory" in hint
+    assert panel.save_banner.isVisible() and "The disk is full" in panel.save_label.text()
+    assert panel.save_elsewhere_button.isVisible() and panel.retry_button.isVisible()
+    assert saver.unsaved() == [result]
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setattr(panel, "_ask_folder", lambda: str(elsewhere))
+    qtbot.mouseClick(panel.save_elsewhere_button, Qt.MouseButton.LeftButton)
+    files = sorted(elsewhere.glob("*.png"))
+    assert len(files) == 2 and read_png_metadata(files[0]).prompt == "made on a full disk"
+    assert "Saved 2 image(s)" in panel.save_label.text() and saver.unsaved() == [result]
+    assert snapshot(root) == before  # the history untouched
+    monkeypatch.undo()
+    with qtbot.waitSignal(saver.saved, timeout=10000):
+        qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
+    saver.wait(10)
+    assert store.count() == 4 and saver.unsaved() == []
+    saver.close()
+    store.close()
+
+
+def test_save_elsewhere_on_an_unwritable_folder_says_so(qtbot, tmp_path):
+    from desktop_app.model.history_saver import HistorySaver
+
+    saver = HistorySaver()  # no history yet: the result waits in memory
+    saver.save(generate_result())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HistoryError, match="Cannot save to") as info:
+        saver.save_unsaved_to(tmp_path / "file" / "sub")
+    assert "another disk" in info.value.hint and len(saver.unsaved()) == 1
+
+
+def test_the_window_says_why_the_history_is_not_open(qtbot):
+    from desktop_app.ui.history_panel import HistoryPanel
+
+    panel = HistoryPanel()
+    qtbot.addWidget(panel)
+    reason = "The history database is from a newer Diffusion Desk (schema 9, this one knows 4)."
+    panel.set_history(None, reason=reason)
+    assert panel.empty_label.text() == (
+        "The history is not open: The history database is from a newer Diffusion Desk (schema 9, this one knows 4). "
+        "Results are not saved to it."
+    )
+
+
+def test_a_read_only_history_in_the_window(qtbot, populated, monkeypatch):
+    from desktop_app.ui.history_panel import HistoryPanel
+
+    root, plain, edit, _ = populated
+    monkeypatch.setattr(HistoryStore, "_probe_writable", lambda self: (_ for _ in ()).throw(PermissionError(13, "no")))
+    store = HistoryStore(root)
+    panel = HistoryPanel(store)
+    qtbot.addWidget(panel)
+    panel.show()
+    assert panel.model.rowCount() == 2
+    assert "read-only" in panel.banner.text() and panel.banner.isVisible()
+    menu = panel._build_menu(panel.model.entry(0), [panel.model.entry(0)])
+    enabled = {a.text(): a.isEnabled() for a in menu.actions() if a.text()}
+    assert enabled["Open on canvas"] and not enabled["Add to favourites"] and not enabled["Delete…"]
+    errors = []
+    panel.errorRaised.connect(lambda m, h: errors.append(m))
+    assert not panel.delete_entries([panel.model.entry(0)], confirm=False)
+    assert errors and "read-only" in errors[0] and panel.model.rowCount() == 2
+    store.close()

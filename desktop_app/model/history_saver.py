@@ -3,7 +3,8 @@
 Made by the app's wiring (``jobs.resultReady -> saver.save``), not by a widget, so a result is saved once whichever
 widgets show it. Writes run on one background thread, in the order the results came; the news comes back on the
 GUI thread as signals. A write that fails (disk full, read-only folder...) loses nothing: the result stays in
-memory, `unsaved()` lists it and `retry()` writes it again.
+memory, `unsaved()` lists it, `retry()` writes it again and `save_unsaved_to(folder)` writes its images elsewhere
+(PNGs with their metadata) while the history cannot take them.
 
     saver = HistorySaver(store)      # or HistorySaver() and set_store(store) once the history is open
     saver.save(result, parent_id=None)
@@ -14,13 +15,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import logging
+import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from desktop_app.core.errors import UserError
+from desktop_app.core.errors import HistoryError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,37 @@ class HistorySaver(QObject):
     def unsaved(self) -> list[Any]:
         """The results that are not in the history (a write failed, or there was no history yet)."""
         return [item.result for item in self._unsaved]
+
+    def save_unsaved_to(self, folder: str | os.PathLike) -> list[Path]:
+        """Write every image of the results not in the history into `folder`, as PNGs with their parameters and
+        our metadata (the history can adopt them later). They stay in memory for `retry()`. Raises HistoryError
+        (naming the folder) when it cannot be written; files written before that stay."""
+        from desktop_app.core.images import save_png
+        from desktop_app.core.infotext import png_info
+
+        target = Path(folder).expanduser()
+        written: list[Path] = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for n, item in enumerate(self._unsaved, 1):
+                for index, image in enumerate(item.result.images):
+                    path = target / f"diffusion-desk-{stamp}-{n}-{index + 1}.png"
+                    k = 1
+                    while path.exists():
+                        k += 1
+                        path = target / f"diffusion-desk-{stamp}-{n}-{index + 1}-{k}.png"
+                    save_png(image, path, png_info(item.result, index))
+                    written.append(path)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+            raise HistoryError(
+                f"Cannot save to {target}: {'the disk is full' if full else exc.strerror or exc}"
+                f"{f' ({len(written)} image(s) written)' if written else ''}.",
+                "Choose a folder on another disk; the results stay in memory.",
+            ) from exc
+        log.info("history: %d unsaved image(s) written to %s", len(written), target)
+        return written
 
     def pending(self) -> int:
         """Writes queued or running."""

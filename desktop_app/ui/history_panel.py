@@ -3,14 +3,15 @@
 ``HistoryPanel(store=None, saver=None, parent=None)`` (objectName ``historyPanel``) binds to a
 `core.history.HistoryStore` (None: the panel says the history is not open; `set_history` changes it) and a
 `model.history_saver.HistorySaver` (new entries appear from ``saver.saved``; a failed save shows a banner with
-Retry). The panel saves nothing itself and calls no window: it asks through signals the window connects.
+Retry and "Save elsewhere…"). A read-only history (a read-only folder, a full disk) is browsed; its reason shows in
+the banner. The panel saves nothing itself and calls no window: it asks through signals the window connects.
 
 Signals: openRequested(object: a Result built from the entry, to show), reuseRequested(object: the entry's
 request, with its source image and mask when stored), useAsSourceRequested(object: SourceFromHistory(image, entry),
 to edit or inpaint; the next result of it is the entry's child), entrySelected(object: Entry),
 errorRaised(str message, str hint).
 
-Methods: set_history(store), set_saver(saver), refresh(), set_search(text), set_kind(kind|None),
+Methods: set_history(store, reason=""), set_saver(saver), save_elsewhere(folder=None), refresh(), set_search(text), set_kind(kind|None),
 set_favourites_only(bool), entries() (loaded), selected_entries(), open_entry(entry), reuse_entry(entry),
 use_as_source(entry), toggle_favourite(entries), reveal_entry(entry), copy_entry(entry),
 delete_entries(entries, confirm=True).
@@ -507,6 +508,14 @@ class HistoryPanel(QWidget):
         self.retry_button.setToolTip("Write the results that could not be saved to the history again")
         self.retry_button.clicked.connect(self._retry)
         row.addWidget(self.retry_button)
+        self.save_elsewhere_button = QToolButton()
+        self.save_elsewhere_button.setObjectName("historySaveElsewhereButton")
+        self.save_elsewhere_button.setText("Save elsewhere…")
+        self.save_elsewhere_button.setToolTip(
+            "Write the results that are not in the history to another folder, as PNGs with their parameters"
+        )
+        self.save_elsewhere_button.clicked.connect(self.save_elsewhere)
+        row.addWidget(self.save_elsewhere_button)
         self.save_banner.hide()
         layout.addWidget(self.save_banner)
 
@@ -571,8 +580,10 @@ class HistoryPanel(QWidget):
         action.triggered.connect(lambda: self._on_selection(self.open_entry))
         self.view.addAction(action)
 
-    def set_history(self, store: Any) -> None:
-        """Show `store` (a HistoryStore) or, with None, say the history is unavailable."""
+    def set_history(self, store: Any, reason: str = "") -> None:
+        """Show `store` (a HistoryStore) or, with None, say the history is unavailable and why (`reason`: the
+        store's error message)."""
+        self._unavailable_reason = reason.strip()
         if self._res.unsubscribe is not None:
             self._res.unsubscribe()
             self._res.unsubscribe = None
@@ -598,6 +609,8 @@ class HistoryPanel(QWidget):
             self._res.unsubscribe = store.subscribe(forward)
         notes = []
         if store is not None:
+            if getattr(store, "read_only_reason", None):
+                notes.append(store.read_only_reason)
             if getattr(store, "recovery_message", None):
                 notes.append(store.recovery_message)
             check = getattr(store, "last_check", None)
@@ -636,7 +649,12 @@ class HistoryPanel(QWidget):
         self.count_label.setText(f"{total:,}" if self.history is not None else "")
         filtered = bool(self.model.search or self.model.kind or self.model.favourite)
         if self.history is None:  # not opened yet (it opens after the first paint), or it failed to open
-            self.empty_label.setText("The history is not open: results are not saved to it.")
+            reason = getattr(self, "_unavailable_reason", "")
+            self.empty_label.setText(
+                f"The history is not open: {reason.rstrip('.')}. Results are not saved to it."
+                if reason
+                else "The history is not open: results are not saved to it."
+            )
         else:
             self.empty_label.setText("Nothing matches." if filtered else "Results you make appear here.")
         self.empty_label.setVisible(self.history is None or self.model.rowCount() == 0)
@@ -660,11 +678,35 @@ class HistoryPanel(QWidget):
             reason = getattr(self, "_last_save_error", "")
             self.save_label.setText(f"{what} not in the history yet (kept in memory). {reason}".strip())
             self.retry_button.setEnabled(self.saver is not None and self.saver.store() is not None)
+            self.save_elsewhere_button.setEnabled(True)
         self.save_banner.setVisible(bool(n))
 
     def _retry(self) -> None:
         if self.saver is not None:
             self.saver.retry()
+
+    def _ask_folder(self) -> str:
+        """The folder to save unsaved results into ('' when cancelled); tests replace it."""
+        from PySide6.QtWidgets import QFileDialog
+
+        return QFileDialog.getExistingDirectory(self, "Save the unsaved results in")
+
+    def save_elsewhere(self, folder: str | None = None) -> list[Any]:
+        """Write the results the history could not take to a folder the user picks (PNGs with their metadata);
+        they stay in memory for Retry. Returns the files written."""
+        if self.saver is None or not self.saver.unsaved():
+            return []
+        folder = folder or self._ask_folder()
+        if not folder:
+            return []
+        try:
+            written = self.saver.save_unsaved_to(folder)
+        except UserError as exc:
+            self._report(exc)
+            return []
+        self._last_save_error = f"Saved {len(written)} image(s) to {folder}; Retry adds them to the history."
+        self._update_save_banner()
+        return written
 
     # -- filters -------------------------------------------------------------------------------
     def _apply_search(self) -> None:
@@ -888,6 +930,10 @@ class HistoryPanel(QWidget):
         n = len(selected)
         delete = menu.addAction(f"Delete{f' {n} entries' if n > 1 else ''}…", lambda: self.delete_entries(selected))
         delete.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
+        if getattr(self.history, "read_only", False):  # browsed only: the reason is in the banner
+            for action in menu.actions():
+                if action.text() in (star, delete.text()):
+                    action.setEnabled(False)
         return menu
 
 
