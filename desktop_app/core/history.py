@@ -8,6 +8,7 @@ Layout under the history folder (``paths.history_dir()`` unless given)::
     images/2026-11-28/mask-<hash>.png its mask
     thumbs/2026-11-28/<uid>.jpg       thumbnail (derived; rebuilt when missing)
     unindexed/                        PNGs found in images/ that carry no readable metadata, set aside
+    favourites.txt                    the favourites' uids (a rebuild from the images keeps them)
 
 Crash safety. Saving writes each file to a temporary file in the same folder
 (``.<name>.<pid>.tmp``), flushes and fsyncs it, moves it into place with
@@ -24,6 +25,17 @@ Start-up check. Opening runs SQLite's quick_check and `check()`, which rescans
 only the day folders whose mtime changed since their last clean check (today's,
 after a session that saved something), so opening stays fast with 10,000 entries;
 ``check(full=True)`` rescans everything.
+
+Adopted images are not trusted: anyone can copy a PNG into images/. The source and mask its metadata names
+are kept only when they are content-addressed files of this store (``images/<day>/src-<digest>.png``, a plain
+file whose pixels have that digest); anything else is dropped with a notice (`CheckReport.dropped`). Deleting
+and exporting touch only the store's own plain files (`HistoryStore.owned`).
+
+Read-only and full. A read-only folder, or a disk too full to open the database for writing, opens the history
+read-only (``read_only_reason``): it lists and searches, and every change raises a HistoryError saying what is
+read-only or how much space is needed. The open-time check writes only when it has something to write, and
+leaves what it cannot write for later. Every transaction goes through `_transaction`, whose ROLLBACK never hides
+the error that caused it (SQLite has already rolled back on SQLITE_FULL).
 
 Two processes on one folder: SQLite's WAL and busy timeout serialise writers;
 write transactions are ``BEGIN IMMEDIATE``; rows are keyed by a unique uid, so
