@@ -83,6 +83,7 @@ def run_gui(
     window.show()
     app.processEvents()  # first paint now; the history, asyncio and qasync load after it
     window.attach_history(open_history(data_dir))
+    announce_read_only(window)
     if files:
         open_files(window, list(files))
     instance.listen()  # after our own file: a later launch's file is opened after it, and shown
@@ -109,6 +110,21 @@ def run_gui(
     _exit_if_engine_busy(window.worker)
     instance.release()
     return 0
+
+
+READ_ONLY_HINT = "Start with --data-dir on a writable folder, or make this one writable."
+
+
+def announce_read_only(window: Any) -> str | None:
+    """Say once, in the log and in the window's banner, which data folders cannot be written and what the app does
+    without them (a read-only data folder: no log file, no cache, settings and new history entries not kept)."""
+    from desktop_app.core import paths
+
+    notice = paths.read_only_notice()
+    if notice:
+        log.warning("%s", notice)
+        window.show_error(notice, READ_ONLY_HINT)
+    return notice
 
 
 def quit_on_signals(window: Any) -> Any:
@@ -163,4 +179,4 @@ def _exit_if_engine_busy(worker: Any, code: int = 0) -> None:
         os._exit(code)
 
 
-__all__ = ["app_icon", "create_main_window", "open_history", "run_gui", "window_created_hooks"]
+__all__ = ["announce_read_only", "app_icon", "create_main_window", "open_history", "run_gui", "window_created_hooks"]

@@ -444,6 +444,17 @@ def _list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_read_only(args: argparse.Namespace, log_file: Path | None) -> None:
+    """One stderr line when a data folder cannot be written (and what goes without it); in the log file too."""
+    notice = paths.read_only_notice(history=args.command not in ("history", "models"))
+    if notice:
+        print(f"warning: {notice}", file=sys.stderr)
+        if log_file is not None:
+            import logging
+
+            logging.getLogger(__name__).warning("%s", notice)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`diffusion-desk COMMAND ...` runs a command; anything else (no arguments, files, URLs) opens the window."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -459,8 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths.set_data_dir(args.data_dir)
     from desktop_app.app.logs import setup_logging
 
-    setup_logging(args.debug)
+    log_file = setup_logging(args.debug)
     try:
+        if args.command is not None or args.smoke:  # the window says it in its banner (run_gui)
+            _say_read_only(args, log_file)
         if args.smoke:
             from desktop_app.app.smoke import run_smoke
 
