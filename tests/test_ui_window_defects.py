@@ -331,3 +331,20 @@ def test_a_value_typed_while_a_model_loads_is_kept(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: window.models.state() == "ready", timeout=5000)
     assert child(window, "stepsSpin").value() == 13
     assert child(window, "guidanceSpin").value() == 2.5  # what the user did not touch takes the model's value
+
+
+def test_a_history_that_cannot_open_says_why(qtbot, qloop, tmp_path, engine):
+    from PySide6.QtWidgets import QLabel
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "history").write_text("not a folder")
+    w = make_window(qtbot, data, engine)
+    try:
+        texts = " ".join(label.text() for label in w.history_panel.findChildren(QLabel) if label.isVisible())
+        assert "The history is not open" in texts and "history" in texts.split("The history is not open", 1)[1]
+        child(w, "stepsSpin").setValue(1)
+        result = click_generate(qtbot, w)  # the window keeps working; the result stays in memory
+        assert w.history_saver.unsaved() == [result]
+    finally:
+        w.close()

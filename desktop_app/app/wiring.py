@@ -16,17 +16,20 @@ log = logging.getLogger(__name__)
 
 def open_history(data_dir: str | os.PathLike | None) -> Any:
     """The HistoryStore (desktop_app.core.history) under data_dir/history; None when missing or broken."""
-    try:
-        from desktop_app.core.history import HistoryStore
-    except ImportError:
-        return None
-    try:
-        from pathlib import Path
+    return open_history_with_reason(data_dir)[0]
 
-        return HistoryStore(Path(data_dir) / "history" if data_dir else None)
+
+def open_history_with_reason(data_dir: str | os.PathLike | None) -> tuple[Any, str]:
+    """(the HistoryStore, "") or (None, why it could not be opened): the window says why."""
+    from pathlib import Path
+
+    from desktop_app.core.history import HistoryStore
+
+    try:
+        return HistoryStore(Path(data_dir) / "history" if data_dir else None), ""
     except Exception as exc:  # noqa: BLE001 - the window still works without history
         log.warning("history unavailable: %s", exc)
-        return None
+        return None, getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
 def create_main_window(
@@ -53,18 +56,20 @@ def create_main_window(
     from desktop_app.model.timeline import Timeline
     from desktop_app.ui.main_window import MainWindow
     from desktop_app.ui.settings import make_settings
-    from desktop_app.ui.theme import apply_theme
+    from desktop_app.ui.theme import apply_theme, current_scheme
     from desktop_app.worker import EngineWorker
 
     app = QApplication.instance()
     if app is None:
         raise RuntimeError("create a QApplication first")
-    apply_theme(app)  # type: ignore[arg-type]
+    if not current_scheme(app):  # type: ignore[arg-type]  # run_gui applies it before; tests and tools come here
+        apply_theme(app)  # type: ignore[arg-type]
     settings = make_settings(data_dir)
     worker = EngineWorker(engine_factory=engine_factory)
     worker.start()
+    history_reason = ""
     if history is None and not defer_history:
-        history = open_history(data_dir)
+        history, history_reason = open_history_with_reason(data_dir)
     saved_model = str(settings.value("model/current", "") or "")
     models = Models(worker, settings, downloader=worker.download_model)
     document = Document()
@@ -83,6 +88,7 @@ def create_main_window(
         settings=settings,
         history=history,
         history_deferred=defer_history,
+        history_reason=history_reason,
         data_dir=data_dir,
         same_model=model in (None, "", saved_model),
     )
@@ -97,4 +103,4 @@ def create_main_window(
     return window
 
 
-__all__ = ["create_main_window", "open_history"]
+__all__ = ["create_main_window", "open_history", "open_history_with_reason"]

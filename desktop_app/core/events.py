@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest
+
+if TYPE_CHECKING:  # numpy stays out of the window's start-up
+    from desktop_app.core.latents import Trajectory
 
 
 @dataclass(frozen=True)

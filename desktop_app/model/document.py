@@ -9,13 +9,18 @@ clear, invert or replacement is one undo step, stored as the changed rectangle o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
 from desktop_app.core.events import Result
+from desktop_app.core.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import numpy
+
+np = LazyModule("numpy")  # imported when the first image arrives, not at start-up
 
 MAX_UNDO = 64
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in source pixels
@@ -29,8 +34,8 @@ class _Edit:
     y1: int
     x0: int
     x1: int
-    before: np.ndarray
-    after: np.ndarray
+    before: numpy.ndarray
+    after: numpy.ndarray
 
 
 class Document(QObject):
@@ -46,11 +51,11 @@ class Document(QObject):
         self._source: Image.Image | None = None
         self._made_by: tuple[Result, int] | None = None
         self._entry_id: int | None = None
-        self._mask: np.ndarray | None = None
+        self._mask: numpy.ndarray | None = None
         self._bounds: tuple[int, int, int, int] | None = None
         self._undo: list[_Edit] = []
         self._redo: list[_Edit] = []
-        self._stroke_before: np.ndarray | None = None
+        self._stroke_before: numpy.ndarray | None = None
         self._stroke_box: list[int] | None = None
         self._result: Result | None = None
         self._result_from_source = False
@@ -138,7 +143,7 @@ class Document(QObject):
 
     # -- the mask ----------------------------------------------------------------
     @property
-    def mask(self) -> np.ndarray | None:
+    def mask(self) -> numpy.ndarray | None:
         """The live mask array (painted in place by `stamp`); copy it to keep it."""
         return self._mask
 
@@ -151,7 +156,7 @@ class Document(QObject):
     def has_mask(self) -> bool:
         return self._mask is not None and bool(self._mask.any())
 
-    def set_mask(self, mask: Image.Image | np.ndarray, undoable: bool = True) -> None:
+    def set_mask(self, mask: Image.Image | numpy.ndarray, undoable: bool = True) -> None:
         """Replace the mask (PIL or numpy; resized to the source when its size differs)."""
         if self._source is None:
             return
@@ -175,7 +180,7 @@ class Document(QObject):
         if self._mask is not None:
             self._replace_mask(255 - self._mask, True)
 
-    def _replace_mask(self, new: np.ndarray, undoable: bool) -> None:
+    def _replace_mask(self, new: numpy.ndarray, undoable: bool) -> None:
         assert self._mask is not None
         if undoable:
             self._push(_Edit(0, new.shape[0], 0, new.shape[1], self._mask.copy(), new.copy()))
@@ -188,7 +193,7 @@ class Document(QObject):
             self._stroke_before = self._mask.copy()
             self._stroke_box = None
 
-    def stamp(self, box: Box, value: np.ndarray, erase: bool = False) -> None:
+    def stamp(self, box: Box, value: numpy.ndarray, erase: bool = False) -> None:
         """Paint `value` (uint8, the box's shape) into the mask: max for the brush, min of the inverse to erase."""
         if self._mask is None:
             return

@@ -8,7 +8,6 @@ into the document's view, and a finished job's result is put into the document a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +148,8 @@ class Jobs(QObject):
 
     async def wait(self, job_id: int) -> Result | None:
         """The job's Result; None when it failed (already reported) or was cancelled."""
+        import asyncio  # not at import time: the window paints before asyncio loads
+
         job = self._jobs.get(job_id)
         if job is None or job.future is None:
             return None

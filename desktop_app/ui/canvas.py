@@ -20,9 +20,10 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from desktop_app.core.lazy import LazyModule
 from desktop_app.model.brush import Brush
 from desktop_app.model.document import Document
-from desktop_app.ui.qt_images import LazyModule, numpy_to_qimage, pil_to_qimage, qimage_to_pil
+from desktop_app.ui.qt_images import numpy_to_qimage, pil_to_qimage, qimage_to_pil
 
 if TYPE_CHECKING:
     import numpy

@@ -52,7 +52,6 @@ from desktop_app.model.timeline import Timeline
 from desktop_app.ui.brush_bar import BrushToolBar
 from desktop_app.ui.canvas import MaskCanvas
 from desktop_app.ui.error_banner import ErrorBanner
-from desktop_app.ui.help import ShortcutsDialog
 from desktop_app.ui.job_status import JobStatus
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
@@ -95,6 +94,7 @@ class MainWindow(QMainWindow):
         settings: QSettings,
         history: Any = None,
         history_deferred: bool = False,
+        history_reason: str = "",
         data_dir: str | os.PathLike | None = None,
         same_model: bool = True,
     ) -> None:
@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
         self.data_dir = Path(data_dir) if data_dir else None
         self.last_error: tuple[str, str] | None = None
         self._history_deferred = history_deferred
+        self._history_reason = history_reason
         self._suggest_job: int | None = None
         self._error_cause: str | None = None
         self._spin_guard = _SpinUndoGuard(self)
@@ -232,30 +233,31 @@ class MainWindow(QMainWindow):
         self.move(avail.x() + (avail.width() - w) // 2, avail.y() + (avail.height() - h) // 2)
 
     def _make_history_panel(self, placeholder: bool = False) -> QWidget:
-        """The history panel (objectName 'historyPanel'), or a placeholder while the history opens."""
-        if not placeholder and self.history is not None:
-            from desktop_app.ui.history_panel import HistoryPanel
-
-            panel = HistoryPanel(self.history, self.history_saver)
+        """The history panel (objectName 'historyPanel'); a placeholder only while the history opens. Without a
+        history the panel says why and results stay in memory (the saver keeps them)."""
+        if placeholder:
+            panel = QFrame()
             panel.setObjectName("historyPanel")
-            panel.openRequested.connect(self._on_history_open)
-            panel.reuseRequested.connect(self._on_history_reuse)
-            panel.useAsSourceRequested.connect(self._on_history_use_as_source)
-            panel.errorRaised.connect(self.show_error)
-            self.sourceChanged.connect(getattr(panel, "set_source_image", lambda *_: None))
+            lay = QVBoxLayout(panel)
+            title = QLabel("History")
+            title.setStyleSheet("font-weight: 600;")
+            lay.addWidget(title)
+            hint = QLabel("Loading…")
+            hint.setEnabled(False)
+            lay.addWidget(hint)
+            lay.addStretch(1)
             panel.setMinimumWidth(130)
             return panel
-        panel = QFrame()
+        from desktop_app.ui.history_panel import HistoryPanel
+
+        panel = HistoryPanel(self.history, self.history_saver)
+        if self.history is None:
+            panel.set_history(None, reason=self._history_reason)
         panel.setObjectName("historyPanel")
-        lay = QVBoxLayout(panel)
-        title = QLabel("History")
-        title.setStyleSheet("font-weight: 600;")
-        lay.addWidget(title)
-        hint = QLabel("Loading…" if placeholder else "The history could not be opened; results are not kept.")
-        hint.setWordWrap(True)
-        hint.setEnabled(False)
-        lay.addWidget(hint)
-        lay.addStretch(1)
+        panel.openRequested.connect(self._on_history_open)
+        panel.reuseRequested.connect(self._on_history_reuse)
+        panel.useAsSourceRequested.connect(self._on_history_use_as_source)
+        panel.errorRaised.connect(self.show_error)
         panel.setMinimumWidth(130)
         return panel
 
@@ -433,9 +435,10 @@ class MainWindow(QMainWindow):
             app.installEventFilter(self._spin_guard)
         self._update_actions()
 
-    def attach_history(self, history: Any) -> None:
-        """Use `history` (a HistoryStore, or None) and put its panel in place of the placeholder."""
+    def attach_history(self, history: Any, reason: str = "") -> None:
+        """Use `history` (a HistoryStore, or None: `reason` says why) and put its panel in place of the placeholder."""
         self.history = history
+        self._history_reason = reason
         if self.history_saver is not None:
             self.history_saver.set_store(history)
         self._history_deferred = False
@@ -549,8 +552,12 @@ class MainWindow(QMainWindow):
         return True
 
     def _fill_from_metadata(self, path: str) -> None:
-        """An image made by us, AUTOMATIC1111 or InvokeAI fills the prompt panel with how it was made."""
+        """An image made by us, AUTOMATIC1111 or InvokeAI fills the prompt panel with how it was made.
+
+        Values out of range are clamped and odd ones left out (`sanitize_params`); what was changed is said in
+        the status bar. Nothing in a file's metadata may raise out of here."""
         from desktop_app.core.infotext import MetadataError, read_png_metadata
+        from desktop_app.core.requests import sanitize_params
 
         try:
             info = read_png_metadata(path)
@@ -563,8 +570,11 @@ class MainWindow(QMainWindow):
         data.update(prompt=info.prompt, negative_prompt=info.negative_prompt)
         data.pop("kind", None)
         data.pop("model", None)  # the model that made it may not be here; keep the current one
-        self.prompt_panel.fill(data)
+        data, notices = sanitize_params(data)
+        notices = list(info.notices) + notices + self.prompt_panel.fill(data, report=False)
         self.prompt_panel.set_mode(mode)
+        if notices:
+            self._status("The image's parameters were adjusted: " + "; ".join(notices) + ".", 10000)
 
     def set_source_image(self, img, entry_id: int | None = None) -> None:
         """Make `img` (PIL, QImage or None) the source; the mask is kept when the size is the same.
@@ -829,6 +839,8 @@ class MainWindow(QMainWindow):
 
     # -- help ------------------------------------------------------------------------------
     def show_shortcuts(self) -> QDialog:
+        from desktop_app.ui.help import ShortcutsDialog  # not needed before the first paint
+
         dlg = ShortcutsDialog(self.actions(), self)
         dlg.setModal(False)
         dlg.show()

@@ -549,28 +549,42 @@ class PromptPanel(QWidget):
         self.suggest_mask_button.setEnabled(not busy)
         self.suggest_mask_button.setText("Suggesting a mask…" if busy else "Suggest mask")
 
-    def fill(self, data: Any) -> None:
-        """Fill from a request object or a dict of request fields (unknown keys ignored)."""
+    def fill(self, data: Any, report: bool = True) -> list[str]:
+        """Fill from a request object or a dict of request fields (unknown keys ignored).
+
+        Values are typed and clamped first (`sanitize_params`): one out of range is clamped, one of the wrong
+        type left out. Returns the notices of what was changed; with `report`, they are shown in the window's
+        status bar too."""
+        from PySide6.QtWidgets import QMainWindow
+
+        from desktop_app.core.requests import sanitize_params
+
         if hasattr(data, "to_dict"):
             data = data.to_dict(include_images=False)
-        data = dict(data)
+        data, notices = sanitize_params(dict(data) if isinstance(data, dict) else data)
         kind = data.get("kind")
         if kind in dict(MODES):
             self.set_mode(kind)
         if data.get("model"):
             self.set_model(str(data["model"]))
         if "prompt" in data:
-            self.prompt_edit.setPlainText(str(data["prompt"] or ""))
+            self.prompt_edit.setPlainText(data["prompt"] or "")
         if "negative_prompt" in data:
-            self.negative_prompt_edit.setPlainText(str(data["negative_prompt"] or ""))
-        for key, spin in (
-            ("steps", self.steps_spin),
-            ("width", self.width_spin),
-            ("height", self.height_spin),
-            ("batch", self.batch_spin),
+            self.negative_prompt_edit.setPlainText(data["negative_prompt"] or "")
+        for key, label, spin in (
+            ("steps", "Steps", self.steps_spin),
+            ("width", "Width", self.width_spin),
+            ("height", "Height", self.height_spin),
+            ("batch", "Batch", self.batch_spin),
+            ("mask_blur", "Mask blur", self.mask_blur_spin),
+            ("mask_grow", "Mask grow", self.mask_grow_spin),
+            ("only_masked_padding", "Padding", self.padding_spin),
         ):
             if data.get(key) is not None:
-                spin.setValue(int(data[key]))
+                value = int(data[key])
+                spin.setValue(max(spin.minimum(), min(spin.maximum(), value)))
+                if spin.value() != value:
+                    notices.append(f"{label} {value} is more than this field holds: {spin.value()} is used")
         if data.get("guidance") is not None:
             self.guidance_spin.setValue(float(data["guidance"]))
         if "seed" in data:
@@ -579,17 +593,11 @@ class PromptPanel(QWidget):
             idx = self.scheduler_combo.findData(data["scheduler"]) if data["scheduler"] else 0
             self.scheduler_combo.setCurrentIndex(max(0, idx))
         if "source_prompt" in data:
-            self.source_prompt_edit.setText(str(data["source_prompt"] or ""))
+            self.source_prompt_edit.setText(data["source_prompt"] or "")
         if data.get("method") in EDIT_METHODS:
             self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index(data["method"]))
-        if data.get("mask_blur") is not None:
-            self.mask_blur_spin.setValue(int(data["mask_blur"]))
-        if data.get("mask_grow") is not None:
-            self.mask_grow_spin.setValue(int(data["mask_grow"]))
         if data.get("only_masked") is not None:
             self.only_masked_check.setChecked(bool(data["only_masked"]))
-        if data.get("only_masked_padding") is not None:
-            self.padding_spin.setValue(int(data["only_masked_padding"]))
         if data.get("resize_mode") in RESIZE_MODES:
             self.resize_mode_combo.setCurrentIndex(max(0, self.resize_mode_combo.findData(data["resize_mode"])))
         if self.timeline is not None and kind in IMAGE_MODES:
@@ -597,6 +605,10 @@ class PromptPanel(QWidget):
                 self.timeline.set_strength(float(data["t0"]) / self.timeline.T, "edit")
             elif data.get("strength") is not None:
                 self.timeline.set_strength(float(data["strength"]), kind)
+        window = self.window()
+        if report and notices and isinstance(window, QMainWindow):
+            window.statusBar().showMessage("Parameters adjusted: " + "; ".join(notices) + ".", 10000)
+        return notices
 
     # -- persistence -----------------------------------------------------------
     def save_settings(self, s: QSettings) -> None:

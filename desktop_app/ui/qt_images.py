@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from PIL import Image
 from PySide6.QtGui import QImage
 
-
-class LazyModule:
-    """A module imported on first attribute access: numpy stays out of start-up (the window paints sooner)."""
-
-    def __init__(self, name: str) -> None:
-        self.__dict__["_name"] = name
-        self.__dict__["_module"] = None
-
-    def __getattr__(self, attr: str) -> Any:
-        module = self.__dict__["_module"]
-        if module is None:
-            module = self.__dict__["_module"] = importlib.import_module(self.__dict__["_name"])
-        return getattr(module, attr)
-
+from desktop_app.core.lazy import LazyModule
 
 np = LazyModule("numpy")
+
+__all__ = ["LazyModule", "numpy_to_qimage", "pil_to_qimage", "qimage_to_pil"]
 
 
 def numpy_to_qimage(arr: Any) -> QImage:
