@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def start_xvfb(size: str = "1440x900x24") -> subprocess.Popen | None:
+def start_xvfb(size: str = "1366x768x24") -> subprocess.Popen | None:
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return None
     for n in range(97, 120):
@@ -55,8 +55,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--model")
     ap.add_argument("--out", default=str(ROOT / "resources" / "screenshot.png"))
-    ap.add_argument("--width", type=int, default=1360)
-    ap.add_argument("--height", type=int, default=820)
+    ap.add_argument("--width", type=int, default=0, help="window width (default: the size the app opens at)")
+    ap.add_argument("--height", type=int, default=0)
     args = ap.parse_args()
     xvfb = start_xvfb()
     try:
@@ -83,7 +83,8 @@ def shoot(args) -> int:
     model = pick_model(args.model)
     size = int(model_defaults(model).get("width", 64))
     window = create_main_window(model=model, data_dir=tempfile.mkdtemp())
-    window.resize(args.width, args.height)
+    if args.width and args.height:
+        window.resize(args.width, args.height)
     window.show()
 
     source = render(make_spec("circle", "red", "blue", "centre"), size=size)
