@@ -208,8 +208,10 @@ def test_no_metadata_and_not_an_image(tmp_path):
         read_png_metadata(tmp_path / "nope.png")
     with pytest.raises(MetadataError):
         read_png_metadata(png_bytes({"diffusion_desk": json.dumps({"request": {"kind": "teleport"}})}))
-    with pytest.raises(MetadataError):
-        read_png_metadata(png_bytes({"diffusion_desk": json.dumps({"request": {"prompt": 5, "steps": "x"}})}))
+    # Fields of the wrong type are left out with a notice; the rest of the request is still read.
+    info = read_png_metadata(png_bytes({"diffusion_desk": json.dumps({"request": {"prompt": 5, "steps": "x"}})}))
+    assert info.request is not None and info.request.prompt == "" and info.request.steps is None
+    assert info.notices == ["Prompt 5 is not text: left out", "Steps 'x' is not a number: left out"]
 
 
 def test_huge_chunks_are_clean_errors():

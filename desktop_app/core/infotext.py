@@ -35,7 +35,14 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from desktop_app.core.errors import UserError
-from desktop_app.core.requests import DEFAULT_RESIZE_MODE, REQUEST_TYPES, RESIZE_MODES, SCHEDULERS, GenerateRequest
+from desktop_app.core.requests import (
+    DEFAULT_RESIZE_MODE,
+    REQUEST_TYPES,
+    RESIZE_MODES,
+    SCHEDULERS,
+    GenerateRequest,
+    sanitize_params,
+)
 
 if TYPE_CHECKING:
     from desktop_app.core.events import Result
@@ -368,42 +375,46 @@ def _to_float(value: Any) -> float | None:
 
 def parameters_to_request(params: dict[str, Any]) -> GenerateRequest:
     """Best-effort request (without images) from parsed A1111 parameters: what fills the prompt panel."""
+    return _parameters_to_request(params)[0]
+
+
+def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, list[str]]:
+    """The request and the notices of what was clamped or left out: the text's values go to `sanitize_params`
+    as written (99999999999999999999 stays that number in the notice)."""
     kind = str(params.get("Mode", "generate"))
     cls = REQUEST_TYPES.get(kind, GenerateRequest)
     data: dict[str, Any] = {
         "prompt": params.get("Prompt", ""),
         "negative_prompt": params.get("Negative prompt", ""),
-        "steps": _to_int(params.get("Steps")),
-        "guidance": _to_float(params.get("CFG scale")),
-        "seed": _to_int(params.get("Seed")),
-        "width": _to_int(params.get("Size-1")),
-        "height": _to_int(params.get("Size-2")),
+        "steps": params.get("Steps"),
+        "guidance": params.get("CFG scale"),
+        "seed": params.get("Seed"),
+        "width": params.get("Size-1"),
+        "height": params.get("Size-2"),
     }
+    if str(data["seed"]).strip() == "-1":  # A1111's "random"
+        data["seed"] = None
     sampler = str(params.get("Sampler", "")).strip().lower()
     if sampler in _SAMPLER_TO_ID:
         data["scheduler"] = _SAMPLER_TO_ID[sampler]
     if "Model" in params and params["Model"]:
         data["model"] = str(params["Model"])
     names = set(cls.field_names())
-    strength = _to_float(params.get("Denoising strength"))
-    if strength is not None and "strength" in names:
-        data["strength"] = strength
+    if params.get("Denoising strength") is not None and "strength" in names:
+        data["strength"] = params["Denoising strength"]
     if kind == "edit":
-        data["t0"] = _to_int(params.get("T0"))
+        data["t0"] = params.get("T0")
         if params.get("Edit method"):
             data["method"] = str(params["Edit method"])
         data["source_prompt"] = str(params.get("Source prompt", ""))
-    if "mask_blur" in names and _to_int(params.get("Mask blur")) is not None:
-        data["mask_blur"] = _to_int(params.get("Mask blur"))
-    grow = _to_int(params.get("Mask grow"))
-    if "mask_grow" in names and grow is not None and grow >= 0:
-        data["mask_grow"] = grow
+    for key, name in (("Mask blur", "mask_blur"), ("Mask grow", "mask_grow")):
+        if name in names and params.get(key) is not None:
+            data[name] = params[key]
     resize_mode = _RESIZE_MODE_TO_ID.get(str(params.get("Resize mode", "")).strip().lower())
     if "resize_mode" in names and resize_mode is not None:  # another tool's mode ("latent upscale"): the default
         data["resize_mode"] = resize_mode
-    if data["seed"] is not None and not (0 <= data["seed"] < 2**32):
-        data["seed"] = None
-    return cls(**{k: v for k, v in data.items() if k in names})
+    clean, notices = sanitize_params({k: v for k, v in data.items() if k in names})
+    return cls(**clean), notices
 
 
 @dataclass
@@ -419,6 +430,7 @@ class ParsedInfo:
     model_id: str = ""
     model_hash: str = ""
     data: dict[str, Any] = field(default_factory=dict)  # our JSON chunk, when source == "diffusion_desk"
+    notices: list[str] = field(default_factory=list)  # values clamped or left out of `request` (sanitize_params)
 
 
 def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
@@ -432,8 +444,15 @@ def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
         ) from exc
     if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
         raise MetadataError("The Diffusion Desk metadata has no request.", "The image's metadata may be damaged.")
+    kind = record["request"].get("kind", "generate")
+    if not isinstance(kind, str) or kind not in REQUEST_TYPES:
+        raise MetadataError(
+            f"The Diffusion Desk metadata holds an unknown kind of request ({str(kind)[:40]!r}).",
+            "It may come from a newer Diffusion Desk, or be damaged.",
+        )
+    clean, notices = sanitize_params(record["request"])
     try:
-        request = GenerateRequest.from_dict(record["request"])
+        request = GenerateRequest.from_dict(clean)
         # A field of the wrong type must not pass for a request.
         for name in ("prompt", "negative_prompt", "model"):
             if not isinstance(getattr(request, name), str):
@@ -455,13 +474,15 @@ def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
         model_id=str(record.get("model_id") or ""),
         model_hash=str(record.get("model_hash") or ""),
         data=record,
+        notices=notices,
     )
 
 
 def _params_to_info(text: str) -> ParsedInfo:
     params = parse_parameters(text)
+    notices: list[str] = []
     try:
-        request = parameters_to_request(params)
+        request, notices = _parameters_to_request(params)
     except Exception:  # noqa: BLE001 - an odd value must not stop the prompt from being read
         request = None
     return ParsedInfo(
@@ -470,9 +491,10 @@ def _params_to_info(text: str) -> ParsedInfo:
         negative_prompt=params["Negative prompt"],
         parameters=params,
         request=request,
-        seed=_to_int(params.get("Seed")),
+        seed=request.seed if request is not None else None,
         model_id=str(params.get("Model", "")),
         model_hash=str(params.get("Model hash", "")),
+        notices=notices,
     )
 
 
@@ -491,18 +513,19 @@ def _invokeai_to_info(text: str) -> ParsedInfo:
     negative = meta.get("negative_prompt", "")
     model = meta.get("model")
     model_id = str(model.get("name") or model.get("key") or "") if isinstance(model, dict) else str(model or "")
-    seed = _to_int(meta.get("seed"))
-    if seed is not None and not (0 <= seed < 2**32):
-        seed = None
-    request = GenerateRequest(
-        prompt=str(prompt or ""),
-        negative_prompt=str(negative or ""),
-        steps=_to_int(meta.get("steps")),
-        guidance=_to_float(meta.get("cfg_scale")),
-        width=_to_int(meta.get("width")),
-        height=_to_int(meta.get("height")),
-        seed=seed,
+    clean, notices = sanitize_params(
+        {
+            "prompt": str(prompt or ""),
+            "negative_prompt": str(negative or ""),
+            "steps": _to_int(meta.get("steps")),
+            "guidance": _to_float(meta.get("cfg_scale")),
+            "width": _to_int(meta.get("width")),
+            "height": _to_int(meta.get("height")),
+            "seed": _to_int(meta.get("seed")),
+        }
     )
+    request = GenerateRequest(**clean)
+    seed = request.seed
     return ParsedInfo(
         source="invokeai",
         prompt=request.prompt,
@@ -511,6 +534,7 @@ def _invokeai_to_info(text: str) -> ParsedInfo:
         seed=seed,
         model_id=model_id,
         data=meta,
+        notices=notices,
     )
 
 

@@ -7,6 +7,7 @@ the CLI, the history (exact replay) and, later, a remote worker.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -74,7 +75,8 @@ class GenerateRequest:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> GenerateRequest:
-        """Raise InvalidRequest naming the first parameter out of range; return self."""
+        """Raise InvalidRequest naming the first parameter of the wrong type or out of range; return self."""
+        self.check_types()
         for name, value in (("Width", self.width), ("Height", self.height)):
             if value is None:
                 continue
@@ -128,11 +130,36 @@ class GenerateRequest:
         known = set(cls.field_names())
         kwargs = {k: v for k, v in data.items() if k in known}
         if "loras" in kwargs:
-            kwargs["loras"] = tuple((str(p), float(w)) for p, w in kwargs["loras"])
+            kwargs["loras"] = _loras(kwargs["loras"])
         for name in _IMAGE_FIELDS:
             if isinstance(kwargs.get(name), str):
                 kwargs[name] = image_from_data_url(kwargs[name])
-        return cls(**kwargs)
+        request = cls(**kwargs)
+        request.check_types()
+        return request
+
+    def check_types(self) -> None:
+        """Raise InvalidRequest naming the first field whose value has the wrong type (metadata may hold
+        `{"batch": null}` or `{"width": "x"}`); None passes only where it means the model's default."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _FIELD_TYPES.get(f.name)
+            if kind is None or (value is None and f.default is None):
+                continue
+            if kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind is float:
+                ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+                    isinstance(value, float) and math.isfinite(value)
+                )
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                what = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}[kind]
+                raise InvalidRequest(
+                    f"{_LABELS.get(f.name, f.name)} must be {what}, not {_show(value)}.",
+                    "The parameters may come from a damaged or foreign file; set this one by hand.",
+                )
 
 
 def _check_mask(image: Image.Image | None, mask: Image.Image | None, required: bool) -> None:
@@ -239,6 +266,235 @@ class EditRequest(GenerateRequest):
 
 
 Request = GenerateRequest
+
+# -- requests read from files: types and ranges ---------------------------------------------------------------------
+_FIELD_TYPES: dict[str, type] = {
+    "prompt": str,
+    "negative_prompt": str,
+    "model": str,
+    "steps": int,
+    "guidance": float,
+    "width": int,
+    "height": int,
+    "seed": int,
+    "batch": int,
+    "scheduler": str,
+    "previews": bool,
+    "trajectory": bool,
+    "strength": float,
+    "resize_mode": str,
+    "mask_blur": int,
+    "only_masked": bool,
+    "only_masked_padding": int,
+    "mask_grow": int,
+    "source_prompt": str,
+    "t0": int,
+    "method": str,
+}
+# The ranges `validate` enforces (and the window's fields hold).
+_RANGES: dict[str, tuple[float, float]] = {
+    "steps": (1, 150),
+    "guidance": (0, 30),
+    "width": (64, 2048),
+    "height": (64, 2048),
+    "seed": (0, MAX_SEED),
+    "batch": (1, 16),
+    "strength": (0, 1),
+    "mask_blur": (0, 64),
+    "mask_grow": (0, 256),
+    "only_masked_padding": (0, 256),
+    "t0": (1, 999),
+}
+_LABELS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "model": "Model",
+    "steps": "Steps",
+    "guidance": "Guidance",
+    "width": "Width",
+    "height": "Height",
+    "seed": "Seed",
+    "batch": "Batch",
+    "scheduler": "Sampler",
+    "strength": "Strength",
+    "resize_mode": "Resize mode",
+    "mask_blur": "Mask blur",
+    "only_masked": "Only masked",
+    "only_masked_padding": "Padding",
+    "mask_grow": "Mask grow",
+    "source_prompt": "Source prompt",
+    "t0": "t0",
+    "method": "Edit method",
+    "kind": "Mode",
+    "loras": "LoRAs",
+    "previews": "Previews",
+    "trajectory": "Trajectory",
+}
+# None means "the model's default" (or "random" for the seed) for these; elsewhere it is a value that is missing.
+_OPTIONAL = frozenset({"steps", "guidance", "width", "height", "seed", "scheduler", "t0", "strength"})
+_CHOICES: dict[str, Any] = {"scheduler": SCHEDULERS, "method": EDIT_METHODS, "resize_mode": RESIZE_MODES}
+MAX_TEXT_CHARS = 20_000  # a prompt longer than this is cut (metadata can hold megabytes)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "…"
+
+
+def _show_number(value: Any) -> str:
+    """A number as the file wrote it (a numeric string without its quotes)."""
+    return _show(value.strip()).strip("'") if isinstance(value, str) else _show(value)
+
+
+def _as_number(value: Any) -> float | int | None:
+    """A number from a number or a numeric string; None when it is neither (bools, NaN, infinities, "x")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str) and len(value) <= 64:
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    return None
+
+
+def _loras(value: Any) -> tuple[tuple[str, float], ...]:
+    """(path, weight) pairs; raises InvalidRequest on anything else."""
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRequest(f"LoRAs must be a list of (file, weight), not {_show(value)}.", "Add the LoRAs by hand.")
+    out = []
+    for item in value:
+        weight = _as_number(item[1]) if isinstance(item, (list, tuple)) and len(item) == 2 else None
+        if weight is None or not isinstance(item[0], str):
+            raise InvalidRequest(f"A LoRA entry is not (file, weight): {_show(item)}.", "Add the LoRAs by hand.")
+        out.append((item[0], float(weight)))
+    return tuple(out)
+
+
+def sanitize_params(data: Any) -> tuple[dict[str, Any], list[str]]:
+    """Request fields read from a file (our JSON, AUTOMATIC1111 text, InvokeAI, settings) made safe to use.
+
+    Returns the fields with typed values (numeric strings become numbers, whole-number fields ints) and a notice
+    for each change: a value out of range is clamped to it ("Steps 99999999999999999999 is out of range (1 to
+    150): 150 is used"); one of the wrong type, an unknown sampler / mode / method, NaN or infinity is left out
+    (the field keeps what it had). Keys it does not know are passed through; images are left to `from_dict`.
+    Never raises."""
+    if not isinstance(data, dict):
+        return {}, [f"The parameters are not a set of fields ({type(data).__name__}); none were used."]
+    out: dict[str, Any] = {}
+    notices: list[str] = []
+
+    def drop(name: str, value: Any, why: str) -> None:
+        notices.append(f"{_LABELS.get(name, name)} {_show(value)} {why}: left out")
+
+    for key, value in data.items():
+        name = str(key)
+        if name == "kind":
+            if isinstance(value, str) and value in REQUEST_TYPES:
+                out[name] = value
+            else:
+                drop(name, value, "is not a mode")
+            continue
+        kind = _FIELD_TYPES.get(name)
+        if name == "loras":
+            try:
+                loras = _loras(value)
+            except InvalidRequest:
+                drop(name, value, "is not a list of (file, weight)")
+                continue
+            if any(not -4 <= weight <= 4 for _path, weight in loras):
+                notices.append("A LoRA weight is out of range (-4 to 4): clamped")
+            out[name] = tuple((path, min(4.0, max(-4.0, weight))) for path, weight in loras)
+            continue
+        if kind is None:
+            out[name] = value  # unknown keys, images: not ours to judge here
+            continue
+        if value is None:
+            if name in _OPTIONAL:
+                out[name] = None
+            elif kind is str:
+                out[name] = ""
+            else:
+                notices.append(f"{_LABELS.get(name, name)} is empty: left out")
+            continue
+        if kind is str:
+            if not isinstance(value, str):
+                drop(name, value, "is not text")
+                continue
+            if len(value) > MAX_TEXT_CHARS:
+                notices.append(f"{_LABELS[name]} is {len(value):,} characters long: cut to {MAX_TEXT_CHARS:,}")
+                value = value[:MAX_TEXT_CHARS]
+            choices = _CHOICES.get(name)
+            if choices is not None and value not in choices:
+                if name == "scheduler" and value == "":
+                    out[name] = None
+                    continue
+                drop(name, value, "is not known")
+                continue
+            out[name] = value
+            continue
+        if kind is bool:
+            flag = _as_bool(value)
+            if flag is None:
+                drop(name, value, "is not true or false")
+            else:
+                out[name] = flag
+            continue
+        number = _as_number(value)
+        if number is None:
+            drop(name, value, "is not a number")
+            continue
+        if kind is int:
+            if isinstance(number, float):
+                if number != int(number):
+                    number = round(number)
+                number = int(number)
+        else:
+            number = float(number)
+        low, high = _RANGES.get(name, (-math.inf, math.inf))
+        if name == "seed" and not low <= number <= high:
+            notices.append(f"Seed {_show_number(value)} is out of range (0 to {MAX_SEED}): a random seed is used")
+            out[name] = None
+            continue
+        if number < low or number > high:
+            clamped = type(number)(min(max(number, low), high))
+            notices.append(
+                f"{_LABELS[name]} {_show_number(value)} is out of range ({_number_text(low)} to {_number_text(high)}): "
+                f"{_number_text(clamped)} is used"
+            )
+            number = clamped
+        if name in ("width", "height") and number % 8:
+            rounded = max(64, min(2048, int(round(number / 8)) * 8))
+            notices.append(f"{_LABELS[name]} {number} is not a multiple of 8: {rounded} is used")
+            number = rounded
+        out[name] = number
+    return out, notices
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 REQUEST_TYPES: dict[str, type[GenerateRequest]] = {
     cls.kind: cls for cls in (GenerateRequest, Img2ImgRequest, InpaintRequest, EditRequest)
 }

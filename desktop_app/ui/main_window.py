@@ -556,6 +556,8 @@ class MainWindow(QMainWindow):
 
         Values out of range are clamped and odd ones left out (`sanitize_params`); what was changed is said in
         the status bar. Nothing in a file's metadata may raise out of here."""
+        from PySide6.QtCore import QTimer
+
         from desktop_app.core.infotext import MetadataError, read_png_metadata
         from desktop_app.core.requests import sanitize_params
 
@@ -573,8 +575,9 @@ class MainWindow(QMainWindow):
         data, notices = sanitize_params(data)
         notices = list(info.notices) + notices + self.prompt_panel.fill(data, report=False)
         self.prompt_panel.set_mode(mode)
-        if notices:
-            self._status("The image's parameters were adjusted: " + "; ".join(notices) + ".", 10000)
+        if notices:  # after open_image's "Opened …", which would hide it
+            text = "The image's parameters were adjusted: " + "; ".join(notices) + "."
+            QTimer.singleShot(0, lambda: self._status(text, 10000))
 
     def set_source_image(self, img, entry_id: int | None = None) -> None:
         """Make `img` (PIL, QImage or None) the source; the mask is kept when the size is the same.
