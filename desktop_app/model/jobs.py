@@ -17,8 +17,10 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from desktop_app.core.errors import JobCancelled, UserError
 from desktop_app.core.events import Progress, Result
 from desktop_app.core.model_registry import format_size
+from desktop_app.core.modelinfo import BUILTIN
 from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.model.document import Document
+from desktop_app.model.models import display_name
 
 IMAGE_MODES = ("img2img", "inpaint", "edit")
 MODE_LABELS = {"generate": "Generate", "img2img": "Img2Img", "inpaint": "Inpaint", "edit": "Edit"}
@@ -193,19 +195,15 @@ class Jobs(QObject):
     @Slot(int, object)
     def _on_started(self, job_id: int, request: Any) -> None:
         self._running = job_id
-        job = self._jobs.get(job_id)
         self._preview_size = None
         if request is not None and getattr(request, "image", None) is None and getattr(request, "width", None):
             self._preview_size = (request.width, request.height)
-        model = getattr(request, "model", "") or "builtin"
-        loading = model not in self._warm
-        name = "the built-in model" if model == "builtin" else model.rstrip("/").rsplit("/", 1)[-1]
+        model = getattr(request, "model", "") or BUILTIN
+        name = "the built-in model" if model == BUILTIN else display_name(model)
         self._total = 1
-        self._set_status(f"Loading {name}…" if loading else "Starting…", 0, 0)
+        self._set_status(f"Loading {name}…" if model not in self._warm else "Starting…", 0, 0)
         self.started.emit(job_id)
         self.runningChanged.emit(True)
-        if job is None:  # another client's job on a shared worker: still shown, not owned
-            return
 
     @Slot(int, object)
     def _on_progress(self, job_id: int, ev: Progress) -> None:
