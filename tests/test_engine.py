@@ -98,7 +98,10 @@ def test_trajectory_keeps_xt_and_x0_per_step_and_decodes(engine, tiny_model_dir)
     traj = result.trajectory
     assert len(traj) == 4 and traj.timesteps[0] > traj.timesteps[-1]
     assert traj.xt[0].shape == traj.x0[0].shape == (1, 4, 8, 8)
-    assert traj.previews(2, "x0").shape == (8, 8, 3)
+    # a VAE this small decodes each step's preview; the slider shows that decode (image size) for x0_hat...
+    assert traj.previews(2, "x0").shape == (64, 64, 3)
+    # ...and the latent-resolution projection where no decode was kept
+    assert traj.previews(2, "xt").shape == (8, 8, 3)
     decoded = engine.decode_trajectory(traj, 3, "x0")
     assert decoded.size == (64, 64)
     # the last step's x0_hat is the final latent, so its decode is the result

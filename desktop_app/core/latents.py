@@ -63,6 +63,9 @@ class Trajectory:
     x0: list[np.ndarray] = field(default_factory=list)
     previewer: LatentPreviewer | None = None
     model: str = ""
+    # (index, which, batch_index) -> uint8 RGB the engine already decoded (its per-step previews with a small VAE,
+    # whose colours no linear map reproduces): the slider shows these instead of the projection
+    frames: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -74,7 +77,11 @@ class Trajectory:
         return (self.x0 if which == "x0" else self.xt)[index][batch_index]
 
     def previews(self, index: int, which: str = "x0", batch_index: int = 0) -> np.ndarray:
-        """Cheap uint8 RGB (h, w, 3) of a step at latent resolution; grey when no previewer came with it."""
+        """Cheap uint8 RGB (h, w, 3) of a step: the engine's own decode when it kept one, else the latent-resolution
+        projection; grey when no previewer came with it."""
+        frame = self.frames.get((index, which, batch_index))
+        if frame is not None:
+            return frame
         latent = self.latent(index, which, batch_index)
         if self.previewer is None:
             return np.full((latent.shape[1], latent.shape[2], 3), 128, dtype=np.uint8)

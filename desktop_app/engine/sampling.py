@@ -144,6 +144,8 @@ class StepHooks:
         if self.request.previews and self._last_x0 is not None:
             if self.loaded.decode_previews:  # a small VAE: the real decode, in the image's true colours
                 image = decode_images(self.loaded, torch.from_numpy(self._last_x0[:1]))[0]
+                if self.trajectory is not None and len(self.trajectory):  # the slider shows it too, at no cost
+                    self.trajectory.frames[(len(self.trajectory) - 1, "x0", 0)] = np.asarray(image)
             else:
                 image = Image.fromarray(self.loaded.previewer.project(self._last_x0[0]))
             self.emit(Preview(self.step, image))
