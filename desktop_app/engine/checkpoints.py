@@ -67,26 +67,85 @@ class Detection:
 
 
 # -- reading the header -------------------------------------------------------------------------
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # engine.models.PICKLE_SUFFIXES (no import cycle)
+
+
+def _damaged(path: Path, why: str) -> ModelError:
+    return ModelError(
+        f"{path} is damaged or not a model: not a readable .safetensors file ({why}).",
+        "Choose another file, or replace this one with an intact copy of the model.",
+    )
+
+
+def _what_it_is(path: Path, head: bytes) -> str | None:
+    """A name for a file that is not a .safetensors file at all (read from its name and first bytes)."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:2] in (b"PK", b"\x80\x02") or head[:1] == b"\x80":
+        return "a pickle checkpoint (PyTorch .ckpt/.pt/.bin)"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "a PNG image"
+    if head[:4] == b"GGUF":
+        return "a GGUF file"
+    return None
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Tensor names -> shapes, and the metadata, of a .safetensors file, reading only its header."""
+    """Tensor names -> shapes, and the metadata, of a .safetensors file, reading only its header.
+
+    Anything else (a pickle, a header that is not a JSON object, a list as `__metadata__`, a shape that is not a
+    list of whole numbers, 200,000 nested brackets) raises ModelError with what the file is and a hint; nothing
+    else escapes."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             raw = fh.read(8)
+            kind = _what_it_is(path, raw)
+            if kind is not None and path.suffix.lower() != ".safetensors":
+                raise ModelError(
+                    f"{path.name} is {kind}, not a .safetensors file: only a .safetensors header can be read "
+                    "without loading the file.",
+                    "Pickles can hide code: load it with --allow-pickle ('Allow pickle checkpoints') only if you "
+                    "trust its source; better, use a .safetensors version.",
+                )
             if len(raw) != 8:
-                raise ValueError("file too short")
+                raise _damaged(path, "file too short")
             (length,) = struct.unpack("<Q", raw)
-            if length <= 0 or length > 100 * 1024 * 1024:
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(length))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+            if length <= 1 or length > 100 * 1024 * 1024:
+                raise _damaged(path, f"{kind}, not a .safetensors file" if kind else "bad header length")
+            text = fh.read(length)
+    except PermissionError as exc:
         raise ModelError(
-            f"{path} is damaged or not a model: not a readable .safetensors file ({exc}).",
-            "Choose another file, or replace this one with an intact copy of the model.",
+            f"Cannot read {path}: permission denied.", "Give your user read permission on the file."
         ) from exc
-    metadata = header.pop("__metadata__", None) or {}
-    shapes = {name: tuple(info.get("shape", ())) for name, info in header.items() if isinstance(info, dict)}
-    return shapes, {str(k): str(v) for k, v in metadata.items()}
+    except IsADirectoryError as exc:
+        raise ModelError(f"{path} is a folder, not a .safetensors file.", "Give the path of a model file.") from exc
+    except OSError as exc:
+        raise _damaged(path, exc.strerror or str(exc)) from exc
+    if len(text) != length:
+        raise _damaged(path, "the header is cut short")
+    try:
+        header = json.loads(text)
+    except RecursionError as exc:  # json's C decoder counts its depth: 200,000 nested brackets end here
+        raise _damaged(path, "the header nests too deep") from exc
+    except (ValueError, UnicodeDecodeError, MemoryError) as exc:
+        raise _damaged(path, f"{kind}, not a .safetensors file" if kind else "the header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise _damaged(path, f"the header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise _damaged(path, f"__metadata__ is a JSON {type(metadata).__name__}, not an object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise _damaged(path, f"the entry of tensor {name[:80]!r} is not an object")
+        shape = info.get("shape", [])
+        if not isinstance(shape, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise _damaged(path, f"the shape of tensor {name[:80]!r} is not a list of whole numbers")
+        shapes[name] = tuple(shape)
+    return shapes, {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
 
 
 def shapes_of(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -62,7 +62,17 @@ def _read(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor] | str:
             raise ModelError(
                 f"{path.name} could not be read as tensors only.", "Use a .safetensors version of the LoRA."
             ) from exc
-        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+        while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict):
+            raise ModelError(
+                f"{path.name} is not a LoRA: it holds a {type(data).__name__}, not named tensors.",
+                "Choose a LoRA file (a .safetensors LoRA is best).",
+            )
+        tensors = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise ModelError(f"{path.name} is not a LoRA: it holds no tensors.", "Choose a LoRA .safetensors file.")
+        return tensors
     if path.suffix.lower() != ".safetensors":
         raise ModelError(f"{path.name}: unknown LoRA format.", "Use a .safetensors LoRA.")
     return str(path)

@@ -229,12 +229,19 @@ def _folder_pipeline_class(folder: Path):
 
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelError(
-            f"Cannot read {folder / 'model_index.json'}: {exc}", "Check that the folder is a complete diffusers model."
+            f"Cannot read {folder / 'model_index.json'}: {exc}"[:300],
+            "Check that the folder is a complete diffusers model.",
         ) from exc
+    if not isinstance(index, dict):
+        raise ModelError(
+            f"{folder / 'model_index.json'} is damaged: it holds a JSON {type(index).__name__}, not an object.",
+            "Replace the folder with an intact copy of the model (its model_index.json names its parts).",
+        )
     name = str(index.get("_class_name", "StableDiffusionPipeline"))
-    if "text_encoder_2" in index and index.get("text_encoder_2", [None])[0] is not None and "XL" in name:
+    encoder_2 = index.get("text_encoder_2")
+    if isinstance(encoder_2, list) and encoder_2 and encoder_2[0] is not None and "XL" in name:
         return diffusers.StableDiffusionXLPipeline
     if "XL" in name and "Refiner" not in name and index.get("text_encoder_2"):
         return diffusers.StableDiffusionXLPipeline
@@ -278,6 +285,13 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # UnpicklingError for anything that is not plain tensors
+        import pickle
+
+        if not isinstance(exc, pickle.UnpicklingError):
+            raise ModelError(
+                f"{path.name} is not a readable PyTorch checkpoint ({type(exc).__name__}): it is damaged or not a model.",
+                "Choose another file, or replace this one with an intact copy (a .safetensors version is best).",
+            ) from exc
         raise ModelError(
             f"{path.name} could not be read as tensors only ({type(exc).__name__}): it holds Python objects that a safe load refuses.",
             "Use a .safetensors version of the model.",
@@ -377,7 +391,9 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
         cls = _folder_pipeline_class(Path(source.location))
         try:
             return _from_pretrained(cls, source.location, dtype)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (JobCancelled, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged or hostile folder: diffusers/transformers raise anything
             raise ModelError(
                 f"Cannot load the model at {source.location}: {exc}".splitlines()[0][:300],
                 "Check that the folder is a complete Stable Diffusion model.",
@@ -395,7 +411,9 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
     cls = _folder_pipeline_class(folder)
     try:
         return _from_pretrained(cls, str(folder), dtype, variant=hub.weights_variant(folder))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (JobCancelled, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged download: diffusers/transformers raise anything
         raise ModelError(
             f"Cannot load {source.model_id}: {exc}".splitlines()[0][:300],
             "The download may be incomplete: download it again.",
