@@ -26,7 +26,6 @@ from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
-    QApplication,
     QDialog,
     QFileDialog,
     QFrame,
@@ -430,9 +429,8 @@ class MainWindow(QMainWindow):
         d.undoChanged.connect(self._update_actions)
         d.maskChanged.connect(lambda *_: self._update_actions())
         self.timeline.message.connect(lambda text: self._status(text, 8000))
-        app = QApplication.instance()
-        if app is not None:
-            app.installEventFilter(self._spin_guard)
+        for spin in self.findChildren(QAbstractSpinBox):  # not app-wide: a Python filter on every event costs
+            spin.installEventFilter(self._spin_guard)
         self._update_actions()
 
     def attach_history(self, history: Any, reason: str = "") -> None:
@@ -503,9 +501,6 @@ class MainWindow(QMainWindow):
         if self.history_saver is not None:
             self.history_saver.wait(10.0)  # every finished result reaches the history before the process goes
         self.worker.shutdown(5000)
-        app = QApplication.instance()
-        if app is not None:
-            app.removeEventFilter(self._spin_guard)
         super().closeEvent(event)
 
     def _confirm_quit(self, jobs: int) -> bool:
