@@ -326,15 +326,29 @@ def save_result(result, out: str) -> list[Path]:
 
     written = []
     for index, (image, path) in enumerate(zip(result.images, output_paths(out, len(result.images)))):
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_png(image, path, png_info(result, index))
         except OSError as exc:
-            raise UserError(
-                f"Cannot write {path}: {exc.strerror or exc}.", "Check the folder exists and has free space."
-            ) from exc
+            error = UserError(
+                f"Cannot write {path}: {paths.why(exc)}.", "Check the folder exists, is writable and has free space."
+            )
+            error.written = written  # type: ignore[attr-defined]
+            raise error from exc
         written.append(path)
     return written
+
+
+def _rescue(result) -> list[Path]:
+    """Where a result goes when --out cannot be written and the history does not have it: the temp folder."""
+    import tempfile
+    import time
+
+    stem = Path(tempfile.gettempdir()) / f"diffusion-desk-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    try:
+        return save_result(result, str(stem))
+    except UserError:
+        return []
 
 
 def _run_job(args: argparse.Namespace) -> int:
@@ -375,26 +389,42 @@ def _run_job(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    for path in save_result(result, args.out):
+    # The history first: when --out cannot be written, the result is still kept (and we can say where).
+    kept = [] if args.no_history else _add_to_history(result)
+    try:
+        written = save_result(result, args.out)
+    except UserError as exc:
+        done = [str(p) for p in getattr(exc, "written", [])]
+        safe = [str(entry.image_path) for entry in kept] or [str(p) for p in _rescue(result)]
+        where = (
+            ("It is in the history: " if kept else "It was saved to ") + ", ".join(safe)
+            if safe
+            else "It could not be saved anywhere"
+        )
+        raise UserError(
+            f"{exc.message} {where}." + (f" Written before the failure: {', '.join(done)}." if done else ""),
+            "Copy it from there, or choose a writable --out.",
+        ) from exc
+    for path in written:
         print(path)
-    if not args.no_history:
-        _add_to_history(result)
     return 0
 
 
-def _add_to_history(result) -> None:
+def _add_to_history(result) -> list[Any]:
+    """The result's history entries ([] when the history is not installed or cannot be written: a warning)."""
     try:
         from desktop_app.core.history import HistoryStore
     except ImportError:
-        return
+        return []
     try:
         store = HistoryStore()
         try:
-            store.add(result)
+            return list(store.add(result))
         finally:
             store.close()
     except UserError as exc:
         print(f"warning: not saved to the history: {exc}", file=sys.stderr)
+        return []
 
 
 def _list_models(args: argparse.Namespace) -> int:

@@ -20,6 +20,10 @@ def _open_checked(source: str | os.PathLike | bytes) -> Image.Image:
     label = "the image data" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise ImageError(f"No image file at {label}.", "Check the path and try again.")
+    if not isinstance(source, bytes) and not os.access(source, os.R_OK):
+        raise ImageError(
+            f"Cannot read {label}: permission denied.", "Give your user read permission on the file, or copy it."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -29,6 +33,10 @@ def _open_checked(source: str | os.PathLike | bytes) -> Image.Image:
                 img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             finally:
                 Image.MAX_IMAGE_PIXELS = old_limit
+    except PermissionError as exc:
+        raise ImageError(
+            f"Cannot read {label}: permission denied.", "Give your user read permission on the file, or copy it."
+        ) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"Cannot read {label}: not an image or corrupt.", "Open a PNG, JPEG or WebP file.") from exc
     megapixels = img.width * img.height
@@ -107,9 +115,42 @@ def image_to_data_url(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+MAX_DATA_URL_CHARS = 200_000_000  # base64 of a 150 MB PNG: far past any source image we write
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk (the first 24 bytes), without decoding anything; None if not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def image_from_data_url(url: str) -> Image.Image:
-    if not url.startswith("data:image/png;base64,"):
+    """A PNG data URL (a request's source or mask) as an image. Its size is read from the PNG header before
+    anything is decoded: past the 80 megapixel limit (a 2 KB PNG can claim 12000x12000) it is refused."""
+    if not isinstance(url, str) or not url.startswith("data:image/png;base64,"):
         raise ImageError("Embedded image is not a PNG data URL.", "The request file may be damaged.")
-    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    img.load()
+    if len(url) > MAX_DATA_URL_CHARS:
+        raise ImageError("The embedded image is too large.", "The request file may be damaged.")
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=False)
+    except ValueError as exc:
+        raise ImageError("The embedded image is not valid base64.", "The request file may be damaged.") from exc
+    size = png_size(data)
+    if size is None:
+        raise ImageError("The embedded image is not a PNG.", "The request file may be damaged.")
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"The embedded image claims {width}x{height} ({width * height / 1e6:.0f} megapixels), over the 80 "
+            "megapixel limit; it was not decoded.",
+            "The request file may be damaged or crafted.",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError("The embedded image is damaged.", "The request file may be damaged.") from exc
     return img

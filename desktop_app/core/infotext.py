@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from desktop_app.core.errors import UserError
+from desktop_app.core.errors import ImageError, UserError
 from desktop_app.core.requests import (
     DEFAULT_RESIZE_MODE,
     REQUEST_TYPES,
@@ -452,7 +452,11 @@ def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
         )
     clean, notices = sanitize_params(record["request"])
     try:
-        request = GenerateRequest.from_dict(clean)
+        try:
+            request = GenerateRequest.from_dict(clean)
+        except ImageError as exc:  # an embedded source or mask that is damaged or too large: the rest still counts
+            notices.append(f"{exc.message} The embedded image was left out")
+            request = GenerateRequest.from_dict({k: v for k, v in clean.items() if k not in ("image", "mask")})
         # A field of the wrong type must not pass for a request.
         for name in ("prompt", "negative_prompt", "model"):
             if not isinstance(getattr(request, name), str):
