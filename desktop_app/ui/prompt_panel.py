@@ -42,7 +42,7 @@ MODES: list[tuple[str, str]] = [
 IMAGE_MODES = ("img2img", "inpaint", "edit")
 RANDOM_SEED = -1
 EDIT_METHOD_LABELS = {
-    "direct": "Direct inversion (best background)",
+    "direct": "Direct inversion",
     "negative-prompt": "Negative-prompt inversion",
     "ddim": "Plain DDIM inversion",
 }
