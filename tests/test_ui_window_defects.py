@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QMessageBox, QToolBar, QToolButton, QWidget
 from desktop_app.core.events import Progress, Result
 from desktop_app.core.latents import LatentPreviewer, Trajectory
 from desktop_app.core.requests import EditRequest, GenerateRequest, InpaintRequest
+from tests.test_hostile_inputs import read_only_data  # noqa: F401  (a fixture)
 from tests.ui_conftest_helpers import FakeEngine, child, click_generate, make_window, paint, qloop  # noqa: F401
 
 IDENTITY = LatentPreviewer(np.concatenate([np.eye(3, dtype=np.float32), np.zeros((1, 3), np.float32)]))
@@ -346,5 +347,16 @@ def test_a_history_that_cannot_open_says_why(qtbot, qloop, tmp_path, engine):
         child(w, "stepsSpin").setValue(1)
         result = click_generate(qtbot, w)  # the window keeps working; the result stays in memory
         assert w.history_saver.unsaved() == [result]
+    finally:
+        w.close()
+
+
+def test_the_window_opens_on_a_data_folder_it_cannot_create(qtbot, qloop, read_only_data, engine):
+    """A `--data-dir` that does not exist under a read-only folder: the window opens and makes images (its settings
+    and history are not kept); it used to stop with an OSError from creating the settings folder."""
+    w = make_window(qtbot, read_only_data / "new", engine)
+    try:
+        child(w, "stepsSpin").setValue(1)
+        assert click_generate(qtbot, w).images
     finally:
         w.close()

@@ -17,7 +17,10 @@ def settings_path(data_dir: str | os.PathLike | None = None) -> Path:
         from desktop_app.core import paths
 
         folder = paths.config_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # a read-only place: the window still opens, its settings are just not kept (the app says so once)
     return folder / SETTINGS_NAME
 
 
