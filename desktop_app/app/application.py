@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from desktop_app.app.wiring import create_main_window, open_history
+from desktop_app.app.wiring import create_main_window, open_history, open_history_with_reason
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run_gui(
     instance.attach(window)
     window.show()
     app.processEvents()  # first paint now; the history, asyncio and qasync load after it
-    window.attach_history(open_history(data_dir))
+    window.attach_history(*open_history_with_reason(data_dir))
     announce_read_only(window)
     if files:
         open_files(window, list(files))
