@@ -17,7 +17,7 @@ PROBE = textwrap.dedent(
     """
     import json, sys
     from PySide6.QtCore import QPoint, QRect
-    from PySide6.QtWidgets import QAbstractButton, QApplication, QSlider, QToolBar, QToolButton
+    from PySide6.QtWidgets import QAbstractButton, QApplication, QLabel, QSlider, QToolBar, QToolButton
     from PIL import Image
     app = QApplication(sys.argv[:1])
     from desktop_app.app.wiring import create_main_window
@@ -47,6 +47,21 @@ PROBE = textwrap.dedent(
             if ext is not None and ext.isVisible():
                 out["off"].append(f"{mode}: {bar.objectName()} overflows")
     out["slider"] = w.findChild(QSlider, "timestepSlider").width()
+    # after a run the slider scrubs its steps: the row gains the x0 / xt toggle and must still fit
+    import numpy as np
+    from desktop_app.core.events import Result
+    from desktop_app.core.latents import Trajectory
+    from desktop_app.core.requests import GenerateRequest
+    steps = [np.zeros((1, 4, 8, 8), np.float32)] * 150
+    traj = Trajectory(timesteps=list(range(999, 849, -1)), xt=steps, x0=steps)
+    w.show_result(Result(request=GenerateRequest(seed=1), images=[Image.new("RGB", (64, 64))], seeds=[1], trajectory=traj))
+    for _ in range(10):
+        app.processEvents()
+    slider = w.findChild(QSlider, "timestepSlider")
+    label = w.findChild(QLabel, "timestepLabel")
+    out["trajectory_slider"] = slider.width()
+    out["label_cut"] = label.width() < label.sizeHint().width()
+    out["overlap"] = slider.geometry().intersects(label.geometry())
     print("PROBE", json.dumps(out))
     w.close()
     """
@@ -68,3 +83,4 @@ def test_the_window_fits_a_1366x768_screen(tmp_path, xvfb, scale):  # noqa: F811
     assert x >= 0 and y >= 0 and x + fw <= sw and y + fh <= sh, f"window {probe['frame']} on a {sw}x{sh} screen"
     assert probe["off"] == []
     assert probe["slider"] >= 150
+    assert probe["trajectory_slider"] >= 150 and not probe["label_cut"] and not probe["overlap"]

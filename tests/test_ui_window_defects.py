@@ -360,3 +360,16 @@ def test_the_window_opens_on_a_data_folder_it_cannot_create(qtbot, qloop, read_o
         assert click_generate(qtbot, w).images
     finally:
         w.close()
+
+
+def test_the_slider_shows_the_noisy_latent_when_asked(qtbot, window):
+    result = batch_result([(250, 0, 0)])
+    window.show_result(result)
+    toggle = child(window, "trajectoryWhich")
+    assert toggle.isVisible() and toggle.text() == "x̂₀"
+    child(window, "timestepSlider").setValue(1)
+    clean = np.asarray(window.canvas.shown_image()).copy()
+    qtbot.mouseClick(toggle, Qt.MouseButton.LeftButton)
+    assert window.timeline.which == "xt" and toggle.text() == "xₜ"
+    noisy = np.asarray(window.canvas.shown_image())
+    assert not np.array_equal(clean, noisy)  # xt of a step is not its x0_hat

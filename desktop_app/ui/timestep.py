@@ -7,7 +7,7 @@ It only shows the timeline's state and reports the user's drags: `Timeline.scrub
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QToolButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QToolButton, QWidget
 
 from desktop_app.model.timeline import Timeline
 from desktop_app.ui.widgets import named
@@ -28,12 +28,15 @@ class TimestepPanel(QWidget):
         self.slider.setMinimumWidth(160)
         self.slider.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.label = named(QLabel(), "timestepLabel")
-        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("step 150/150 · t = 999") + 6)
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("step 150/150 · t 999") + 6)
         self.label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        self.which_combo = named(QComboBox(), "trajectoryWhich")
-        self.which_combo.addItem("predicted x̂₀", "x0")
-        self.which_combo.addItem("noisy xₜ", "xt")
-        self.which_combo.setToolTip("Show the predicted clean image or the noisy latent at this step")
+        # a compact toggle, not a combo box: the row must fit beside a slider of useful length at scale 1.5
+        self.which_button = named(QToolButton(), "trajectoryWhich")
+        self.which_button.setCheckable(True)
+        self.which_button.setToolTip(
+            "Show the predicted clean image x̂₀ (up) or the noisy latent xₜ (down) at this step"
+        )
+        self.which_button.setAccessibleName("Show the noisy latent")
         self.t0_button = named(QToolButton(), "startTimestepButton")
         self.t0_button.setText("Start t")
         self.t0_button.setToolTip(
@@ -45,7 +48,7 @@ class TimestepPanel(QWidget):
         row.setContentsMargins(8, 2, 8, 2)
         row.addWidget(self.slider, 1)
         row.addWidget(self.label)
-        row.addWidget(self.which_combo)
+        row.addWidget(self.which_button)
         row.addWidget(self.t0_button)
 
         self._rest = QTimer(self)
@@ -54,7 +57,7 @@ class TimestepPanel(QWidget):
         self._rest.timeout.connect(self._emit_rest)
         self.slider.valueChanged.connect(self._on_value)
         self.slider.sliderReleased.connect(self._emit_rest_now)
-        self.which_combo.currentIndexChanged.connect(lambda *_: timeline.set_which(self.which_combo.currentData()))
+        self.which_button.toggled.connect(lambda down: timeline.set_which("xt" if down else "x0"))
         self.t0_button.toggled.connect(self._on_t0_button)
         timeline.changed.connect(self.sync)
         self.sync()
@@ -105,7 +108,9 @@ class TimestepPanel(QWidget):
             else:
                 self.slider.setRange(0, 0)
             self.slider.setEnabled(mode != "off")
-            self.which_combo.setVisible(mode == "trajectory")
+            self.which_button.setVisible(mode == "trajectory")
+            self.which_button.setChecked(tl.which == "xt")
+            self.which_button.setText("xₜ" if tl.which == "xt" else "x̂₀")
             self.t0_button.setEnabled(tl.t0_available())
             self.t0_button.setChecked(mode == "t0")
         finally:
@@ -119,7 +124,7 @@ class TimestepPanel(QWidget):
             self.label.setToolTip(f"Start timestep t₀ = {tl.t0} of {tl.T}: strength {tl.strength():.2f}")
         elif tl.mode == "trajectory" and tl.timesteps:
             i = max(0, min(len(tl.timesteps) - 1, tl.index))
-            self.label.setText(f"step {i + 1}/{len(tl.timesteps)} · t = {tl.timesteps[i]}")
+            self.label.setText(f"step {i + 1}/{len(tl.timesteps)} · t {tl.timesteps[i]}")
             self.label.setToolTip(f"Step {i + 1} of {len(tl.timesteps)} of the run, at timestep {tl.timesteps[i]}")
         else:
             self.label.setText("t: run a job")
