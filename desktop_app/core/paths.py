@@ -109,6 +109,16 @@ def history_dir() -> Path:
     return _dir("history", str(Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "history"))
 
 
+def loras_dir() -> Path:
+    """Where LoRAs are found by name (`<lora:NAME:WEIGHT>` in a prompt, the window's LoRA picker)."""
+    return _dir("loras", str(Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "loras"))
+
+
+def embeddings_dir() -> Path:
+    """Where textual-inversion embeddings are found by name (their file stem, used as a word in a prompt)."""
+    return _dir("embeddings", str(Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "embeddings"))
+
+
 def read_only_notice(history: bool = True) -> str | None:
     """One sentence naming the folders that cannot be written, why, and what the app does without them; None when
     every folder can be written. `history=False` leaves the history out (its commands say so themselves)."""

@@ -36,6 +36,41 @@ RESIZE_MODES: dict[str, str] = {
 DEFAULT_RESIZE_MODE = JUST_RESIZE
 MAX_SEED = 2**32 - 1
 _IMAGE_FIELDS = ("image", "mask")
+MAX_CLIP_SKIP = 12
+
+
+@dataclass(frozen=True)
+class RegionPrompt:
+    """One painted region with its own prompt: `mask` (mode "L", 255 = in the region) is at the size of the
+    picture the job makes (the source image's, or width x height for text to image); `weight` scales how strongly
+    the region's prompt wins over the base prompt inside it."""
+
+    prompt: str
+    mask: Image.Image = field(compare=False)
+    weight: float = 1.0
+
+    def to_dict(self, include_images: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt": self.prompt, "weight": self.weight}
+        if include_images:
+            out["mask"] = image_to_data_url(self.mask)
+        return out
+
+    @staticmethod
+    def from_dict(data: Any) -> RegionPrompt:
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("prompt"), str)
+            or not isinstance(data.get("mask"), (str, Image.Image))
+        ):
+            raise InvalidRequest(
+                f"A region is not a prompt with a mask: {_show(data)}.", "Paint the regions again on the canvas."
+            )
+        weight = _as_number(data.get("weight", 1.0))
+        if weight is None:
+            raise InvalidRequest(f"A region's weight is not a number: {_show(data.get('weight'))}.", "Use 1.0.")
+        mask = data["mask"]
+        mask = image_from_data_url(mask) if isinstance(mask, str) else mask
+        return RegionPrompt(data["prompt"], mask.convert("L"), float(weight))
 
 
 def _check_range(name: str, value: float, low: float, high: float, hint: str) -> None:
@@ -58,7 +93,10 @@ class GenerateRequest:
     height: int | None = None
     seed: int | None = None
     batch: int = 1
-    scheduler: str | None = None
+    scheduler: str | None = None  # a sampler id of core.samplers (None: the model's own)
+    schedule: str | None = None  # a schedule id of core.samplers: "karras", "exponential", ... (None: the sampler's)
+    clip_skip: int | None = None  # A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before
+    regions: tuple[RegionPrompt, ...] = field(default=(), compare=False)  # regional prompts over the base prompt
     previews: bool = True
     trajectory: bool = True
     loras: tuple[tuple[str, float], ...] = ()  # (path, weight) per LoRA
@@ -98,11 +136,31 @@ class GenerateRequest:
             raise InvalidRequest(f"Unknown scheduler {self.scheduler!r}.", "Choose one of: " + ", ".join(SCHEDULERS))
         for _path, weight in self.loras:
             _check_range("LoRA weight", weight, -4, 4, "0.5 to 1 suits most LoRAs.")
+        if self.clip_skip is not None:
+            _check_range(
+                "Clip skip", self.clip_skip, 1, MAX_CLIP_SKIP, "1 (none) suits most models; 2 some anime ones."
+            )
         self._validate_images()
+        self._validate_regions()
         return self
 
     def _validate_images(self) -> None:
         pass
+
+    def _validate_regions(self) -> None:
+        """Every region's mask has the size of the picture: the source image's, else width x height."""
+        if not self.regions:
+            return
+        image = getattr(self, "image", None)
+        size = image.size if image is not None else (self.width, self.height)
+        for i, region in enumerate(self.regions, 1):
+            _check_range(f"Region {i}'s weight", region.weight, 0, 4, "1.0 is a region as strong as the base prompt.")
+            if None not in size and region.mask.size != size:
+                raise InvalidRequest(
+                    f"Region {i}'s mask is {region.mask.width}x{region.mask.height} but the picture is "
+                    f"{size[0]}x{size[1]}.",
+                    "Paint the regions on this picture again.",
+                )
 
     # -- serialisation -------------------------------------------------------
     @classmethod
@@ -114,6 +172,9 @@ class GenerateRequest:
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "regions":
+                out[f.name] = [region.to_dict(include_images) for region in value]
+                continue
             if f.name in _IMAGE_FIELDS:
                 if value is not None and include_images:
                     out[f.name] = image_to_data_url(value)
@@ -131,6 +192,11 @@ class GenerateRequest:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "loras" in kwargs:
             kwargs["loras"] = _loras(kwargs["loras"])
+        if "regions" in kwargs:
+            regions = kwargs["regions"]
+            if not isinstance(regions, (list, tuple)):
+                raise InvalidRequest(f"Regions must be a list, not {_show(regions)}.", "Paint the regions again.")
+            kwargs["regions"] = tuple(RegionPrompt.from_dict(region) for region in regions)
         for name in _IMAGE_FIELDS:
             if isinstance(kwargs.get(name), str):
                 kwargs[name] = image_from_data_url(kwargs[name])
@@ -279,6 +345,8 @@ _FIELD_TYPES: dict[str, type] = {
     "seed": int,
     "batch": int,
     "scheduler": str,
+    "schedule": str,
+    "clip_skip": int,
     "previews": bool,
     "trajectory": bool,
     "strength": float,
@@ -304,6 +372,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "mask_grow": (0, 256),
     "only_masked_padding": (0, 256),
     "t0": (1, 999),
+    "clip_skip": (1, MAX_CLIP_SKIP),
 }
 _LABELS = {
     "prompt": "Prompt",
@@ -316,6 +385,9 @@ _LABELS = {
     "seed": "Seed",
     "batch": "Batch",
     "scheduler": "Sampler",
+    "schedule": "Schedule type",
+    "clip_skip": "Clip skip",
+    "regions": "Regions",
     "strength": "Strength",
     "resize_mode": "Resize mode",
     "mask_blur": "Mask blur",
@@ -331,7 +403,9 @@ _LABELS = {
     "trajectory": "Trajectory",
 }
 # None means "the model's default" (or "random" for the seed) for these; elsewhere it is a value that is missing.
-_OPTIONAL = frozenset({"steps", "guidance", "width", "height", "seed", "scheduler", "t0", "strength"})
+_OPTIONAL = frozenset(
+    {"steps", "guidance", "width", "height", "seed", "scheduler", "schedule", "clip_skip", "t0", "strength"}
+)
 _CHOICES: dict[str, Any] = {"scheduler": SCHEDULERS, "method": EDIT_METHODS, "resize_mode": RESIZE_MODES}
 MAX_TEXT_CHARS = 20_000  # a prompt longer than this is cut (metadata can hold megabytes)
 
@@ -446,7 +520,7 @@ def sanitize_params(data: Any) -> tuple[dict[str, Any], list[str]]:
                 value = value[:MAX_TEXT_CHARS]
             choices = _CHOICES.get(name)
             if choices is not None and value not in choices:
-                if name == "scheduler" and value == "":
+                if name in ("scheduler", "schedule") and value == "":
                     out[name] = None
                     continue
                 drop(name, value, "is not known")
