@@ -15,14 +15,9 @@ from PIL import Image
 
 from desktop_app.core.errors import InvalidRequest
 from desktop_app.core.images import image_from_data_url, image_to_data_url
+from desktop_app.core.samplers import SAMPLERS, SCHEDULES, check_pair
 
-# Scheduler ids, with the names AUTOMATIC1111 writes as "Sampler".
-SCHEDULERS: dict[str, str] = {
-    "ddim": "DDIM",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-}
+SCHEDULERS = SAMPLERS  # the old name: sampler id -> the name AUTOMATIC1111 writes as "Sampler"
 EDIT_METHODS = ("ddim", "negative-prompt", "direct")
 # How a source image of another shape than the work size is mapped onto it (AUTOMATIC1111's names).
 JUST_RESIZE = "just_resize"  # stretch to the work size
@@ -132,8 +127,14 @@ class GenerateRequest:
         if self.seed is not None:
             _check_range("Seed", self.seed, 0, MAX_SEED, "Leave the seed empty for a random one.")
         _check_range("Batch", self.batch, 1, 16, "Make at most 16 images per job.")
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise InvalidRequest(f"Unknown scheduler {self.scheduler!r}.", "Choose one of: " + ", ".join(SCHEDULERS))
+        if self.scheduler is not None and self.scheduler not in SAMPLERS:
+            raise InvalidRequest(
+                f"Unknown sampler (scheduler) {self.scheduler!r}.", "Choose one of: " + ", ".join(SAMPLERS)
+            )
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise InvalidRequest(f"Unknown schedule type {self.schedule!r}.", "Choose one of: " + ", ".join(SCHEDULES))
+        if self.scheduler is not None:
+            check_pair(self.scheduler, self.schedule)
         for _path, weight in self.loras:
             _check_range("LoRA weight", weight, -4, 4, "0.5 to 1 suits most LoRAs.")
         if self.clip_skip is not None:
@@ -406,7 +407,12 @@ _LABELS = {
 _OPTIONAL = frozenset(
     {"steps", "guidance", "width", "height", "seed", "scheduler", "schedule", "clip_skip", "t0", "strength"}
 )
-_CHOICES: dict[str, Any] = {"scheduler": SCHEDULERS, "method": EDIT_METHODS, "resize_mode": RESIZE_MODES}
+_CHOICES: dict[str, Any] = {
+    "scheduler": SAMPLERS,
+    "schedule": SCHEDULES,
+    "method": EDIT_METHODS,
+    "resize_mode": RESIZE_MODES,
+}
 MAX_TEXT_CHARS = 20_000  # a prompt longer than this is cut (metadata can hold megabytes)
 
 
