@@ -1,5 +1,6 @@
 """The mask brush and how the mask is drawn over the image: one object the canvas, the tool bar and the
-settings share, so a change anywhere shows everywhere."""
+settings share, so a change anywhere shows everywhere. The Region tools paint the document's active region
+(regional prompts) instead of the inpaint mask, with the same size and hardness."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtGui import QColor
 
 DEFAULT_OVERLAY = "#ff3060"
-TOOLS = ("brush", "eraser")
+TOOLS = ("brush", "eraser", "region", "region_eraser")
+REGION_TOOLS = ("region", "region_eraser")
 
 
 def default_brush_size(image_size: tuple[int, int] | None) -> int:
@@ -52,6 +54,10 @@ class Brush(QObject):
             raise ValueError(tool)
         self.tool = tool
         self.changed.emit()
+
+    @property
+    def paints_regions(self) -> bool:
+        return self.tool in REGION_TOOLS
 
     def set_overlay_color(self, color: QColor | str) -> None:
         color = QColor(color)

@@ -4,6 +4,11 @@ All of the canvas's state lives here, so the canvas widget only draws it and tur
 `stamp` calls, and jobs, the timeline and the history read one place. The mask is a numpy uint8 array
 at the source's own size (0 = keep, 255 = change; grey = partial), whatever the zoom. Each stroke,
 clear, invert or replacement is one undo step, stored as the changed rectangle only.
+
+Regions (regional prompts, `desktop_app.model.regions`) are painted the same way into their own masks at the
+canvas size: the source's, or the text-to-image size (`set_blank_size`) on a blank canvas. Their strokes, their
+adding and removing, and their clearing share the one undo stack with the mask, so Ctrl+Z undoes whichever
+came last; a new picture of another size clears their paint as one undo step (nothing painted is lost silently).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 
 from desktop_app.core.events import Result
 from desktop_app.core.lazy import LazyModule
+from desktop_app.model.regions import MAX_REGIONS, Region, next_color, resized
 
 if TYPE_CHECKING:
     import numpy
@@ -24,11 +30,12 @@ np = LazyModule("numpy")  # imported when the first image arrives, not at start-
 
 MAX_UNDO = 64
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in source pixels
+DEFAULT_BLANK_SIZE = (512, 512)
 
 
 @dataclass
 class _Edit:
-    """One undo step: a rectangle of the mask before and after."""
+    """One undo step: a rectangle of the mask (or of a region's mask) before and after."""
 
     y0: int
     y1: int
@@ -36,6 +43,28 @@ class _Edit:
     x1: int
     before: numpy.ndarray
     after: numpy.ndarray
+    region: Region | None = None
+
+
+@dataclass
+class _MasksEdit:
+    """Whole region masks replaced (cleared, or scaled to a new canvas size): each region's arrays."""
+
+    items: list[tuple[Region, numpy.ndarray, numpy.ndarray]]
+    kind: str = "replace"  # "resize" steps coalesce while the size spins turn
+
+
+@dataclass
+class _ListEdit:
+    """Regions added or removed: the list and the active region before and after."""
+
+    before: list[Region]
+    after: list[Region]
+    active_before: int
+    active_after: int
+
+
+_Step = _Edit | _MasksEdit | _ListEdit
 
 
 class Document(QObject):
@@ -45,6 +74,9 @@ class Document(QObject):
     boundsChanged = Signal()
     resultChanged = Signal()  # a new run's results (or none)
     shownChanged = Signal()  # which image is shown: source, a result of the batch, or a transient view
+    regionsChanged = Signal()  # regions added, removed or reordered; the active one; a prompt, weight or colour
+    regionPainted = Signal(object)  # the changed Box of a region's mask, or None for every region's whole mask
+    notice = Signal(str)  # something the user should know about their regions (cleared by a new picture, ...)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -53,8 +85,12 @@ class Document(QObject):
         self._entry_id: int | None = None
         self._mask: numpy.ndarray | None = None
         self._bounds: tuple[int, int, int, int] | None = None
-        self._undo: list[_Edit] = []
-        self._redo: list[_Edit] = []
+        self._undo: list[_Step] = []
+        self._redo: list[_Step] = []
+        self._regions: list[Region] = []
+        self._active = -1
+        self._blank_size: tuple[int, int] = DEFAULT_BLANK_SIZE
+        self._stroke_region: Region | None = None
         self._stroke_before: numpy.ndarray | None = None
         self._stroke_box: list[int] | None = None
         self._result: Result | None = None
@@ -85,6 +121,7 @@ class Document(QObject):
             and self._mask is not None
             and self._mask.shape == (image.height, image.width)
         )
+        size_before = self.canvas_size
         self._source = image
         self._made_by = made_by
         self._entry_id = entry_id
@@ -98,6 +135,8 @@ class Document(QObject):
         if not same:
             self._undo.clear()
             self._redo.clear()
+        regions_cleared = self._fit_regions(size_before)
+        if not same or regions_cleared:
             self.undoChanged.emit()
         self._showing = "source"
         self._view = None
@@ -105,11 +144,68 @@ class Document(QObject):
         self.boundsChanged.emit()
         if not same:
             self.maskChanged.emit(None)
+        if size_before != self.canvas_size and self._regions:
+            self.regionPainted.emit(None)
+            self.regionsChanged.emit()
         self.shownChanged.emit()
+        if regions_cleared:
+            self.notice.emit(
+                f"The regions' paint was cleared: the new picture is {self.canvas_size[0]}×{self.canvas_size[1]}, "
+                f"the regions were painted on {size_before[0]}×{size_before[1]}. Undo (Ctrl+Z) brings it back, "
+                "scaled to this picture."
+            )
+
+    def _fit_regions(self, size_before: tuple[int, int]) -> bool:
+        """The regions on a canvas of a new size: their prompts stay, their paint (which lay on another picture)
+        is cleared as one undo step. Returns whether any paint was cleared."""
+        size = self.canvas_size
+        if size == size_before or not self._regions:
+            return False
+        w, h = size
+        painted = [r for r in self._regions if r.has_paint()]
+        items = [(r, r.mask, np.zeros((h, w), np.uint8)) for r in painted]
+        for region in self._regions:
+            region.mask = np.zeros((h, w), np.uint8)
+        if items:
+            self._push(_MasksEdit(items), emit=False)
+        return bool(items)
 
     @property
     def size(self) -> tuple[int, int] | None:
         return self._source.size if self._source is not None else None
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """The size of the picture regions are painted on: the source's, else the text-to-image size."""
+        return self._source.size if self._source is not None else self._blank_size
+
+    @property
+    def blank_size(self) -> tuple[int, int]:
+        return self._blank_size
+
+    def set_blank_size(self, width: int, height: int) -> None:
+        """The text-to-image size (the blank canvas regions are painted on without a source). Regions already
+        painted there are scaled to it (from what was painted, however often the size changes: one undo step)."""
+        size = (max(1, int(width)), max(1, int(height)))
+        if size == self._blank_size:
+            return
+        self._blank_size = size
+        if self._source is not None or not self._regions:
+            return
+        top = self._undo[-1] if self._undo else None
+        if isinstance(top, _MasksEdit) and top.kind == "resize" and not self._redo:
+            items = [(r, before, resized(before, size)) for r, before, _after in top.items]
+        else:
+            items = [(r, r.mask, resized(r.mask, size)) for r in self._regions]
+            top = None
+        for region, _before, after in items:
+            region.mask = after
+        if top is not None:
+            top.items = items
+        else:
+            self._push(_MasksEdit(items, kind="resize"))
+        self.regionPainted.emit(None)
+        self.regionsChanged.emit()
 
     @property
     def made_by(self) -> tuple[Result, int] | None:
@@ -188,40 +284,57 @@ class Document(QObject):
         self.maskChanged.emit(None)
 
     # strokes: the canvas computes the brush's footprint, the document keeps the pixels and the undo step
-    def begin_stroke(self) -> None:
-        if self._mask is not None:
-            self._stroke_before = self._mask.copy()
-            self._stroke_box = None
+    def begin_stroke(self, region: bool = False) -> None:
+        """Start a stroke into the mask, or (`region`) into the active region's mask."""
+        target = self.active_region() if region else None
+        self._stroke_region = target
+        array = target.mask if target is not None else (None if region else self._mask)
+        self._stroke_before = None if array is None else array.copy()
+        self._stroke_box = None
+
+    def stroke_target(self, region: bool = False) -> numpy.ndarray | None:
+        """The array a stroke paints: the mask, or the active region's mask."""
+        if region:
+            active = self.active_region()
+            return None if active is None else active.mask
+        return self._mask
 
     def stamp(self, box: Box, value: numpy.ndarray, erase: bool = False) -> None:
-        """Paint `value` (uint8, the box's shape) into the mask: max for the brush, min of the inverse to erase."""
-        if self._mask is None:
+        """Paint `value` (uint8, the box's shape) into the stroke's mask: max for the brush, min of the inverse to
+        erase."""
+        target = self._stroke_region.mask if self._stroke_region is not None else self._mask
+        if target is None:
             return
         y0, y1, x0, x1 = box
-        region = self._mask[y0:y1, x0:x1]
+        area = target[y0:y1, x0:x1]
         if erase:
-            np.minimum(region, 255 - value, out=region)
+            np.minimum(area, 255 - value, out=area)
         else:
-            np.maximum(region, value, out=region)
+            np.maximum(area, value, out=area)
         b = self._stroke_box
         self._stroke_box = list(box) if b is None else [min(b[0], y0), max(b[1], y1), min(b[2], x0), max(b[3], x1)]
-        self.maskChanged.emit(box)
+        if self._stroke_region is not None:
+            self.regionPainted.emit(box)
+        else:
+            self.maskChanged.emit(box)
 
     def end_stroke(self) -> None:
-        before, box = self._stroke_before, self._stroke_box
-        self._stroke_before = self._stroke_box = None
-        if before is None or box is None or self._mask is None:
+        before, box, region = self._stroke_before, self._stroke_box, self._stroke_region
+        self._stroke_before = self._stroke_box = self._stroke_region = None
+        target = region.mask if region is not None else self._mask
+        if before is None or box is None or target is None or before.shape != target.shape:
             return
         y0, y1, x0, x1 = box
-        old, new = before[y0:y1, x0:x1], self._mask[y0:y1, x0:x1]
+        old, new = before[y0:y1, x0:x1], target[y0:y1, x0:x1]
         if not np.array_equal(old, new):
-            self._push(_Edit(y0, y1, x0, x1, old.copy(), new.copy()))
+            self._push(_Edit(y0, y1, x0, x1, old.copy(), new.copy(), region))
 
-    def _push(self, edit: _Edit) -> None:
+    def _push(self, edit: _Step, emit: bool = True) -> None:
         self._undo.append(edit)
         del self._undo[:-MAX_UNDO]
         self._redo.clear()
-        self.undoChanged.emit()
+        if emit:
+            self.undoChanged.emit()
 
     def can_undo(self) -> bool:
         return bool(self._undo)
@@ -235,15 +348,131 @@ class Document(QObject):
     def redo(self) -> bool:
         return self._step(self._redo, self._undo, "after")
 
-    def _step(self, take: list[_Edit], give: list[_Edit], side: str) -> bool:
-        if not take or self._mask is None:
+    def _step(self, take: list[_Step], give: list[_Step], side: str) -> bool:
+        if not take:
             return False
-        edit = take.pop()
-        self._mask[edit.y0 : edit.y1, edit.x0 : edit.x1] = getattr(edit, side)
+        edit = take[-1]
+        if isinstance(edit, _Edit):
+            target = edit.region.mask if edit.region is not None else self._mask
+            if target is None:
+                return False
+            take.pop()
+            target[edit.y0 : edit.y1, edit.x0 : edit.x1] = getattr(edit, side)
+            box = (edit.y0, edit.y1, edit.x0, edit.x1)
+            self.regionPainted.emit(box) if edit.region is not None else self.maskChanged.emit(box)
+        elif isinstance(edit, _MasksEdit):
+            take.pop()
+            w, h = self.canvas_size
+            for region, before, after in edit.items:
+                mask = before if side == "before" else after
+                # paint from a picture of another size comes back scaled to this one
+                region.mask = mask.copy() if mask.shape == (h, w) else resized(mask, (w, h))
+            self.regionPainted.emit(None)
+            self.regionsChanged.emit()
+        else:
+            take.pop()
+            regions = edit.before if side == "before" else edit.after
+            w, h = self.canvas_size
+            for region in regions:
+                if region.mask.shape != (h, w):
+                    region.mask = resized(region.mask, (w, h))
+            self._regions = list(regions)
+            self._active = edit.active_before if side == "before" else edit.active_after
+            self.regionPainted.emit(None)
+            self.regionsChanged.emit()
         give.append(edit)
-        self.maskChanged.emit((edit.y0, edit.y1, edit.x0, edit.x1))
         self.undoChanged.emit()
         return True
+
+    # -- regions -------------------------------------------------------------------
+    @property
+    def regions(self) -> list[Region]:
+        """The regions, in order (a copy of the list; the regions themselves are live)."""
+        return list(self._regions)
+
+    @property
+    def active_index(self) -> int:
+        """The index of the region the Region tool paints (-1: none)."""
+        return self._active
+
+    def active_region(self) -> Region | None:
+        return self._regions[self._active] if 0 <= self._active < len(self._regions) else None
+
+    def set_active_region(self, index: int) -> None:
+        index = int(index) if 0 <= int(index) < len(self._regions) else -1
+        if index != self._active:
+            self._active = index
+            self.regionsChanged.emit()
+
+    def add_region(self, prompt: str = "", weight: float = 1.0) -> Region | None:
+        """A new empty region at the canvas size, made active (one undo step); None past MAX_REGIONS."""
+        if len(self._regions) >= MAX_REGIONS:
+            self.notice.emit(f"At most {MAX_REGIONS} regions: remove one first.")
+            return None
+        w, h = self.canvas_size
+        region = Region(np.zeros((h, w), np.uint8), prompt, float(weight), next_color(self._regions))
+        before, active_before = list(self._regions), self._active
+        self._regions.append(region)
+        self._active = len(self._regions) - 1
+        self._push(_ListEdit(before, list(self._regions), active_before, self._active))
+        self.regionPainted.emit(None)
+        self.regionsChanged.emit()
+        return region
+
+    def remove_region(self, index: int) -> None:
+        """Remove a region (one undo step: its paint and prompt come back with Ctrl+Z)."""
+        if not 0 <= index < len(self._regions):
+            return
+        before, active_before = list(self._regions), self._active
+        del self._regions[index]
+        if self._active == index:  # its neighbour becomes active
+            self._active = min(index, len(self._regions) - 1)
+        elif self._active > index:
+            self._active -= 1
+        self._push(_ListEdit(before, list(self._regions), active_before, self._active))
+        self.regionPainted.emit(None)
+        self.regionsChanged.emit()
+
+    def clear_region(self, index: int) -> None:
+        """Clear a region's paint (one undo step); its prompt stays."""
+        if not 0 <= index < len(self._regions) or not self._regions[index].has_paint():
+            return
+        region = self._regions[index]
+        empty = np.zeros_like(region.mask)
+        self._push(_MasksEdit([(region, region.mask, empty)]))
+        region.mask = empty
+        self.regionPainted.emit(None)
+        self.regionsChanged.emit()
+
+    def set_region_prompt(self, index: int, prompt: str) -> None:
+        if 0 <= index < len(self._regions) and self._regions[index].prompt != prompt:
+            self._regions[index].prompt = prompt
+            self.regionsChanged.emit()
+
+    def set_region_weight(self, index: int, weight: float) -> None:
+        if 0 <= index < len(self._regions) and self._regions[index].weight != float(weight):
+            self._regions[index].weight = float(weight)
+            self.regionsChanged.emit()
+
+    def set_region_color(self, index: int, color: str) -> None:
+        if 0 <= index < len(self._regions) and self._regions[index].color != color:
+            self._regions[index].color = color
+            self.regionPainted.emit(None)
+            self.regionsChanged.emit()
+
+    def regions_apply(self) -> bool:
+        """Whether the regions belong to what is shown: the source or the blank canvas, or a picture made from
+        the source at its size (as `mask_applies`)."""
+        if not self._regions:
+            return False
+        if self._source is None:
+            return self._showing == "source" or (self._showing == "view" and self._view is None)
+        if self._showing == "source":
+            return True
+        if not self._result_from_source:
+            return False
+        shown = self.shown_image()
+        return not isinstance(shown, Image.Image) or shown.size == self._source.size
 
     # -- results -------------------------------------------------------------------
     @property

@@ -18,7 +18,14 @@ from desktop_app.core.errors import JobCancelled, UserError
 from desktop_app.core.events import Progress, Result
 from desktop_app.core.model_registry import format_size
 from desktop_app.core.modelinfo import BUILTIN
-from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
+from desktop_app.core.requests import (
+    DEFAULT_RESIZE_MODE,
+    EditRequest,
+    GenerateRequest,
+    Img2ImgRequest,
+    InpaintRequest,
+    RegionPrompt,
+)
 from desktop_app.model.document import Document
 from desktop_app.model.models import display_name
 
@@ -26,10 +33,48 @@ IMAGE_MODES = ("img2img", "inpaint", "edit")
 MODE_LABELS = {"generate": "Generate", "img2img": "Img2Img", "inpaint": "Inpaint", "edit": "Edit"}
 
 
-def build_request(mode: str, params: dict[str, Any], document: Document, t0: int, strength: float) -> GenerateRequest:
+def region_prompts(
+    mode: str, document: Document, size: tuple[int, int], notices: list[str]
+) -> tuple[RegionPrompt, ...]:
+    """The document's regions as the request carries them: masks ("L", 255 inside) at the picture's `size`.
+
+    A region without paint or without a prompt is left out, and Edit mode takes none; each is said in `notices`."""
+    regions = document.regions
+    if not regions:
+        return ()
+    if mode == "edit":
+        notices.append("Regions do not apply in Edit mode: the edit ran on the prompt alone")
+        return ()
+    from PIL import Image
+
+    out = []
+    for i, region in enumerate(regions, 1):
+        if not region.has_paint():
+            notices.append(f"Region {i} has no paint: left out")
+            continue
+        if not region.prompt.strip():
+            notices.append(f"Region {i} has no prompt: left out")
+            continue
+        mask = Image.fromarray(region.mask.copy(), "L")
+        if mask.size != size:  # painted over a source, generating from text at another size: the same places
+            mask = mask.resize(size, Image.Resampling.NEAREST)
+        out.append(RegionPrompt(region.prompt.strip(), mask, round(float(region.weight), 3)))
+    return tuple(out)
+
+
+def build_request(
+    mode: str,
+    params: dict[str, Any],
+    document: Document,
+    t0: int,
+    strength: float,
+    notices: list[str] | None = None,
+) -> GenerateRequest:
     """The validated request for `mode` from the prompt panel's `params` and the document; raises UserError.
 
-    Image modes take the source's size (the engine maps it to the model's size by `resize_mode`)."""
+    Image modes take the source's size (the engine maps it to the model's size by `resize_mode`). What was left
+    out (a region without paint or prompt) is appended to `notices`."""
+    notices = notices if notices is not None else []
     params = dict(params)
     extra = {k: params.pop(k) for k in list(params) if k not in GenerateRequest.field_names()}
     if mode in IMAGE_MODES:
@@ -38,6 +83,10 @@ def build_request(mode: str, params: dict[str, Any], document: Document, t0: int
                 "This mode needs a source image.", "Open an image (Ctrl+O), paste one, or switch to Generate."
             )
         params["width"], params["height"] = None, None
+        size = document.source.size
+    else:
+        size = (int(params.get("width") or document.blank_size[0]), int(params.get("height") or document.blank_size[1]))
+    params["regions"] = region_prompts(mode, document, size, notices)
     image_fields = {"image": document.source, "resize_mode": extra.get("resize_mode") or DEFAULT_RESIZE_MODE}
     if mode == "generate":
         request: GenerateRequest = GenerateRequest(**params)

@@ -1,4 +1,5 @@
-"""The brush tool bar above the canvas, bound to a `Brush`: tool, size, hardness, and the mask overlay's look."""
+"""The brush tool bar above the canvas, bound to a `Brush`: tool (the mask's brush and eraser, the Region brush and
+eraser for regional prompts), size, hardness, and the mask overlay's look."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from desktop_app.ui.widgets import named
 
 
 class BrushToolBar(QToolBar):
-    def __init__(self, brush: Brush, tools: tuple[QAction, QAction], parent: QWidget | None = None) -> None:
-        """`tools`: the window's Brush and Eraser actions (they carry the B and E shortcuts)."""
+    def __init__(self, brush: Brush, tools: tuple[QAction, ...], parent: QWidget | None = None) -> None:
+        """`tools`: the window's Brush and Eraser actions (the B and E shortcuts), then optionally its Region brush
+        and Region eraser actions (R, Shift+R)."""
         super().__init__("Brush", parent)
         self.setObjectName("canvasToolbar")
         self.setMovable(False)
         self.brush = brush
-        self.brush_action, self.eraser_action = tools
+        self.brush_action, self.eraser_action = tools[0], tools[1]
+        self.region_action = tools[2] if len(tools) > 2 else None
+        self.region_eraser_action = tools[3] if len(tools) > 3 else None
         self.size_slider = named(QSlider(Qt.Orientation.Horizontal), "brushSizeSlider")
         self.size_slider.setRange(1, 512)
         self.size_slider.setFixedWidth(72)
@@ -38,6 +42,9 @@ class BrushToolBar(QToolBar):
 
         self.addAction(self.brush_action)
         self.addAction(self.eraser_action)
+        for act in (self.region_action, self.region_eraser_action):
+            if act is not None:
+                self.addAction(act)
         self.addWidget(self.size_slider)
         self.addWidget(self.size_label)
         self.addSeparator()
@@ -74,6 +81,10 @@ class BrushToolBar(QToolBar):
         self.size_label.setText(f"{b.size}px")
         self.brush_action.setChecked(b.tool == "brush")
         self.eraser_action.setChecked(b.tool == "eraser")
+        if self.region_action is not None:
+            self.region_action.setChecked(b.tool == "region")
+        if self.region_eraser_action is not None:
+            self.region_eraser_action.setChecked(b.tool == "region_eraser")
         swatch = QPixmap(16, 16)
         swatch.fill(QColor(b.overlay_color))
         self.color_button.setIcon(QIcon(swatch))

@@ -6,6 +6,10 @@ capsules (the brush swept along the straight segment between consecutive mouse p
 continuous however fast the mouse moves; each segment is stamped into the document's mask and only the
 changed rectangle of the overlay is redrawn, which keeps large canvases smooth.
 
+The Region tools paint the document's active region the same way; every region is drawn in its colour as a
+second overlay, updated by the changed rectangle too. Without a source, regions are painted on a blank canvas of
+the text-to-image size (the document's `blank_size`), shown once the first region exists.
+
 Made without a document (tests, tools), it makes its own; its convenience methods (set_image, mask_image,
 undo, ...) forward to the document and brush.
 """
@@ -21,7 +25,7 @@ from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from desktop_app.core.lazy import LazyModule
-from desktop_app.model.brush import Brush
+from desktop_app.model.brush import REGION_TOOLS, Brush
 from desktop_app.model.document import Document
 from desktop_app.ui.qt_images import numpy_to_qimage, pil_to_qimage, qimage_to_pil
 
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 np = LazyModule("numpy")  # imported when the first image arrives, not at start-up
 
 MIN_SCALE, MAX_SCALE = 0.02, 64.0
+BLANK_COLOR = QColor(64, 66, 72)  # the blank canvas regions are painted on for text to image
+REGION_OPACITY = 0.45  # of a region's colour where it is fully painted (times the overlay's opacity slider)
 
 
 def _to_qimage(img) -> QImage:
@@ -59,12 +65,15 @@ class MaskCanvas(QWidget):
         self.document = document if document is not None else Document(self)
         self.brush = brush if brush is not None else Brush(self)
         self.mask_enabled = True  # whether painting is possible (false while nothing is open)
+        self.region_painting_enabled = True  # whether the Region tools paint (the window turns it off in Edit mode)
 
         self._pixmap: QPixmap | None = None  # the source
         self._shown: QPixmap | None = None  # the shown image when it is not the source
         self._shown_key: Any = None
         self._overlay: numpy.ndarray | None = None
         self._overlay_img: QImage | None = None
+        self._regions: numpy.ndarray | None = None  # every region in its colour, premultiplied RGBA
+        self._regions_img: QImage | None = None
 
         self._scale = 1.0
         self._offset = QPointF(0, 0)
@@ -75,14 +84,17 @@ class MaskCanvas(QWidget):
         self._pan_last = QPointF()
         self._space = False
         self._cursor_pos: QPointF | None = None
+        self._last_content_size: tuple[int, int] | None = None
 
         d = self.document
         d.sourceChanged.connect(self._on_source_changed)
         d.maskChanged.connect(self._on_mask_changed)
         d.shownChanged.connect(self._on_shown_changed)
+        d.regionPainted.connect(self._on_region_painted)
+        d.regionsChanged.connect(self._on_regions_changed)
         self.brush.overlayChanged.connect(self._on_overlay_style)
         self.brush.changed.connect(self.update)
-        if d.source is not None:
+        if d.source is not None or d.regions:
             self._on_source_changed()
 
     # -- document signals ---------------------------------------------------------
@@ -93,8 +105,26 @@ class MaskCanvas(QWidget):
         self._shown = None
         self._shown_key = None
         self._rebuild_overlay()
+        self._rebuild_regions()
         if self._fit or (source is not None and source.size != size_before):
             self.zoom_fit()
+        self.update()
+
+    def _on_region_painted(self, box: Any) -> None:
+        shape = (self.document.canvas_size[1], self.document.canvas_size[0])
+        if box is None or self._regions is None or self._regions.shape[:2] != shape:
+            self._rebuild_regions()
+            self.update()
+        else:
+            self._touch_regions(*box)
+
+    def _on_regions_changed(self) -> None:
+        """The blank canvas appears with the first region (and its size may change): fit it when it does."""
+        size = self._content_size()
+        if size != self._last_content_size:
+            self._last_content_size = size
+            if self._fit or self.document.source is None:
+                self.zoom_fit()
         self.update()
 
     def _on_mask_changed(self, box: Any) -> None:
@@ -235,12 +265,25 @@ class MaskCanvas(QWidget):
             return d.source.size
         if self._shown is not None:
             return d.view_size or (self._shown.width(), self._shown.height())
+        if d.regions:
+            return d.canvas_size
         return None
+
+    def _region_tool(self) -> bool:
+        return self.brush.tool in REGION_TOOLS
+
+    def _can_paint(self) -> bool:
+        if not self.mask_enabled:
+            return False
+        if self._region_tool():
+            return self.region_painting_enabled
+        return self.document.mask is not None
 
     # -- painting ------------------------------------------------------------------
     def _stamp_segment(self, p0: tuple[float, float], p1: tuple[float, float]) -> tuple[int, int, int, int] | None:
-        """Sweep the brush from p0 to p1 (image coordinates) into the mask; returns the changed box."""
-        mask = self.document.mask
+        """Sweep the brush from p0 to p1 (image coordinates) into the mask (or the active region); returns the
+        changed box."""
+        mask = self.document.stroke_target(self._region_tool())
         if mask is None:
             return None
         h, w = mask.shape
@@ -257,7 +300,7 @@ class MaskCanvas(QWidget):
         else:
             inner = r * self.brush.hardness
             value = (np.clip((r - dist) / max(r - inner, 1e-6), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        self.document.stamp((y0, y1, x0, x1), value, erase=self.brush.tool == "eraser")
+        self.document.stamp((y0, y1, x0, x1), value, erase=self.brush.tool in ("eraser", "region_eraser"))
         return y0, y1, x0, x1
 
     # -- overlay -----------------------------------------------------------------
@@ -282,6 +325,42 @@ class MaskCanvas(QWidget):
         out[..., 1] = (a * c.green() // 255).astype(np.uint8)
         out[..., 2] = (a * c.blue() // 255).astype(np.uint8)
         out[..., 3] = a.astype(np.uint8)
+
+    def _rebuild_regions(self) -> None:
+        d = self.document
+        if not d.regions:
+            self._regions = self._regions_img = None
+            return
+        w, h = d.canvas_size
+        overlay = self._regions = np.zeros((h, w, 4), np.uint8)
+        self._regions_img = QImage(overlay.data, w, h, 4 * w, QImage.Format.Format_RGBA8888_Premultiplied)
+        self._update_regions(0, h, 0, w)
+
+    def _update_regions(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        """Composite every region over the box, in order, each in its colour (premultiplied "over")."""
+        if self._regions is None:
+            return
+        out = np.zeros((y1 - y0, x1 - x0, 4), np.float32)
+        for region in self.document.regions:
+            if region.mask.shape != self._regions.shape[:2]:
+                continue
+            a = region.mask[y0:y1, x0:x1].astype(np.float32) * (REGION_OPACITY / 255.0)
+            if not a.any():
+                continue
+            c = QColor(region.color)
+            rgba = np.array([c.red(), c.green(), c.blue(), 255], np.float32)
+            out *= (1.0 - a)[..., None]
+            out += a[..., None] * rgba
+        self._regions[y0:y1, x0:x1] = (out + 0.5).astype(np.uint8)
+
+    def _touch_regions(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        self._update_regions(y0, y1, x0, x1)
+        self._update_rect(y0, y1, x0, x1)
+
+    def _update_rect(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        tl = self.image_to_widget(x0, y0)
+        br = self.image_to_widget(x1, y1)
+        self.update(QRectF(tl, br).toAlignedRect().adjusted(-2, -2, 2, 2))
 
     def _touch(self, y0: int, y1: int, x0: int, x1: int) -> None:
         self._update_overlay(y0, y1, x0, x1)
@@ -374,7 +453,13 @@ class MaskCanvas(QWidget):
         shown = self._shown if self._shown is not None else self._pixmap
         if shown is not None:
             p.drawPixmap(rect, shown, QRectF(shown.rect()))
+        else:  # the blank canvas of the text-to-image size, for regions
+            p.fillRect(rect, BLANK_COLOR)
         brush = self.brush
+        if brush.overlay_visible and self._regions_img is not None and self.document.regions_apply():
+            p.setOpacity(min(1.0, 2.0 * brush.overlay_opacity))  # the mask's opacity slider: 50 % shows them fully
+            p.drawImage(rect, self._regions_img, QRectF(self._regions_img.rect()))
+            p.setOpacity(1.0)
         if (
             brush.overlay_visible
             and self.mask_enabled
@@ -384,17 +469,19 @@ class MaskCanvas(QWidget):
             p.setOpacity(brush.overlay_opacity)
             p.drawImage(rect, self._overlay_img, QRectF(self._overlay_img.rect()))
             p.setOpacity(1.0)
-        if (
-            self._cursor_pos is not None
-            and self.document.source is not None
-            and self.mask_enabled
-            and not self._panning
-        ):
+        if self._cursor_pos is not None and self._can_paint() and not self._panning:
             radius = brush.size / 2.0 * self._scale
             p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
             p.setPen(QPen(QColor(0, 0, 0, 160), 3))
             p.drawEllipse(self._cursor_pos, radius, radius)
-            p.setPen(QPen(QColor(255, 255, 255, 220) if brush.tool == "brush" else QColor(120, 200, 255, 220), 1.2))
+            active = self.document.active_region()
+            if brush.tool == "brush":
+                ring = QColor(255, 255, 255, 220)
+            elif brush.tool == "region" and active is not None:
+                ring = QColor(active.color)
+            else:
+                ring = QColor(120, 200, 255, 220)
+            p.setPen(QPen(ring, 1.2 if brush.tool != "region" else 2.0))
             p.drawEllipse(self._cursor_pos, radius, radius)
 
     def mousePressEvent(self, event) -> None:  # noqa: N802
@@ -407,10 +494,18 @@ class MaskCanvas(QWidget):
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
             event.accept()
             return
-        if event.button() == Qt.MouseButton.LeftButton and self.document.mask is not None and self.mask_enabled:
+        if event.button() == Qt.MouseButton.LeftButton and self._can_paint():
+            region = self._region_tool()
+            # the Region brush on a canvas without regions makes the first one
+            if (
+                region
+                and self.document.active_region() is None
+                and (self.brush.tool == "region_eraser" or self.document.add_region() is None)
+            ):
+                return
             self._stroking = True
             self.document.show_source()  # painting happens on the source: show it, not a preview or result
-            self.document.begin_stroke()
+            self.document.begin_stroke(region=region)
             pt = self.widget_to_image(pos)
             self._last = pt
             self.strokeStarted.emit()

@@ -47,13 +47,17 @@ from desktop_app.core.requests import GenerateRequest
 from desktop_app.model.brush import Brush, default_brush_size
 from desktop_app.model.document import Document
 from desktop_app.model.jobs import Jobs, build_request
+from desktop_app.model.lora_library import LoraLibrary
 from desktop_app.model.timeline import Timeline
 from desktop_app.ui.brush_bar import BrushToolBar
 from desktop_app.ui.canvas import MaskCanvas
+from desktop_app.ui.collapsible import Section
 from desktop_app.ui.error_banner import ErrorBanner
 from desktop_app.ui.job_status import JobStatus
+from desktop_app.ui.lora_picker import LoraPicker
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
+from desktop_app.ui.regions_panel import RegionsPanel
 from desktop_app.ui.theme import style_accent_button
 from desktop_app.ui.timestep import TimestepPanel
 from desktop_app.ui.widgets import named
@@ -138,6 +142,14 @@ class MainWindow(QMainWindow):
         style_accent_button(self.prompt_panel.generate_button)
         self.prompt_panel.bind_models(self.models)
         self.prompt_panel.bind_timeline(self.timeline)
+        # folded sections under the prompts: the LoRA folder is scanned the first time its section opens
+        self.lora_library = LoraLibrary(parent=self)
+        self.lora_picker = LoraPicker(self.lora_library, self.prompt_panel.prompt_edit)
+        self.lora_section = Section("LoRAs", self.lora_picker, "loraSection", on_first_open=self._first_lora_open)
+        self.regions_panel = RegionsPanel(self.document, self.brush)
+        self.regions_section = Section("Regions", self.regions_panel, "regionsSection")
+        self.prompt_panel.add_section(self.lora_section)
+        self.prompt_panel.add_section(self.regions_section)
         scroll = named(QScrollArea(), "promptScroll")
         scroll.setWidget(self.prompt_panel)
         scroll.setWidgetResizable(True)
@@ -298,6 +310,13 @@ class MainWindow(QMainWindow):
         self.act_redo = a("&Redo stroke", d.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "actionRedo")
         self.act_brush = a("&Brush", lambda: b.set_tool("brush"), "B", "actionBrush", True)
         self.act_eraser = a("&Eraser", lambda: b.set_tool("eraser"), "E", "actionEraser", True)
+        self.act_region = a("Re&gion brush", lambda: b.set_tool("region"), "R", "actionRegionBrush", True)
+        self.act_region.setToolTip("Paint the selected region of the regional prompts (R)")
+        self.act_region_eraser = a(
+            "Erase re&gion", lambda: b.set_tool("region_eraser"), "Shift+R", "actionRegionEraser", True
+        )
+        self.act_region_eraser.setToolTip("Erase from the selected region (Shift+R)")
+        self.act_add_region = a("&Add region", self._add_region, None, "actionAddRegion")
         self.act_smaller = a("Smaller brush", lambda: b.grow(1 / 1.2), "[", "actionBrushSmaller")
         self.act_bigger = a("Bigger brush", lambda: b.grow(1.2), "]", "actionBrushBigger")
         self.act_clear = a("&Clear mask", d.clear_mask, "Ctrl+Shift+Backspace", "actionClearMask")
@@ -312,6 +331,9 @@ class MainWindow(QMainWindow):
             None,
             self.act_brush,
             self.act_eraser,
+            self.act_region,
+            self.act_region_eraser,
+            self.act_add_region,
             self.act_smaller,
             self.act_bigger,
             None,
@@ -358,7 +380,11 @@ class MainWindow(QMainWindow):
         self.act_about = a("&About Diffusion Desk", self.show_about, None, "actionAbout")
         self._menu("&Help", self.act_shortcuts, self.act_about)
 
-        self.canvas_toolbar = BrushToolBar(self.brush, (self.act_brush, self.act_eraser))
+        self.act_region.setIconText("Region")
+        self.act_region_eraser.setIconText("Erase region")
+        self.canvas_toolbar = BrushToolBar(
+            self.brush, (self.act_brush, self.act_eraser, self.act_region, self.act_region_eraser)
+        )
         self.canvas_column.insertWidget(0, self.canvas_toolbar)
 
         mt = self.mask_toolbar
@@ -409,6 +435,11 @@ class MainWindow(QMainWindow):
         pp.modeChanged.connect(self._on_mode_changed)
         pp.manageModelsRequested.connect(self.open_models_dialog)
         pp.suggestMaskRequested.connect(self.suggest_mask)
+        for spin in (pp.width_spin, pp.height_spin):
+            spin.valueChanged.connect(self._on_generate_size)
+        self.regions_panel.runRequested.connect(self.generate)
+        self.regions_panel.countChanged.connect(self._on_region_count)
+        self.lora_picker.noticed.connect(lambda text: self._status(text, 8000))
         self.prev_image_button.clicked.connect(self.document.previous_image)
         self.next_image_button.clicked.connect(self.document.next_image)
 
@@ -416,6 +447,8 @@ class MainWindow(QMainWindow):
         m.currentChanged.connect(self._on_model_changed)
         m.stateChanged.connect(self._on_model_state)
         m.failed.connect(lambda message, hint: self.show_error(message, hint, cause="model"))
+        m.currentChanged.connect(lambda *_: self._sync_lora_family())
+        m.defaultsReady.connect(lambda *_: self._sync_lora_family())
 
         c = self.canvas
         c.imageDropped.connect(self.open_image)
@@ -428,6 +461,7 @@ class MainWindow(QMainWindow):
         d.resultChanged.connect(self._update_actions)
         d.undoChanged.connect(self._update_actions)
         d.maskChanged.connect(lambda *_: self._update_actions())
+        d.notice.connect(lambda text: self._status(text, 12000))
         self.timeline.message.connect(lambda text: self._status(text, 8000))
         for spin in self.findChildren(QAbstractSpinBox):  # not app-wide: a Python filter on every event costs
             spin.installEventFilter(self._spin_guard)
@@ -465,7 +499,9 @@ class MainWindow(QMainWindow):
         if split is not None:
             self.splitter.restoreState(split)
         self.brush.restore(s)
+        self.lora_library.restore(s)
         self.prompt_panel.restore_settings(s, same_model=same_model)
+        self._on_generate_size()
         if self.prompt_panel.mode() in IMAGE_MODES and self.document.source is None:
             self.prompt_panel.set_mode("generate")  # the image of that mode is not kept between sessions
         history_shown = str(s.value("window/history", "true")).lower() != "false"
@@ -489,6 +525,7 @@ class MainWindow(QMainWindow):
         s.setValue("window/history", "true" if self.act_history.isChecked() else "false")
         self.prompt_panel.save_settings(s)
         self.brush.save(s)
+        self.lora_library.save(s)
         s.sync()
 
     def closeEvent(self, event) -> None:  # noqa: N802
@@ -746,22 +783,29 @@ class MainWindow(QMainWindow):
             self.set_source_image(image, entry_id=getattr(entry, "id", None))
 
     # -- jobs ------------------------------------------------------------------------
-    def build_request(self) -> GenerateRequest:
-        """The request the panels and the canvas describe; raises UserError when it cannot run."""
+    def build_request(self, notices: list[str] | None = None) -> GenerateRequest:
+        """The request the panels and the canvas describe; raises UserError when it cannot run. What it left out
+        (a region without paint or prompt) is appended to `notices`."""
         pp = self.prompt_panel
         params = {**pp.values(), "model": self.models.current(), **pp.mode_values()}
-        return build_request(pp.mode(), params, self.document, self.timeline.t0, self.timeline.strength(pp.mode()))
+        mode = pp.mode()
+        return build_request(mode, params, self.document, self.timeline.t0, self.timeline.strength(mode), notices)
 
     @Slot()
     def generate(self) -> int | None:
-        """Queue a job from the panels (errors in the request are shown at once); returns its job id."""
+        """Queue a job from the panels (errors in the request are shown at once); returns its job id. What was
+        left out of it is said in the status bar."""
+        notices: list[str] = []
         try:
-            request = self.build_request()
+            request = self.build_request(notices)
         except UserError as exc:
             self.show_error(exc.message, exc.hint, cause="source" if "source image" in exc.message else None)
             return None
         self.clear_error()
-        return self.jobs.submit(request)
+        job_id = self.jobs.submit(request)
+        if notices:
+            self._status("; ".join(notices) + ".", 12000)
+        return job_id
 
     def cancel_current(self) -> None:
         if self.jobs.cancel_current():
@@ -798,8 +842,38 @@ class MainWindow(QMainWindow):
     # -- timestep slider --------------------------------------------------------------
     def _on_mode_changed(self, mode: str) -> None:
         self.timeline.set_job_mode(mode)
+        regions = mode != "edit"  # an edit runs on its target prompt alone
+        self.regions_panel.set_applies(regions)
+        self.canvas.region_painting_enabled = regions
+        for act in (self.act_region, self.act_region_eraser, self.act_add_region):
+            act.setEnabled(regions)
+            act.setToolTip(act.toolTip() if regions else "Regions do not apply in Edit mode")
+        if not regions and self.brush.paints_regions:
+            self.brush.set_tool("brush")
         image_mode = self.document.source is not None and mode in IMAGE_MODES
         self.prompt_panel.show_source_size(self.document.source.size if image_mode and self.document.source else None)
+
+    # -- regions and LoRAs ---------------------------------------------------------------------
+    def _on_generate_size(self, *_: Any) -> None:
+        """Without a source, regions are painted on a blank canvas of the text-to-image size."""
+        self.document.set_blank_size(*self.prompt_panel.generate_size())
+
+    def _add_region(self) -> None:
+        self.regions_section.set_open(True)
+        self.regions_panel.add_button.click()
+
+    def _on_region_count(self, n: int) -> None:
+        self.regions_section.set_title(f"Regions ({n})" if n else "Regions")
+        if n and not self.regions_section.is_open():
+            self.regions_section.set_open(True)  # the Region brush made the first one: show its prompt
+
+    def _first_lora_open(self) -> None:
+        self._sync_lora_family()
+        self.lora_library.refresh()
+
+    def _sync_lora_family(self) -> None:
+        info = self.models.info(self.models.current())
+        self.lora_library.set_model_family(getattr(info, "family", None))
 
     # -- small things ----------------------------------------------------------------------
     def choose_mask_color(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QKeyEvent, QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,7 +30,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.core.modelinfo import BUILTIN, model_defaults
-from desktop_app.core.requests import EDIT_METHODS, MAX_SEED, RESIZE_MODES, SCHEDULERS
+from desktop_app.core.requests import EDIT_METHODS, MAX_CLIP_SKIP, MAX_SEED, RESIZE_MODES
+from desktop_app.core.samplers import SAMPLERS, SCHEDULES, SUPPORTED_SCHEDULES
 from desktop_app.ui.widgets import named
 
 MODES: list[tuple[str, str]] = [
@@ -151,6 +152,10 @@ class PromptPanel(QWidget):
         outer.addWidget(self.prompt_edit, 1)
         outer.addWidget(QLabel("Negative prompt"))
         outer.addWidget(self.negative_prompt_edit, 1)
+        self._sections = QVBoxLayout()  # the window's collapsible sections (LoRAs, regions) under the prompts
+        self._sections.setContentsMargins(0, 0, 0, 0)
+        self._sections.setSpacing(4)
+        outer.addLayout(self._sections)
 
         # edit mode fields (the editing issue extends this group)
         self.edit_group = named(QGroupBox("Edit"), "editGroup")
@@ -265,18 +270,37 @@ class PromptPanel(QWidget):
         size_row.addWidget(self.height_spin, 1)
         self.batch_spin = named(QSpinBox(), "batchSpin")
         self.batch_spin.setRange(1, 16)
+        # the sampler and its schedule type as A1111 (1.9 and later) lists them, by the names users know
         self.scheduler_combo = named(QComboBox(), "schedulerCombo")
+        self.scheduler_combo.setAccessibleName("Sampler")
         self.scheduler_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.scheduler_combo.setMinimumContentsLength(10)
         self.scheduler_combo.addItem("Model default", None)
-        for key, name in SCHEDULERS.items():
+        for key, name in SAMPLERS.items():
             self.scheduler_combo.addItem(name, key)
+        self.scheduler_combo.setToolTip("The sampler (A1111's names); Model default is the model's own scheduler")
+        self.schedule_combo = named(QComboBox(), "scheduleCombo")
+        self.schedule_combo.setAccessibleName("Schedule type")
+        self.schedule_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.schedule_combo.setMinimumContentsLength(10)
+        self.schedule_combo.addItem("Automatic", None)
+        for key, name in SCHEDULES.items():
+            self.schedule_combo.addItem(name, key)
+        self.clip_skip_spin = named(QSpinBox(), "clipSkipSpin")
+        self.clip_skip_spin.setRange(1, MAX_CLIP_SKIP)
+        self.clip_skip_spin.setAccessibleName("Clip skip")
+        self.clip_skip_spin.setToolTip(
+            "A1111's Clip skip: 1 uses the text encoder's last layer (most models), 2 the one before (some anime "
+            "models)"
+        )
         form.addRow("Steps", self.steps_spin)
         form.addRow("Guidance", self.guidance_spin)
         form.addRow("Seed", seed_row)
         form.addRow("Size", size_row)
         form.addRow("Batch", self.batch_spin)
-        form.addRow("Scheduler", self.scheduler_combo)
+        form.addRow("Sampler", self.scheduler_combo)
+        form.addRow("Schedule type", self.schedule_combo)
+        form.addRow("Clip skip", self.clip_skip_spin)
         outer.addWidget(params)
 
         # run
@@ -311,6 +335,7 @@ class PromptPanel(QWidget):
         self.negative_prompt_edit.submitted.connect(self.runRequested)
         self.mode_selector.currentIndexChanged.connect(self._on_mode_changed)
         self.model_picker.activated.connect(self._on_model_activated)
+        self.scheduler_combo.currentIndexChanged.connect(self._on_sampler_changed)
         self.models_button.clicked.connect(self.manageModelsRequested)
         self.random_seed_button.clicked.connect(lambda: self.seed_spin.setValue(RANDOM_SEED))
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
@@ -319,7 +344,49 @@ class PromptPanel(QWidget):
             # a narrow panel (a small screen, a large scale factor) puts labels above their fields, never clips
             form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.apply_model_defaults(model_defaults(BUILTIN))
+        self._on_sampler_changed()
         self._on_mode_changed()
+
+    def add_section(self, widget: QWidget) -> None:
+        """A collapsible section of the window's (the LoRA picker, the regions) under the prompts."""
+        self._sections.addWidget(widget)
+
+    # -- sampler and schedule --------------------------------------------------------
+    def _on_sampler_changed(self, *_: Any) -> None:
+        """Only the schedules the chosen sampler can do are offered; the model's default sampler takes its own."""
+        sampler = self.scheduler_combo.currentData()
+        supported = SUPPORTED_SCHEDULES.get(sampler, ()) if sampler else ()
+        model = self.schedule_combo.model()
+        if isinstance(model, QStandardItemModel):  # a combo box's own model
+            for i in range(1, self.schedule_combo.count()):
+                item = model.item(i)
+                if item is not None:
+                    item.setEnabled(self.schedule_combo.itemData(i) in supported)
+        if self.schedule_combo.currentData() not in (None, *supported):
+            self.schedule_combo.setCurrentIndex(0)
+        self.schedule_combo.setEnabled(len(supported) > 1)
+        if not sampler:
+            self.schedule_combo.setToolTip("The model's default sampler runs on its own schedule")
+        elif len(supported) > 1:
+            self.schedule_combo.setToolTip(
+                "The noise schedule: Automatic is the sampler's own (the model's config); Karras and Exponential "
+                "spend more steps on fine detail"
+            )
+        else:
+            self.schedule_combo.setToolTip(f"{SAMPLERS[sampler]} runs on its own schedule only")
+
+    def set_sampler(self, sampler: str | None, schedule: str | None = None) -> None:
+        """Select a sampler id and schedule id (None: the model's default / the sampler's own)."""
+        idx = self.scheduler_combo.findData(sampler) if sampler else 0
+        self.scheduler_combo.setCurrentIndex(max(0, idx))
+        sched_idx = self.schedule_combo.findData(schedule) if schedule else 0
+        item_ok = sched_idx > 0 and schedule in SUPPORTED_SCHEDULES.get(self.scheduler_combo.currentData(), ())
+        self.schedule_combo.setCurrentIndex(sched_idx if item_ok else 0)
+
+    def clip_skip(self) -> int | None:
+        """None when off (1: the text encoder's last layer, as every model is trained)."""
+        value = self.clip_skip_spin.value()
+        return None if value <= 1 else value
 
     # -- mode ------------------------------------------------------------------
     def mode(self) -> str:
@@ -501,7 +568,8 @@ class PromptPanel(QWidget):
         if "scheduler" not in keep:
             self.scheduler_combo.setCurrentIndex(0)
         scheduler = str(d.get("scheduler") or "")
-        self.scheduler_combo.setItemText(0, f"Model default ({SCHEDULERS.get(scheduler, scheduler)})")
+        name = SAMPLERS.get(scheduler, scheduler)
+        self.scheduler_combo.setItemText(0, f"Model default ({name})" if name else "Model default")
 
     # -- seed ------------------------------------------------------------------
     def set_last_seed(self, seed: int | None) -> None:
@@ -528,6 +596,8 @@ class PromptPanel(QWidget):
             "seed": self.seed_spin.seed(),
             "batch": self.batch_spin.value(),
             "scheduler": self.scheduler_combo.currentData(),
+            "schedule": self.schedule_combo.currentData() if self.scheduler_combo.currentData() else None,
+            "clip_skip": self.clip_skip(),
         }
 
     def edit_values(self) -> dict[str, Any]:
@@ -589,9 +659,18 @@ class PromptPanel(QWidget):
             self.guidance_spin.setValue(float(data["guidance"]))
         if "seed" in data:
             self.seed_spin.setValue(RANDOM_SEED if data["seed"] is None else int(data["seed"]))
-        if "scheduler" in data:
-            idx = self.scheduler_combo.findData(data["scheduler"]) if data["scheduler"] else 0
-            self.scheduler_combo.setCurrentIndex(max(0, idx))
+        if "scheduler" in data or "schedule" in data:
+            sampler = data.get("scheduler", self.scheduler_combo.currentData())
+            schedule = data.get("schedule")
+            self.set_sampler(sampler, schedule)
+            if schedule and self.schedule_combo.currentData() != schedule:
+                notices.append(
+                    f"Schedule type {SCHEDULES.get(schedule, schedule)} does not go with "
+                    f"{self.scheduler_combo.currentText()}: its own schedule is used"
+                )
+        if "clip_skip" in data:
+            value = data["clip_skip"]
+            self.clip_skip_spin.setValue(1 if value is None else max(1, min(MAX_CLIP_SKIP, int(value))))
         if "source_prompt" in data:
             self.source_prompt_edit.setText(data["source_prompt"] or "")
         if data.get("method") in EDIT_METHODS:
@@ -623,6 +702,8 @@ class PromptPanel(QWidget):
         s.setValue("params/height", gh)
         s.setValue("params/batch", self.batch_spin.value())
         s.setValue("params/scheduler", self.scheduler_combo.currentData() or "")
+        s.setValue("params/schedule", self.schedule_combo.currentData() or "")
+        s.setValue("params/clip_skip", self.clip_skip_spin.value())
         s.setValue("params/source_prompt", self.source_prompt_edit.text())
         s.setValue("params/edit_method", self.edit_method_combo.currentData())
         s.setValue("params/mask_blur", self.mask_blur_spin.value())
@@ -689,6 +770,13 @@ class PromptPanel(QWidget):
         sched = s.value("params/scheduler")
         if sched is not None:
             data["scheduler"] = str(sched) or None
+            data["schedule"] = str(s.value("params/schedule") or "") or None
+        clip_skip = s.value("params/clip_skip")
+        if clip_skip is not None:
+            try:
+                data["clip_skip"] = int(clip_skip)
+            except (TypeError, ValueError):
+                pass
         self.fill(data)
         mode = s.value("params/mode")
         if mode in dict(MODES):
