@@ -215,7 +215,7 @@ def test_cancel_stops_within_one_step_without_decoding(engine, tiny_model_dir, m
 
 def test_too_long_prompt_is_truncated_with_a_notice(engine, tiny_model_dir):
     events = []
-    engine.run(gen(tiny_model_dir, seed=1, prompt="red " * 60), events.append)
+    engine.run(gen(tiny_model_dir, seed=1, prompt="red " * 900), events.append)
     notices = [e.message for e in events if isinstance(e, Notice)]
     assert notices and "dropped" in notices[0]
 

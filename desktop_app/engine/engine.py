@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from desktop_app.core import paths
 from desktop_app.core.errors import JobCancelled, ModelError, OutOfMemory, UserError
 from desktop_app.core.events import Cancelled, Event, Failed, Finished, Notice, Progress, Result
 from desktop_app.core.latents import ForwardProcess, Trajectory
@@ -27,9 +28,9 @@ from desktop_app.core.requests import (
     Img2ImgRequest,
     InpaintRequest,
 )
-from desktop_app.engine import hub
+from desktop_app.engine import embeddings, hub
 from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
-from desktop_app.engine.encoding import decode_images, encode_image
+from desktop_app.engine.encoding import decode_images, encode_image, prompt_report
 from desktop_app.engine.encoding import encode_image as encode  # noqa: F401 - the name bench/inversion_eval.py imports
 from desktop_app.engine.imaging import (
     Placement,
@@ -43,7 +44,8 @@ from desktop_app.engine.imaging import (
 from desktop_app.engine.inversion import run_edit, suggest_mask
 from desktop_app.engine.lora import apply_loras
 from desktop_app.engine.models import LoadedModel, ModelManager
-from desktop_app.engine.sampling import prompt_notices, run_pipeline
+from desktop_app.engine.prompts import merge_loras, request_lora_tags, resolve_loras
+from desktop_app.engine.sampling import run_pipeline
 
 log = logging.getLogger(__name__)
 OnEvent = Callable[[Event], None]
@@ -119,10 +121,15 @@ class Engine:
 
     def _run(self, request: GenerateRequest, emit: OnEvent, cancel: _Either, source: object = None) -> Result:
         request.validate()
+        # <lora:NAME:W> tags: found in the LoRA folder before the model loads (a missing one fails fast)
+        tags, tag_notices = request_lora_tags(request)
+        loras = merge_loras(request.loras, resolve_loras(tags, paths.loras_dir())) if tags else list(request.loras)
         loaded = self.models.get(request.model, emit=emit, cancel=cancel)
         lora_info = {}
-        if request.loras or loaded.loras:
-            lora_info = apply_loras(loaded, request.loras, allow_pickle=self.models.allow_pickle)
+        if loras or loaded.loras:
+            lora_info = apply_loras(loaded, loras, allow_pickle=self.models.allow_pickle)
+        texts = [request.prompt, request.negative_prompt, getattr(request, "source_prompt", "")]
+        embeddings.prepare(loaded, texts, allow_pickle=self.models.allow_pickle)
         image: Image.Image | None = getattr(request, "image", None)
         placement = None
         notices: list[str] = []
@@ -142,7 +149,8 @@ class Engine:
         if request.seed is None:
             request = request.replace(seed=random.randint(0, MAX_SEED))
         request.validate()
-        notices = prompt_notices(loaded.pipe, request) + notices
+        prompt_notices, used_embeddings = prompt_report(loaded, request)
+        notices = tag_notices + prompt_notices + notices
         for message in notices:
             emit(Notice(message))
         assert request.seed is not None  # given a random one above
@@ -168,6 +176,8 @@ class Engine:
         if placement is not None and placement.mode != JUST_RESIZE:
             info = {**info, "Resize mode": RESIZE_MODES[placement.mode]}
         info = {**info, **lora_info}
+        if used_embeddings:
+            info["TI hashes"] = embeddings.ti_hashes(loaded, used_embeddings)
         return Result(
             request=request,
             images=images,

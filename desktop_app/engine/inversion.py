@@ -47,7 +47,7 @@ from desktop_app.core.errors import InvalidRequest
 from desktop_app.core.events import Notice
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import EditRequest, GenerateRequest
-from desktop_app.engine.encoding import decode_images, embed_prompt, encode_image
+from desktop_app.engine.encoding import decode_images, embed_prompts, encode_image
 from desktop_app.engine.imaging import feather_mask, paste_back
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.sampling import StepHooks, generators, make_scheduler
@@ -512,9 +512,11 @@ def run_edit(
 
     hooks = StepHooks(loaded, emit, cancel, 2 * n, request, phase="invert")
     with torch.inference_mode():
-        cond_src = embed_prompt(loaded, request.source_prompt)  # (1, L, D)
-        cond_tgt = cond_src if same_prompt else embed_prompt(loaded, request.prompt)
-        uncond = embed_prompt(loaded, request.negative_prompt)
+        # A1111's prompt meaning, one L for the three (a long prompt's chunks, the others padded)
+        cond_src, cond_tgt, uncond = embed_prompts(
+            loaded, [request.source_prompt, request.prompt, request.negative_prompt], request.clip_skip
+        )  # (1, L, D) each
+        cond_tgt = cond_src if same_prompt else cond_tgt
 
     # -- phase 1: the inversion trajectory (or the source's own) ----------------------
     levels, how = (None, None)
@@ -621,7 +623,7 @@ def suggest_mask(
         xt = scheduler.add_noise(
             z0.expand(draws, -1, -1, -1), noise, cast("torch.IntTensor", torch.full((draws,), t, dtype=torch.long))
         )
-        embeds = torch.cat([embed_prompt(loaded, source_prompt), embed_prompt(loaded, target_prompt)])  # (2, L, D)
+        embeds = torch.cat(embed_prompts(loaded, [source_prompt, target_prompt]))  # (2, L, D)
         eps = _unet(loaded.pipe, torch.cat([xt, xt]), t, embeds.repeat_interleave(draws, dim=0))  # (2D, C, h, w)
         diff = (eps[draws:] - eps[:draws]).abs().mean(dim=(0, 1))  # (h, w)
     diff = diff.cpu().numpy().astype(np.float64)

@@ -22,7 +22,7 @@ from desktop_app.core.errors import JobCancelled
 from desktop_app.core.events import Preview, Progress
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
-from desktop_app.engine.encoding import decode_images
+from desktop_app.engine.encoding import PromptPlan, decode_images, plan_prompts
 from desktop_app.engine.models import LoadedModel
 
 Emit = Callable[[Any], None]
@@ -48,13 +48,6 @@ def make_scheduler(name: str | None, base_config):
     raise ValueError(name)
 
 
-def encode_prompt_tokens(pipe, prompt: str) -> tuple[int, int]:
-    """(tokens the prompt needs, tokens the encoder takes), so a too-long prompt gets a notice."""
-    tok = pipe.tokenizer
-    needed = len(tok(prompt, truncation=False, add_special_tokens=True).input_ids)
-    return needed, tok.model_max_length
-
-
 class StepHooks:
     """Records each scheduler step and reports progress; one per run."""
 
@@ -73,6 +66,7 @@ class StepHooks:
         self._original_step: Callable[..., Any] | None = None
         self._scheduler: Any = None
         self._last_x0: np.ndarray | None = None  # (B, C, h, w) float32
+        self.prompts: PromptPlan | None = None  # prompt editing: the conditioning swapped in at its step
 
     # -- scheduler.step wrapper: sees x_t, the model output and x0_hat ------------
     def attach(self, scheduler) -> None:
@@ -134,6 +128,8 @@ class StepHooks:
         self.report(int(t))
         if self.cancel is not None and self.cancel.is_set():
             raise JobCancelled()
+        if self.prompts is not None:
+            callback_kwargs = self.prompts.on_step(pipe, i + 1, callback_kwargs)
         return callback_kwargs
 
     def report(self, timestep: int) -> None:
@@ -161,19 +157,6 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
-def prompt_notices(pipe, request: GenerateRequest) -> list[str]:
-    notices = []
-    for label, text in (("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)):
-        if not text:
-            continue
-        needed, limit = encode_prompt_tokens(pipe, text)
-        if needed > limit:
-            notices.append(
-                f"{label} is {needed - 2} tokens; the text encoder takes {limit - 2}: the last {needed - limit} were dropped."
-            )
-    return notices
-
-
 def denoising_steps(steps: int, strength: float) -> tuple[int, float]:
     """(num_inference_steps, strength) that run at least one step: diffusers runs int(steps * strength) steps and
     fails on none, so a small strength gets a finer schedule (ceil(1 / strength) steps, at most the model's 1000)."""
@@ -197,9 +180,17 @@ def run_pipeline(
     pipe = loaded.pipeline(mode)
     scheduler = make_scheduler(request.scheduler, loaded.scheduler_config)
     pipe.scheduler = scheduler
+    # A1111's prompt meaning (engine/encoding.py): embeddings for step 0, swapped by the step hook when edited
+    prompts = plan_prompts(
+        loaded,
+        request.prompt,
+        request.negative_prompt,
+        int(request.steps or 1),
+        clip_skip=request.clip_skip,
+        batch=len(seeds),
+    )
     kwargs: dict[str, Any] = dict(
-        prompt=[request.prompt] * len(seeds),
-        negative_prompt=[request.negative_prompt] * len(seeds) if request.negative_prompt else None,
+        **prompts.kwargs(),
         num_inference_steps=request.steps,
         guidance_scale=request.guidance,
         generator=generators(seeds),
@@ -237,6 +228,8 @@ def run_pipeline(
         # text-to-image on an inpainting UNet: inpaint everything (full white mask) from pure noise
         kwargs.update(image=Image.new("RGB", size, (127, 127, 127)), mask_image=Image.new("L", size, 255), strength=1.0)
     hooks = StepHooks(loaded, emit, cancel, max(total, 1), request)
+    hooks.prompts = prompts
+    kwargs["callback_on_step_end_tensor_inputs"] = ["latents", *prompts.callback_inputs()]
     hooks.attach(scheduler)
     try:
         with torch.inference_mode():
