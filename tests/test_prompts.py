@@ -90,8 +90,9 @@ def short_model_dir(tmp_path_factory):
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-12", max_length=MAX_LENGTH)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def loaded(engine, short_model_dir):
+    """The short model as the engine holds it now (loading another model replaces it)."""
     return engine.models.get(str(short_model_dir))
 
 
@@ -299,3 +300,92 @@ def test_cli_generate_with_weights_and_a_lora_tag(tiny_model_dir, tmp_path, lora
     assert parameters.startswith(prompt + "\n")  # A1111 writes the prompt with its tags
     assert "red" in parameters and "Steps: 2" in parameters and "Seed: 2" in parameters
     assert f'Lora hashes: "shapes: {lora_hash(lora_in_folder)}"' in parameters  # found by name, applied
+
+
+# -- SDXL: both text encoders, as A1111 --------------------------------------------------------
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    from test_models_tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+def _sdxl_by_hand(loaded, parts):
+    """Each encoder: one chunk (these prompts are short), its penultimate layer (A1111's SDXL layers), weights and
+    mean restore per encoder; joined along the width; pooled: clip_g's projection of the chunk."""
+    zs, pooled = [], None
+    for tok, enc in (
+        (loaded.pipe.tokenizer, loaded.pipe.text_encoder),
+        (loaded.pipe.tokenizer_2, loaded.pipe.text_encoder_2),
+    ):
+        ids, weights = [tok.bos_token_id], [1.0]
+        for text, weight in parts:
+            new = _ids(tok, text)
+            ids += new
+            weights += [weight] * len(new)
+        pad = tok.model_max_length - len(ids)
+        ids += [tok.eos_token_id] * pad
+        weights += [1.0] * pad
+        with torch.no_grad():
+            out = enc(torch.tensor([ids]), output_hidden_states=True)
+        z = out.hidden_states[-2]
+        weighted = z * torch.tensor(weights)[None, :, None]
+        zs.append(weighted * (z.mean() / weighted.mean()))
+        pooled = getattr(out, "text_embeds", pooled)
+    return torch.cat(zs, dim=-1), pooled
+
+
+def test_sdxl_embedding_equals_a1111s_rule_by_hand(engine, sdxl_dir):
+    loaded = engine.models.get(str(sdxl_dir))
+    with torch.no_grad():
+        ours = encode_text(loaded, "a (red:1.4) [dot]").conditioning
+    expected, pooled = _sdxl_by_hand(loaded, [("a ", 1.0), ("red", 1.4), (" ", 1.0), ("dot", 1 / 1.1)])
+    torch.testing.assert_close(ours.embeds, expected, rtol=1e-5, atol=1e-6)
+    assert ours.pooled is not None and pooled is not None
+    torch.testing.assert_close(ours.pooled, pooled)
+
+
+def test_sdxl_prompt_editing_swaps_the_pooled_embedding_too(engine, sdxl_dir):
+    loaded = engine.models.get(str(sdxl_dir))
+    pooled_seen: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs):
+        text = kwargs["added_cond_kwargs"]["text_embeds"]
+        pooled_seen.append(text[text.shape[0] // 2 :].clone())
+
+    handle = loaded.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    events = []
+    try:
+        engine.run(
+            GenerateRequest(prompt="[red:blue:1] dot", model=str(sdxl_dir), seed=1, steps=3, clip_skip=2), events.append
+        )
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        red = encode_text(loaded, "red dot").conditioning.pooled
+        blue = encode_text(loaded, "blue dot").conditioning.pooled
+    assert red is not None and blue is not None
+    assert [torch.allclose(p, red) for p in pooled_seen] == [True, True, False]
+    assert torch.allclose(pooled_seen[2], blue)
+    assert any("Clip skip 2 is not applied" in e.message for e in events if isinstance(e, Notice))
+
+
+def test_edit_inverts_and_regenerates_with_weighted_long_prompts(engine, loaded, short_model_dir):
+    from desktop_app.core.requests import EditRequest
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    source, target = "a red dot", "a (blue:1.4) dot on a long white square"  # 3 chunks: the others are padded
+    seen, handle = _record_conditioning(loaded.pipe)
+    try:
+        engine.run(
+            EditRequest(
+                prompt=target, source_prompt=source, model=str(short_model_dir), seed=1, steps=4, strength=0.5,
+                image=image, method="ddim", guidance=1.0,
+            )
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    src, tgt = _ours(loaded, source), _ours(loaded, target)
+    assert tgt.shape[1] == 3 * MAX_LENGTH
+    assert any(torch.allclose(s[:, :MAX_LENGTH], src) for s in seen)  # inversion under the source prompt
+    assert any(s.shape == tgt.shape and torch.allclose(s, tgt) for s in seen)  # A1111's weights in the edit
