@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from desktop_app.core.errors import JobCancelled, ModelError, UserError
-from desktop_app.core.events import Cancelled, Failed, Finished, Preview, Progress, Result
+from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress, Result
 from desktop_app.core.latents import ForwardProcess, LatentPreviewer, Trajectory
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
 
@@ -94,7 +94,8 @@ class FakeEngine:
 
     step_delay: seconds per step; fail_next: an exception raised by the next run;
     the result is a solid colour from the seed (inpaint: source kept outside the mask).
-    download_delay: seconds per simulated download chunk.
+    download_delay: seconds per simulated download chunk; notices: Notice messages every run emits first (as the
+    engine does for a LoRA tag it cannot resolve).
     """
 
     def __init__(self, step_delay: float = 0.0, progress_per_step: int = 1, download_delay: float = 0.0) -> None:
@@ -102,6 +103,7 @@ class FakeEngine:
         self.progress_per_step = progress_per_step
         self.download_delay = download_delay
         self.fail_next: BaseException | None = None
+        self.notices: list[str] = []
         self.runs: list = []
         self.sources: list = []
         self.thread_names: list[str] = []
@@ -121,6 +123,8 @@ class FakeEngine:
                 exc, self.fail_next = self.fail_next, None
                 raise exc
             request.validate()
+            for message in self.notices:
+                emit(Notice(message))
             steps = request.steps or 4
             width = request.width or 64
             height = request.height or 64
@@ -269,3 +273,29 @@ def paint(qtbot, w, points_image, size=12):
     for p in pts[1:]:
         qtbot.mouseMove(canvas, pos=p)
     qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=pts[-1])
+
+
+def choose(qtbot, combo, text):
+    """Pick the item of that text in a combo box as a user does: open its list, click the item."""
+    from PySide6.QtCore import Qt
+
+    index = combo.findText(text)
+    assert index >= 0, (text, [combo.itemText(i) for i in range(combo.count())])
+    combo.showPopup()
+    view = combo.view()
+    qtbot.waitUntil(view.isVisible)
+    model_index = view.model().index(index, 0)
+    view.scrollTo(model_index)
+    rect = view.visualRect(model_index)
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.waitUntil(lambda: not view.isVisible())
+
+
+def type_into(qtbot, widget, text):
+    """Select what a field holds and type `text` over it (spin boxes, line edits, prompts)."""
+    from PySide6.QtCore import Qt
+
+    widget.setFocus()
+    qtbot.keyClick(widget, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClicks(widget, text)
+    qtbot.keyClick(widget, Qt.Key.Key_Tab)

@@ -30,7 +30,6 @@ WARN = QColor(230, 160, 60)
 
 class LoraPicker(QWidget):
     noticed = Signal(str)  # for the status bar: what was inserted, or why it will not load
-    folderOpened = Signal(str)
 
     def __init__(self, library: LoraLibrary, prompt: QPlainTextEdit, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -89,7 +88,7 @@ class LoraPicker(QWidget):
         self.folder_button.clicked.connect(self.open_folder)
         self.weight_spin.valueChanged.connect(self._on_weight)
         library.changed.connect(self.sync)
-        library.weightChanged.connect(lambda *_: self.sync())
+        library.weightChanged.connect(self._on_weight_changed)
         self.sync()
 
     def selected(self):
@@ -111,6 +110,25 @@ class LoraPicker(QWidget):
         lora = self.selected()
         if not self._syncing and lora is not None:
             self.library.set_weight(lora.name, value)
+
+    def _on_weight_changed(self, name: str, weight: float) -> None:
+        """A weight changed (here while typing, or elsewhere): the row's tag says it; the spin is left as typed."""
+        for row, lora in enumerate(self.library.loras()):
+            item = self.list.item(row)
+            if lora.name == name and item is not None:
+                item.setToolTip(self._tooltip(lora))
+        lora = self.selected()
+        if lora is not None and lora.name == name and abs(self.weight_spin.value() - weight) > 1e-6:
+            self._syncing = True
+            self.weight_spin.setValue(weight)
+            self._syncing = False
+
+    def _tooltip(self, lora) -> str:
+        tip = f"{lora.path}\n{self.library.tag(lora.name)}"
+        if getattr(lora, "reason", ""):
+            tip += f"\n{lora.reason}"
+        why = self.library.mismatch(lora)
+        return tip + (f"\n{why}" if why else "")
 
     def insert_selected(self) -> str | None:
         """Insert the selected LoRA's tag at the prompt's cursor, spaced from the words around it."""
@@ -139,7 +157,6 @@ class LoraPicker(QWidget):
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass  # the desktop says it cannot open it; the folder's path is in the tooltip
-        self.folderOpened.emit(str(folder))
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     # -- library -> widgets ----------------------------------------------------------------------------
@@ -153,13 +170,9 @@ class LoraPicker(QWidget):
                 family = FAMILY_NAMES.get(lora.family, lora.family)
                 why = self.library.mismatch(lora)
                 item = QListWidgetItem(f"{lora.name}  ·  {family}" + ("  ⚠" if why else ""))
-                tip = f"{lora.path}\n{self.library.tag(lora.name)}"
-                if getattr(lora, "reason", ""):
-                    tip += f"\n{lora.reason}"
                 if why:
-                    tip += f"\n{why}"
                     item.setForeground(WARN)
-                item.setToolTip(tip)
+                item.setToolTip(self._tooltip(lora))
                 self.list.addItem(item)
             if loras:
                 self.list.setCurrentRow(min(max(0, keep), len(loras) - 1))

@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self._suggest_job: int | None = None
         self._error_cause: str | None = None
         self._spin_guard = _SpinUndoGuard(self)
+        self._job_notices: list[str] = []  # the engine's notices of the running job (a LoRA tag it left out, ...)
 
         self._build_ui()
         self._build_actions()
@@ -380,8 +381,7 @@ class MainWindow(QMainWindow):
         self.act_about = a("&About Diffusion Desk", self.show_about, None, "actionAbout")
         self._menu("&Help", self.act_shortcuts, self.act_about)
 
-        self.act_region.setIconText("Region")
-        self.act_region_eraser.setIconText("Erase region")
+        self.regions_panel.set_tool_actions(self.act_region, self.act_region_eraser)
         self.canvas_toolbar = BrushToolBar(
             self.brush, (self.act_brush, self.act_eraser, self.act_region, self.act_region_eraser)
         )
@@ -419,7 +419,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         j = self.jobs
-        j.noticed.connect(lambda text: self._status(text, 10000))
+        j.noticed.connect(self._on_job_notice)
         j.failed.connect(self._on_job_failed)
         j.cancelled.connect(lambda *_: self._status("Cancelled"))
         j.started.connect(self._on_job_started)
@@ -757,7 +757,10 @@ class MainWindow(QMainWindow):
         self.clear_error(cause="job")
         n = len(result.images)
         extra = f" · {n} images" if n > 1 else ""
-        self._status(f"Done in {result.elapsed:.1f} s · seed {result.seeds[0] if result.seeds else '?'}{extra}", 10000)
+        notices, self._job_notices = self._job_notices, []
+        said = (" — " + "; ".join(notices)) if notices else ""  # what the engine left out must outlive "Done"
+        text = f"Done in {result.elapsed:.1f} s · seed {result.seeds[0] if result.seeds else '?'}{extra}{said}"
+        self._status(text, 20000 if notices else 10000)
         self.resultReady.emit(result)
 
     def fill_from_request(self, request: Any) -> None:
@@ -812,7 +815,12 @@ class MainWindow(QMainWindow):
             self._status("Cancelling…")
 
     def _on_job_started(self, job_id: int) -> None:
+        self._job_notices = []
         self.prompt_panel.cancel_button.setEnabled(True)
+
+    def _on_job_notice(self, text: str) -> None:
+        self._job_notices.append(text)
+        self._status(text, 10000)
 
     def _on_job_failed(self, message: str, hint: str) -> None:
         self.show_error(message, hint, cause="job")
@@ -872,8 +880,13 @@ class MainWindow(QMainWindow):
         self.lora_library.refresh()
 
     def _sync_lora_family(self) -> None:
-        info = self.models.info(self.models.current())
-        self.lora_library.set_model_family(getattr(info, "family", None))
+        """The current model's family: the engine's word once it loaded, else what the known-models list says."""
+        current = self.models.current()
+        family = getattr(self.models.info(current), "family", None)
+        if not family and self.lora_section.is_open():
+            known = next((k for k in self.models.known() if k.location == current), None)
+            family = getattr(known, "family", None)
+        self.lora_library.set_model_family(family)
 
     # -- small things ----------------------------------------------------------------------
     def choose_mask_color(self) -> None:

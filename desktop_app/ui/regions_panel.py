@@ -7,8 +7,8 @@ shows it and turns clicks and typing into calls on it.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
-from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -87,6 +88,9 @@ class RegionsPanel(QWidget):
         lay.setSpacing(4)
         lay.addWidget(self.list)
         lay.addLayout(buttons)
+        self.tools_row = QHBoxLayout()  # the window's Region brush and eraser actions (set_tool_actions)
+        self.tools_row.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(self.tools_row)
         lay.addWidget(self.prompt_edit)
         lay.addLayout(form)
         lay.addWidget(self.hint)
@@ -101,6 +105,17 @@ class RegionsPanel(QWidget):
         document.regionsChanged.connect(self.sync)
         document.undoChanged.connect(self.sync)  # a stroke's end: a region's "no paint" goes
         self.sync()
+
+    def set_tool_actions(self, paint: QAction, erase: QAction) -> None:
+        """The Region brush and eraser (the window's actions, with their R / Shift+R shortcuts) as buttons here,
+        beside the regions they paint: the canvas tool bar has no room for them on a small screen."""
+        for act, name, text in ((paint, "regionBrushButton", "Paint (R)"), (erase, "regionEraserButton", "Erase")):
+            button = named(QToolButton(), name)
+            act.setIconText(text)  # what a tool button shows; the menu keeps the action's full text
+            button.setDefaultAction(act)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            self.tools_row.addWidget(button)
+        self.tools_row.addStretch(1)
 
     # -- user input -> document ------------------------------------------------------------------------
     def _add(self) -> None:
