@@ -85,9 +85,19 @@ def test_lora_tags_leave_the_text():
 # -- the numbers -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def short_model_dir(tmp_path_factory):
+    """Chunks of 10 tokens; the final LayerNorm's bias set as a trained CLIP's is, so its states have a mean
+    (a random LayerNorm's average to 0, where A1111's mean restore is not defined: see the zero-mean test)."""
     from tiny_model import build_tiny_sd
+    from transformers import CLIPTextModel
 
-    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-12", max_length=MAX_LENGTH)
+    folder = build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-12", max_length=MAX_LENGTH)
+    encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"))
+    torch.manual_seed(0)
+    bias = getattr(encoder, "text_model", encoder).final_layer_norm.bias
+    with torch.no_grad():
+        bias.copy_(0.3 + 0.1 * torch.randn_like(bias))
+    encoder.save_pretrained(str(folder / "text_encoder"))
+    return folder
 
 
 @pytest.fixture()
@@ -165,6 +175,21 @@ def test_weights_keep_each_chunks_mean_and_change_the_states(loaded):
     assert (weighted - plain).abs().max() > 1e-3
     long_ = _ours(loaded, "a red circle on a blue square")
     assert long_.shape[1] == 3 * MAX_LENGTH  # 23 tokens in chunks of 10, concatenated
+
+
+def test_a_zero_mean_encoder_gets_the_weights_without_the_mean_restore(engine, tiny_model_dir):
+    """The default tiny model's (and the built-in model's) states average to ~0: the restore would divide noise by
+    noise, so the weights apply alone (A1111's "No norm")."""
+    zero_mean = engine.models.get(str(tiny_model_dir))
+    tok, enc = zero_mean.pipe.tokenizer, zero_mean.pipe.text_encoder
+    ids = [tok.bos_token_id, *_ids(tok, "a "), *_ids(tok, "red"), *_ids(tok, " dot")]
+    weights = [1.0] * (1 + len(_ids(tok, "a "))) + [1.5] * len(_ids(tok, "red")) + [1.0] * len(_ids(tok, " dot"))
+    pad = tok.model_max_length - len(ids)
+    with torch.no_grad():
+        z = enc(torch.tensor([ids + [tok.eos_token_id] * pad])).last_hidden_state
+    assert z.mean().abs() < 1e-3 * z.abs().mean()
+    expected = z * torch.tensor(weights + [1.0] * pad)[None, :, None]
+    torch.testing.assert_close(_ours(zero_mean, "a (red:1.5) dot"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_clip_skip_2_is_the_penultimate_layer(loaded):

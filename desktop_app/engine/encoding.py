@@ -4,7 +4,7 @@ Kept in one place so every caller gets the same scaling, shift and fp16 upcast (
 the same prompt meaning: AUTOMATIC1111's (see `engine/prompts.py` for the parsing and why no library does it).
 A1111's weighting ("Original" emphasis, `modules/sd_hijack_clip.py` + `sd_emphasis.py`): each 77-token chunk is
 encoded alone, each token's hidden state multiplied by its weight, then the chunk rescaled so its mean equals the
-unweighted chunk's mean; the chunks are joined along the sequence. SDXL does this per text encoder and joins them.
+unweighted chunk's mean (skipped where that mean is ~0: `_encode_chunks`); the chunks are joined along the sequence. SDXL does this per text encoder and joins them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from desktop_app.engine.prompts import (
     syntax_notices,
     tokenize_weighted,
 )
+
+MEAN_FLOOR = 1e-3  # a chunk whose mean is below this share of its mean magnitude is "zero-mean" (see _encode_chunks)
 
 
 @dataclass
@@ -88,8 +90,13 @@ def _encode_chunks(
         w = torch.tensor(weights, dtype=torch.float32, device=z32.device)[None, :, None]
         if not torch.all(w == 1):
             before = z32.mean()
-            z32 = z32 * w
-            z32 = z32 * (before / z32.mean())
+            weighted = z32 * w
+            ratio = before / weighted.mean()
+            # A1111 always restores the mean; on a text encoder whose states average to ~0 (the built-in model:
+            # 7e-5 of their size) that divides noise by noise and can flip or blow up the whole chunk, so there
+            # the weights apply without the restore (A1111's "No norm" emphasis). Real CLIPs are far from it.
+            stable = before.abs() >= MEAN_FLOOR * z32.abs().mean() and bool(torch.isfinite(ratio)) and ratio > 0
+            z32 = weighted * ratio if stable else weighted
         zs.append(z32.to(z.dtype))
     return torch.cat(zs, dim=1), pooled
 
