@@ -144,3 +144,89 @@ def test_sdxl_lora_applies_to_every_mode(engine, tmp_path):
     assert not np.array_equal(_image(engine, folder, loras=[(tmp_path / "xl_style.safetensors", 1.0)]), base)
     assert loaded.pipeline("img2img").unet is loaded.pipe.unet
     assert np.array_equal(_image(engine, folder), base)
+
+
+def test_kohya_sd15_lora_with_te1_keys_as_diffusers_converts_it_loads(engine, tiny_model_dir, tmp_path):
+    """diffusers' own PEFT -> kohya converter writes an SD 1.5 text encoder as `lora_te1_`: refused as SDXL before."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    unet, _ = _peft_layers(pipe, 4)
+    targets = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+    ]  # as kohya trains them (diffusers infers the layout by out_proj)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+    inject_adapter_in_model(config, pipe.text_encoder, adapter_name="make")
+    te = get_peft_model_state_dict(pipe.text_encoder, adapter_name="make")
+    state = {f"unet.{k}": v for k, v in unet.items()} | {f"text_encoder.{k}": v for k, v in te.items()}
+    # real kohya files name CLIP's layers text_model_encoder_*; recent transformers flatten `text_model` away
+    kohya = {
+        k.replace("lora_te1_encoder_", "lora_te1_text_model_encoder_"): v.contiguous()
+        for k, v in convert_state_dict_to_kohya(state).items()
+    }
+    assert any(k.startswith("lora_te1_") for k in kohya) and not any(k.startswith("lora_te2_") for k in kohya)
+    path = tmp_path / "sd15_te1.safetensors"
+    save_file(kohya, str(path))
+    base = _image(engine, tiny_model_dir, seed=6)
+    assert not np.array_equal(_image(engine, tiny_model_dir, seed=6, loras=[(path, 1.0)]), base)
+    assert np.array_equal(_image(engine, tiny_model_dir, seed=6), base)
+
+
+def _fake_loaded(width: int, is_xl: bool, family: str):
+    from types import SimpleNamespace
+
+    unet = SimpleNamespace(config=SimpleNamespace(cross_attention_dim=width))
+    return SimpleNamespace(pipe=SimpleNamespace(unet=unet), is_xl=is_xl, family=family, model_id=family)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "width", "is_xl", "match"),
+    [
+        # full-size kohya layouts on full-size models (no weights needed: the check reads shapes only)
+        ({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768)}, 768, False, None),
+        (
+            {
+                "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768),
+                "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768),
+            },
+            768,
+            False,
+            None,
+        ),
+        (
+            {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048)},
+            768,
+            False,
+            "SDXL",
+        ),
+        ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048)}, 2048, True, None),
+        ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1024)}, 768, False, "SD 2"),
+        ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, 2048, True, "is SDXL"),
+    ],
+)
+def test_family_check_by_widths_and_blocks(shapes, width, is_xl, match):
+    from desktop_app.engine.lora import check_compatible
+
+    loaded: Any = _fake_loaded(width, is_xl, "sdxl" if is_xl else "sd1")
+    if match is None:
+        check_compatible(shapes, loaded, "x.safetensors")
+    else:
+        with pytest.raises(ModelError, match=match):
+            check_compatible(shapes, loaded, "x.safetensors")
+
+
+def test_lora_hashes_are_a1111s(engine, tiny_model_dir, lora_files):
+    from desktop_app.core.loras import lora_hash
+
+    diffusers_lora, kohya_lora = lora_files
+    engine.models.get(str(tiny_model_dir))
+    info = apply_loras(engine.models.loaded, [(str(diffusers_lora), 0.5), (str(kohya_lora), 1.0)])
+    assert info["Lora hashes"] == f"style_diffusers: {lora_hash(diffusers_lora)}, style_kohya: {lora_hash(kohya_lora)}"
+    apply_loras(engine.models.loaded, [])

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from desktop_app.core.errors import ModelError
-from desktop_app.engine.models import PICKLE_RISK, PICKLE_SUFFIXES, LoadedModel, short_hash
+from desktop_app.core.loras import FAMILY_NAMES, family_from_shapes, lora_hash
+from desktop_app.engine.models import PICKLE_RISK, PICKLE_SUFFIXES, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -87,31 +88,57 @@ def _shapes(source: dict[str, torch.Tensor] | str) -> dict[str, tuple[int, ...]]
 
 
 def check_compatible(shapes: dict[str, tuple[int, ...]], loaded: LoadedModel, name: str) -> None:
-    """A LoRA made for another family fails with a message instead of a shape error deep in PEFT."""
-    if not any(("lora" in k.lower()) or k.endswith(".alpha") for k in shapes):
+    """A LoRA made for another family fails with a message instead of a shape error deep in PEFT.
+
+    The family comes from core.loras (UNet widths and blocks, a second text encoder), not from key prefixes:
+    diffusers' own converter writes SD 1.5 text-encoder keys as `lora_te1_`, SDXL's prefix."""
+    if not any(("lora" in k.lower()) or k.endswith(".alpha") or "hada_" in k for k in shapes):
         raise ModelError(f"{name} does not look like a LoRA (no lora_* tensors).", "Choose a LoRA .safetensors file.")
-    xl_keys = any(
-        k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")) or "text_encoder_2" in k for k in shapes
-    )
-    if xl_keys and not loaded.is_xl:
+    family, evidence = family_from_shapes(shapes)
+    expected = int(loaded.pipe.unet.config.cross_attention_dim)
+    model_name = loaded.family or loaded.model_id
+    if family == "sdxl" and not loaded.is_xl:
         raise ModelError(
-            f"{name} is an SDXL LoRA; the loaded model is not SDXL.",
+            f"{name} is an SDXL LoRA ({evidence}); the loaded model ({model_name}) is not SDXL.",
             "Load an SDXL model, or choose a LoRA made for this one.",
+        )
+    if family in ("sd1", "sd2") and loaded.is_xl:
+        raise ModelError(
+            f"{name} was made for {FAMILY_NAMES[family]} ({evidence}); the loaded model ({model_name}) is SDXL.",
+            "Choose an SDXL LoRA, or load a model of the LoRA's family.",
         )
     widths = {
         v[-1]
         for k, v in shapes.items()
-        if re.search(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)", k) and len(v) >= 2
+        if re.search(r"attn2[._](processor[._])?to_k.*(lora_down|lora_A|lora\.down|hada_w[12]_b)", k) and len(v) >= 2
     }
-    expected = int(loaded.pipe.unet.config.cross_attention_dim)
+    family_width = {"sd1": 768, "sd2": 1024, "sdxl": 2048}.get(family)
+    if not widths and family_width and expected in (768, 1024, 2048):
+        widths = {family_width}
     if widths and expected not in widths:
-        family = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}.get(
-            next(iter(widths)), f"a model with text width {next(iter(widths))}"
-        )
+        width = next(iter(widths))
+        made_for = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}.get(width, f"a model with text width {width}")
         raise ModelError(
-            f"{name} was made for {family}; the loaded model ({loaded.family or loaded.model_id}) has text width {expected}.",
+            f"{name} was made for {made_for}; the loaded model ({model_name}) has text width {expected}.",
             "Choose a LoRA made for the loaded model's family.",
         )
+
+
+def lora_file_hash(path: Path) -> str:
+    """The short hash A1111 writes in `Lora hashes`: the addnet hash of a .safetensors file, and, as A1111 does
+    for other formats, the sha256 of the whole file (12 hex digits)."""
+    if path.suffix.lower() == ".safetensors":
+        return lora_hash(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def hash_name(name: str) -> str:
+    """A name as A1111 writes it before its hash: without the ':' and ',' that would break the list."""
+    return name.replace(":", "").replace(",", "")
 
 
 def apply_loras(
@@ -158,7 +185,9 @@ def apply_loras(
             loaded.loras[name] = wanted[name].weight
     if not wanted:
         return {}
-    hashes = ", ".join(f"{spec.name}: {short_hash(Path(spec.path).expanduser())}" for spec in wanted.values())
+    hashes = ", ".join(
+        f"{hash_name(spec.name)}: {lora_file_hash(Path(spec.path).expanduser())}" for spec in wanted.values()
+    )
     return {"Lora hashes": hashes, "Loras": ", ".join(f"{spec.name}:{spec.weight:g}" for spec in wanted.values())}
 
 
