@@ -51,7 +51,7 @@ class _MasksEdit:
     """Whole region masks replaced (cleared, or scaled to a new canvas size): each region's arrays."""
 
     items: list[tuple[Region, numpy.ndarray, numpy.ndarray]]
-    kind: str = "replace"  # "resize" steps coalesce while the size spins turn
+    sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # a resize: the blank canvas size before, after
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Document(QObject):
     shownChanged = Signal()  # which image is shown: source, a result of the batch, or a transient view
     regionsChanged = Signal()  # regions added, removed or reordered; the active one; a prompt, weight or colour
     regionPainted = Signal(object)  # the changed Box of a region's mask, or None for every region's whole mask
+    blankSizeChanged = Signal(int, int)  # the text-to-image size, when an undo step puts it back
     notice = Signal(str)  # something the user should know about their regions (cleared by a new picture, ...)
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -189,21 +190,18 @@ class Document(QObject):
         size = (max(1, int(width)), max(1, int(height)))
         if size == self._blank_size:
             return
-        self._blank_size = size
+        old, self._blank_size = self._blank_size, size
         if self._source is not None or not self._regions:
             return
         top = self._undo[-1] if self._undo else None
-        if isinstance(top, _MasksEdit) and top.kind == "resize" and not self._redo:
+        if isinstance(top, _MasksEdit) and top.sizes is not None and not self._redo:
             items = [(r, before, resized(before, size)) for r, before, _after in top.items]
+            top.items, top.sizes = items, (top.sizes[0], size)
         else:
             items = [(r, r.mask, resized(r.mask, size)) for r in self._regions]
-            top = None
+            self._push(_MasksEdit(items, sizes=(old, size)))
         for region, _before, after in items:
             region.mask = after
-        if top is not None:
-            top.items = items
-        else:
-            self._push(_MasksEdit(items, kind="resize"))
         self.regionPainted.emit(None)
         self.regionsChanged.emit()
 
@@ -362,6 +360,9 @@ class Document(QObject):
             self.regionPainted.emit(box) if edit.region is not None else self.maskChanged.emit(box)
         elif isinstance(edit, _MasksEdit):
             take.pop()
+            if edit.sizes is not None and self._source is None:  # a resize: the size goes back with the paint
+                self._blank_size = edit.sizes[0] if side == "before" else edit.sizes[1]
+                self.blankSizeChanged.emit(*self._blank_size)
             w, h = self.canvas_size
             for region, before, after in edit.items:
                 mask = before if side == "before" else after

@@ -1,20 +1,21 @@
 """A section of the prompt panel that folds away: its title is a button with an arrow, its content shows below.
 
-Folded sections keep the panel short on a small screen (1366x768 at scale 1.5); a section builds its content
-the first time it opens when `on_first_open` is given, so nothing is scanned before the user asks.
+Folded sections keep the panel short on a small screen (1366x768 at scale 1.5): their title buttons share one
+row (the prompt panel places `button` and `content`); a section runs `on_first_open` the first time it opens, so
+nothing is scanned before the user asks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QSizePolicy, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QSizePolicy, QToolButton, QWidget
 
 from desktop_app.ui.widgets import named
 
 
-class Section(QWidget):
+class Section(QObject):
     toggled = Signal(bool)
 
     def __init__(
@@ -24,7 +25,7 @@ class Section(QWidget):
         name: str,
         expanded: bool = False,
         on_first_open: Callable[[], None] | None = None,
-        parent: QWidget | None = None,
+        parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.setObjectName(name)
@@ -37,11 +38,6 @@ class Section(QWidget):
         self.button.setAutoRaise(True)
         self.button.setStyleSheet("QToolButton { font-weight: 600; text-align: left; border: none; }")
         self.content = content
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(2)
-        lay.addWidget(self.button)
-        lay.addWidget(content)
         self.button.toggled.connect(self._set_open)
         self.set_title(title)
         self._set_open(False)

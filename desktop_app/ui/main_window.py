@@ -120,7 +120,8 @@ class MainWindow(QMainWindow):
         self._suggest_job: int | None = None
         self._error_cause: str | None = None
         self._spin_guard = _SpinUndoGuard(self)
-        self._job_notices: list[str] = []  # the engine's notices of the running job (a LoRA tag it left out, ...)
+        self._job_notices: list[str] = []  # the running job's notices (a region left out, a LoRA tag, ...)
+        self._request_notices: dict[int, list[str]] = {}  # what each queued job's request left out
 
         self._build_ui()
         self._build_actions()
@@ -146,9 +147,11 @@ class MainWindow(QMainWindow):
         # folded sections under the prompts: the LoRA folder is scanned the first time its section opens
         self.lora_library = LoraLibrary(parent=self)
         self.lora_picker = LoraPicker(self.lora_library, self.prompt_panel.prompt_edit)
-        self.lora_section = Section("LoRAs", self.lora_picker, "loraSection", on_first_open=self._first_lora_open)
+        self.lora_section = Section(
+            "LoRAs", self.lora_picker, "loraSection", on_first_open=self._first_lora_open, parent=self
+        )
         self.regions_panel = RegionsPanel(self.document, self.brush)
-        self.regions_section = Section("Regions", self.regions_panel, "regionsSection")
+        self.regions_section = Section("Regions", self.regions_panel, "regionsSection", parent=self)
         self.prompt_panel.add_section(self.lora_section)
         self.prompt_panel.add_section(self.regions_section)
         scroll = named(QScrollArea(), "promptScroll")
@@ -462,6 +465,7 @@ class MainWindow(QMainWindow):
         d.undoChanged.connect(self._update_actions)
         d.maskChanged.connect(lambda *_: self._update_actions())
         d.notice.connect(lambda text: self._status(text, 12000))
+        d.blankSizeChanged.connect(self.prompt_panel.set_generate_size)
         self.timeline.message.connect(lambda text: self._status(text, 8000))
         for spin in self.findChildren(QAbstractSpinBox):  # not app-wide: a Python filter on every event costs
             spin.installEventFilter(self._spin_guard)
@@ -807,6 +811,7 @@ class MainWindow(QMainWindow):
         self.clear_error()
         job_id = self.jobs.submit(request)
         if notices:
+            self._request_notices[job_id] = notices  # said again with its "Done"
             self._status("; ".join(notices) + ".", 12000)
         return job_id
 
@@ -815,7 +820,7 @@ class MainWindow(QMainWindow):
             self._status("Cancelling…")
 
     def _on_job_started(self, job_id: int) -> None:
-        self._job_notices = []
+        self._job_notices = self._request_notices.pop(job_id, [])
         self.prompt_panel.cancel_button.setEnabled(True)
 
     def _on_job_notice(self, text: str) -> None:

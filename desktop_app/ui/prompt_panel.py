@@ -152,9 +152,13 @@ class PromptPanel(QWidget):
         outer.addWidget(self.prompt_edit, 1)
         outer.addWidget(QLabel("Negative prompt"))
         outer.addWidget(self.negative_prompt_edit, 1)
-        self._sections = QVBoxLayout()  # the window's collapsible sections (LoRAs, regions) under the prompts
+        # the window's collapsible sections (LoRAs, regions) under the prompts: their titles on one row
+        self._section_titles = QHBoxLayout()
+        self._section_titles.setContentsMargins(0, 0, 0, 0)
+        self._sections = QVBoxLayout()
         self._sections.setContentsMargins(0, 0, 0, 0)
         self._sections.setSpacing(4)
+        outer.addLayout(self._section_titles)
         outer.addLayout(self._sections)
 
         # edit mode fields (the editing issue extends this group)
@@ -347,9 +351,11 @@ class PromptPanel(QWidget):
         self._on_sampler_changed()
         self._on_mode_changed()
 
-    def add_section(self, widget: QWidget) -> None:
-        """A collapsible section of the window's (the LoRA picker, the regions) under the prompts."""
-        self._sections.addWidget(widget)
+    def add_section(self, section: Any) -> None:
+        """A collapsible section (ui.collapsible.Section) of the window's (the LoRA picker, the regions): its
+        title button beside the others, its content below them."""
+        self._section_titles.addWidget(section.button)
+        self._sections.addWidget(section.content)
 
     # -- sampler and schedule --------------------------------------------------------
     def _on_sampler_changed(self, *_: Any) -> None:
@@ -444,6 +450,14 @@ class PromptPanel(QWidget):
         if 0.5 <= ratio <= 2.0:
             return f"Source {w}×{h}: worked at its own size."
         return f"Source {w}×{h}; this model works near {mw}×{mh}: resized to that area as chosen above, then back."
+
+    def set_generate_size(self, width: int, height: int) -> None:
+        """The text-to-image size (kept aside while an image mode shows the source's size in the spins)."""
+        if self._generate_size is not None:
+            self._generate_size = (int(width), int(height))
+            return
+        self.width_spin.setValue(int(width))
+        self.height_spin.setValue(int(height))
 
     def generate_size(self) -> tuple[int, int]:
         """The size for text-to-image jobs (what the user set, even while a source's size is shown)."""
