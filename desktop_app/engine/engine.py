@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -45,6 +46,7 @@ from desktop_app.engine.inversion import run_edit, suggest_mask
 from desktop_app.engine.lora import apply_loras
 from desktop_app.engine.models import LoadedModel, ModelManager
 from desktop_app.engine.prompts import merge_loras, request_lora_tags, resolve_loras
+from desktop_app.engine.regions import check_regions, prepare_regions
 from desktop_app.engine.sampling import run_pipeline
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,7 @@ class Engine:
 
     def _run(self, request: GenerateRequest, emit: OnEvent, cancel: _Either, source: object = None) -> Result:
         request.validate()
+        check_regions(request)
         # <lora:NAME:W> tags: found in the LoRA folder before the model loads (a missing one fails fast)
         tags, tag_notices = request_lora_tags(request)
         loras = merge_loras(request.loras, resolve_loras(tags, paths.loras_dir())) if tags else list(request.loras)
@@ -161,7 +164,10 @@ class Engine:
             assert image is not None
             images, trajectory, info = [image.copy() for _ in seeds], None, {"Denoising strength": 0.0}
         else:
-            work = _work_request(request, image, placement)
+            work, region_notices = prepare_regions(_work_request(request, image, placement))
+            for message in region_notices:
+                emit(Notice(message))
+            notices += region_notices
             if isinstance(work, EditRequest):  # work is of request's class
                 if loaded.family.startswith("sdxl"):
                     raise ModelError(
@@ -320,6 +326,11 @@ def _work_request(request: GenerateRequest, image: Image.Image | None, placement
         if work_mask.size != mask.size:  # any painted pixel is repainted; the paste-back keeps the unpainted ones
             work_mask = work_mask.point(lambda v: 255 if v else 0)
         changes["mask"] = work_mask
+    if request.regions:  # region masks follow the source onto the work canvas, soft edges kept
+        changes["regions"] = tuple(
+            dataclasses.replace(r, mask=to_work(r.mask.convert("L"), placement, Image.Resampling.BILINEAR))
+            for r in request.regions
+        )
     return request.replace(**changes)
 
 

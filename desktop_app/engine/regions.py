@@ -1,0 +1,282 @@
+"""Regional prompts in cross-attention: inside each painted region the image attends to that region's prompt.
+
+How it works (the attention-mask mode of A1111's Regional Prompter, with diffusers' attention-processor interface
+as the community `regional_prompting_stable_diffusion.py` uses it): for the run, every cross-attention layer (attn2)
+of the UNet gets a `RegionalAttnProcessor`. The pipeline still encodes the base prompt (and the negative one) as
+always; the processor appends the region prompts' tokens after the base prompt's on the token axis and gives every
+query position an additive attention bias over those tokens, so one `scaled_dot_product_attention` call per layer
+does it all (AttnProcessor2_0 semantics, one extra key block per region).
+
+Rules (documented for the user in the same words):
+- Membership: a region's mask is averaged down to each layer's grid, so a soft (feathered) edge is a partial
+  membership m in [0, 1]. A region's share there is a = min(1, weight * m).
+- Shares: a query attends to region i's tokens with bias log(a_i) and to the base prompt's with log(1 - sum a_i)
+  (never below 0). Outside every region that is the base prompt alone; fully inside one region at weight >= 1 it is
+  that region's prompt alone (the base is masked out), so a region over the whole picture is the same run as its
+  prompt as the base prompt. A weight below 1 mixes the base prompt back in (0.5: about half the attention mass
+  each); above 1 the region reaches full strength further into its soft edge.
+- Overlaps: where regions overlap, their shares add up; past 1 the base prompt drops out and the regions split the
+  attention in the ratio of their shares (so a heavier region wins its overlap).
+- The biases set each group's attention mass only approximately (softmax weighs a group by its own scores too);
+  the start token, which takes most of the mass in CLIP, is the same for every prompt, which keeps it close.
+- Classifier-free guidance: the unconditional (negative prompt) rows go through the layer's own processor,
+  untouched and everywhere: the negative prompt applies to the whole picture.
+- Global conditioning (SDXL's pooled text embeds and time ids, the built-in model's pooled text embedding) comes
+  from the base prompt.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from desktop_app.core.errors import InvalidRequest
+from desktop_app.core.requests import EditRequest, GenerateRequest, InpaintRequest, RegionPrompt
+from desktop_app.engine.encoding import text_conditioning
+from desktop_app.engine.models import LoadedModel
+
+MAX_REGIONS = 8
+
+
+def check_regions(request: GenerateRequest) -> None:
+    """Refuse what cannot run at all, before the model loads: too many regions, regions on an edit."""
+    if not request.regions:
+        return
+    if len(request.regions) > MAX_REGIONS:
+        raise InvalidRequest(
+            f"The job has {len(request.regions)} regional prompts; at most {MAX_REGIONS} are supported.",
+            f"Merge regions that share a prompt, or remove {len(request.regions) - MAX_REGIONS} of them.",
+        )
+    if isinstance(request, EditRequest):
+        raise InvalidRequest(
+            "Regional prompts do not work with Edit (inversion) yet.",
+            "Use img2img or inpaint for a regional edit, or remove the regions.",
+        )
+
+
+def usable_regions(regions: tuple[RegionPrompt, ...], size: tuple[int, int]) -> tuple[list[RegionPrompt], list[str]]:
+    """The regions that change something at the work size `size` (masks resized to it), and a notice for each one
+    left out."""
+    kept: list[RegionPrompt] = []
+    notices: list[str] = []
+    for i, region in enumerate(regions, 1):
+        mask = region.mask.convert("L")
+        if mask.size != size:
+            mask = mask.resize(size, Image.Resampling.BILINEAR)
+        if not region.prompt.strip():
+            notices.append(f"Region {i} has no prompt: it was left out (the base prompt applies there).")
+        elif mask.getbbox() is None:
+            notices.append(
+                f"Region {i} ({region.prompt[:40]!r}) covers nothing at the {size[0]}x{size[1]} work size: left out."
+            )
+        elif region.weight <= 0:
+            notices.append(f"Region {i} ({region.prompt[:40]!r}) has weight 0: left out.")
+        else:
+            kept.append(RegionPrompt(region.prompt, mask, region.weight))
+    return kept, notices
+
+
+def prepare_regions(request: GenerateRequest) -> tuple[GenerateRequest, list[str]]:
+    """The work request with only the regions that take part (masks at the work size), and the notices."""
+    if not request.regions:
+        return request, []
+    assert request.width and request.height  # the work size, filled by the engine
+    kept, notices = usable_regions(request.regions, (request.width, request.height))
+    return request.replace(regions=tuple(kept)), notices
+
+
+def describe(regions: list[RegionPrompt]) -> str:
+    """For the info text: how many regions, with their weights when not all 1."""
+    if all(r.weight == 1.0 for r in regions):
+        return str(len(regions))
+    return f"{len(regions)} (weights {', '.join(f'{r.weight:g}' for r in regions)})"
+
+
+@dataclass
+class _Layout:
+    """What every regional processor of one run shares: the region tokens and the per-grid attention biases."""
+
+    tokens: torch.Tensor  # (1, sum L_i, D): the region prompts' encoder states, side by side on the token axis
+    token_counts: list[int]  # L_i per region
+    shares: dict[int, torch.Tensor]  # query length h*w -> (N, h*w): each region's share a = min(1, weight * m)
+    batch: int  # images in the run: the conditional rows of encoder_hidden_states
+
+    def bias(self, queries: int, base_tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(1, 1, Lq, Lb + sum L_i) additive attention bias for one grid, broadcast over the batch and the heads."""
+        key = (queries, base_tokens, dtype, device)
+        cached = self._bias_cache.get(key)
+        if cached is not None:
+            return cached
+        if queries not in self.shares:
+            raise RuntimeError(f"Regional prompts: no latent grid has {queries} positions ({sorted(self.shares)}).")
+        shares = self.shares[queries].to(device, torch.float32)  # (N, Lq)
+        base = (1.0 - shares.sum(0)).clamp(min=0.0)  # (Lq,)
+        columns = [torch.log(base)[:, None].expand(queries, base_tokens)]  # log 0 = -inf: masked out
+        columns += [torch.log(share)[:, None].expand(queries, n) for share, n in zip(shares, self.token_counts)]
+        bias = torch.cat(columns, dim=1)[None, None].to(dtype)  # (1, 1, Lq, Lk)
+        self._bias_cache[key] = bias
+        return bias
+
+    def __post_init__(self) -> None:
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self._token_cache: dict[tuple, torch.Tensor] = {}
+
+    def region_tokens(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (dtype, device)
+        if key not in self._token_cache:
+            self._token_cache[key] = self.tokens.to(device, dtype)
+        return self._token_cache[key]
+
+
+class RegionalAttnProcessor:
+    """A cross-attention processor: the conditional rows attend to base + region tokens under the layout's bias;
+    the unconditional rows go through the layer's original processor unchanged."""
+
+    def __init__(self, original: Any, layout: _Layout) -> None:
+        self.original = original
+        self.layout = layout
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        batch = self.layout.batch
+        if encoder_hidden_states is None or attention_mask is not None or hidden_states.ndim != 3:
+            # not the text cross-attention of an SD UNet (self-attention, a text attention mask, a 4-D input)
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        rows = encoder_hidden_states.shape[0]  # 2B under CFG (uncond first, as every SD pipeline stacks them), else B
+        if rows not in (batch, 2 * batch):
+            raise RuntimeError(f"Regional prompts: {rows} rows of text states for a batch of {batch}.")
+        uncond = rows - batch
+        out_uncond = (
+            self.original(attn, hidden_states[:uncond], encoder_hidden_states[:uncond], None, temb, *args, **kwargs)
+            if uncond
+            else None
+        )
+        hs = hidden_states[uncond:]  # (B, Lq, C)
+        base = encoder_hidden_states[uncond:]  # (B, Lb, D)
+        tokens = self.layout.region_tokens(base.dtype, base.device)  # (1, sum L_i, D)
+        context = torch.cat([base, tokens.expand(hs.shape[0], -1, -1)], dim=1)  # (B, Lk = Lb + sum L_i, D)
+        if attn.group_norm is not None:
+            hs = attn.group_norm(hs.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        b, queries, _ = hs.shape
+        query = attn.to_q(hs)  # (B, Lq, inner)
+        key = attn.to_k(context)  # (B, Lk, inner)
+        value = attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, Lq, hd)
+        key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, Lk, hd)
+        value = value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        # the bias broadcasts over batch and heads, where attn.prepare_attention_mask would repeat it per head
+        bias = self.layout.bias(queries, base.shape[1], query.dtype, query.device)  # (1, 1, Lq, Lk)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)  # (B, Lq, inner)
+        out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
+        if attn.residual_connection:
+            out = out + hidden_states[uncond:]
+        out = out / attn.rescale_output_factor
+        return out if out_uncond is None else torch.cat([out_uncond, out])
+
+
+def _grids(latent: tuple[int, int], levels: int = 7) -> list[tuple[int, int]]:
+    """(h, w) of every UNet level for a latent of (h, w): each stride-2 downsample (padding 1) takes ceil(x / 2)."""
+    h, w = latent
+    out = []
+    for _ in range(levels):
+        out.append((h, w))
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return out
+
+
+def _region_masks(request: GenerateRequest, regions: list[RegionPrompt], size: tuple[int, int]) -> list[Image.Image]:
+    """The masks as the pipeline sees the picture: the inpainting pipeline's "only masked" crop applies to them
+    as it does to the image (diffusers' get_crop_region, then a resize to the work size)."""
+    masks = [r.mask for r in regions]
+    if isinstance(request, InpaintRequest) and request.only_masked and request.mask is not None:
+        from diffusers.image_processor import VaeImageProcessor
+
+        inpaint_mask = request.mask.convert("L")
+        if inpaint_mask.size != size:
+            inpaint_mask = inpaint_mask.resize(size, Image.Resampling.BILINEAR)
+        box = VaeImageProcessor.get_crop_region(inpaint_mask, size[0], size[1], pad=request.only_masked_padding)
+        masks = [m.crop(box).resize(size, Image.Resampling.BILINEAR) for m in masks]
+    return masks
+
+
+def _encode(loaded: LoadedModel, prompts: list[str], request: GenerateRequest, size: tuple[int, int]) -> torch.Tensor:
+    """(N, L, D) encoder states of the region prompts, encoded as the base prompt is (clip skip where the shared
+    prompt encoder takes it)."""
+    kwargs: dict[str, Any] = {}
+    if "clip_skip" in inspect.signature(text_conditioning).parameters:
+        kwargs["clip_skip"] = request.clip_skip
+    embeds, _ = text_conditioning(loaded, prompts, size[1], size[0], **kwargs)
+    return embeds
+
+
+@contextmanager
+def regional_attention(
+    loaded: LoadedModel, request: GenerateRequest, batch: int, info: dict | None = None
+) -> Iterator[list[RegionPrompt]]:
+    """For the `with` block, the UNet's cross-attention follows the request's regions (see the module's rules);
+    the original processors come back afterwards, also on cancel or error. No regions: nothing is touched.
+    Adds info["Regions"] for the info text; yields the regions that take part."""
+    assert request.width and request.height  # the work size
+    size = (request.width, request.height)
+    regions, _ = usable_regions(request.regions, size)
+    if not regions:
+        yield []
+        return
+    with torch.inference_mode():
+        embeds = _encode(loaded, [r.prompt for r in regions], request, size)  # (N, L, D)
+    tokens = embeds.reshape(1, -1, embeds.shape[-1])  # (1, N * L, D)
+    factor = loaded.latent_factor
+    masks = _region_masks(request, regions, size)
+    shares: dict[int, torch.Tensor] = {}
+    for h, w in _grids((size[1] // factor, size[0] // factor)):
+        # the mean over each cell (BOX) is the cell's membership; (N, h*w)
+        grid = torch.stack(
+            [
+                torch.frombuffer(bytearray(m.resize((w, h), Image.Resampling.BOX).tobytes()), dtype=torch.uint8)
+                for m in masks
+            ]
+        ).float()
+        weights = torch.tensor([r.weight for r in regions], dtype=torch.float32)[:, None]
+        shares.setdefault(h * w, (grid / 255.0 * weights).clamp(max=1.0))
+    layout = _Layout(tokens=tokens, token_counts=[embeds.shape[1]] * len(regions), shares=shares, batch=batch)
+    from diffusers.models.attention_processor import Attention
+
+    unet = loaded.pipe.unet
+    originals = [
+        (module, module.processor)
+        for module in unet.modules()
+        if isinstance(module, Attention) and module.is_cross_attention
+    ]
+    try:
+        for module, processor in originals:
+            module.set_processor(RegionalAttnProcessor(processor, layout))  # pyright: ignore[reportArgumentType]
+        if info is not None:
+            info["Regions"] = describe(regions)
+        yield regions
+    finally:
+        for module, processor in originals:
+            module.set_processor(processor)
