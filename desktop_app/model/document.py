@@ -466,8 +466,8 @@ class Document(QObject):
         the source at its size (as `mask_applies`)."""
         if not self._regions:
             return False
-        if self._source is None:
-            return self._showing == "source" or (self._showing == "view" and self._view is None)
+        if self._source is None:  # the blank canvas, not a picture made from text
+            return self._showing == "source"
         if self._showing == "source":
             return True
         if not self._result_from_source:
