@@ -332,10 +332,14 @@ class ComfyBackend:
                 raise _Requeue(server, exc.message) from None
             self.placements.append((prompt_id, server.url))
             log.info("job %s queued on %s", prompt_id, server.name)
-            self._watch(server, ws, prompt_id, graph, request, emit, cancel)
+            try:
+                self._watch(server, ws, prompt_id, graph, request, emit, cancel)
+            except _Requeue:
+                self._drop_on_server(client, prompt_id)  # it may still be waiting there: run once, elsewhere
+                raise
         finally:
             try:
-                ws.close()
+                ws.close(timeout=1.0)
             except Exception:  # noqa: BLE001 - a dead socket closes as it can
                 pass
         return self._fetch(server, prompt_id, outputs, size)
