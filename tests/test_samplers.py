@@ -102,3 +102,80 @@ def test_requests_check_sampler_and_schedule():
     assert params == {"scheduler": "unipc", "schedule": "karras"} and not notices
     params, notices = sanitize_params({"schedule": "Karras"})
     assert "schedule" not in params and notices
+
+
+# -- the engine runs every pair ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("sampler", "schedule"), PAIRS)
+def test_every_pair_runs_and_its_trajectory_ends_at_the_image(engine, tiny_model_dir, sampler, schedule):
+    import numpy as np
+
+    result = engine.run(
+        GenerateRequest(
+            prompt="a red circle", model=str(tiny_model_dir), seed=2, steps=2, scheduler=sampler, schedule=schedule
+        )
+    )
+    traj = result.trajectory
+    assert traj is not None and len(traj) == 2
+    assert all(np.isfinite(x).all() for x in traj.x0 + traj.xt)
+    # x0_hat of the last step is the final latent, so it decodes to the picture the job made
+    last = np.asarray(engine.decode_trajectory(traj, 1, "x0"), dtype=np.int16)
+    assert np.abs(last - np.asarray(result.images[0], dtype=np.int16)).mean() < 2
+
+
+def _config(tiny_model_dir):
+    import json
+
+    return json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())
+
+
+def test_schedule_types_change_the_noise_levels(tiny_model_dir):
+    import numpy as np
+
+    from desktop_app.engine.sampling import make_scheduler
+
+    config = _config(tiny_model_dir)
+    sigmas = {}
+    for schedule in ("normal", "karras", "exponential"):
+        sched = make_scheduler("dpmpp_2m", schedule, config)
+        sched.set_timesteps(10)
+        sigmas[schedule] = np.asarray(sched.sigmas[:-1], dtype=np.float64)
+    lo, hi = sigmas["karras"][-1], sigmas["karras"][0]
+    # Karras et al. (rho 7), computed by hand between the same end points
+    ramp = np.linspace(0, 1, 10)
+    karras = (hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7
+    assert np.allclose(sigmas["karras"], karras, rtol=1e-4)
+    # exponential: the log of the noise level falls in equal steps between the same end points
+    assert np.allclose(sigmas["exponential"], np.exp(np.linspace(np.log(hi), np.log(lo), 10)), rtol=1e-4)
+    # the normal schedule is neither
+    assert not np.allclose(sigmas["normal"], karras, rtol=0.05) and sigmas["normal"][-1] > 5 * lo
+
+
+@pytest.mark.parametrize(
+    ("sampler", "cls", "algorithm"),
+    [
+        ("dpmpp_2m", "DPMSolverMultistepScheduler", "dpmsolver++"),
+        ("dpmpp_2m_sde", "DPMSolverMultistepScheduler", "sde-dpmsolver++"),
+        ("dpmpp_sde", "DPMSolverSinglestepScheduler", "sde-dpmsolver++"),
+        ("unipc", "UniPCMultistepScheduler", None),
+        ("lcm", "LCMScheduler", None),
+        ("euler_a", "EulerAncestralDiscreteScheduler", None),
+    ],
+)
+def test_samplers_are_diffusers_schedulers(tiny_model_dir, sampler, cls, algorithm):
+    from desktop_app.engine.sampling import make_scheduler
+
+    sched = make_scheduler(sampler, None, _config(tiny_model_dir))
+    assert type(sched).__name__ == cls
+    assert getattr(sched.config, "algorithm_type", None) == algorithm
+
+
+def test_a_schedule_the_scheduler_cannot_do_names_both(tiny_model_dir):
+    from desktop_app.engine.sampling import make_scheduler
+
+    config = _config(tiny_model_dir)
+    with pytest.raises(UserError, match="Euler a has no Karras"):
+        make_scheduler("euler_a", "karras", config)
+    # the model's own scheduler (the tiny one's is a DDIM-like class) with a schedule it has no flag for
+    own = config["_class_name"]
+    with pytest.raises(UserError, match=f"{own} has no Exponential"):
+        make_scheduler(None, "exponential", config)

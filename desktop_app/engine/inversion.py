@@ -387,7 +387,7 @@ def replay_latents(
         )
     assert hooks.trajectory is not None  # made with trajectory=True
     start = len(hooks.trajectory)
-    scheduler = make_scheduler("ddim", loaded.scheduler_config)
+    scheduler = make_scheduler("ddim", None, loaded.scheduler_config)
     pipe.scheduler = scheduler
     hooks.attach(scheduler)
     try:

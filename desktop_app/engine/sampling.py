@@ -29,24 +29,50 @@ from desktop_app.engine.regions import regional_attention
 Emit = Callable[[Any], None]
 
 
-def make_scheduler(name: str | None, base_config):
-    """A fresh scheduler of the chosen kind from the model's own config (cheap, no disk)."""
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-    )
+def make_scheduler(name: str | None, schedule: str | None, base_config):
+    """A fresh scheduler of the chosen sampler and schedule type (core.samplers ids) from the model's own config
+    (cheap, no disk). None for the sampler: the model's own scheduler class; None for the schedule: the config's.
 
-    if name == "ddim":
-        return DDIMScheduler.from_config(base_config)
-    if name == "euler":
-        return EulerDiscreteScheduler.from_config(base_config)
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(base_config)
-    if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(name)
+    A1111's "DPM++ SDE" is k-diffusion's two-stage singlestep SDE solver. diffusers' DPMSolverSDEScheduler needs
+    torchsde (not a dependency here); DPMSolverSinglestepScheduler with `algorithm_type="sde-dpmsolver++"` is the
+    same second-order singlestep SDE DPM-Solver++ without it, so the result does not depend on what is installed."""
+    import diffusers
+
+    from desktop_app.core.errors import InvalidRequest
+    from desktop_app.core.samplers import SCHEDULES, check_pair
+
+    kinds: dict[str, tuple[str, dict[str, Any]]] = {
+        "ddim": ("DDIMScheduler", {}),
+        "euler": ("EulerDiscreteScheduler", {}),
+        "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+        "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+        "dpmpp_sde": ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+        "unipc": ("UniPCMultistepScheduler", {}),
+        "lcm": ("LCMScheduler", {}),
+    }
+    if name is None:
+        class_name, extra = str(dict(base_config).get("_class_name") or "DDIMScheduler"), {}
+    elif name in kinds:
+        check_pair(name, schedule)  # InvalidRequest naming both, e.g. "Euler a has no Karras schedule"
+        class_name, extra = kinds[name]
+    else:
+        raise InvalidRequest(f"Unknown sampler {name!r}.", "Choose one of: " + ", ".join(kinds))
+    cls = getattr(diffusers, class_name, None)
+    if cls is None:
+        raise InvalidRequest(f"The model's scheduler {class_name} is not in diffusers.", "Choose a sampler.")
+    if schedule is not None:
+        accepts = inspect.signature(cls.__init__).parameters
+        flags = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas"}
+        if schedule in flags and flags[schedule] not in accepts:
+            raise InvalidRequest(
+                f"The scheduler {class_name} has no {SCHEDULES.get(schedule, schedule)} schedule.",
+                "Choose a sampler such as DPM++ 2M, Euler or UniPC for it, or the Normal schedule.",
+            )
+        for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+            if flag in accepts:
+                extra[flag] = flag == flags.get(schedule)
+    return cls.from_config(base_config, **extra)
 
 
 class StepHooks:
@@ -179,7 +205,7 @@ def run_pipeline(
     back to the source and pastes the source back outside the painted mask."""
     mode = request.kind
     pipe = loaded.pipeline(mode)
-    scheduler = make_scheduler(request.scheduler, loaded.scheduler_config)
+    scheduler = make_scheduler(request.scheduler, request.schedule, loaded.scheduler_config)
     pipe.scheduler = scheduler
     # A1111's prompt meaning (engine/encoding.py): embeddings for step 0, swapped by the step hook when edited
     prompts = plan_prompts(
