@@ -160,3 +160,24 @@ def test_sdxl_regions_use_both_text_encoders(engine, tmp_path):
     assert np.abs(pixels(same) - pixels(base)).max() <= 2  # the pooled embeds stay the base prompt's
     assert np.abs(pixels(other) - pixels(base)).mean() > 1
     assert not any(isinstance(p, RegionalAttnProcessor) for p in cross_processors(engine, folder))
+
+
+def test_on_the_built_in_model_a_region_sets_the_shape_where_it_lies(engine):
+    """The built-in model takes its shape from cross-attention (its colour mostly from the pooled base prompt, so
+    the region's colour mixes with the base's: see bench/regional_prompts.py for the two-region measure)."""
+    from tools.shapes import classify
+
+    base = "a blue square on a white background"
+    for seed in range(2100, 2104):
+        region = engine.run(
+            GenerateRequest(
+                prompt=base,
+                seed=seed,
+                previews=False,
+                trajectory=False,
+                regions=(RegionPrompt("a red circle on a white background", FULL),),
+            )
+        )
+        plain = engine.run(GenerateRequest(prompt=base, seed=seed, previews=False, trajectory=False))
+        assert classify(region.images[0])["shape"] == "circle", seed
+        assert classify(plain.images[0])["shape"] == "square", seed
