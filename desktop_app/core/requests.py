@@ -32,6 +32,10 @@ DEFAULT_RESIZE_MODE = JUST_RESIZE
 MAX_SEED = 2**32 - 1
 _IMAGE_FIELDS = ("image", "mask")
 MAX_CLIP_SKIP = 12
+# How regional prompts act (A1111 Regional Prompter's names): "attention" masks cross-attention per region in one
+# UNet call; "latent" runs the UNet once per region, on the region's box, and blends the predictions by the masks.
+REGION_MODES: dict[str, str] = {"attention": "Attention", "latent": "Latent"}
+DEFAULT_REGION_MODE = "attention"
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class GenerateRequest:
     schedule: str | None = None  # a schedule id of core.samplers: "karras", "exponential", ... (None: the sampler's)
     clip_skip: int | None = None  # A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before
     regions: tuple[RegionPrompt, ...] = field(default=(), compare=False)  # regional prompts over the base prompt
+    region_mode: str = DEFAULT_REGION_MODE  # a key of REGION_MODES
     previews: bool = True
     trajectory: bool = True
     loras: tuple[tuple[str, float], ...] = ()  # (path, weight) per LoRA
@@ -150,6 +155,10 @@ class GenerateRequest:
 
     def _validate_regions(self) -> None:
         """Every region's mask has the size of the picture: the source image's, else width x height."""
+        if self.region_mode not in REGION_MODES:
+            raise InvalidRequest(
+                f"Unknown region mode {self.region_mode!r}.", "Choose one of: " + ", ".join(REGION_MODES)
+            )
         if not self.regions:
             return
         image = getattr(self, "image", None)
@@ -348,6 +357,7 @@ _FIELD_TYPES: dict[str, type] = {
     "scheduler": str,
     "schedule": str,
     "clip_skip": int,
+    "region_mode": str,
     "previews": bool,
     "trajectory": bool,
     "strength": float,
@@ -389,6 +399,7 @@ _LABELS = {
     "schedule": "Schedule type",
     "clip_skip": "Clip skip",
     "regions": "Regions",
+    "region_mode": "Region mode",
     "strength": "Strength",
     "resize_mode": "Resize mode",
     "mask_blur": "Mask blur",
@@ -412,6 +423,7 @@ _CHOICES: dict[str, Any] = {
     "schedule": SCHEDULES,
     "method": EDIT_METHODS,
     "resize_mode": RESIZE_MODES,
+    "region_mode": REGION_MODES,
 }
 MAX_TEXT_CHARS = 20_000  # a prompt longer than this is cut (metadata can hold megabytes)
 
