@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,8 +19,10 @@ from desktop_app.core.errors import UserError
 from desktop_app.core.infotext import (
     A1111_PARAM_RE,
     MetadataError,
+    _parameters_to_request,
     build_png_info,
     format_parameters,
+    model_name,
     param_pairs,
     parameters_to_request,
     parse_parameters,
@@ -89,11 +92,11 @@ def test_format_omits_empty_negative_prompt_and_quotes_values():
     assert len(text.split("\n")) == 2
     last = text.split("\n")[1]
     assert 'Source prompt: "a dog, sitting: \\"good\\"\\nboy"' in last
-    assert 'Model: "C:\\\\models\\\\x.safetensors"' in last
+    assert "Model: x," in last  # as A1111 writes it: the file name without folder and extension
     assert "T0: 600" in last and "Edit method: direct" in last and "Denoising strength: 0.75" in last
     params = parse_parameters(text)
     assert params["Source prompt"] == 'a dog, sitting: "good"\nboy'
-    assert params["Model"] == "C:\\models\\x.safetensors"
+    assert params["Model"] == "x"
     assert params["Mode"] == "edit"
 
 
@@ -301,7 +304,7 @@ def test_round_trip_a1111_and_ours(prompt, negative, source_prompt, model_id, se
     assert params.get("Source prompt", "") == source_prompt
     assert params["Steps"] == "12" and params["CFG scale"] == "6.5" and params["T0"] == "500"
     if model_id:
-        assert params["Model"] == model_id
+        assert params["Model"] == model_name(model_id)
     # our chunk replays exactly
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG", pnginfo=build_png_info(request, seed, model_id, "abc"))
@@ -482,3 +485,78 @@ def test_a1111_resize_mode_names_and_unknown_ones():
     inpaint = "x\nSteps: 20, Seed: 1, Size: 64x64, Mode: inpaint, Mask blur: 4"
     assert _field(parameters_to_request(parse_parameters(inpaint + ", Mask grow: 9")), "mask_grow") == 9
     assert _field(parameters_to_request(parse_parameters(inpaint + ", Mask grow: -3")), "mask_grow") == 0
+
+
+# -- samplers, schedules, clip skip, model names, LoRA / TI hashes, one T0 ---------------------------------------
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "written"),
+    [
+        ("dpmpp_2m", "karras", "Sampler: DPM++ 2M, Schedule type: Karras,"),
+        ("euler_a", None, "Sampler: Euler a, CFG scale"),
+        ("dpmpp_2m_sde", "exponential", "Sampler: DPM++ 2M SDE, Schedule type: Exponential,"),
+        ("unipc", "normal", "Sampler: UniPC, Schedule type: Normal,"),
+    ],
+)
+def test_sampler_and_schedule_written_as_a1111_and_read_back(sampler, schedule, written):
+    request = GenerateRequest(prompt="x", steps=4, guidance=7, seed=1, scheduler=sampler, schedule=schedule)
+    text = format_parameters(request, model_id="m")
+    assert written in text
+    back = parameters_to_request(parse_parameters(text))
+    assert (back.scheduler, back.schedule) == (sampler, schedule)
+
+
+@pytest.mark.parametrize(
+    ("sampler_line", "expected", "notice"),
+    [
+        ("Sampler: DPM++ 2M Karras", ("dpmpp_2m", "karras"), None),  # A1111 before 1.9
+        ("Sampler: DPM++ SDE, Schedule type: Automatic", ("dpmpp_sde", None), None),
+        ("Sampler: Euler a, Schedule type: Karras", ("euler_a", None), "does not suit"),
+        ("Sampler: Heun, Schedule type: Karras", (None, None), "Heun"),
+    ],
+)
+def test_a1111_sampler_names_read(sampler_line, expected, notice):
+    text = f"a cat\nSteps: 20, {sampler_line}, CFG scale: 7, Seed: 1, Size: 512x512"
+    request, notices = _parameters_to_request(parse_parameters(text))
+    assert (request.scheduler, request.schedule) == expected
+    assert (notice is None) == (not notices) and all(notice in n for n in notices)
+
+
+def test_clip_skip_written_only_when_it_skips():
+    two = format_parameters(GenerateRequest(prompt="x", steps=2, clip_skip=2), model_id="m")
+    assert "Clip skip: 2" in two and parameters_to_request(parse_parameters(two)).clip_skip == 2
+    for clip_skip in (None, 1):
+        assert "Clip skip" not in format_parameters(GenerateRequest(prompt="x", steps=2, clip_skip=clip_skip))
+
+
+@pytest.mark.parametrize(
+    ("model", "written"),
+    [
+        ("/home/me/models/v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly"),
+        ("C:\\models\\dreamshaper_8.ckpt", "dreamshaper_8"),
+        ("stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-base-1.0"),
+        ("builtin", "builtin"),
+    ],
+)
+def test_model_without_extension(model, written):
+    text = format_parameters(GenerateRequest(prompt="x", steps=2), model_id=model)
+    assert f"Model: {written}," in text
+
+
+def test_lora_and_ti_hashes_as_a1111_quotes_them():
+    extra = {"Lora hashes": "shapes: 0123456789ab, style_v2: ba9876543210", "TI hashes": "bad-hands: 1a2b3c4d5e6f"}
+    text = format_parameters(GenerateRequest(prompt="x", steps=2, seed=1), model_id="m", extra=extra)
+    last = text.split("\n")[-1]
+    assert 'Lora hashes: "shapes: 0123456789ab, style_v2: ba9876543210", TI hashes: "bad-hands: 1a2b3c4d5e6f"' in last
+    assert last.index("TI hashes") < last.index("Version")
+    # A1111's own pattern reads them back whole
+    found = dict(A1111_PARAM_RE.findall(last))
+    assert unquote(found["Lora hashes"]) == extra["Lora hashes"] and unquote(found["TI hashes"]) == extra["TI hashes"]
+
+
+def test_edit_writes_one_t0_the_one_used():
+    request = EditRequest(prompt="cat", source_prompt="dog", t0=700, steps=10, width=64, height=64)
+    text = format_parameters(request, seed=1, model_id="m", extra={"t0": 681, "Edit method": "direct"})
+    last = text.split("\n")[-1]
+    assert last.count("T0:") == 1 and "T0: 681" in last and "t0:" not in last
+    back: Any = parameters_to_request(parse_parameters(text))
+    assert back.kind == "edit" and back.t0 == 681

@@ -39,10 +39,10 @@ from desktop_app.core.requests import (
     DEFAULT_RESIZE_MODE,
     REQUEST_TYPES,
     RESIZE_MODES,
-    SCHEDULERS,
     GenerateRequest,
     sanitize_params,
 )
+from desktop_app.core.samplers import a1111_names, parse_sampler
 
 if TYPE_CHECKING:
     from desktop_app.core.events import Result
@@ -51,7 +51,6 @@ PARAMETERS_KEY = "parameters"
 OUR_KEY = "diffusion_desk"
 FORMAT_VERSION = 1
 MAX_INFOTEXT_CHARS = 256 * 1024  # real infotexts are a few KB; PIL caps a chunk at 1 MB
-_SAMPLER_TO_ID = {name.lower(): sid for sid, name in SCHEDULERS.items()}
 # "Resize mode: Crop and resize": the names AUTOMATIC1111's img2img tab shows (its infotext has no such key); ids too
 _RESIZE_MODE_TO_ID = {**{sid: sid for sid in RESIZE_MODES}, **{name.lower(): sid for sid, name in RESIZE_MODES.items()}}
 
@@ -116,7 +115,12 @@ def parameter_pairs(
     pairs: list[tuple[str, Any]] = []
     pairs.append(("Steps", request.steps))
     if request.scheduler:
-        pairs.append(("Sampler", SCHEDULERS.get(request.scheduler, request.scheduler)))
+        try:
+            sampler, schedule = a1111_names(request.scheduler, getattr(request, "schedule", None))
+        except UserError:  # a request that skipped validation: say what it held
+            sampler, schedule = request.scheduler, getattr(request, "schedule", None)
+        pairs.append(("Sampler", sampler))
+        pairs.append(("Schedule type", schedule))
     if request.guidance is not None:
         pairs.append(("CFG scale", _number(request.guidance)))
     pairs.append(("Seed", seed if seed is not None else request.seed))
@@ -124,10 +128,13 @@ def parameter_pairs(
     if wh:
         pairs.append(("Size", f"{wh[0]}x{wh[1]}"))
     pairs.append(("Model hash", model_hash))
-    pairs.append(("Model", model_id or request.model))
+    pairs.append(("Model", model_name(model_id or request.model)))
     strength = getattr(request, "strength", None)
     if request.kind != "generate" and strength is not None:
         pairs.append(("Denoising strength", _number(strength)))
+    clip_skip = getattr(request, "clip_skip", None)
+    if clip_skip is not None and clip_skip > 1:  # A1111 writes it only when it skips a layer
+        pairs.append(("Clip skip", clip_skip))
     if request.kind in ("inpaint", "edit") and getattr(request, "mask", None) is not None:
         pairs.append(("Mask blur", getattr(request, "mask_blur", None)))
     if request.kind in ("inpaint", "edit") and getattr(request, "mask", None) is not None:
@@ -141,10 +148,13 @@ def parameter_pairs(
         pairs.append(("Resize mode", RESIZE_MODES.get(resize_mode, resize_mode)))
     pairs.append(("Mode", request.kind))
     if request.kind == "edit":
-        pairs.append(("T0", getattr(request, "t0", None)))
+        used = (extra or {}).get("t0")  # the engine's: the first timestep of the schedule at or below the asked t0
+        pairs.append(
+            ("T0", used if isinstance(used, int) and not isinstance(used, bool) else getattr(request, "t0", None))
+        )
         pairs.append(("Edit method", getattr(request, "method", None)))
         pairs.append(("Source prompt", getattr(request, "source_prompt", "")))
-    known = {k for k, _ in pairs} | {"Mask grow", "Resize mode"}  # these two say what the request says
+    known = {k for k, _ in pairs} | {"Mask grow", "Resize mode", "t0"}  # these say what the request says
     for key, value in (extra or {}).items():
         key = str(key).strip()
         if key in known or not _is_key(key) or isinstance(value, (dict, list, tuple)):
@@ -157,6 +167,15 @@ def parameter_pairs(
 
 
 _KEY_RE = re.compile(r"\w[\w \-/]+\Z")
+_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
+
+
+def model_name(model: str) -> str:
+    """The model as A1111 writes `Model:`: a checkpoint file's name without its folder and extension
+    ("v1-5-pruned-emaonly"); anything else (a Hub id, a diffusers folder, the built-in name) as it is."""
+    text = str(model or "")
+    base = re.split(r"[\\/]", text)[-1]
+    return base.rsplit(".", 1)[0] if base.lower().endswith(_MODEL_SUFFIXES) else text
 
 
 def _is_key(key: str) -> bool:
@@ -394,9 +413,14 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
     }
     if str(data["seed"]).strip() == "-1":  # A1111's "random"
         data["seed"] = None
-    sampler = str(params.get("Sampler", "")).strip().lower()
-    if sampler in _SAMPLER_TO_ID:
-        data["scheduler"] = _SAMPLER_TO_ID[sampler]
+    read_notices: list[str] = []
+    sampler = str(params.get("Sampler", "")).strip()
+    if sampler:
+        data["scheduler"], data["schedule"], note = _read_sampler(sampler, params.get("Schedule type"))
+        if note:
+            read_notices.append(note)
+    if params.get("Clip skip") is not None:
+        data["clip_skip"] = params["Clip skip"]
     if "Model" in params and params["Model"]:
         data["model"] = str(params["Model"])
     names = set(cls.field_names())
@@ -414,7 +438,23 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
     if "resize_mode" in names and resize_mode is not None:  # another tool's mode ("latent upscale"): the default
         data["resize_mode"] = resize_mode
     clean, notices = sanitize_params({k: v for k, v in data.items() if k in names})
-    return cls(**clean), notices
+    return cls(**clean), read_notices + notices
+
+
+def _read_sampler(sampler: str, schedule: Any = None) -> tuple[str | None, str | None, str]:
+    """(sampler id, schedule id, notice) from a file's names: what this app cannot run is left to the model's
+    default, and the notice says so."""
+    sched_text = str(schedule).strip() if schedule is not None else None
+    try:
+        sid, sch = parse_sampler(sampler, sched_text)
+        return sid, sch, ""
+    except UserError:
+        pass
+    try:
+        sid, _ = parse_sampler(sampler)
+    except UserError:
+        return None, None, f"Sampler {sampler!r} is not one this app has: the model's default is used"
+    return sid, None, f"Schedule type {sched_text!r} does not suit {sampler}: its own schedule is used"
 
 
 @dataclass
