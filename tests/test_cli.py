@@ -375,3 +375,64 @@ def test_the_real_command_lists_the_resize_modes_and_mask_grow():
     assert helped.returncode == 0
     assert "--mask-grow N" in helped.stdout
     assert "{just_resize,crop_and_resize,resize_and_fill}" in helped.stdout
+
+
+# -- samplers as users write them, clip skip, progress only on a terminal -----------------------------------------
+@pytest.mark.parametrize(
+    "sampler_args",
+    [
+        ["--sampler", "DPM++ 2M Karras"],
+        ["--sampler", "dpmpp_2m", "--schedule", "karras"],
+        ["--scheduler", "dpm++ 2m", "--schedule", "Karras"],
+    ],
+)
+def test_sampler_names_as_users_write_them(tiny_model_dir, tmp_path, sampler_args):
+    out = tmp_path / "s.png"
+    args = ["generate", "-p", "x", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "1", "--out", str(out)]
+    assert main(args + sampler_args + ["--clip-skip", "2"]) == 0
+    text = _parameters(out)
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in text and "Clip skip: 2" in text
+    request = read_png_metadata(out).request
+    assert request is not None and (request.scheduler, request.schedule, request.clip_skip) == ("dpmpp_2m", "karras", 2)
+
+
+@pytest.mark.parametrize(
+    ("sampler_args", "message"),
+    [
+        (["--sampler", "Heun"], "Unknown sampler 'Heun'"),
+        (["--sampler", "Euler a", "--schedule", "karras"], "Euler a has no Karras"),
+        (["--sampler", "euler", "--schedule", "beta"], "schedule type 'beta'"),
+    ],
+)
+def test_unknown_sampler_names_the_known_ones(tiny_model_dir, tmp_path, capsys, sampler_args, message):
+    out = tmp_path / "s.png"
+    code = main(["generate", "-p", "x", "--model", str(tiny_model_dir), "--out", str(out), *sampler_args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "hint:" in err and "DPM++ 2M" in err
+    assert not out.exists()
+
+
+def test_redirected_output_gets_one_line_per_job(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.png"
+    args = ["generate", "-p", "x", "--model", str(tiny_model_dir), "--steps", "3", "--batch", "2", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("generate:")]
+    assert lines == [lines[0]] and "2 images" in lines[0] and "denoise 3/3" in lines[0], err
+
+
+def test_a_terminal_gets_progress_bars(tiny_model_dir, tmp_path, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    out = tmp_path / "t.png"
+    assert main(["generate", "-p", "x", "--model", str(tiny_model_dir), "--steps", "3", "--out", str(out)]) == 0
+    err = term.getvalue()
+    assert "\r" in err and "denoise" in err and "3/3" in err  # tqdm redraws its bar in place
+    assert not any(line.startswith("generate:") for line in err.splitlines())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 from desktop_app import __version__
 from desktop_app.core import paths
 from desktop_app.core.errors import UserError
-from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EDIT_METHODS, RESIZE_MODES, SCHEDULERS
+from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EDIT_METHODS, RESIZE_MODES
+from desktop_app.core.samplers import SCHEDULES, labels
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -45,7 +47,23 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
     )
     parser.add_argument("--batch", type=int, default=1, help="images to make")
     parser.add_argument(
-        "--scheduler", "--sampler", choices=sorted(SCHEDULERS), default=None, help="sampler (model default)"
+        "--sampler",
+        "--scheduler",
+        dest="scheduler",
+        default=None,
+        metavar="NAME",
+        help="sampler as A1111, Forge or ComfyUI name it (model default): "
+        + ", ".join(f'"{text}"' for _s, _sch, text in labels())
+        + '; or ComfyUI\'s "dpmpp_2m", "euler_ancestral", "uni_pc", ... with --schedule',
+    )
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        metavar="TYPE",
+        help="schedule type: " + ", ".join(s.lower() for s in SCHEDULES.values()) + " (the sampler's own)",
+    )
+    parser.add_argument(
+        "--clip-skip", type=int, default=None, metavar="N", help="A1111's Clip skip: 2 skips the last CLIP layer"
     )
     parser.add_argument("--out", "-o", required=True, help="output PNG; a batch writes NAME.png, NAME-2.png, ...")
     parser.add_argument("--no-history", action="store_true", help="do not add the result to the history")
@@ -265,7 +283,12 @@ def _lora_spec(text: str):
 def _request_from_args(args: argparse.Namespace):
     from desktop_app.core.images import load_image, load_mask
     from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
+    from desktop_app.core.samplers import parse_sampler, parse_schedule
 
+    if args.scheduler is not None:
+        sampler, schedule = parse_sampler(args.scheduler, args.schedule)
+    else:
+        sampler, schedule = None, parse_schedule(args.schedule)
     common: dict[str, Any] = dict(
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -274,7 +297,9 @@ def _request_from_args(args: argparse.Namespace):
         guidance=args.guidance,
         seed=args.seed,
         batch=args.batch,
-        scheduler=args.scheduler,
+        scheduler=sampler,
+        schedule=schedule,
+        clip_skip=args.clip_skip,
         trajectory=False,
         loras=tuple((str(Path(spec.path).expanduser().resolve()), spec.weight) for spec in map(_lora_spec, args.lora)),
     )
@@ -342,7 +367,6 @@ def save_result(result, out: str) -> list[Path]:
 def _rescue(result) -> list[Path]:
     """Where a result goes when --out cannot be written and the history does not have it: the temp folder."""
     import tempfile
-    import time
 
     stem = Path(tempfile.gettempdir()) / f"diffusion-desk-{time.strftime('%Y%m%d-%H%M%S')}.png"
     try:
@@ -362,9 +386,14 @@ def _run_job(args: argparse.Namespace) -> int:
 
     engine = Engine(device=args.device, allow_pickle=args.allow_pickle)
     bars: dict[str, tqdm] = {}
+    on_terminal = _is_terminal(sys.stderr)  # redirected output gets one line per job, not a bar's redraws
+    last: dict[str, Any] = {}
+    started = time.monotonic()
 
     def on_event(event) -> None:
-        if isinstance(event, Progress):
+        if isinstance(event, Progress) and not on_terminal:
+            last[event.phase] = event
+        elif isinstance(event, Progress):
             bar = bars.get(event.phase)
             if bar is None:
                 download = event.phase == "download"
@@ -380,7 +409,10 @@ def _run_job(args: argparse.Namespace) -> int:
             if event.phase != "download":
                 bar.set_postfix_str(f"t={event.timestep}")
         elif isinstance(event, Notice):
-            tqdm.write(f"note: {event.message}", file=sys.stderr)
+            if on_terminal:
+                tqdm.write(f"note: {event.message}", file=sys.stderr)
+            else:
+                print(f"note: {event.message}", file=sys.stderr)
 
     try:
         result = engine.run(request, on_event)
@@ -389,6 +421,8 @@ def _run_job(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    if not on_terminal:
+        print(_job_line(request, result, last, time.monotonic() - started), file=sys.stderr, flush=True)
     # The history first: when --out cannot be written, the result is still kept (and we can say where).
     kept = [] if args.no_history else _add_to_history(result)
     try:
@@ -408,6 +442,21 @@ def _run_job(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # a closed or odd stream: no bars
+        return False
+
+
+def _job_line(request, result, last: dict[str, Any], seconds: float) -> str:
+    """The one line a redirected job writes: what it made, in how many steps and how long."""
+    count = len(result.images)
+    steps = [f"{event.phase} {event.step}/{event.total}" for phase, event in last.items() if phase != "download"]
+    detail = f" ({', '.join(steps)})" if steps else ""
+    return f"{request.kind}: {count} image{'s' if count != 1 else ''}{detail} in {seconds:.1f} s"
 
 
 def _add_to_history(result) -> list[Any]:
