@@ -542,46 +542,6 @@ def _params_to_info(text: str) -> ParsedInfo:
     )
 
 
-def _invokeai_to_info(text: str) -> ParsedInfo:
-    if len(text) > 4 * MAX_INFOTEXT_CHARS:
-        raise MetadataError("The InvokeAI metadata is too large.", "The image's metadata may be damaged.")
-    try:
-        meta = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise MetadataError("The InvokeAI metadata is not valid JSON.", "The image's metadata may be damaged.") from exc
-    if not isinstance(meta, dict):
-        raise MetadataError("The InvokeAI metadata is not an object.", "The image's metadata may be damaged.")
-    prompt = meta.get("positive_prompt", meta.get("prompt", ""))
-    if isinstance(prompt, list):  # older InvokeAI: [{"prompt": ..., "weight": ...}]
-        prompt = " ".join(str(p.get("prompt", "")) if isinstance(p, dict) else str(p) for p in prompt)
-    negative = meta.get("negative_prompt", "")
-    model = meta.get("model")
-    model_id = str(model.get("name") or model.get("key") or "") if isinstance(model, dict) else str(model or "")
-    clean, notices = sanitize_params(
-        {
-            "prompt": str(prompt or ""),
-            "negative_prompt": str(negative or ""),
-            "steps": _to_int(meta.get("steps")),
-            "guidance": _to_float(meta.get("cfg_scale")),
-            "width": _to_int(meta.get("width")),
-            "height": _to_int(meta.get("height")),
-            "seed": _to_int(meta.get("seed")),
-        }
-    )
-    request = GenerateRequest(**clean)
-    seed = request.seed
-    return ParsedInfo(
-        source="invokeai",
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        request=request,
-        seed=seed,
-        model_id=model_id,
-        data=meta,
-        notices=notices,
-    )
-
-
 def _open_info(source: str | os.PathLike | bytes | Image.Image) -> dict[str, Any]:
     if isinstance(source, Image.Image):
         info: dict[str, Any] = {str(key): value for key, value in source.info.items()}
@@ -630,7 +590,8 @@ def _text(value: Any) -> str | None:
 
 
 def read_png_metadata(source: str | os.PathLike | bytes | Image.Image) -> ParsedInfo:
-    """How an image was made: our chunk first, then AUTOMATIC1111's ``parameters``, then InvokeAI's.
+    """How an image was made: our chunk first, then AUTOMATIC1111's ``parameters``, then what `core.metadata`
+    reads (A1111 JPEG / WebP EXIF, ComfyUI, InvokeAI).
 
     Raises `MetadataError` (never anything else) when there is nothing usable.
     """
@@ -654,30 +615,15 @@ def read_png_metadata(source: str | os.PathLike | bytes | Image.Image) -> Parsed
             return _params_to_info(params_text)  # type: ignore[arg-type]
         except MetadataError as exc:
             first_error = first_error or exc
-    for key in ("invokeai_metadata", "sd-metadata"):
-        text = _text(info.get(key))
-        if text is None:
-            continue
-        try:
-            if key == "sd-metadata":
-                meta = json.loads(text)
-                image = meta.get("image", {}) if isinstance(meta, dict) else {}
-                if not isinstance(image, dict):
-                    raise MetadataError("The InvokeAI metadata is malformed.", "The image's metadata may be damaged.")
-                text = json.dumps({**image, "model": meta.get("model_weights", "")})
-            return _invokeai_to_info(text)
-        except MetadataError as exc:
-            first_error = first_error or exc
-        except (ValueError, RecursionError, TypeError, AttributeError):
-            first_error = first_error or MetadataError(
-                "The InvokeAI metadata is malformed.", "The image's metadata may be damaged."
-            )
+    from desktop_app.core.metadata import nothing_readable, read_other_formats
+
+    other, error = read_other_formats(info)  # JPEG / WebP EXIF, ComfyUI, InvokeAI
+    if other is not None:
+        return other
+    first_error = first_error or error
     if first_error is not None:
         raise first_error
-    raise MetadataError(
-        "This image holds no generation parameters.",
-        "Only images from Diffusion Desk, AUTOMATIC1111-style tools or InvokeAI carry them.",
-    )
+    raise nothing_readable()
 
 
 __all__ = [
