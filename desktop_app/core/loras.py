@@ -111,26 +111,30 @@ _SD_ONLY = re.compile(r"down_blocks[._]0[._]attentions|up_blocks[._]3[._]attenti
 
 
 def family_from_shapes(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str]:
-    """(family, the evidence in words) from a LoRA's tensor names and shapes."""
+    """(family, the evidence in words) from a LoRA's tensor names and shapes.
+
+    Widths decide first; the blocks with attention only when the file has no layer of a telling width (a UNet
+    self-attention-only LoRA). A width of no known family (a test model's) means "unknown", whatever the blocks."""
     widths = _in_width(shapes, r"attn2[._](processor[._])?to_[kv]")
     known = {_WIDTH_FAMILY[w] for w in widths if w in _WIDTH_FAMILY}
     if len(known) == 1:
-        return known.pop(), f"cross-attention width {widths.pop()}"
-    te2 = any(re.match(_TE2, k) for k in shapes)
-    if te2 or 1280 in _in_width(shapes, _TE2 + r".*(q_proj|k_proj|v_proj|fc1)"):
+        return known.pop(), f"cross-attention width {max(widths)}"
+    if any(re.match(_TE2, k) for k in shapes):
         return "sdxl", "a second text encoder"
-    unet_keys = [k for k in shapes if not re.match(_TE1, k) and not re.match(_TE2, k)]
+    if widths:
+        return "unknown", f"cross-attention width {', '.join(map(str, sorted(widths)))}"
+    te_width = _in_width(shapes, _TE1 + r".*(q_proj|k_proj|v_proj|out_proj|fc1)")
+    unet_keys = [k for k in shapes if not re.match(_TE1, k)]
     xl = any(_XL_ONLY.search(k) for k in unet_keys)
     sd = any(_SD_ONLY.search(k) for k in unet_keys)
-    te_width = _in_width(shapes, _TE1 + r".*(q_proj|k_proj|v_proj|out_proj|fc1)")
-    if xl and not sd:
-        return "sdxl", "SDXL's UNet blocks"
-    if 1024 in te_width and 768 not in te_width:
+    if te_width == {1024}:
         return "sd2", "text width 1024"
-    if 768 in te_width and 1024 not in te_width and not xl:
-        return "sd1", "text width 768"
-    if sd and not xl:
-        return ("sd1" if not te_width else "unknown"), "SD 1.x / 2.x UNet blocks"
+    if te_width == {768}:
+        return ("sdxl", "SDXL's UNet blocks") if xl and not sd else ("sd1", "text width 768")
+    if te_width:
+        return "unknown", f"text width {', '.join(map(str, sorted(te_width)))}"
+    if xl != sd:
+        return ("sdxl", "SDXL's UNet blocks") if xl else ("sd1", "SD 1.x's UNet blocks")
     return "unknown", "no cross-attention or text-encoder layers of a known width"
 
 
