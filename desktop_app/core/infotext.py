@@ -27,7 +27,6 @@ import os
 import re
 import warnings
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,15 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from desktop_app.core.errors import ImageError, UserError
+from desktop_app.core.metadata import (
+    MAX_INFOTEXT_CHARS,
+    MetadataError,
+    ParsedInfo,
+    model_name,
+    nothing_readable,
+    read_other_formats,
+    read_sampler,
+)
 from desktop_app.core.requests import (
     DEFAULT_RESIZE_MODE,
     REQUEST_TYPES,
@@ -42,7 +50,7 @@ from desktop_app.core.requests import (
     GenerateRequest,
     sanitize_params,
 )
-from desktop_app.core.samplers import a1111_names, parse_sampler
+from desktop_app.core.samplers import a1111_names
 
 if TYPE_CHECKING:
     from desktop_app.core.events import Result
@@ -50,13 +58,8 @@ if TYPE_CHECKING:
 PARAMETERS_KEY = "parameters"
 OUR_KEY = "diffusion_desk"
 FORMAT_VERSION = 1
-MAX_INFOTEXT_CHARS = 256 * 1024  # real infotexts are a few KB; PIL caps a chunk at 1 MB
 # "Resize mode: Crop and resize": the names AUTOMATIC1111's img2img tab shows (its infotext has no such key); ids too
 _RESIZE_MODE_TO_ID = {**{sid: sid for sid in RESIZE_MODES}, **{name.lower(): sid for sid, name in RESIZE_MODES.items()}}
-
-
-class MetadataError(UserError):
-    """An image's embedded generation parameters are missing, too large or malformed."""
 
 
 # --------------------------------------------------------------------------- format
@@ -167,15 +170,6 @@ def parameter_pairs(
 
 
 _KEY_RE = re.compile(r"\w[\w \-/]+\Z")
-_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
-
-
-def model_name(model: str) -> str:
-    """The model as A1111 writes `Model:`: a checkpoint file's name without its folder and extension
-    ("v1-5-pruned-emaonly"); anything else (a Hub id, a diffusers folder, the built-in name) as it is."""
-    text = str(model or "")
-    base = re.split(r"[\\/]", text)[-1]
-    return base.rsplit(".", 1)[0] if base.lower().endswith(_MODEL_SUFFIXES) else text
 
 
 def _is_key(key: str) -> bool:
@@ -416,7 +410,7 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
     read_notices: list[str] = []
     sampler = str(params.get("Sampler", "")).strip()
     if sampler:
-        data["scheduler"], data["schedule"], note = _read_sampler(sampler, params.get("Schedule type"))
+        data["scheduler"], data["schedule"], note = read_sampler(sampler, params.get("Schedule type"))
         if note:
             read_notices.append(note)
     if params.get("Clip skip") is not None:
@@ -439,38 +433,6 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
         data["resize_mode"] = resize_mode
     clean, notices = sanitize_params({k: v for k, v in data.items() if k in names})
     return cls(**clean), read_notices + notices
-
-
-def _read_sampler(sampler: str, schedule: Any = None) -> tuple[str | None, str | None, str]:
-    """(sampler id, schedule id, notice) from a file's names: what this app cannot run is left to the model's
-    default, and the notice says so."""
-    sched_text = str(schedule).strip() if schedule is not None else None
-    try:
-        sid, sch = parse_sampler(sampler, sched_text)
-        return sid, sch, ""
-    except UserError:
-        pass
-    try:
-        sid, _ = parse_sampler(sampler)
-    except UserError:
-        return None, None, f"Sampler {sampler!r} is not one this app has: the model's default is used"
-    return sid, None, f"Schedule type {sched_text!r} does not suit {sampler}: its own schedule is used"
-
-
-@dataclass
-class ParsedInfo:
-    """What an image says about how it was made."""
-
-    source: str  # "diffusion_desk", "a1111" or "invokeai"
-    prompt: str
-    negative_prompt: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)  # A1111-style keys, when present
-    request: GenerateRequest | None = None  # without images
-    seed: int | None = None
-    model_id: str = ""
-    model_hash: str = ""
-    data: dict[str, Any] = field(default_factory=dict)  # our JSON chunk, when source == "diffusion_desk"
-    notices: list[str] = field(default_factory=list)  # values clamped or left out of `request` (sanitize_params)
 
 
 def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:
@@ -615,9 +577,7 @@ def read_png_metadata(source: str | os.PathLike | bytes | Image.Image) -> Parsed
             return _params_to_info(params_text)  # type: ignore[arg-type]
         except MetadataError as exc:
             first_error = first_error or exc
-    from desktop_app.core.metadata import nothing_readable, read_other_formats
-
-    other, error = read_other_formats(info)  # JPEG / WebP EXIF, ComfyUI, InvokeAI
+    other, error = read_other_formats(info, _params_to_info)  # JPEG / WebP EXIF, ComfyUI, InvokeAI
     if other is not None:
         return other
     first_error = first_error or error

@@ -8,7 +8,9 @@
 - InvokeAI 3 and later (`invokeai_metadata`), InvokeAI 2.x (`sd-metadata`) and 2.2 and earlier (`Dream`).
 
 ComfyUI and InvokeAI graphs are parsed here by hand: no maintained library reads them outside those apps.
-All values end in `requests.sanitize_params`; what could not be used is said in `notices`. Plain data.
+All values end in `requests.sanitize_params`; what could not be used is said in `notices`. `ParsedInfo` and
+`MetadataError` live here so that `core.infotext` (our PNG chunks and A1111's text) imports this module and not
+the other way round; infotext re-exports them. Plain data.
 """
 
 from __future__ import annotations
@@ -16,21 +18,65 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from desktop_app.core.infotext import (
-    MAX_INFOTEXT_CHARS,
-    MetadataError,
-    ParsedInfo,
-    _parameters_to_request,
-    _read_sampler,
-    model_name,
-    parse_parameters,
-)
+from desktop_app.core.errors import UserError
 from desktop_app.core.requests import REQUEST_TYPES, GenerateRequest, sanitize_params
-from desktop_app.core.samplers import from_comfy
+from desktop_app.core.samplers import from_comfy, parse_sampler
+
+MAX_INFOTEXT_CHARS = 256 * 1024  # real infotexts are a few KB; PIL caps a chunk at 1 MB
+
+
+class MetadataError(UserError):
+    """An image's embedded generation parameters are missing, too large or malformed."""
+
+
+@dataclass
+class ParsedInfo:
+    """What an image says about how it was made."""
+
+    source: str  # "diffusion_desk", "a1111" or "invokeai"
+    prompt: str
+    negative_prompt: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)  # A1111-style keys, when present
+    request: GenerateRequest | None = None  # without images
+    seed: int | None = None
+    model_id: str = ""
+    model_hash: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # our JSON chunk, when source == "diffusion_desk"
+    notices: list[str] = field(default_factory=list)  # values clamped or left out of `request` (sanitize_params)
+
+
+_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
+
+
+def model_name(model: str) -> str:
+    """The model as A1111 writes `Model:`: a checkpoint file's name without its folder and extension
+    ("v1-5-pruned-emaonly"); anything else (a Hub id, a diffusers folder, the built-in name) as it is."""
+    text = str(model or "")
+    base = re.split(r"[\\/]", text)[-1]
+    return base.rsplit(".", 1)[0] if base.lower().endswith(_MODEL_SUFFIXES) else text
+
+
+def read_sampler(sampler: str, schedule: Any = None) -> tuple[str | None, str | None, str]:
+    """(sampler id, schedule id, notice) from a file's names: what this app cannot run is left to the model's
+    default, and the notice says so."""
+    sched_text = str(schedule).strip() if schedule is not None else None
+    try:
+        sid, sch = parse_sampler(sampler, sched_text)
+        return sid, sch, ""
+    except UserError:
+        pass
+    try:
+        sid, _ = parse_sampler(sampler)
+    except UserError:
+        return None, None, f"Sampler {sampler!r} is not one this app has: the model's default is used"
+    return sid, None, f"Schedule type {sched_text!r} does not suit {sampler}: its own schedule is used"
+
 
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
@@ -79,25 +125,6 @@ def exif_parameters(info: dict[str, Any]) -> str | None:
     if isinstance(comment, bytes):
         comment = comment.decode("utf-8", errors="replace")
     return comment.strip() if isinstance(comment, str) and "Steps:" in comment else None
-
-
-def a1111_to_info(text: str, source: str = "a1111") -> ParsedInfo:
-    params = parse_parameters(text)
-    try:
-        request, notices = _parameters_to_request(params)
-    except Exception:  # noqa: BLE001 - an odd value must not stop the prompt from being read
-        request, notices = None, []
-    return ParsedInfo(
-        source=source,
-        prompt=params["Prompt"],
-        negative_prompt=params["Negative prompt"],
-        parameters=params,
-        request=request,
-        seed=request.seed if request is not None else None,
-        model_id=str(params.get("Model", "")),
-        model_hash=str(params.get("Model hash", "")),
-        notices=notices,
-    )
 
 
 # --------------------------------------------------------------------------- ComfyUI
@@ -425,7 +452,7 @@ def _model_from(meta: dict[str, Any]) -> str:
 def _invoke_sampler(name: Any, notices: list[str]) -> tuple[str | None, str | None]:
     if not isinstance(name, str) or not name:
         return None, None
-    sampler_id, schedule_id, note = _read_sampler(name)
+    sampler_id, schedule_id, note = read_sampler(name)
     if note:
         notices.append(f"The InvokeAI {note[0].lower()}{note[1:]}")
     return sampler_id, schedule_id
@@ -571,12 +598,15 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def read_other_formats(info: dict[str, Any]) -> tuple[ParsedInfo | None, MetadataError | None]:
+def read_other_formats(
+    info: dict[str, Any], a1111: Callable[[str], ParsedInfo]
+) -> tuple[ParsedInfo | None, MetadataError | None]:
     """What a file's chunks / EXIF hold in another tool's format: (info, None), or (None, the first error), or
-    (None, None) when there is nothing of theirs. Never raises."""
+    (None, None) when there is nothing of theirs. `a1111` reads an infotext (infotext's reader, passed in so
+    this module does not import it back). Never raises."""
     first_error: MetadataError | None = None
     readers = [
-        ("exif", lambda: exif_parameters(info), a1111_to_info),
+        ("exif", lambda: exif_parameters(info), a1111),
         ("prompt", lambda: _text(info.get("prompt")), lambda t: comfy_to_info(_json(t, "ComfyUI"), "prompt")),
         (
             "workflow",
@@ -610,8 +640,11 @@ def nothing_readable() -> MetadataError:
 
 __all__ = [
     "nothing_readable",
-    "a1111_to_info",
+    "MAX_INFOTEXT_CHARS",
+    "MetadataError",
+    "ParsedInfo",
     "comfy_to_info",
+    "model_name",
     "decode_user_comment",
     "dream_to_info",
     "exif_parameters",
