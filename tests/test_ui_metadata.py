@@ -46,3 +46,40 @@ def test_opening_a_plain_png_keeps_the_prompt(qtbot, window, tmp_path):
     Image.new("RGB", (64, 64)).save(path)
     assert window.open_image(str(path))
     assert child(window, "promptEdit").toPlainText() == "keep me"
+    qtbot.waitUntil(lambda: "holds no generation parameters" in window.statusBar().currentMessage(), timeout=2000)
+
+
+def test_a_comfyui_png_fills_the_prompt_panel_with_sampler_and_schedule(qtbot, window, tmp_path):
+    import json
+
+    graph = {
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": 77,
+                "steps": 12,
+                "cfg": 5.5,
+                "sampler_name": "dpmpp_2m",
+                "scheduler": "karras",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+    }
+    meta = PngInfo()
+    meta.add_text("prompt", json.dumps(graph))
+    path = tmp_path / "comfy.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(path, pnginfo=meta)
+    assert window.open_image(str(path))
+    assert child(window, "promptEdit").toPlainText() == "a blue square"
+    assert child(window, "negativePromptEdit").toPlainText() == "blurry"
+    assert child(window, "stepsSpin").value() == 12
+    assert child(window, "schedulerCombo").currentText() == "DPM++ 2M"
+    assert child(window, "scheduleCombo").currentText() == "Karras"

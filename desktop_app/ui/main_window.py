@@ -599,7 +599,9 @@ class MainWindow(QMainWindow):
 
         try:
             info = read_png_metadata(path)
-        except MetadataError:
+        except MetadataError as exc:  # nothing readable, or a workflow with no sampler: say so, keep the panel
+            text = exc.message if exc.hint is None or len(exc.hint) > 90 else f"{exc.message} {exc.hint}"
+            QTimer.singleShot(0, lambda: self._status(text, 10000))
             return
         if info is None or not (info.prompt or info.request):
             return
