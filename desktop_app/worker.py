@@ -210,6 +210,7 @@ class _Job:
     cancel: threading.Event = field(compare=False, default_factory=threading.Event)
     future: Any = field(compare=False, default=None)
     done: bool = field(compare=False, default=False)
+    started: bool = field(compare=False, default=False)  # handed to the backend (on this thread or its own)
 
 
 class _WorkerThread(QThread):
@@ -236,12 +237,16 @@ class EngineWorker(QObject):
     # internal: carries exceptions to the GUI thread so futures get the original exception
     _jobError = Signal(int, object)
 
-    def __init__(self, engine_factory: Callable[[], Any] | None = None, parent: QObject | None = None) -> None:
+    def __init__(
+        self, engine_factory: Callable[[], Any] | None = None, parent: QObject | None = None, backend: Any = None
+    ) -> None:
+        """`backend`: one made already (cheap to make: the routing backend, which creates the engine itself on
+        first use) instead of `engine_factory`."""
         super().__init__(parent)
         self._engine_factory = engine_factory or default_engine_factory
         # Pickle checkpoints can run code when opened: loaded only after the user opted in (the Models dialog)
         self.allow_pickle = False
-        self._engine: Any = None
+        self._engine: Any = backend
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._jobs: dict[int, _Job] = {}  # not yet finished, GUI-thread bookkeeping
         self._lock = threading.Lock()
@@ -249,6 +254,7 @@ class EngineWorker(QObject):
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._current: _Job | None = None
+        self._parallel_slots: threading.BoundedSemaphore | None = None
         self._thread = _WorkerThread(self)
         self._stopping = False
         # Resolve futures on the GUI thread (queued: self lives on the GUI thread).
@@ -315,7 +321,7 @@ class EngineWorker(QObject):
             if job is None or job.done:
                 return False
             job.cancel.set()
-            started = job is self._current
+            started = job.started or job is self._current
             if not started:
                 job.done = True
                 self._jobs.pop(job.job_id, None)
@@ -457,6 +463,11 @@ class EngineWorker(QObject):
             with self._lock:
                 if job.done or job.cancel.is_set():
                     continue  # cancelled while waiting: already reported
+                job.started = True
+            if job.kind == "run" and self._runs_in_parallel(job):
+                self._start_parallel(job)
+                continue
+            with self._lock:
                 self._current = job
             try:
                 if job.kind == "run":
@@ -468,6 +479,32 @@ class EngineWorker(QObject):
             finally:
                 with self._lock:
                     self._current = None
+
+    def _runs_in_parallel(self, job: _Job) -> bool:
+        """Remote jobs (a backend that says so: the routing backend for ComfyUI models) run on threads of their own,
+        so that a pool of servers works on several at once and a local job need not wait for a remote one."""
+        try:
+            ask = getattr(self._engine, "runs_in_parallel", None)  # not created here: that is the job's business
+            return bool(ask(job.request)) if callable(ask) else False
+        except Exception:  # noqa: BLE001 - in doubt, the one worker thread
+            return False
+
+    def _start_parallel(self, job: _Job) -> None:
+        slots = self._parallel_slots
+        if slots is None:
+            slots = self._parallel_slots = threading.BoundedSemaphore(int(getattr(self._engine, "max_parallel", 4)))
+
+        def body() -> None:
+            with slots:
+                try:
+                    if not job.cancel.is_set():
+                        self._run_job(job)
+                    elif not job.done:
+                        self.cancelled.emit(job.job_id)
+                except BaseException:  # never let it die silently
+                    log.exception("remote job error")
+
+        threading.Thread(target=body, name=f"remoteJob{job.job_id}", daemon=True).start()
 
     def _run_job(self, job: _Job) -> None:
         job_id = job.job_id

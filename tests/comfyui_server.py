@@ -6,6 +6,7 @@ on a free port with its own base directory and stops it with SIGTERM (then SIGKI
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -188,6 +189,29 @@ class ComfyServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+_SHARED: dict[str, ComfyServer] = {}
+
+
+def shared_server(key: str = "a") -> ComfyServer:
+    """One server per key for the whole test session, whichever test file asks first; stopped when the process
+    exits (and, failing that, by the death signal the child was given)."""
+    server = _SHARED.get(key)
+    if server is None or server.process is None or server.process.poll() is not None:
+        found, why = find_comfyui()
+        if found is None:
+            raise LookupError(why)
+        server = ComfyServer(found)
+        try:
+            server.start()
+        except RuntimeError:
+            server.cleanup()
+            raise
+        if not _SHARED:
+            atexit.register(lambda: [s.cleanup() for s in _SHARED.values()])
+        _SHARED[key] = server
+    return server
 
 
 if __name__ == "__main__":  # python -m tests.comfyui_server: start one and keep it until Ctrl+C

@@ -24,7 +24,7 @@ from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview
 from desktop_app.core.history import HistoryStore
 from desktop_app.core.infotext import read_png_metadata
 from desktop_app.core.requests import EditRequest, GenerateRequest, InpaintRequest
-from tests.comfyui_server import CHECKPOINT, ComfyServer, find_comfyui
+from tests.comfyui_server import CHECKPOINT, ComfyServer, find_comfyui, shared_server
 
 pytestmark = pytest.mark.slow
 MODEL = "comfyui:" + CHECKPOINT
@@ -50,16 +50,12 @@ def _server(install):
 
 @pytest.fixture(scope="session")
 def comfy(comfy_install):
-    server = _server(comfy_install)
-    yield server
-    server.cleanup()
+    return shared_server("a")
 
 
 @pytest.fixture(scope="session")
 def comfy2(comfy_install):
-    server = _server(comfy_install)
-    yield server
-    server.cleanup()
+    return shared_server("b")
 
 
 def _run(backend, request, cancel=None, on_event=None):
@@ -180,7 +176,7 @@ def test_two_servers_as_a_pool_share_the_jobs(comfy, comfy2):
 
     def job(seed):
         results.append(
-            _run(backend, GenerateRequest(prompt="x", model=MODEL, steps=15, width=64, height=64, seed=seed))
+            _run(backend, GenerateRequest(prompt="x", model=MODEL, steps=25, width=64, height=64, seed=seed))
         )
 
     threads = [threading.Thread(target=job, args=(s,)) for s in range(4)]
@@ -191,7 +187,7 @@ def test_two_servers_as_a_pool_share_the_jobs(comfy, comfy2):
         t.join(120)
     assert all(r is not None for r, _ in results) and len(results) == 4
     servers = [url for _, url in backend.placements]
-    assert sorted(set(servers)) == sorted({comfy.url, comfy2.url}) and servers.count(comfy.url) == 2
+    assert sorted(set(servers)) == sorted({comfy.url, comfy2.url})  # least busy: the second server takes some
 
 
 def test_a_server_killed_mid_job_fails_it_clearly_and_its_queued_job_moves(comfy, comfy_install):

@@ -59,6 +59,7 @@ def layer(module: str) -> str:
         "engine": "backend",
         "comfyui": "backend",
         "worker": "worker",
+        "routing": "backend",  # desktop_app/routing.py: local engine or ComfyUI servers, by model
         "model": "model",
         "ui": "ui",
         "app": "top",

@@ -65,7 +65,8 @@ def create_main_window(
     if not current_scheme(app):  # type: ignore[arg-type]  # run_gui applies it before; tests and tools come here
         apply_theme(app)  # type: ignore[arg-type]
     settings = make_settings(data_dir)
-    worker = EngineWorker(engine_factory=engine_factory)
+    connections, routing = connect_servers(data_dir, engine_factory)
+    worker = EngineWorker(engine_factory=engine_factory, backend=routing)
     worker.start()
     history_reason = ""
     if history is None and not defer_history:
@@ -92,8 +93,11 @@ def create_main_window(
         data_dir=data_dir,
         same_model=model in (None, "", saved_model),
     )
-    for obj in (worker, models, document, jobs, timeline, saver, window.brush):
+    for obj in (worker, models, document, jobs, timeline, saver, window.brush, connections):
         obj.setParent(window)
+    setattr(window, "connections", connections)  # noqa: B010 - for the Servers dialog (ui/connections_dialog.py)
+    connections.statusChanged.connect(lambda url, status: _list_remote_models(connections, models))
+    connections.refresh()
     if model:
         models.select(model)
     else:
@@ -103,4 +107,46 @@ def create_main_window(
     return window
 
 
-__all__ = ["create_main_window", "open_history", "open_history_with_reason"]
+def connect_servers(data_dir: str | os.PathLike | None, engine_factory: Callable[[], Any] | None = None):
+    """(the Connections of the ComfyUI servers the user added, the RoutingBackend over them and the local engine).
+
+    The routing backend is built only for the real engine (engine_factory None): a test's fake engine is used as it
+    is. It follows the Connections: a server added or removed changes where the next `comfyui:` job goes."""
+    from pathlib import Path
+
+    from desktop_app.model.connections import Connections
+
+    if data_dir:
+        folder = Path(data_dir)
+    else:
+        from desktop_app.core import paths
+
+        folder = paths.config_dir()
+    connections = Connections(folder)
+    if engine_factory is not None:
+        return connections, None
+    from desktop_app.routing import RoutingBackend
+    from desktop_app.worker import default_engine_factory
+
+    routing = RoutingBackend(default_engine_factory, remote_backend(connections))
+    connections.changed.connect(lambda: routing.set_remote(remote_backend(connections)))
+    return connections, routing
+
+
+def remote_backend(connections: Any) -> Any:
+    """A ComfyBackend over the Connections' servers (None when there are none)."""
+    clients = connections.clients()
+    if not clients:
+        return None
+    from desktop_app.comfyui.backend import ComfyBackend
+
+    return ComfyBackend(clients)
+
+
+def _list_remote_models(connections: Any, models: Any) -> None:
+    """Every checkpoint an answering server has goes into the model picker as `comfyui:<name>`."""
+    for model_id in connections.checkpoint_ids():
+        models.add(model_id)
+
+
+__all__ = ["connect_servers", "create_main_window", "open_history", "open_history_with_reason", "remote_backend"]

@@ -454,8 +454,10 @@ class ComfyBackend:
                     f"The job was interrupted on {server.name} (by someone else using that server).",
                     "Run it again.",
                 )
-            elif kind == "execution_success" or (kind == "executing" and body.get("node") is None):
-                return
+            elif kind == "executing" and body.get("node") is None:
+                return  # sent after the history is written (execution_success comes before it)
+            elif kind == "execution_success":
+                last_news = now - self.idle_timeout + 2.0  # should `executing` not follow, ask the queue in 2 s
 
     def _finished_quietly(self, server: ServerState, prompt_id: str) -> bool:
         """No news for a while: True when the job is done (its messages were missed), False when it is still queued
@@ -523,6 +525,11 @@ class ComfyBackend:
         self, server: ServerState, prompt_id: str, outputs: list[str], size: tuple[int, int]
     ) -> list[Image.Image]:
         entry = server.client.history(prompt_id)
+        for _ in range(20):  # a server that said done a moment before it wrote the history
+            if entry.get("outputs"):
+                break
+            time.sleep(0.25)
+            entry = server.client.history(prompt_id)
         got = entry.get("outputs")
         if not isinstance(got, dict):
             raise ServerError(f"The ComfyUI server {server.name} has no results for the job.", "Run it again.")
