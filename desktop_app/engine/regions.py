@@ -23,6 +23,18 @@ Rules (documented for the user in the same words):
   untouched and everywhere: the negative prompt applies to the whole picture.
 - Global conditioning (SDXL's pooled text embeds and time ids, the built-in model's pooled text embedding) comes
   from the base prompt.
+
+The latent mode (`regional_latents`, A1111 Regional Prompter's "Latent" mode, MultiDiffusion's region-based
+generation, Bar-Tal et al. 2023) runs the UNet once more per region and step, on the latent crop of the region's
+bounding box (rounded out to multiples of 8 latent pixels, at least the model's native latent size where the
+canvas allows) with the region's whole conditioning: its prompt's states, its own pooled embedding (SDXL's
+text_embeds; the built-in model pools its encoder states inside the UNet) and, for SDXL, time ids with the crop's
+offset as crops_coords_top_left and its size as the target. The predictions are blended per latent pixel:
+eps = sum_i a_i * eps_i + (1 - sum a_i) * eps_base, a_i the shares above, divided by their sum where it passes 1.
+Both CFG branches are blended this way (unconditional rows: the negative prompt on the crop): each crop makes its own
+guided picture; the whole-canvas base call is skipped where the regions cover everything. This binds colour and
+kind in each region where the attention mode cannot (global conditioning is per region here); it costs one UNet
+call per crop size and step for the regions (regions of one size are batched), plus the base where needed.
 """
 
 from __future__ import annotations
@@ -98,6 +110,20 @@ def describe(regions: list[RegionPrompt]) -> str:
     if all(r.weight == 1.0 for r in regions):
         return str(len(regions))
     return f"{len(regions)} (weights {', '.join(f'{r.weight:g}' for r in regions)})"
+
+
+def region_shares(masks: list[Image.Image], regions: list[RegionPrompt], grid: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) each region's share a = min(1, weight * m) on an (h, w) grid, m the mean of its mask over each
+    cell (BOX): a soft edge is a partial membership."""
+    h, w = grid
+    cells = torch.stack(
+        [
+            torch.frombuffer(bytearray(m.resize((w, h), Image.Resampling.BOX).tobytes()), dtype=torch.uint8)
+            for m in masks
+        ]
+    ).float()  # (N, h*w)
+    weights = torch.tensor([r.weight for r in regions], dtype=torch.float32)[:, None]
+    return (cells / 255.0 * weights).clamp(max=1.0).reshape(len(masks), h, w)
 
 
 @dataclass
@@ -253,15 +279,7 @@ def regional_attention(
     masks = _region_masks(request, regions, size)
     shares: dict[int, torch.Tensor] = {}
     for h, w in _grids((size[1] // factor, size[0] // factor)):
-        # the mean over each cell (BOX) is the cell's membership; (N, h*w)
-        grid = torch.stack(
-            [
-                torch.frombuffer(bytearray(m.resize((w, h), Image.Resampling.BOX).tobytes()), dtype=torch.uint8)
-                for m in masks
-            ]
-        ).float()
-        weights = torch.tensor([r.weight for r in regions], dtype=torch.float32)[:, None]
-        shares.setdefault(h * w, (grid / 255.0 * weights).clamp(max=1.0))
+        shares.setdefault(h * w, region_shares(masks, regions, (h, w)).flatten(1))  # (N, h*w)
     layout = _Layout(tokens=tokens, token_counts=[embeds.shape[1]] * len(regions), shares=shares, batch=batch)
     from diffusers.models.attention_processor import Attention
 
@@ -280,3 +298,221 @@ def regional_attention(
     finally:
         for module, processor in originals:
             module.set_processor(processor)
+
+
+# -- the latent mode ------------------------------------------------------------------------------
+# A1111 Regional Prompter's "Latent" mode, MultiDiffusion's region-based generation (Bar-Tal et al. 2023): each
+# region gets its own UNet run on its crop, with its own full conditioning, and the noise predictions are blended.
+
+
+def crop_span(start: int, end: int, extent: int, least: int, multiple: int = 8) -> tuple[int, int]:
+    """(offset, length) on one latent axis of a crop holding [start, end): rounded out to `multiple` where the
+    canvas allows, at least `least` long (the model's native latent size) where it fits, inside [0, extent)."""
+    length = max(end - start, min(least, extent))
+    length = min(extent, -(-length // multiple) * multiple)  # a multiple of 8 (the UNet's down factor) if it fits
+    offset = (start // multiple) * multiple
+    if offset + length < end:  # the rounded start left the end out: centre on the region instead
+        offset = start - (length - (end - start)) // 2
+    return max(0, min(offset, extent - length)), length
+
+
+@dataclass
+class _LatentRegion:
+    """One region of a latent-mode run: its crop of the latent canvas, its blend share there, its conditioning."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    share: torch.Tensor  # (1, 1, height, width): a_i on the crop, normalised where the regions' shares pass 1
+    embeds: torch.Tensor  # (1, L, D) the region prompt's encoder states
+    pooled: torch.Tensor | None  # (1, P) SDXL's pooled text embeds of the region prompt, else None
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.top : self.top + self.height, self.left : self.left + self.width]
+
+
+def _latent_layout(
+    loaded: LoadedModel, request: GenerateRequest, regions: list[RegionPrompt], size: tuple[int, int]
+) -> tuple[list[_LatentRegion], torch.Tensor]:
+    """The regions' crops, shares and conditioning, and the base prompt's share (1, 1, h, w) = 1 - sum a_i."""
+    factor = loaded.latent_factor
+    h, w = size[1] // factor, size[0] // factor
+    masks = _region_masks(request, regions, size)
+    shares = region_shares(masks, regions, (h, w))  # (N, h, w)
+    total = shares.sum(0, keepdim=True)  # (1, h, w)
+    shares = torch.where(total > 1, shares / total.clamp(min=1e-8), shares)  # overlaps split by share, base out
+    base = (1.0 - shares.sum(0)).clamp(min=0.0)[None, None]  # (1, 1, h, w)
+    native = loaded.pipe.unet.config.sample_size
+    native_h, native_w = (native, native) if isinstance(native, int) else tuple(native)
+    kwargs: dict[str, Any] = {}
+    if "clip_skip" in inspect.signature(text_conditioning).parameters:
+        kwargs["clip_skip"] = request.clip_skip
+    with torch.inference_mode():
+        embeds, added = text_conditioning(loaded, [r.prompt for r in regions], size[1], size[0], **kwargs)
+    out = []
+    for i, share in enumerate(shares):
+        rows = torch.nonzero(share.amax(1) > 0).flatten()
+        cols = torch.nonzero(share.amax(0) > 0).flatten()
+        top, height = crop_span(int(rows[0]), int(rows[-1]) + 1, h, native_h)
+        left, width = crop_span(int(cols[0]), int(cols[-1]) + 1, w, native_w)
+        out.append(
+            _LatentRegion(
+                top,
+                left,
+                height,
+                width,
+                share[top : top + height, left : left + width][None, None].clone(),
+                embeds[i : i + 1],
+                added["text_embeds"][i : i + 1] if added else None,
+            )
+        )
+    return out, base
+
+
+def _rows(value: Any, index: torch.Tensor, rows: int) -> Any:
+    """`value` (a UNet argument) for the rows `index` of the CFG batch: tensors with one row per batch row are
+    indexed, dicts (added_cond_kwargs) recursively, everything else (a scalar timestep, LoRA scales) is shared."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
+        return value[index.to(value.device)]
+    if isinstance(value, dict):
+        return {k: _rows(v, index, rows) for k, v in value.items()}
+    return value
+
+
+class RegionalLatentForward:
+    """Stands in for `unet.forward` during a latent-mode run. The CFG batch [uncond (B); cond (B)] comes in; each
+    branch goes out as sum_i a_i * eps_i + (1 - sum a_i) * eps_base, eps_i the UNet on region i's crop (conditional
+    rows: region i's prompt and pooled embeds; unconditional rows: the negative prompt), eps_base the UNet over the
+    whole canvas. Every crop thus runs its own classifier-free guidance, as in MultiDiffusion: guiding a crop's
+    prediction with the whole canvas's unconditional one pulls it to what the model draws at the canvas's size (one
+    shape across the built-in model's 128x64) and loses the region's colour. 9-channel inpainting inputs are
+    cropped whole (latents, mask, masked image)."""
+
+    def __init__(self, original: Any, regions: list[_LatentRegion], base: torch.Tensor, batch: int, factor: int):
+        self.original = original
+        self.regions = regions
+        self.base = base  # (1, 1, h, w)
+        self.needs_base = bool(base.max() > 0)  # regions covering everything: no base call
+        self.batch = batch
+        self.factor = factor
+        self.calls = 0  # UNet calls, for the tests and the bench
+        # regions whose crops (and prompts) have one size run as one batch
+        self.groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, region in enumerate(regions):
+            self.groups.setdefault((region.height, region.width, region.embeds.shape[1]), []).append(i)
+
+    def _call(self, *args, **kwargs) -> torch.Tensor:
+        self.calls += 1
+        return self.original(*args, return_dict=False, **kwargs)[0]
+
+    def __call__(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, **kwargs) -> Any:
+        return_dict = kwargs.pop("return_dict", True)
+        rows, batch = sample.shape[0], self.batch
+        if rows not in (batch, 2 * batch):
+            raise RuntimeError(f"Regional prompts: {rows} rows of latents for a batch of {batch}.")
+        uncond = rows - batch
+        out: torch.Tensor | None = None  # (rows, C_out, h, w)
+        if self.needs_base:  # the negative and the base prompt over the whole canvas
+            full = self._call(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+            out = full * self.base.to(full.device, full.dtype)
+        for indices in self.groups.values():
+            group = [self.regions[i] for i in indices]
+            # one call for both branches where the negative prompt is as long as the region prompts, else two
+            same = encoder_hidden_states.shape[1] == group[0].embeds.shape[1]
+            spans = [(0, rows)] if same or not uncond else [(0, uncond), (uncond, rows)]
+            for lo, hi in spans:
+                eps = self._group(group, sample, timestep, encoder_hidden_states, kwargs, lo, hi, uncond)
+                if out is None:
+                    out = torch.zeros((rows, eps.shape[1], *sample.shape[-2:]), dtype=eps.dtype, device=eps.device)
+                m = hi - lo
+                for k, region in enumerate(group):
+                    share = region.share.to(eps.device, eps.dtype)
+                    region.crop(out[lo:hi]).add_(eps[k * m : (k + 1) * m] * share)
+        assert out is not None  # at least one region
+        if not return_dict:
+            return (out,)
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=out)
+
+    def _group(
+        self,
+        group: list[_LatentRegion],
+        sample: torch.Tensor,
+        timestep: Any,
+        states: torch.Tensor,
+        kwargs: dict,
+        lo: int,
+        hi: int,
+        uncond: int,
+    ) -> torch.Tensor:
+        """(n*m, C_out, h_r, w_r): rows [lo, hi) of the CFG batch on each region's crop, region k's at [k*m, (k+1)*m),
+        with the negative prompt on unconditional rows and region k's conditioning on conditional ones."""
+        rows, m = sample.shape[0], hi - lo
+        span = torch.arange(lo, hi)
+        index = span.repeat(len(group))  # (n*m,) the CFG rows each crop row comes from
+        x = torch.cat([r.crop(sample[lo:hi]) for r in group])  # (n*m, C_in, h_r, w_r)
+        negative = states[lo : min(hi, uncond)]  # (m_u, L, D)
+        positive = hi - max(lo, uncond)
+        context = torch.cat(
+            [torch.cat([negative, r.embeds.to(states.device, states.dtype).expand(positive, -1, -1)]) for r in group]
+        )  # (n*m, L, D)
+        extra = _rows(kwargs, index, rows)
+        added = extra.get("added_cond_kwargs")
+        if added and "text_embeds" in added and group[0].pooled is not None:  # SDXL: its own pooled and time ids
+            added = dict(added)
+            pooled = added["text_embeds"].clone()  # (n*m, P)
+            conditional = (span >= uncond).to(pooled.device)
+            for k, r in enumerate(group):
+                assert r.pooled is not None
+                part = pooled[k * m : (k + 1) * m]
+                part[conditional] = r.pooled.to(pooled.device, pooled.dtype)
+            added["text_embeds"] = pooled
+            if "time_ids" in added:
+                added["time_ids"] = self._time_ids(added["time_ids"], group, m)
+            extra["added_cond_kwargs"] = added
+        return self._call(x, _rows(timestep, index, rows), encoder_hidden_states=context, **extra)
+
+    def _time_ids(self, time_ids: torch.Tensor, group: list[_LatentRegion], m: int) -> torch.Tensor:
+        """SDXL's time ids (original size, crop top-left, target size; or the refiner's aesthetic score in place
+        of the target) for each region: the crop's offset in pixels added to the crop, its size as the target."""
+        time_ids = time_ids.clone()  # (n*m, 6 or 5)
+        f = self.factor
+        for k, r in enumerate(group):
+            part = time_ids[k * m : (k + 1) * m]
+            part[:, 2] += r.top * f
+            part[:, 3] += r.left * f
+            if time_ids.shape[1] == 6:
+                part[:, 4] = r.height * f
+                part[:, 5] = r.width * f
+        return time_ids
+
+
+@contextmanager
+def regional_latents(
+    loaded: LoadedModel, request: GenerateRequest, batch: int, info: dict | None = None
+) -> Iterator[list[RegionPrompt]]:
+    """For the `with` block, the UNet's forward runs each region on its crop and blends (RegionalLatentForward);
+    the original forward comes back afterwards, also on cancel or error. No regions: nothing is touched.
+    Adds info["Regions"] ("2, latent"); yields the regions that take part."""
+    assert request.width and request.height  # the work size
+    size = (request.width, request.height)
+    regions, _ = usable_regions(request.regions, size)
+    if not regions:
+        yield []
+        return
+    layout, base = _latent_layout(loaded, request, regions, size)
+    unet = loaded.pipe.unet
+    had_own = "forward" in vars(unet)  # an accelerate hook may have put one on the instance already
+    original = unet.forward
+    unet.forward = RegionalLatentForward(original, layout, base, batch, loaded.latent_factor)
+    try:
+        if info is not None:
+            info["Regions"] = describe(regions) + ", latent"
+        yield regions
+    finally:
+        if had_own:
+            unet.forward = original
+        else:
+            del unet.forward

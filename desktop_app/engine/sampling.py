@@ -24,7 +24,7 @@ from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.engine.encoding import PromptPlan, decode_images, plan_prompts
 from desktop_app.engine.models import LoadedModel
-from desktop_app.engine.regions import regional_attention
+from desktop_app.engine.regions import regional_attention, regional_latents
 
 Emit = Callable[[Any], None]
 
@@ -259,7 +259,8 @@ def run_pipeline(
     kwargs["callback_on_step_end_tensor_inputs"] = ["latents", *prompts.callback_inputs()]
     hooks.attach(scheduler)
     try:
-        with torch.inference_mode(), regional_attention(loaded, request, len(seeds), info):
+        regional = regional_latents if request.region_mode == "latent" else regional_attention
+        with torch.inference_mode(), regional(loaded, request, len(seeds), info):
             images = pipe(callback_on_step_end=hooks.on_step_end, **kwargs).images
     finally:
         hooks.detach()
