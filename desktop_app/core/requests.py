@@ -36,6 +36,16 @@ MAX_CLIP_SKIP = 12
 # UNet call; "latent" runs the UNet once per region, on the region's box, and blends the predictions by the masks.
 REGION_MODES: dict[str, str] = {"attention": "Attention", "latent": "Latent"}
 DEFAULT_REGION_MODE = "attention"
+# What fills the masked area before denoising (A1111's "Masked content").
+MASKED_CONTENT: dict[str, str] = {
+    "original": "original",
+    "fill": "fill",
+    "latent_noise": "latent noise",
+    "latent_nothing": "latent nothing",
+}
+# What fills the new area of an outpaint before it is generated.
+OUTPAINT_FILLS: dict[str, str] = {"edge": "Edge stretch", "blur": "Blurred edge", "noise": "Noise"}
+MAX_CANVAS = 2048
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,21 @@ class GenerateRequest:
             regions = kwargs["regions"]
             if not isinstance(regions, (list, tuple)):
                 raise InvalidRequest(f"Regions must be a list, not {_show(regions)}.", "Paint the regions again.")
-            kwargs["regions"] = tuple(RegionPrompt.from_dict(region) for region in regions)
+            # written without images (our PNG chunk, a history row: to_dict(include_images=False)) a region is a
+            # prompt and weight with no mask: it cannot be rebuilt and is left out, so the rest of the request (its
+            # region mode too) still reads, instead of the whole request being refused
+            kwargs["regions"] = tuple(
+                RegionPrompt.from_dict(region)
+                for region in regions
+                if not (isinstance(region, dict) and "mask" not in region and isinstance(region.get("prompt"), str))
+            )
+        if "extend" in kwargs:
+            extend = kwargs["extend"]
+            if not isinstance(extend, (list, tuple)) or len(extend) != 4:
+                raise InvalidRequest(
+                    f"Extend must be four numbers, not {_show(extend)}.", "Use left, top, right, bottom."
+                )
+            kwargs["extend"] = tuple(extend)
         for name in _IMAGE_FIELDS:
             if isinstance(kwargs.get(name), str):
                 kwargs[name] = image_from_data_url(kwargs[name])
@@ -302,14 +326,51 @@ class InpaintRequest(GenerateRequest):
     only_masked_padding: int = 32
     mask_grow: int = 0
     resize_mode: str = DEFAULT_RESIZE_MODE
+    masked_content: str = "original"  # a key of MASKED_CONTENT
+    soft_mask: bool = False  # grey levels are per-pixel strength (differential diffusion); False: as painted, hard
+    color_match: bool = False  # match the generated region's colours to its surroundings
+    blend_band: int = 0  # px of a blend band at the mask's border, outside it (0: none)
+    # Outpainting: pixels added (left, top, right, bottom) around the image; the new area (plus `outpaint_overlap`
+    # px into the image, feathered) is filled with `outpaint_fill` and generated. The mask is then optional.
+    extend: tuple[int, int, int, int] = (0, 0, 0, 0)
+    outpaint_fill: str = "edge"  # a key of OUTPAINT_FILLS
+    outpaint_overlap: int = 16
+
+    @property
+    def outpaints(self) -> bool:
+        return any(self.extend)
 
     def _validate_images(self) -> None:
         _check_image(self.image, "Inpainting")
-        _check_mask(self.image, self.mask, required=True)
+        _check_mask(self.image, self.mask, required=not self.outpaints)
         _check_range("Strength", self.strength, 0, 1, "Use 1.0 to repaint the masked area fully.")
         _check_range("Mask blur", self.mask_blur, 0, 64, "A few pixels of feather is usual.")
         _check_mask_grow(self.mask_grow)
         _check_resize_mode(self.resize_mode)
+        if self.masked_content not in MASKED_CONTENT:
+            raise InvalidRequest(
+                f"Unknown masked content {self.masked_content!r}.", "Choose one of: " + ", ".join(MASKED_CONTENT)
+            )
+        if self.outpaint_fill not in OUTPAINT_FILLS:
+            raise InvalidRequest(
+                f"Unknown outpaint fill {self.outpaint_fill!r}.", "Choose one of: " + ", ".join(OUTPAINT_FILLS)
+            )
+        _check_range("Blend band", self.blend_band, 0, 64, "8 to 16 px hides a seam; 0 keeps every pixel outside.")
+        _check_range("Outpaint overlap", self.outpaint_overlap, 0, 256, "16 to 32 px blends the new area in.")
+        if len(self.extend) != 4 or any(not isinstance(v, int) or isinstance(v, bool) for v in self.extend):
+            raise InvalidRequest(
+                f"Extend must be four whole numbers, not {_show(self.extend)}.", "Use left, top, right, bottom."
+            )
+        for side, value in zip(("left", "top", "right", "bottom"), self.extend):
+            _check_range(f"Extend {side}", value, 0, MAX_CANVAS, "Add at most 2048 px on a side.")
+        if self.image is not None and self.outpaints:
+            width = self.image.width + self.extend[0] + self.extend[2]
+            height = self.image.height + self.extend[1] + self.extend[3]
+            if width > MAX_CANVAS or height > MAX_CANVAS:
+                raise InvalidRequest(
+                    f"The extended canvas would be {width}x{height}; at most {MAX_CANVAS}x{MAX_CANVAS} is supported.",
+                    "Extend by less, or outpaint in several steps on a smaller image.",
+                )
 
 
 @dataclass(frozen=True)
@@ -358,6 +419,12 @@ _FIELD_TYPES: dict[str, type] = {
     "schedule": str,
     "clip_skip": int,
     "region_mode": str,
+    "masked_content": str,
+    "soft_mask": bool,
+    "color_match": bool,
+    "blend_band": int,
+    "outpaint_fill": str,
+    "outpaint_overlap": int,
     "previews": bool,
     "trajectory": bool,
     "strength": float,
@@ -384,6 +451,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "only_masked_padding": (0, 256),
     "t0": (1, 999),
     "clip_skip": (1, MAX_CLIP_SKIP),
+    "blend_band": (0, 64),
+    "outpaint_overlap": (0, 256),
 }
 _LABELS = {
     "prompt": "Prompt",
@@ -400,6 +469,13 @@ _LABELS = {
     "clip_skip": "Clip skip",
     "regions": "Regions",
     "region_mode": "Region mode",
+    "masked_content": "Masked content",
+    "soft_mask": "Soft inpainting",
+    "color_match": "Colour match",
+    "blend_band": "Blend band",
+    "extend": "Extend",
+    "outpaint_fill": "Outpaint fill",
+    "outpaint_overlap": "Outpaint overlap",
     "strength": "Strength",
     "resize_mode": "Resize mode",
     "mask_blur": "Mask blur",
@@ -424,6 +500,8 @@ _CHOICES: dict[str, Any] = {
     "method": EDIT_METHODS,
     "resize_mode": RESIZE_MODES,
     "region_mode": REGION_MODES,
+    "masked_content": MASKED_CONTENT,
+    "outpaint_fill": OUTPAINT_FILLS,
 }
 MAX_TEXT_CHARS = 20_000  # a prompt longer than this is cut (metadata can hold megabytes)
 
