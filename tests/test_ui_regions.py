@@ -187,3 +187,39 @@ def test_changing_the_text_to_image_size_scales_the_regions_in_one_undo_step(qtb
     assert window.document.regions[0].mask.shape == (64, 64)
     assert child(window, "widthSpin").value() == 64  # the size goes back with it
     assert window.document.regions[0].mask[16, 16] == 255
+
+
+def test_the_latent_mode_chosen_in_the_panel_reaches_the_request_and_comes_back_from_its_png(
+    qtbot, window, engine, tmp_path
+):
+    from desktop_app.core.infotext import png_info
+    from tests.ui_conftest_helpers import choose
+
+    qtbot.keyClicks(child(window, "promptEdit"), "on a white background")
+    _add_region(qtbot, window, "a red circle")
+    paint(qtbot, window, [(10, 30), (20, 30)], size=10)
+    combo = child(window, "regionModeCombo")
+    assert combo.currentText() == "Attention"  # the default: one UNet run
+    assert "Latent" in combo.toolTip() and "cost" in combo.toolTip()
+    click_generate(qtbot, window)
+    assert engine.runs[-1].region_mode == "attention"
+    choose(qtbot, combo, "Latent")
+    result = click_generate(qtbot, window)
+    assert engine.runs[-1].region_mode == "latent" and engine.runs[-1].regions[0].prompt == "a red circle"
+
+    path = tmp_path / "made.png"
+    result.images[0].save(path, pnginfo=png_info(result))
+    choose(qtbot, combo, "Attention")
+    assert window.open_image(str(path))  # our PNG's parameters: the mode comes back with the prompt
+    assert combo.currentText() == "Latent" and window.document.region_mode == "latent"
+
+
+def test_without_regions_the_request_keeps_the_default_mode(qtbot, window, engine):
+    from tests.ui_conftest_helpers import choose
+
+    if not window.regions_section.is_open():
+        _click(qtbot, window, "regionsSectionToggle")
+    choose(qtbot, child(window, "regionModeCombo"), "Latent")
+    qtbot.keyClicks(child(window, "promptEdit"), "a red circle")
+    click_generate(qtbot, window)
+    assert engine.runs[-1].regions == () and engine.runs[-1].region_mode == "attention"

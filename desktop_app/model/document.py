@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 
 from desktop_app.core.events import Result
 from desktop_app.core.lazy import LazyModule
+from desktop_app.core.requests import DEFAULT_REGION_MODE, REGION_MODES
 from desktop_app.model.regions import MAX_REGIONS, Region, next_color, resized
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Document(QObject):
         self._redo: list[_Step] = []
         self._regions: list[Region] = []
         self._active = -1
+        self._region_mode = DEFAULT_REGION_MODE  # how the regions' prompts apply: a key of REGION_MODES
         self._blank_size: tuple[int, int] = DEFAULT_BLANK_SIZE
         self._stroke_region: Region | None = None
         self._stroke_before: numpy.ndarray | None = None
@@ -398,6 +400,19 @@ class Document(QObject):
 
     def active_region(self) -> Region | None:
         return self._regions[self._active] if 0 <= self._active < len(self._regions) else None
+
+    @property
+    def region_mode(self) -> str:
+        """How the regions' prompts apply (core.requests.REGION_MODES): "attention" (in cross-attention, one UNet
+        run) or "latent" (a UNet run per region on its crop, blended). A setting of the job, not an undo step."""
+        return self._region_mode
+
+    def set_region_mode(self, mode: str) -> None:
+        if mode not in REGION_MODES:
+            raise ValueError(f"Unknown region mode {mode!r}: one of {', '.join(REGION_MODES)}")
+        if mode != self._region_mode:
+            self._region_mode = mode
+            self.regionsChanged.emit()
 
     def set_active_region(self, index: int) -> None:
         index = int(index) if 0 <= int(index) < len(self._regions) else -1

@@ -87,6 +87,8 @@ def build_request(
     else:
         size = (int(params.get("width") or document.blank_size[0]), int(params.get("height") or document.blank_size[1]))
     params["regions"] = region_prompts(mode, document, size, notices)
+    if params["regions"]:  # the mode says how they apply; without regions the request keeps the default
+        params["region_mode"] = document.region_mode
     image_fields = {"image": document.source, "resize_mode": extra.get("resize_mode") or DEFAULT_RESIZE_MODE}
     if mode == "generate":
         request: GenerateRequest = GenerateRequest(**params)

@@ -612,6 +612,7 @@ class MainWindow(QMainWindow):
         data.pop("model", None)  # the model that made it may not be here; keep the current one
         data, notices = sanitize_params(data)
         notices = list(info.notices) + notices + self.prompt_panel.fill(data, report=False)
+        self.regions_panel.fill(data)  # the region mode
         self.prompt_panel.set_mode(mode)
         if notices:  # after open_image's "Opened …", which would hide it
             text = "The image's parameters were adjusted: " + "; ".join(notices) + "."
@@ -778,6 +779,7 @@ class MainWindow(QMainWindow):
             if mask is not None:
                 self.document.set_mask(mask)
         self.prompt_panel.fill(request)
+        self.regions_panel.fill(request)  # the region mode (the regions themselves are not in the parameters)
 
     def _on_history_open(self, item: Any) -> None:
         if hasattr(item, "images"):
