@@ -3,7 +3,8 @@
 All of the canvas's state lives here, so the canvas widget only draws it and turns mouse input into
 `stamp` calls, and jobs, the timeline and the history read one place. The mask is a numpy uint8 array
 at the source's own size (0 = keep, 255 = change; grey = partial), whatever the zoom. Each stroke,
-clear, invert or replacement is one undo step, stored as the changed rectangle only.
+clear, invert, selection or replacement is one undo step, stored as the 64x64 tiles it changed only (a long
+diagonal stroke on 2048x2048 keeps its path, not its bounding box).
 
 Regions (regional prompts, `desktop_app.model.regions`) are painted the same way into their own masks at the
 canvas size: the source's, or the text-to-image size (`set_blank_size`) on a blank canvas. Their strokes, their
@@ -30,21 +31,53 @@ if TYPE_CHECKING:
 np = LazyModule("numpy")  # imported when the first image arrives, not at start-up
 
 MAX_UNDO = 64
+TILE = 64  # undo steps keep the TILE x TILE tiles of a mask that changed
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in source pixels
 DEFAULT_BLANK_SIZE = (512, 512)
 
 
 @dataclass
 class _Edit:
-    """One undo step: a rectangle of the mask (or of a region's mask) before and after."""
+    """One undo step of the mask (or of a region's mask): the tiles it changed, each before and after."""
 
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    before: numpy.ndarray
-    after: numpy.ndarray
+    tiles: list[tuple[int, int, numpy.ndarray, numpy.ndarray]]  # (y, x) of a tile's top-left, before, after
     region: Region | None = None
+
+    @property
+    def box(self) -> Box:
+        """The rectangle that holds every changed tile."""
+        ys = [y for y, _x, t, _a in self.tiles] + [y + t.shape[0] for y, _x, t, _a in self.tiles]
+        xs = [x for _y, x, t, _a in self.tiles] + [x + t.shape[1] for _y, x, t, _a in self.tiles]
+        return min(ys), max(ys), min(xs), max(xs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(before.nbytes + after.nbytes for _y, _x, before, after in self.tiles)
+
+    def apply(self, target: numpy.ndarray, side: str) -> None:
+        for y, x, before, after in self.tiles:
+            tile = before if side == "before" else after
+            target[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+
+
+def _tile_range(box: Box) -> tuple[range, range]:
+    """The tile rows and columns (top-left y, x) a box touches."""
+    y0, y1, x0, x1 = box
+    return range(y0 // TILE * TILE, y1, TILE), range(x0 // TILE * TILE, x1, TILE)
+
+
+def _changed_tiles(before: numpy.ndarray, after: numpy.ndarray, box: Box | None = None) -> list:
+    """The tiles of `box` (all of the mask when None) where `before` and `after` (same shape) differ, as
+    `_Edit.tiles`."""
+    h, w = after.shape
+    rows, cols = _tile_range(box if box is not None else (0, h, 0, w))
+    tiles = []
+    for y in rows:
+        for x in cols:
+            old, new = before[y : y + TILE, x : x + TILE], after[y : y + TILE, x : x + TILE]
+            if not np.array_equal(old, new):
+                tiles.append((y, x, old.copy(), new.copy()))
+    return tiles
 
 
 @dataclass
@@ -94,8 +127,8 @@ class Document(QObject):
         self._region_mode = DEFAULT_REGION_MODE  # how the regions' prompts apply: a key of REGION_MODES
         self._blank_size: tuple[int, int] = DEFAULT_BLANK_SIZE
         self._stroke_region: Region | None = None
-        self._stroke_before: numpy.ndarray | None = None
-        self._stroke_box: list[int] | None = None
+        self._stroke_array: numpy.ndarray | None = None  # what the stroke paints (the mask or a region's)
+        self._stroke_tiles: dict[tuple[int, int], numpy.ndarray] = {}  # tiles before the stroke first touched them
         self._result: Result | None = None
         self._result_from_source = False
         self._index = 0
@@ -279,18 +312,40 @@ class Document(QObject):
     def _replace_mask(self, new: numpy.ndarray, undoable: bool) -> None:
         assert self._mask is not None
         if undoable:
-            self._push(_Edit(0, new.shape[0], 0, new.shape[1], self._mask.copy(), new.copy()))
+            tiles = _changed_tiles(self._mask, new)
+            if tiles:
+                self._push(_Edit(tiles))
         self._mask = new
         self.maskChanged.emit(None)
+
+    def edit_mask(self, new: numpy.ndarray) -> bool:
+        """Replace the mask by `new` (uint8, the source's size): a selection, grow, shrink, feather, a loaded
+        mask. One undo step of the tiles that changed; returns whether anything changed."""
+        if self._mask is None:
+            return False
+        new = np.ascontiguousarray(new, np.uint8)
+        if new.shape != self._mask.shape:
+            raise ValueError(f"mask {new.shape} for a source of {self._mask.shape}")
+        tiles = _changed_tiles(self._mask, new)
+        if not tiles:
+            return False
+        edit = _Edit(tiles)
+        edit.apply(self._mask, "after")  # in place: the canvas's overlay follows the changed box only
+        self._push(edit)
+        self.maskChanged.emit(edit.box)
+        return True
+
+    def undo_nbytes(self) -> int:
+        """Bytes the undo and redo history of the masks holds (the stroke and selection steps)."""
+        return sum(e.nbytes for e in self._undo + self._redo if isinstance(e, _Edit))
 
     # strokes: the canvas computes the brush's footprint, the document keeps the pixels and the undo step
     def begin_stroke(self, region: bool = False) -> None:
         """Start a stroke into the mask, or (`region`) into the active region's mask."""
         target = self.active_region() if region else None
         self._stroke_region = target
-        array = target.mask if target is not None else (None if region else self._mask)
-        self._stroke_before = None if array is None else array.copy()
-        self._stroke_box = None
+        self._stroke_array = target.mask if target is not None else (None if region else self._mask)
+        self._stroke_tiles = {}
 
     def stroke_target(self, region: bool = False) -> numpy.ndarray | None:
         """The array a stroke paints: the mask, or the active region's mask."""
@@ -306,28 +361,35 @@ class Document(QObject):
         if target is None:
             return
         y0, y1, x0, x1 = box
+        if target is self._stroke_array:  # keep each tile as it was before the stroke first touched it
+            rows, cols = _tile_range(box)
+            for ty in rows:
+                for tx in cols:
+                    if (ty, tx) not in self._stroke_tiles:
+                        self._stroke_tiles[ty, tx] = target[ty : ty + TILE, tx : tx + TILE].copy()
         area = target[y0:y1, x0:x1]
         if erase:
             np.minimum(area, 255 - value, out=area)
         else:
             np.maximum(area, value, out=area)
-        b = self._stroke_box
-        self._stroke_box = list(box) if b is None else [min(b[0], y0), max(b[1], y1), min(b[2], x0), max(b[3], x1)]
         if self._stroke_region is not None:
             self.regionPainted.emit(box)
         else:
             self.maskChanged.emit(box)
 
     def end_stroke(self) -> None:
-        before, box, region = self._stroke_before, self._stroke_box, self._stroke_region
-        self._stroke_before = self._stroke_box = self._stroke_region = None
+        array, saved, region = self._stroke_array, self._stroke_tiles, self._stroke_region
+        self._stroke_array, self._stroke_tiles, self._stroke_region = None, {}, None
         target = region.mask if region is not None else self._mask
-        if before is None or box is None or target is None or before.shape != target.shape:
+        if array is None or target is not array or not saved:  # nothing painted, or the mask was replaced meanwhile
             return
-        y0, y1, x0, x1 = box
-        old, new = before[y0:y1, x0:x1], target[y0:y1, x0:x1]
-        if not np.array_equal(old, new):
-            self._push(_Edit(y0, y1, x0, x1, old.copy(), new.copy(), region))
+        tiles = []
+        for (y, x), old in sorted(saved.items()):
+            new = target[y : y + TILE, x : x + TILE]
+            if not np.array_equal(old, new):
+                tiles.append((y, x, old, new.copy()))
+        if tiles:
+            self._push(_Edit(tiles, region))
 
     def _push(self, edit: _Step, emit: bool = True) -> None:
         self._undo.append(edit)
@@ -357,8 +419,8 @@ class Document(QObject):
             if target is None:
                 return False
             take.pop()
-            target[edit.y0 : edit.y1, edit.x0 : edit.x1] = getattr(edit, side)
-            box = (edit.y0, edit.y1, edit.x0, edit.x1)
+            edit.apply(target, side)
+            box = edit.box
             self.regionPainted.emit(box) if edit.region is not None else self.maskChanged.emit(box)
         elif isinstance(edit, _MasksEdit):
             take.pop()

@@ -10,6 +10,10 @@ The Region tools paint the document's active region the same way; every region i
 second overlay, updated by the changed rectangle too. Without a source, regions are painted on a blank canvas of
 the text-to-image size (the document's `blank_size`), shown once the first region exists.
 
+The selection tools (rectangle, lasso, flood fill; `desktop_app.model.mask_ops`) add to the mask, or subtract with
+Alt or Ctrl held, one undo step each. A tablet's pen paints through `tabletEvent` with its pressure setting the
+stamp's size or opacity (the brush's `pressure`); the mouse paints as before.
+
 Made without a document (tests, tools), it makes its own; its convenience methods (set_image, mask_image,
 undo, ...) forward to the document and brush.
 """
@@ -20,11 +24,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap, QPolygonF
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from desktop_app.core.errors import UserError
 from desktop_app.core.lazy import LazyModule
+from desktop_app.model import mask_ops
 from desktop_app.model.brush import REGION_TOOLS, Brush
 from desktop_app.model.document import Document
 from desktop_app.ui.qt_images import numpy_to_qimage, pil_to_qimage, qimage_to_pil
@@ -85,6 +91,9 @@ class MaskCanvas(QWidget):
         self._space = False
         self._cursor_pos: QPointF | None = None
         self._last_content_size: tuple[int, int] | None = None
+        self._pressure = 1.0  # the pen's at the last stamp (a mouse: 1)
+        self._select_points: list[tuple[float, float]] = []  # image points of a rectangle or lasso being dragged
+        self._select_mode = "add"
 
         d = self.document
         d.sourceChanged.connect(self._on_source_changed)
@@ -280,26 +289,37 @@ class MaskCanvas(QWidget):
         return self.document.mask is not None
 
     # -- painting ------------------------------------------------------------------
-    def _stamp_segment(self, p0: tuple[float, float], p1: tuple[float, float]) -> tuple[int, int, int, int] | None:
+    def _stamp_segment(
+        self, p0: tuple[float, float], p1: tuple[float, float], pressure0: float = 1.0, pressure1: float = 1.0
+    ) -> tuple[int, int, int, int] | None:
         """Sweep the brush from p0 to p1 (image coordinates) into the mask (or the active region); returns the
-        changed box."""
+        changed box. A pen's pressure at each end (0..1) scales the radius or the opacity along the segment."""
         mask = self.document.stroke_target(self._region_tool())
         if mask is None:
             return None
         h, w = mask.shape
-        r = self.brush.size / 2.0
+        size0, alpha0 = self.brush.pressure_factors(pressure0)
+        size1, alpha1 = self.brush.pressure_factors(pressure1)
+        full = self.brush.size / 2.0
+        r = full * max(size0, size1)
         x0 = max(0, int(math.floor(min(p0[0], p1[0]) - r - 1)))
         x1 = min(w, int(math.ceil(max(p0[0], p1[0]) + r + 1)))
         y0 = max(0, int(math.floor(min(p0[1], p1[1]) - r - 1)))
         y1 = min(h, int(math.ceil(max(p0[1], p1[1]) + r + 1)))
         if x0 >= x1 or y0 >= y1:
             return None
-        dist = segment_distance(p0, p1, x0, x1, y0, y1)
+        if size0 == size1 == alpha0 == alpha1 == 1.0:  # the mouse: a capsule of one radius
+            dist, radius, alpha = segment_distance(p0, p1, x0, x1, y0, y1), full, 1.0
+        else:  # the radius and opacity follow the pressure along the segment (t: 0 at p0, 1 at p1)
+            dist, t = segment_distance(p0, p1, x0, x1, y0, y1, with_t=True)
+            radius = np.maximum(0.5, full * (size0 + (size1 - size0) * t))
+            alpha = alpha0 + (alpha1 - alpha0) * t
         if self.brush.hardness >= 1.0:
-            value = np.where(dist <= r, 255, 0).astype(np.uint8)
+            value = np.where(dist <= radius, 255.0 * alpha, 0.0)
         else:
-            inner = r * self.brush.hardness
-            value = (np.clip((r - dist) / max(r - inner, 1e-6), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            inner = radius * self.brush.hardness
+            value = np.clip((radius - dist) / np.maximum(radius - inner, 1e-6), 0.0, 1.0) * (255.0 * alpha)
+        value = (value + 0.5).astype(np.uint8)
         self.document.stamp((y0, y1, x0, x1), value, erase=self.brush.tool in ("eraser", "region_eraser"))
         return y0, y1, x0, x1
 
@@ -467,9 +487,12 @@ class MaskCanvas(QWidget):
             and self.document.mask_applies()
         ):
             p.setOpacity(brush.overlay_opacity)
+            # Qt's raster engine scales only what the update rectangle clips: a stamp repaints its box, not the
+            # whole 2048x2048 overlay (bench/canvas.py measures it)
             p.drawImage(rect, self._overlay_img, QRectF(self._overlay_img.rect()))
             p.setOpacity(1.0)
-        if self._cursor_pos is not None and self._can_paint() and not self._panning:
+        self._paint_selection(p)
+        if self._cursor_pos is not None and self._can_paint() and not self._panning and not brush.selects:
             radius = brush.size / 2.0 * self._scale
             p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
             p.setPen(QPen(QColor(0, 0, 0, 160), 3))
@@ -492,6 +515,10 @@ class MaskCanvas(QWidget):
             self._panning = True
             self._pan_last = pos
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
+            event.accept()
+            return
+        if event.button() == Qt.MouseButton.LeftButton and self.brush.selects:
+            self._begin_selection(self.widget_to_image(pos), event.modifiers())
             event.accept()
             return
         if event.button() == Qt.MouseButton.LeftButton and self._can_paint():
@@ -523,6 +550,9 @@ class MaskCanvas(QWidget):
             self._pan_last = pos
             self.pan_by(d.x(), d.y())
             return
+        if self._select_points and (event.buttons() & Qt.MouseButton.LeftButton):
+            self._drag_selection(self.widget_to_image(pos))
+            return
         if self._stroking and (event.buttons() & Qt.MouseButton.LeftButton) and self._last is not None:
             pt = self.widget_to_image(pos)
             self._stamp_segment(self._last, pt)
@@ -534,6 +564,9 @@ class MaskCanvas(QWidget):
             self._panning = False
             self.setCursor(Qt.CursorShape.OpenHandCursor if self._space else Qt.CursorShape.ArrowCursor)
             return
+        if self._select_points and event.button() == Qt.MouseButton.LeftButton:
+            self._finish_selection(self.widget_to_image(event.position()))
+            return
         if self._stroking and event.button() == Qt.MouseButton.LeftButton:
             self._end_stroke()
             return
@@ -542,7 +575,133 @@ class MaskCanvas(QWidget):
     def _end_stroke(self) -> None:
         self._stroking = False
         self._last = None
+        self._pressure = 1.0
         self.document.end_stroke()
+
+    # -- selections: rectangle, lasso, flood fill ----------------------------------------------------
+    def _begin_selection(self, pt: tuple[float, float], modifiers: Qt.KeyboardModifier) -> None:
+        """A press with a selection tool: the fill masks at once, a rectangle or lasso follows the drag. Alt or
+        Ctrl held subtracts from the mask."""
+        d = self.document
+        if not self.mask_enabled or d.mask is None or d.source is None:
+            return
+        subtract = bool(modifiers & (Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ControlModifier))
+        self._select_mode = "subtract" if subtract else "add"
+        d.show_source()  # a selection is made on the source, as a stroke is
+        self.strokeStarted.emit()
+        if self.brush.tool == "fill":
+            shape = mask_ops.flood(d.source, int(math.floor(pt[0])), int(math.floor(pt[1])), self.brush.fill_tolerance)
+            self._apply_selection(shape)
+            return
+        self._select_points = [pt]
+
+    def _drag_selection(self, pt: tuple[float, float]) -> None:
+        before = self._selection_widget_rect()
+        if self.brush.tool == "rectangle":
+            self._select_points[1:] = [pt]
+        else:
+            self._select_points.append(pt)
+        after = self._selection_widget_rect()
+        for rect in (before, after):
+            if rect is not None:
+                self.update(rect.toAlignedRect().adjusted(-3, -3, 3, 3))
+
+    def _finish_selection(self, pt: tuple[float, float]) -> None:
+        points, self._select_points = self._select_points, []
+        rect = self._selection_widget_rect(points + [pt])
+        if rect is not None:
+            self.update(rect.toAlignedRect().adjusted(-3, -3, 3, 3))
+        d = self.document
+        if d.mask is None or d.source is None:
+            return
+        try:
+            if self.brush.tool == "rectangle":
+                shape = mask_ops.rectangle(d.source.size, points[0], pt)
+            else:
+                if points[-1] != pt:
+                    points.append(pt)
+                shape = mask_ops.polygon(d.source.size, _distinct(points))
+        except UserError as exc:
+            d.notice.emit(f"{exc.message} {exc.hint}")
+            return
+        self._apply_selection(shape)
+
+    def _apply_selection(self, shape: numpy.ndarray) -> None:
+        d = self.document
+        if d.mask is None:
+            return
+        if not shape.any():
+            d.notice.emit("The selection covers no pixel of the image; the mask is unchanged.")
+            return
+        d.edit_mask(mask_ops.combine(d.mask, shape, self._select_mode))
+
+    def _selection_widget_rect(self, points: list[tuple[float, float]] | None = None) -> QRectF | None:
+        points = self._select_points if points is None else points
+        if not points:
+            return None
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        return QRectF(self.image_to_widget(min(xs), min(ys)), self.image_to_widget(max(xs), max(ys)))
+
+    def _paint_selection(self, p: QPainter) -> None:
+        """The rectangle or lasso being dragged: a dashed black-on-white outline that shows on any picture."""
+        if not self._select_points:
+            return
+        pts = [self.image_to_widget(x, y) for x, y in self._select_points]
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        for color, style in ((QColor(255, 255, 255), Qt.PenStyle.SolidLine), (QColor(0, 0, 0), Qt.PenStyle.DashLine)):
+            p.setPen(QPen(color, 1, style))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            if self.brush.tool == "rectangle":
+                if len(pts) > 1:
+                    p.drawRect(QRectF(pts[0], pts[1]).normalized())
+            else:
+                p.drawPolyline(QPolygonF(pts))
+
+    # -- the pen: pressure ----------------------------------------------------------------------------
+    def tabletEvent(self, event) -> None:  # noqa: N802
+        """A pen paints as the mouse does, its pressure setting the stamp's size or opacity (the brush's
+        `pressure`). Accepted, so Qt synthesizes no mouse event from it; the selection tools take the mouse's."""
+        kind = event.type()
+        pos = event.position()
+        pressure = float(event.pressure())
+        if self.brush.selects or self._panning or self._space:
+            event.ignore()  # Qt turns it into mouse events: selections and panning need no pressure
+            return
+        if kind == QEvent.Type.TabletPress and event.button() == Qt.MouseButton.LeftButton and self._can_paint():
+            region = self._region_tool()
+            if (
+                region
+                and self.document.active_region() is None
+                and (self.brush.tool == "region_eraser" or self.document.add_region() is None)
+            ):
+                event.accept()
+                return
+            self._stroking = True
+            self.document.show_source()
+            self.document.begin_stroke(region=region)
+            pt = self.widget_to_image(pos)
+            self._last, self._pressure = pt, pressure
+            self.strokeStarted.emit()
+            self._stamp_segment(pt, pt, pressure, pressure)
+        elif kind == QEvent.Type.TabletMove:
+            old_cursor, self._cursor_pos = self._cursor_pos, pos
+            if self._stroking and self._last is not None:
+                pt = self.widget_to_image(pos)
+                self._stamp_segment(self._last, pt, self._pressure, pressure)
+                self._last, self._pressure = pt, pressure
+            self._update_cursor_area(old_cursor, pos)
+        elif kind == QEvent.Type.TabletRelease and self._stroking:
+            self._end_stroke()
+        event.accept()
+
+        return True
+
+    def _end_edge_drag(self) -> None:
+        self._edge_drag = None
+        if self._fit:
+            self.zoom_fit()
+        self.update()
 
     def _update_cursor_area(self, old: QPointF | None, new: QPointF) -> None:
         r = self.brush.size / 2.0 * self._scale + 4
@@ -593,17 +752,29 @@ class MaskCanvas(QWidget):
         event.acceptProposedAction()
 
 
-def segment_distance(p0, p1, x0: int, x1: int, y0: int, y1: int) -> numpy.ndarray:
-    """Distance from each pixel centre in [y0:y1, x0:x1] to the segment p0-p1 (image coordinates)."""
+def segment_distance(p0, p1, x0: int, x1: int, y0: int, y1: int, with_t: bool = False) -> Any:
+    """Distance from each pixel centre in [y0:y1, x0:x1] to the segment p0-p1 (image coordinates), an array
+    (y1 - y0, x1 - x0); `with_t`: also where along the segment (0..1) the nearest point lies, same shape."""
     ys = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
     xs = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
     ax, ay = p0
     dx, dy = p1[0] - ax, p1[1] - ay
     length2 = dx * dx + dy * dy
     if length2 < 1e-12:
-        return np.hypot(xs - ax, ys - ay)
+        dist = np.hypot(xs - ax, ys - ay)
+        return (dist, np.zeros_like(dist)) if with_t else dist
     t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / length2, 0.0, 1.0)
-    return np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
+    dist = np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
+    return (dist, t) if with_t else dist
+
+
+def _distinct(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """A lasso's points without consecutive repeats (a mouse that stayed put sends the same position again)."""
+    out: list[tuple[float, float]] = []
+    for pt in points:
+        if not out or pt != out[-1]:
+            out.append(pt)
+    return out
 
 
 def _size_of(image: Any) -> tuple[int, int]:
