@@ -22,6 +22,7 @@ from desktop_app.core.model_registry import list_rows
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
 from desktop_app.core.requests import (
     JUST_RESIZE,
+    MASKED_CONTENT,
     MAX_SEED,
     RESIZE_MODES,
     EditRequest,
@@ -44,7 +45,9 @@ from desktop_app.engine.imaging import (
 )
 from desktop_app.engine.inversion import run_edit, suggest_mask
 from desktop_app.engine.lora import apply_loras
+from desktop_app.engine.masked_content import fill_masked, masked_content_notice
 from desktop_app.engine.models import LoadedModel, ModelManager
+from desktop_app.engine.outpaint import OutpaintPlan, plan_outpaint
 from desktop_app.engine.prompts import merge_loras, request_lora_tags, resolve_loras
 from desktop_app.engine.regions import check_regions, prepare_regions
 from desktop_app.engine.sampling import run_pipeline
@@ -124,6 +127,10 @@ class Engine:
     def _run(self, request: GenerateRequest, emit: OnEvent, cancel: _Either, source: object = None) -> Result:
         request.validate()
         check_regions(request)
+        # an outpaint runs as an inpaint of the extended canvas (engine/outpaint.py); its result is that canvas
+        outpaint = plan_outpaint(request) if isinstance(request, InpaintRequest) and request.outpaints else None
+        if outpaint is not None:
+            request = outpaint.request
         # <lora:NAME:W> tags: found in the LoRA folder before the model loads (a missing one fails fast)
         tags, tag_notices = request_lora_tags(request)
         loras = merge_loras(request.loras, resolve_loras(tags, paths.loras_dir())) if tags else list(request.loras)
@@ -135,7 +142,7 @@ class Engine:
         embeddings.prepare(loaded, texts, allow_pickle=self.models.allow_pickle)
         image: Image.Image | None = getattr(request, "image", None)
         placement = None
-        notices: list[str] = []
+        notices: list[str] = _inpaint_notices(request, outpaint)
         if image is not None:
             image = image.convert("RGB")
             native = (int(loaded.defaults.get("width") or 512), int(loaded.defaults.get("height") or 512))
@@ -164,7 +171,7 @@ class Engine:
             assert image is not None
             images, trajectory, info = [image.copy() for _ in seeds], None, {"Denoising strength": 0.0}
         else:
-            work, region_notices = prepare_regions(_work_request(request, image, placement))
+            work, region_notices = prepare_regions(_work_request(request, image, placement, outpaint))
             for message in region_notices:
                 emit(Notice(message))
             notices += region_notices
@@ -179,13 +186,15 @@ class Engine:
                 images, trajectory, info = run_pipeline(loaded, work, seeds, emit, cancel)
             if image is not None and placement is not None:
                 images = _back_to_source(images, request, image, placement)
+        if outpaint is not None:
+            images = outpaint.finish(images)
         if placement is not None and placement.mode != JUST_RESIZE:
             info = {**info, "Resize mode": RESIZE_MODES[placement.mode]}
-        info = {**info, **lora_info}
+        info = {**info, **_inpaint_info(request, outpaint), **lora_info}
         if used_embeddings:
             info["TI hashes"] = embeddings.ti_hashes(loaded, used_embeddings)
         return Result(
-            request=request,
+            request=request if outpaint is None else outpaint.result_request(request),
             images=images,
             seeds=seeds,
             model_id=loaded.model_id,
@@ -315,23 +324,52 @@ def _model_mask(request: GenerateRequest) -> Image.Image | None:
     return grow_mask(mask.convert("L"), int(getattr(request, "mask_grow", 0) or 0))
 
 
-def _work_request(request: GenerateRequest, image: Image.Image | None, placement: Placement | None) -> GenerateRequest:
-    """The request as the model runs it: the source (and the mask) mapped onto the work size."""
+def _work_request(
+    request: GenerateRequest,
+    image: Image.Image | None,
+    placement: Placement | None,
+    outpaint: OutpaintPlan | None = None,
+) -> GenerateRequest:
+    """The request as the model runs it: the source (and the mask) mapped onto the work size.
+
+    An outpaint's model repaints its whole overlap band (`outpaint.model_mask`, hard) while the paste-back ramps
+    across it; with soft inpainting the ramp's grey levels are per-pixel strengths instead. Masked content "fill"
+    prefills the masked pixels with their surroundings here, before the pipeline encodes the image."""
     if image is None or placement is None:
         return request
     changes: dict = {"image": to_work(image, placement)}
     mask = _model_mask(request)
+    if outpaint is not None and mask is not None and not getattr(request, "soft_mask", False):
+        mask = outpaint.model_mask
     if mask is not None:
         work_mask = to_work(mask, placement, Image.Resampling.BILINEAR)
         if work_mask.size != mask.size:  # any painted pixel is repainted; the paste-back keeps the unpainted ones
             work_mask = work_mask.point(lambda v: 255 if v else 0)
         changes["mask"] = work_mask
+        if getattr(request, "masked_content", "original") == "fill":
+            changes["image"] = fill_masked(changes["image"], work_mask)
     if request.regions:  # region masks follow the source onto the work canvas, soft edges kept
         changes["regions"] = tuple(
             dataclasses.replace(r, mask=to_work(r.mask.convert("L"), placement, Image.Resampling.BILINEAR))
             for r in request.regions
         )
     return request.replace(**changes)
+
+
+def _inpaint_notices(request: GenerateRequest, outpaint: OutpaintPlan | None) -> list[str]:
+    """What an outpaint rounded, and masked content that will not show as asked."""
+    notices = list(outpaint.notices) if outpaint is not None else []
+    note = masked_content_notice(request) if isinstance(request, InpaintRequest) else None
+    return notices + ([note] if note else [])
+
+
+def _inpaint_info(request: GenerateRequest, outpaint: OutpaintPlan | None) -> dict:
+    """Infotext extras: "Outpaint: left 64, top 32, edge" and A1111's "Masked content" (when not original)."""
+    info: dict = dict(outpaint.info) if outpaint is not None else {}
+    mode = getattr(request, "masked_content", "original")
+    if isinstance(request, InpaintRequest) and mode != "original":
+        info["Masked content"] = MASKED_CONTENT[mode]
+    return info
 
 
 def _back_to_source(

@@ -23,6 +23,7 @@ from desktop_app.core.events import Preview, Progress
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
 from desktop_app.engine.encoding import PromptPlan, decode_images, plan_prompts
+from desktop_app.engine.masked_content import latent_masked_content
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.regions import regional_attention, regional_latents
 
@@ -260,7 +261,11 @@ def run_pipeline(
     hooks.attach(scheduler)
     try:
         regional = regional_latents if request.region_mode == "latent" else regional_attention
-        with torch.inference_mode(), regional(loaded, request, len(seeds), info):
+        with (
+            torch.inference_mode(),
+            regional(loaded, request, len(seeds), info),
+            latent_masked_content(pipe, request, kwargs),  # "latent noise" / "latent nothing": the start latent
+        ):
             images = pipe(callback_on_step_end=hooks.on_step_end, **kwargs).images
     finally:
         hooks.detach()
