@@ -1,4 +1,4 @@
-"""The `diffusion-desk` command: no subcommand opens the GUI; generate / img2img / inpaint / edit / history / models run headless."""
+"""The `diffusion-desk` command: no subcommand opens the GUI; generate / img2img / inpaint / outpaint / edit / history / models run headless."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from desktop_app import __version__
 from desktop_app.core import paths
 from desktop_app.core.errors import UserError
-from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EDIT_METHODS, RESIZE_MODES
+from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EDIT_METHODS, MASKED_CONTENT, OUTPAINT_FILLS, RESIZE_MODES
 from desktop_app.core.samplers import SCHEDULES, labels
 
 EXIT_USER_ERROR = 2
@@ -113,6 +113,75 @@ def _pixels(text: str) -> int:
     return value
 
 
+EXTEND_SIDES = ("left", "top", "right", "bottom")
+
+
+def _extend(text: str) -> tuple[int, int, int, int]:
+    """`left=64,top=32` (any of left, top, right, bottom, or all) as (left, top, right, bottom) pixels."""
+    example = "left=64,top=32 (sides left, top, right, bottom or all; whole pixels)"
+    sides = dict.fromkeys(EXTEND_SIDES, 0)
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must look like {example}, not {text!r}")
+    for part in parts:
+        side, sep, value = (piece.strip().lower() for piece in part.partition("="))
+        if not sep or (side not in sides and side != "all"):
+            raise argparse.ArgumentTypeError(f"{part!r} is not SIDE=PIXELS: use {example}")
+        try:
+            pixels = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{side}={value!r} is not a whole number of pixels: use {example}"
+            ) from None
+        if pixels < 0:
+            raise argparse.ArgumentTypeError(f"{side}={pixels}: pixels are 0 or more")
+        for name in EXTEND_SIDES if side == "all" else (side,):
+            sides[name] = pixels
+    if not any(sides.values()):
+        raise argparse.ArgumentTypeError(f"{text!r} adds no pixels: use {example}")
+    return sides["left"], sides["top"], sides["right"], sides["bottom"]
+
+
+def _masked_content(text: str) -> str:
+    """A key of MASKED_CONTENT, also as A1111 writes it ("latent noise") or with a dash."""
+    key = text.strip().lower().replace(" ", "_").replace("-", "_")
+    if key not in MASKED_CONTENT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of: " + ", ".join(MASKED_CONTENT))
+    return key
+
+
+def _add_masked_content(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--masked-content",
+        type=_masked_content,
+        default="original",
+        metavar="MODE",
+        help="what the masked area starts from (A1111's Masked content): original (default), fill (the "
+        "surroundings' colours), latent_noise (noise: meant for strength 1), latent_nothing (zeros); fill and "
+        "latent_nothing show only at a strength below 1",
+    )
+
+
+def _add_inpaint_options(parser: argparse.ArgumentParser, *, mask_required: bool, strength: float) -> None:
+    """The options inpaint and outpaint share."""
+    parser.add_argument("--image", "-i", required=True)
+    parser.add_argument(
+        "--mask",
+        required=mask_required,
+        default=None,
+        help="white = change, black = keep" + ("" if mask_required else " (optional: also repaint this part)"),
+    )
+    parser.add_argument("--strength", type=float, default=strength)
+    parser.add_argument("--mask-blur", type=int, default=4, help="feather in pixels, inside the mask")
+    _add_mask_grow(parser)
+    parser.add_argument(
+        "--only-masked", action="store_true", help="work on the mask's area at model resolution and paste back"
+    )
+    parser.add_argument("--padding", type=int, default=32, help="context around the mask for --only-masked")
+    _add_masked_content(parser)
+    _add_resize_mode(parser)
+
+
 def _add_global(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"diffusion-desk {__version__}")
     parser.add_argument(
@@ -126,7 +195,7 @@ def _add_global(parser: argparse.ArgumentParser) -> None:
 
 
 USAGE = """%(prog)s [--data-dir DIR] [--debug] [FILE ...]      open the window (with these images)
-       %(prog)s COMMAND [options]                           run headless: generate, img2img, inpaint, edit, history, models"""
+       %(prog)s COMMAND [options]                           run headless: generate, img2img, inpaint, outpaint, edit, history, models"""
 
 
 def build_gui_parser() -> argparse.ArgumentParser:
@@ -163,16 +232,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     inp = sub.add_parser("inpaint", help="repaint the white part of a mask")
     _add_common(inp)
-    inp.add_argument("--image", "-i", required=True)
-    inp.add_argument("--mask", required=True, help="white = change, black = keep")
-    inp.add_argument("--strength", type=float, default=1.0)
-    inp.add_argument("--mask-blur", type=int, default=4, help="feather in pixels, inside the mask")
-    _add_mask_grow(inp)
-    inp.add_argument(
-        "--only-masked", action="store_true", help="work on the mask's area at model resolution and paste back"
+    _add_inpaint_options(inp, mask_required=True, strength=1.0)
+
+    out = sub.add_parser(
+        "outpaint",
+        help="extend the image past its edges and generate the new area",
+        description="Extend the canvas left, top, right or bottom and generate the new area (with a feathered "
+        "overlap band into the image); the image's own pixels outside the band stay exactly as they were.",
     )
-    inp.add_argument("--padding", type=int, default=32, help="context around the mask for --only-masked")
-    _add_resize_mode(inp)
+    _add_common(out)
+    out.add_argument(
+        "--extend",
+        type=_extend,
+        required=True,
+        metavar="SIDE=PX,...",
+        help="pixels to add: left=64,top=32 (sides left, top, right, bottom, or all=N); the canvas is rounded up "
+        "to a multiple of 8 and may be at most 2048x2048",
+    )
+    out.add_argument(
+        "--fill",
+        choices=tuple(OUTPAINT_FILLS),
+        default="edge",
+        help="what fills the new area first: the edge pixels stretched (edge, the default), that stretch "
+        "blurred (blur) or noise with the edge's colours (noise); shows at a strength below 1",
+    )
+    out.add_argument(
+        "--overlap", type=_pixels, default=16, metavar="N", help="px of feathered overlap into the image (16)"
+    )
+    _add_inpaint_options(out, mask_required=False, strength=1.0)
 
     edit = sub.add_parser("edit", help="edit a real image by DDIM inversion")
     _add_common(edit)
@@ -310,17 +397,22 @@ def _request_from_args(args: argparse.Namespace):
     image = load_image(args.image)
     if args.command == "img2img":
         return Img2ImgRequest(**common, image=image, strength=args.strength, resize_mode=args.resize_mode)
-    if args.command == "inpaint":
+    if args.command in ("inpaint", "outpaint"):
+        outpaint: dict[str, Any] = {}
+        if args.command == "outpaint":
+            outpaint = dict(extend=args.extend, outpaint_fill=args.fill, outpaint_overlap=args.overlap)
         return InpaintRequest(
             **common,
             image=image,
-            mask=load_mask(args.mask),
+            mask=load_mask(args.mask) if args.mask else None,
             strength=args.strength,
             mask_blur=args.mask_blur,
             mask_grow=args.mask_grow,
             only_masked=args.only_masked,
             only_masked_padding=args.padding,
             resize_mode=args.resize_mode,
+            masked_content=args.masked_content,
+            **outpaint,
         )
     extra: dict[str, Any] = dict(
         source_prompt=args.source_prompt,
@@ -557,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from desktop_app.app.smoke import run_smoke
 
             return run_smoke(model=args.gui_model)
-        if args.command in ("generate", "img2img", "inpaint", "edit"):
+        if args.command in ("generate", "img2img", "inpaint", "outpaint", "edit"):
             return _run_job(args)
         if args.command == "history":
             from desktop_app.cli.history import run_history
