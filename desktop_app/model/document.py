@@ -385,7 +385,7 @@ class Document(QObject):
             return
         tiles = []
         for (y, x), old in sorted(saved.items()):
-            new = target[y : y + TILE, x : x + TILE]
+            new = array[y : y + TILE, x : x + TILE]
             if not np.array_equal(old, new):
                 tiles.append((y, x, old, new.copy()))
         if tiles:

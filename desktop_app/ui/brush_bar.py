@@ -1,21 +1,29 @@
-"""The brush tool bar above the canvas, bound to a `Brush`: tool (the mask's brush and eraser, the Region brush and
-eraser for regional prompts), size, hardness, and the mask overlay's look."""
+"""The brush tool bar above the canvas, bound to a `Brush`: tool (the mask's brush and eraser, one compact button
+for the selection tools, the Region brush and eraser for regional prompts), size, hardness, and the mask overlay's
+look."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QColor, QIcon, QPixmap
-from PySide6.QtWidgets import QColorDialog, QLabel, QSlider, QToolBar, QToolButton, QWidget
+from PySide6.QtWidgets import QColorDialog, QLabel, QMenu, QSlider, QToolBar, QToolButton, QWidget
 
 from desktop_app.model.brush import Brush
 from desktop_app.ui.widgets import named
 
 
 class BrushToolBar(QToolBar):
-    def __init__(self, brush: Brush, tools: tuple[QAction, ...], parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        brush: Brush,
+        tools: tuple[QAction, ...],
+        parent: QWidget | None = None,
+        selections: tuple[QAction, ...] = (),
+    ) -> None:
         """`tools`: the window's Brush and Eraser actions (the B and E shortcuts), then optionally its Region brush
         and Region eraser actions (R, Shift+R). Those two are kept checked with the brush's tool here but shown by
-        the regions panel: at 1366x768 and scale 1.5 this bar has no width to spare."""
+        the regions panel: at 1366x768 and scale 1.5 this bar has no width to spare. `selections`: the rectangle,
+        lasso and flood-fill actions, shown as one button (the last one chosen) with the others in its menu."""
         super().__init__("Brush", parent)
         self.setObjectName("canvasToolbar")
         self.setMovable(False)
@@ -25,7 +33,7 @@ class BrushToolBar(QToolBar):
         self.region_eraser_action = tools[3] if len(tools) > 3 else None
         self.size_slider = named(QSlider(Qt.Orientation.Horizontal), "brushSizeSlider")
         self.size_slider.setRange(1, 512)
-        self.size_slider.setFixedWidth(72)
+        self.size_slider.setFixedWidth(56)  # narrow: the bar must fit 1366x768 at scale 1.5
         self.size_slider.setToolTip("Brush size in image pixels ([ and ])")
         self.size_label = QLabel()
         self.size_label.setMinimumWidth(40)
@@ -43,6 +51,19 @@ class BrushToolBar(QToolBar):
 
         self.addAction(self.brush_action)
         self.addAction(self.eraser_action)
+        self.selection_button: QToolButton | None = None
+        if selections:
+            button = self.selection_button = named(QToolButton(), "selectionToolButton")
+            menu = QMenu(button)
+            for act in selections:
+                menu.addAction(act)
+                act.triggered.connect(lambda _=False, a=act: button.setDefaultAction(a))
+            button.setMenu(menu)
+            button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)  # narrower than a split button
+            button.setDefaultAction(selections[0])
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            button.setAccessibleName("Selection tool")
+            self.addWidget(button)
         self.addWidget(self.size_slider)
         self.addWidget(self.size_label)
         self.addSeparator()

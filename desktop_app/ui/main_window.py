@@ -55,6 +55,7 @@ from desktop_app.ui.collapsible import Section
 from desktop_app.ui.error_banner import ErrorBanner
 from desktop_app.ui.job_status import JobStatus
 from desktop_app.ui.lora_picker import LoraPicker
+from desktop_app.ui.mask_menu import MaskActions
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
 from desktop_app.ui.regions_panel import RegionsPanel
@@ -328,6 +329,8 @@ class MainWindow(QMainWindow):
         self.act_show_mask = a("Show &mask", b.set_overlay_visible, "M", "actionShowMask", True)
         self.act_show_mask.setChecked(True)
         self.act_mask_color = a("Mask &colour…", self.choose_mask_color, None, "actionMaskColor")
+        # selections, grow / shrink / feather, mask files and pen pressure (desktop_app.ui.mask_menu)
+        self.mask_actions = MaskActions(self, d, b, self._status, lambda message, hint: self.show_error(message, hint))
         self._menu(
             "&Mask",
             self.act_undo,
@@ -345,6 +348,8 @@ class MainWindow(QMainWindow):
             self.act_invert,
             self.act_show_mask,
             self.act_mask_color,
+            None,
+            *self.mask_actions.menu_items(),
         )
 
         self.act_fit = a("Zoom to &fit", c.zoom_fit, "Ctrl+0", "actionZoomFit")
@@ -386,7 +391,9 @@ class MainWindow(QMainWindow):
 
         self.regions_panel.set_tool_actions(self.act_region, self.act_region_eraser)
         self.canvas_toolbar = BrushToolBar(
-            self.brush, (self.act_brush, self.act_eraser, self.act_region, self.act_region_eraser)
+            self.brush,
+            (self.act_brush, self.act_eraser, self.act_region, self.act_region_eraser),
+            selections=self.mask_actions.selection_actions,
         )
         self.canvas_column.insertWidget(0, self.canvas_toolbar)
 
