@@ -93,7 +93,8 @@ class FakeEngine:
     """A Backend (desktop_app.backend) like desktop_app.engine.engine.Engine, numpy only.
 
     step_delay: seconds per step; fail_next: an exception raised by the next run;
-    the result is a solid colour from the seed (inpaint: source kept outside the mask).
+    the result is a solid colour from the seed (inpaint: source kept outside the mask; an outpaint (`extend`): at
+    the extended size, rounded up to 8 as the engine does and said in a Notice, the source pasted at (left, top)).
     download_delay: seconds per simulated download chunk; notices: Notice messages every run emits first (as the
     engine does for a LoRA tag it cannot resolve).
     """
@@ -131,6 +132,14 @@ class FakeEngine:
             image = getattr(request, "image", None)
             if image is not None:
                 width, height = image.size
+            extend = None
+            if image is not None and getattr(request, "outpaints", False):
+                extend = _rounded_extend(image.size, request.extend)
+                asked = (width + request.extend[0] + request.extend[2], height + request.extend[1] + request.extend[3])
+                width, height = width + extend[0] + extend[2], height + extend[1] + extend[3]
+                if (width, height) != asked:
+                    emit(Notice(f"The extended canvas {asked[0]}x{asked[1]} is not a multiple of 8: rounded up to "
+                                f"{width}x{height} (the extra pixels on the extended sides)."))  # fmt: skip
             seed = request.seed if request.seed is not None else 1234
             total = steps * self.progress_per_step
             for i in range(total):
@@ -147,7 +156,12 @@ class FakeEngine:
             for s in seeds:
                 out = Image.new("RGB", (width, height), (s * 37 % 256, s * 91 % 256, s * 53 % 256))
                 mask = getattr(request, "mask", None)
-                if request.kind == "inpaint" and image is not None and mask is not None:
+                if request.kind == "inpaint" and image is not None and extend is not None:
+                    keep = Image.new("L", image.size, 255)
+                    if mask is not None:  # a painted mask of the original is repainted too
+                        keep = mask.convert("L").point(lambda v: 0 if v else 255)
+                    out.paste(image.convert("RGB"), extend[:2], keep)
+                elif request.kind == "inpaint" and image is not None and mask is not None:
                     out = Image.composite(out, image.convert("RGB"), mask.convert("L").point(lambda v: 255 if v else 0))
                 images.append(out)
             result = Result(
@@ -229,6 +243,20 @@ class FakeEngine:
         folder = Path(tempfile.gettempdir()) / "fake-hub" / repo.replace("/", "--")
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+
+def _rounded_extend(size: tuple[int, int], extend: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The engine's rounding of an outpaint canvas to a multiple of 8: the extra goes to the right (bottom) when
+    that side is extended, else to the left (top)."""
+    left, top, right, bottom = extend
+    width, height = size[0] + left + right, size[1] + top + bottom
+    if width % 8 and (left or right):
+        extra = 8 - width % 8
+        right, left = (right + extra, left) if right else (right, left + extra)
+    if height % 8 and (top or bottom):
+        extra = 8 - height % 8
+        bottom, top = (bottom + extra, top) if bottom else (bottom, top + extra)
+    return left, top, right, bottom
 
 
 # -- driving the real window ------------------------------------------------------------------------

@@ -98,7 +98,33 @@ class _ListEdit:
     active_after: int
 
 
-_Step = _Edit | _MasksEdit | _ListEdit
+@dataclass
+class _Staged:
+    """What accepting a staged result changes, on either side of that undo step: the source and its mask, the
+    regions' paint (padded or scaled to a new size), the strip and what the canvas showed."""
+
+    source: Image.Image | None
+    mask: numpy.ndarray | None
+    made_by: tuple[Result, int] | None
+    entry_id: int | None
+    staged: list[tuple[Result, int]]
+    pos: int
+    result: Result | None
+    index: int
+    from_source: bool
+    showing: str
+    regions: list[tuple[Region, numpy.ndarray]]
+
+
+@dataclass
+class _SourceEdit:
+    """A staged result accepted as the source: one undo step that brings the old source, mask and strip back."""
+
+    before: _Staged
+    after: _Staged
+
+
+_Step = _Edit | _MasksEdit | _ListEdit | _SourceEdit
 
 
 class Document(QObject):
@@ -112,6 +138,7 @@ class Document(QObject):
     regionPainted = Signal(object)  # the changed Box of a region's mask, or None for every region's whole mask
     blankSizeChanged = Signal(int, int)  # the text-to-image size, when an undo step puts it back
     notice = Signal(str)  # something the user should know about their regions (cleared by a new picture, ...)
+    stagingChanged = Signal()  # the staged results (the strip), or which of them is shown
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -135,6 +162,9 @@ class Document(QObject):
         self._showing = "source"  # "source" | "result" | "view"
         self._view: Any = None  # a preview or timeline frame (PIL, QImage or uint8 RGB array)
         self._view_size: tuple[int, int] | None = None
+        self._view_rect: Box | None = None  # where the view lies (x, y, w, h in source px) when not the source's
+        self._staged: list[tuple[Result, int]] = []  # the staging strip: (result, batch index) per image
+        self._pos = 0  # which staged image is shown (or would be, when the source is shown)
 
     # -- the source ------------------------------------------------------------
     @property
@@ -269,6 +299,33 @@ class Document(QObject):
             return
         self._bounds = (int(x), int(y), max(1, int(width)), max(1, int(height)))
         self.boundsChanged.emit()
+
+    @property
+    def extension(self) -> tuple[int, int, int, int]:
+        """Pixels added (left, top, right, bottom) around the source by outpainting: the request's `extend`."""
+        if self._source is None or self._bounds is None:
+            return (0, 0, 0, 0)
+        x, y, w, h = self._bounds
+        sw, sh = self._source.size
+        return (max(0, -x), max(0, -y), max(0, x + w - sw), max(0, y + h - sh))
+
+    def set_extension(self, left: int, top: int, right: int, bottom: int) -> None:
+        """Extend the canvas past the source (outpainting); negative values count as 0. Not an undo step: the
+        source and its mask are untouched until a result is accepted."""
+        if self._source is None:
+            return
+        left, top, right, bottom = (max(0, int(v)) for v in (left, top, right, bottom))
+        sw, sh = self._source.size
+        bounds = (-left, -top, sw + left + right, sh + top + bottom)
+        if bounds != self._bounds:
+            self._bounds = bounds
+            self.boundsChanged.emit()
+
+    def extended_size(self) -> tuple[int, int] | None:
+        """The canvas size with the extension (what an outpaint makes, before the engine rounds it to 8)."""
+        if self._bounds is None:
+            return None
+        return self._bounds[2], self._bounds[3]
 
     # -- the mask ----------------------------------------------------------------
     @property
@@ -422,6 +479,9 @@ class Document(QObject):
             edit.apply(target, side)
             box = edit.box
             self.regionPainted.emit(box) if edit.region is not None else self.maskChanged.emit(box)
+        elif isinstance(edit, _SourceEdit):
+            take.pop()
+            self._restore(edit.before if side == "before" else edit.after)
         elif isinstance(edit, _MasksEdit):
             take.pop()
             if edit.sizes is not None and self._source is None:  # a resize: the size goes back with the paint
@@ -562,15 +622,24 @@ class Document(QObject):
         """Which image of the last run's batch is shown (or would be, when the source is shown)."""
         return self._index
 
-    def set_result(self, result: Result | None, from_source: bool = False) -> None:
-        """The results of a run; `from_source`: made from the current source (inpaint, img2img, edit), so
-        the mask still belongs to what is shown."""
+    def set_result(self, result: Result | None, from_source: bool = False, gather: bool = False) -> None:
+        """The results of a run, staged in the strip and the first one shown; `from_source`: made from the current
+        source (inpaint, img2img, edit), so the mask still belongs to what is shown. `gather`: a later run of the
+        same "repeat N": its images join the strip instead of replacing it."""
+        items = [(result, i) for i in range(len(result.images))] if result is not None else []
+        if gather and self._staged and bool(from_source) == self._result_from_source:
+            self._pos = len(self._staged)
+            self._staged = self._staged + items
+        else:
+            self._staged, self._pos = items, 0
         self._result = result
         self._result_from_source = bool(from_source and result is not None)
         self._index = 0
         self._view = None
+        self._view_rect = None
         self._showing = "result" if result is not None and result.images else "source"
         self.resultChanged.emit()
+        self.stagingChanged.emit()
         self.shownChanged.emit()
 
     def result_image(self) -> Image.Image | None:
@@ -584,12 +653,17 @@ class Document(QObject):
         return self._result.seeds[min(self._index, len(self._result.seeds) - 1)]
 
     def show_image(self, index: int) -> None:
-        """Show image `index` of the batch (wraps around)."""
-        if self._result is None or not self._result.images:
+        """Show staged image `index` (wraps around): of the batch, or of every run of a "repeat N"."""
+        if not self._staged:
             return
-        self._index = index % len(self._result.images)
+        self._pos = index % len(self._staged)
+        result, self._index = self._staged[self._pos]
+        changed, self._result = result is not self._result, result
         self._showing = "result"
         self._view = None
+        if changed:  # another run's image: its own trajectory on the timestep slider
+            self.resultChanged.emit()
+        self.stagingChanged.emit()
         self.shownChanged.emit()
 
     def next_image(self) -> None:
@@ -610,6 +684,144 @@ class Document(QObject):
             self._view = None
             self.shownChanged.emit()
 
+    # -- the staging strip ------------------------------------------------------------------
+    @property
+    def staged(self) -> list[tuple[Result, int]]:
+        """The results waiting in the strip, as (result, batch index), in the order they came."""
+        return list(self._staged)
+
+    @property
+    def staged_index(self) -> int:
+        """Which staged image is shown (or would be, while the source is shown)."""
+        return self._pos
+
+    def staged_image(self, index: int) -> Image.Image:
+        result, i = self._staged[index]
+        return result.images[i]
+
+    def staging_label(self) -> str:
+        """What the canvas shows, in words: "Result 2 of 4", "Before (the source)" or "Preview"."""
+        if not self._staged:
+            return ""
+        if self._showing == "result":
+            return f"Result {self._pos + 1} of {len(self._staged)}"
+        if self._showing == "source":
+            return "Before (the source)"
+        return "Preview"
+
+    def toggle_before_after(self) -> None:
+        """Between the source (before) and the staged result (after)."""
+        if self._showing == "result":
+            self.show_source()
+        elif self._staged:
+            self.show_image(self._pos)
+
+    def discard_staged(self, index: int | None = None) -> None:
+        """Take one image out of the strip (the history keeps it); the next one is shown, or the source."""
+        if not self._staged:
+            return
+        index = self._pos if index is None else int(index)
+        if not 0 <= index < len(self._staged):
+            return
+        was_shown = self._showing == "result" and index == self._pos
+        staged = self._staged[:index] + self._staged[index + 1 :]
+        if not staged:
+            self.discard_all_staged()
+            return
+        self._staged = staged
+        if index < self._pos or self._pos >= len(staged):
+            self._pos = max(0, self._pos - 1) if index < self._pos else len(staged) - 1
+        if was_shown or self._showing == "result":
+            self.show_image(self._pos)
+        else:
+            result, self._index = self._staged[self._pos]
+            if result is not self._result:
+                self._result = result
+                self.resultChanged.emit()
+            self.stagingChanged.emit()
+            self.shownChanged.emit()
+
+    def discard_all_staged(self) -> None:
+        """Empty the strip (every image stays in the history) and show the source."""
+        if not self._staged:
+            return
+        self._staged, self._pos = [], 0
+        self._result, self._index = None, 0
+        self._result_from_source = False
+        self._showing, self._view = "source", None
+        self.resultChanged.emit()
+        self.stagingChanged.emit()
+        self.shownChanged.emit()
+
+    def accept_staged(self, index: int | None = None) -> bool:
+        """Staged image `index` (the shown one by default) becomes the source: one undo step brings the old source,
+        its mask and the strip back. The strip empties; the mask stays when the size is the same, and an outpaint
+        (a bigger picture) pads the regions' paint by its extension and starts a blank mask."""
+        if not self._staged:
+            return False
+        index = self._pos if index is None else int(index)
+        if not 0 <= index < len(self._staged):
+            return False
+        result, i = self._staged[index]
+        image = result.images[i].convert("RGB")
+        before = self._snapshot()
+        old_size = self._source.size if self._source is not None else None
+        if old_size == image.size and self._mask is not None:
+            mask = self._mask.copy()
+        else:
+            mask = np.zeros((image.height, image.width), np.uint8)
+        regions = []
+        if old_size != image.size:
+            extend = getattr(result.request, "extend", (0, 0, 0, 0)) or (0, 0, 0, 0)
+            for region in self._regions:
+                regions.append((region, _placed(region.mask, image.size, extend[0], extend[1])))
+        after = _Staged(
+            image, mask, (result, i), None, [], 0, result, i, True, "source",
+            regions or [(r, r.mask) for r in self._regions],
+        )  # fmt: skip
+        self._push(_SourceEdit(before, after), emit=False)
+        self._restore(after)
+        return True
+
+    def _snapshot(self) -> _Staged:
+        return _Staged(
+            self._source,
+            None if self._mask is None else self._mask.copy(),
+            self._made_by,
+            self._entry_id,
+            list(self._staged),
+            self._pos,
+            self._result,
+            self._index,
+            self._result_from_source,
+            self._showing if self._showing != "view" else "source",
+            [(r, r.mask.copy()) for r in self._regions],
+        )
+
+    def _restore(self, state: _Staged) -> None:
+        """Put one side of an accept back: source, mask, regions' paint, strip and what is shown."""
+        result_changed = state.result is not self._result
+        self._source, self._made_by, self._entry_id = state.source, state.made_by, state.entry_id
+        self._mask = None if state.mask is None else state.mask.copy()
+        self._bounds = None if state.source is None else (0, 0, state.source.width, state.source.height)
+        w, h = self.canvas_size
+        for region, mask in state.regions:
+            region.mask = mask.copy() if mask.shape == (h, w) else resized(mask, (w, h))
+        self._staged, self._pos = list(state.staged), state.pos
+        self._result, self._index, self._result_from_source = state.result, state.index, state.from_source
+        self._showing, self._view, self._view_rect = state.showing, None, None
+        self.sourceChanged.emit()
+        self.boundsChanged.emit()
+        self.maskChanged.emit(None)
+        if self._regions:
+            self.regionPainted.emit(None)
+            self.regionsChanged.emit()
+        if result_changed:
+            self.resultChanged.emit()
+        self.stagingChanged.emit()
+        self.shownChanged.emit()
+        self.undoChanged.emit()
+
     def use_result_as_source(self) -> bool:
         """The shown result becomes the source of the next job (the mask stays when the size is the same)."""
         image = self.result_image()
@@ -625,11 +837,13 @@ class Document(QObject):
     def showing(self) -> str:
         return self._showing
 
-    def show_view(self, image: Any, size: tuple[int, int] | None = None) -> None:
+    def show_view(self, image: Any, size: tuple[int, int] | None = None, rect: Box | None = None) -> None:
         """Show a transient image (a job's preview, a timeline frame) scaled into the canvas; `size`: the logical
-        size to scale it to when there is no source."""
+        size to scale it to when there is no source; `rect`: where it lies (x, y, w, h in source pixels) when not
+        on the source's own rectangle (an outpaint's preview covers the extended canvas)."""
         self._view = image
         self._view_size = size
+        self._view_rect = rect
         self._showing = "view" if image is not None else ("result" if self.result_image() is not None else "source")
         self.shownChanged.emit()
 
@@ -651,6 +865,40 @@ class Document(QObject):
                 return image
         return self._source
 
+    def shown_rect(self) -> Box | None:
+        """Where what is shown lies, as (x, y, width, height) in source pixels: the source's rectangle, or, for an
+        outpaint's result or preview, the extended canvas around it (the engine may have rounded it up to 8)."""
+        if self._source is None:
+            return None
+        sw, sh = self._source.size
+        if self._showing == "view" and self._view is not None:
+            if self._view_rect is not None:
+                return self._view_rect
+            return self._outpaint_rect(None) or (0, 0, sw, sh)
+        if self._showing == "result":
+            image = self.result_image()
+            if image is not None:
+                return self._outpaint_rect(image.size) or (0, 0, sw, sh)
+        return (0, 0, sw, sh)
+
+    def _outpaint_rect(self, size: tuple[int, int] | None) -> Box | None:
+        """The rectangle of the shown result when it is an outpaint of the current source."""
+        result = self._result
+        extend = getattr(getattr(result, "request", None), "extend", None)
+        if result is None or not self._result_from_source or not extend or not any(extend) or self._source is None:
+            return None
+        left, top, right, bottom = extend
+        asked = (self._source.width + left + right, self._source.height + top + bottom)
+        if size is None:
+            return (-left, -top, asked[0], asked[1])
+        # the engine rounds the canvas up to a multiple of 8 on the extended sides: the extra pixels go right
+        # (bottom) when that side is extended, else left (top) (engine.outpaint.rounded_extend)
+        if size[0] > asked[0] and left and not right:
+            left += size[0] - asked[0]
+        if size[1] > asked[1] and top and not bottom:
+            top += size[1] - asked[1]
+        return (-left, -top, size[0], size[1])
+
     def mask_applies(self) -> bool:
         """Whether the mask belongs to what is shown: the source, or something made from it at its size.
         A result generated from text alone is not covered by a mask painted for another picture."""
@@ -666,3 +914,15 @@ class Document(QObject):
         # a preview or timeline frame (QImage or a latent-resolution array) of a job on this source, scaled into
         # its rectangle
         return True
+
+
+def _placed(mask: numpy.ndarray, size: tuple[int, int], left: int, top: int) -> numpy.ndarray:
+    """`mask` put at (left, top) on a blank mask of `size` (w, h): the paint of an outpainted picture stays where
+    it was painted; a size that is no extension of it (another picture) is scaled instead."""
+    w, h = size
+    mh, mw = mask.shape
+    if left + mw > w or top + mh > h:
+        return resized(mask, size)
+    out = np.zeros((h, w), np.uint8)
+    out[top : top + mh, left : left + mw] = mask
+    return out

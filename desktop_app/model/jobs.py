@@ -77,6 +77,8 @@ def build_request(
     notices = notices if notices is not None else []
     params = dict(params)
     extra = {k: params.pop(k) for k in list(params) if k not in GenerateRequest.field_names()}
+    if mode != "inpaint" and any(document.extension):
+        notices.append("The canvas extension (outpainting) applies in Inpaint mode only: left out")
     if mode in IMAGE_MODES:
         if document.source is None:
             raise UserError(
@@ -104,6 +106,8 @@ def build_request(
             mask_grow=int(extra.get("mask_grow", 0)),
             only_masked=bool(extra.get("only_masked", False)),
             only_masked_padding=int(extra.get("only_masked_padding", 32)),
+            **inpaint_fields(extra),
+            extend=document.extension,
         )
     elif mode == "edit":
         request = EditRequest(
@@ -121,6 +125,35 @@ def build_request(
     return request.validate()
 
 
+def inpaint_fields(extra: dict[str, Any]) -> dict[str, Any]:
+    """The seam and outpaint fields of an inpaint request from the prompt panel's mode values (defaults: today's
+    hard, unblended inpainting)."""
+    return {
+        "masked_content": str(extra.get("masked_content", "original")),
+        "soft_mask": bool(extra.get("soft_mask", False)),
+        "color_match": bool(extra.get("color_match", False)),
+        "blend_band": int(extra.get("blend_band", 0)),
+        "outpaint_fill": str(extra.get("outpaint_fill", "edge")),
+        "outpaint_overlap": int(extra.get("outpaint_overlap", 16)),
+    }
+
+
+def repeat_requests(request: GenerateRequest, repeat: int) -> list[GenerateRequest]:
+    """Repeat N: N copies of `request` with consecutive seeds (each run takes `batch` of them), so the N runs
+    together are the images one batch of N x batch would make. A random seed is drawn once, here."""
+    repeat = max(1, int(repeat))
+    if repeat == 1:
+        return [request]
+    import random
+
+    from desktop_app.core.requests import MAX_SEED
+
+    batch = max(1, int(request.batch))
+    seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED - repeat * batch)
+    seed = min(seed, MAX_SEED - repeat * batch + 1)
+    return [request.replace(seed=seed + k * batch) for k in range(repeat)]
+
+
 @dataclass
 class _Job:
     request: GenerateRequest
@@ -129,6 +162,7 @@ class _Job:
     future: Any = None
     entry_id: int | None = None  # the history entry the source came from
     made_by: Any = None  # (Result, index) of this session that the source is
+    group: int | None = None  # the "repeat N" these jobs belong to: their results share the staging strip
 
 
 class Jobs(QObject):
@@ -161,6 +195,9 @@ class Jobs(QObject):
         self._total = 1
         self._warm: set[str] = set()  # models that ran a step in this session: their jobs start without a load
         self._preview_size: tuple[int, int] | None = None
+        self._preview_rect: tuple[int, int, int, int] | None = None  # an outpaint's preview: the extended canvas
+        self._groups = 0
+        self._staged_group: int | None = None  # the repeat whose results are in the strip
         self._pending_preview: Any = None
         self.status = "Idle"
         worker.jobStarted.connect(self._on_started)
@@ -173,7 +210,14 @@ class Jobs(QObject):
         worker.queueChanged.connect(self.queueChanged)
 
     # -- the API ------------------------------------------------------------------------
-    def submit(self, request: GenerateRequest) -> int:
+    def submit_repeat(self, requests: list[GenerateRequest]) -> list[int]:
+        """Queue the runs of a "repeat N" (`repeat_requests`): their results gather in one staging strip."""
+        if len(requests) == 1:
+            return [self.submit(requests[0])]
+        self._groups += 1
+        return [self.submit(request, group=self._groups) for request in requests]
+
+    def submit(self, request: GenerateRequest, group: int | None = None) -> int:
         """Queue a validated request; an edit of one of this session's results replays its trajectory."""
         source = self.document.edit_source() if isinstance(request, EditRequest) else None
         image = getattr(request, "image", None)
@@ -182,7 +226,7 @@ class Jobs(QObject):
         )
         made_by = self.document.made_by if image is not None else None
         entry_id = self.document.source_entry_id if image is not None else None
-        self._jobs[job_id] = _Job(request, source is not None, image, future, entry_id, made_by)
+        self._jobs[job_id] = _Job(request, source is not None, image, future, entry_id, made_by, group)
         return job_id
 
     def parent_of(self, result: Result) -> int | None:
@@ -249,6 +293,12 @@ class Jobs(QObject):
         self._preview_size = None
         if request is not None and getattr(request, "image", None) is None and getattr(request, "width", None):
             self._preview_size = (request.width, request.height)
+        self._preview_rect = None
+        extend = getattr(request, "extend", None)
+        image = getattr(request, "image", None)
+        if extend and any(extend) and image is not None:
+            left, top, right, bottom = extend
+            self._preview_rect = (-left, -top, image.width + left + right, image.height + top + bottom)
         model = getattr(request, "model", "") or BUILTIN
         name = "the built-in model" if model == BUILTIN else display_name(model)
         self._total = 1
@@ -291,7 +341,7 @@ class Jobs(QObject):
     def _show_pending_preview(self) -> None:
         image, self._pending_preview = self._pending_preview, None
         if image is not None and self._running is not None:
-            self.document.show_view(image, size=self._preview_size)
+            self.document.show_view(image, size=self._preview_size, rect=self._preview_rect)
 
     @Slot(int, str)
     def _on_notice(self, job_id: int, message: str) -> None:
@@ -304,7 +354,10 @@ class Jobs(QObject):
         from_source = job is not None and job.image is not None and job.image is self.document.source
         if job is not None:
             self._parents[id(result)] = self._parent(job)
-        self.document.set_result(result, from_source=from_source)
+        group = job.group if job is not None else None
+        gather = group is not None and group == self._staged_group
+        self._staged_group = group
+        self.document.set_result(result, from_source=from_source, gather=gather)
         self.resultReady.emit(result)
         self._parents.pop(id(result), None)
 
@@ -339,4 +392,4 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-__all__ = ["IMAGE_MODES", "MODE_LABELS", "Jobs", "build_request"]
+__all__ = ["IMAGE_MODES", "MODE_LABELS", "Jobs", "build_request", "inpaint_fields", "repeat_requests"]

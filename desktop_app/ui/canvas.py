@@ -16,6 +16,10 @@ stamp's size or opacity (the brush's `pressure`); the mouse paints as before.
 
 Made without a document (tests, tools), it makes its own; its convenience methods (set_image, mask_image,
 undo, ...) forward to the document and brush.
+
+Outpainting: in Inpaint mode (`extend_enabled`) the canvas frame's edges drag outward to extend the canvas past
+the source (the document's `extension`); the new area shows as a checkerboard, and a result made at the extended
+size is drawn over all of it (`Document.shown_rect`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from desktop_app.core.errors import UserError
 from desktop_app.core.lazy import LazyModule
+from desktop_app.core.requests import MAX_CANVAS
 from desktop_app.model import mask_ops
 from desktop_app.model.brush import REGION_TOOLS, Brush
 from desktop_app.model.document import Document
@@ -42,6 +47,7 @@ np = LazyModule("numpy")  # imported when the first image arrives, not at start-
 
 MIN_SCALE, MAX_SCALE = 0.02, 64.0
 BLANK_COLOR = QColor(64, 66, 72)  # the blank canvas regions are painted on for text to image
+EDGE_GRAB = 8  # widget px either side of the canvas frame's edge that start an outpaint drag
 REGION_OPACITY = 0.45  # of a region's colour where it is fully painted (times the overlay's opacity slider)
 
 
@@ -91,6 +97,10 @@ class MaskCanvas(QWidget):
         self._space = False
         self._cursor_pos: QPointF | None = None
         self._last_content_size: tuple[int, int] | None = None
+        self.extend_enabled = False  # whether the frame's edges drag (the window turns it on in Inpaint mode)
+        self._edge_drag: tuple[str, QPointF, tuple[int, int, int, int]] | None = None  # side, press, extension
+        self._edge_hover: str | None = None
+        self._frame_before: QRectF | None = None  # the frame zoom-to-fit last covered
         self._pressure = 1.0  # the pen's at the last stamp (a mouse: 1)
         self._select_points: list[tuple[float, float]] = []  # image points of a rectangle or lasso being dragged
         self._select_mode = "add"
@@ -99,6 +109,8 @@ class MaskCanvas(QWidget):
         d.sourceChanged.connect(self._on_source_changed)
         d.maskChanged.connect(self._on_mask_changed)
         d.shownChanged.connect(self._on_shown_changed)
+        d.boundsChanged.connect(self._on_bounds_changed)
+        d.shownChanged.connect(self._on_shown_frame)
         d.regionPainted.connect(self._on_region_painted)
         d.regionsChanged.connect(self._on_regions_changed)
         self.brush.overlayChanged.connect(self._on_overlay_style)
@@ -406,22 +418,23 @@ class MaskCanvas(QWidget):
         return QRectF(self._offset.x(), self._offset.y(), size[0] * self._scale, size[1] * self._scale)
 
     def zoom_fit(self) -> None:
-        size = self._content_size()
+        frame = self._frame()
         self._fit = True
-        if size is None:
+        self._frame_before = frame
+        if frame is None:
             return
         margin = 8
         avail_w, avail_h = max(1, self.width() - 2 * margin), max(1, self.height() - 2 * margin)
-        self._set_scale(min(avail_w / size[0], avail_h / size[1]))
-        self._center(size)
+        self._set_scale(min(avail_w / frame.width(), avail_h / frame.height()))
+        self._center_frame(frame)
 
     def zoom_actual(self) -> None:
-        size = self._content_size()
+        frame = self._frame()
         self._fit = False
-        if size is None:
+        if frame is None:
             return
         self._set_scale(1.0)
-        self._center(size)
+        self._center_frame(frame)
 
     def set_zoom(self, scale: float, anchor: QPointF | None = None) -> None:
         """Zoom to `scale`, keeping the image point under `anchor` (widget coordinates) in place."""
@@ -468,11 +481,13 @@ class MaskCanvas(QWidget):
             )
             return
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale < 2.0)
+        self._paint_extension(p, rect)
         # checkerboard-free dark frame around the image
         p.fillRect(rect.adjusted(-1, -1, 1, 1), QColor(12, 12, 14))
         shown = self._shown if self._shown is not None else self._pixmap
+        shown_at = self._shown_target(rect) if self._shown is not None else rect  # an outpaint: the extended canvas
         if shown is not None:
-            p.drawPixmap(rect, shown, QRectF(shown.rect()))
+            p.drawPixmap(shown_at, shown, QRectF(shown.rect()))
         else:  # the blank canvas of the text-to-image size, for regions
             p.fillRect(rect, BLANK_COLOR)
         brush = self.brush
@@ -517,6 +532,9 @@ class MaskCanvas(QWidget):
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
             event.accept()
             return
+        if event.button() == Qt.MouseButton.LeftButton and self._begin_edge_drag(pos):
+            event.accept()
+            return
         if event.button() == Qt.MouseButton.LeftButton and self.brush.selects:
             self._begin_selection(self.widget_to_image(pos), event.modifiers())
             event.accept()
@@ -550,6 +568,8 @@ class MaskCanvas(QWidget):
             self._pan_last = pos
             self.pan_by(d.x(), d.y())
             return
+        if self._edge_move(pos):
+            return
         if self._select_points and (event.buttons() & Qt.MouseButton.LeftButton):
             self._drag_selection(self.widget_to_image(pos))
             return
@@ -563,6 +583,9 @@ class MaskCanvas(QWidget):
         if self._panning and event.button() in (Qt.MouseButton.MiddleButton, Qt.MouseButton.LeftButton):
             self._panning = False
             self.setCursor(Qt.CursorShape.OpenHandCursor if self._space else Qt.CursorShape.ArrowCursor)
+            return
+        if self._edge_drag is not None and event.button() == Qt.MouseButton.LeftButton:
+            self._end_edge_drag()
             return
         if self._select_points and event.button() == Qt.MouseButton.LeftButton:
             self._finish_selection(self.widget_to_image(event.position()))
@@ -695,6 +718,142 @@ class MaskCanvas(QWidget):
             self._end_stroke()
         event.accept()
 
+    # -- outpainting: the extended canvas and its frame's edges --------------------------------------
+    def _on_bounds_changed(self) -> None:
+        if self._fit and self._edge_drag is None:
+            self.zoom_fit()
+        self.update()
+
+    def _on_shown_frame(self) -> None:
+        """An outpaint's result covers more than the source: fit it when the view is fitted."""
+        frame = self._frame()
+        if self._fit and frame is not None and frame != self._frame_before:
+            self.zoom_fit()
+
+    def set_extend_enabled(self, enabled: bool) -> None:
+        """Show the extension and let the frame's edges drag (Inpaint mode) or not; a fitted view refits."""
+        if bool(enabled) != self.extend_enabled:
+            self.extend_enabled = bool(enabled)
+            if self._fit:
+                self.zoom_fit()
+            self.update()
+
+    def _extension_shown(self) -> bool:
+        return self.extend_enabled and self.document.source is not None and self.document.bounds is not None
+
+    def _frame(self) -> QRectF | None:
+        """What zoom-to-fit covers, in image pixels: the content, the extended canvas and what is shown."""
+        d = self.document
+        size = self._content_size()
+        if size is None:
+            return None
+        frame = QRectF(0, 0, size[0], size[1])
+        if d.source is not None:
+            if self._extension_shown():
+                frame = frame.united(QRectF(*d.bounds))  # type: ignore[misc]
+            shown = d.shown_rect()
+            if shown is not None:
+                frame = frame.united(QRectF(*shown))
+        return frame
+
+    def _center_frame(self, frame: QRectF) -> None:
+        s = self._scale
+        self._offset = QPointF(
+            (self.width() - frame.width() * s) / 2 - frame.left() * s,
+            (self.height() - frame.height() * s) / 2 - frame.top() * s,
+        )
+        self.update()
+
+    def _image_rect(self, x: float, y: float, w: float, h: float) -> QRectF:
+        return QRectF(self.image_to_widget(x, y), self.image_to_widget(x + w, y + h))
+
+    def _shown_target(self, rect: QRectF) -> QRectF:
+        """Where the shown result or preview is drawn: the source's rectangle, or the extended canvas of the
+        outpaint that made it."""
+        d = self.document
+        shown = d.shown_rect()
+        if d.source is None or shown is None or tuple(shown) == (0, 0, *d.source.size):
+            return rect
+        return self._image_rect(*shown)
+
+    def _paint_extension(self, p: QPainter, rect: QRectF) -> None:
+        """The area the extension adds: a checkerboard inside a dashed frame, with the size it makes."""
+        if not self._extension_shown() or not any(self.document.extension):
+            return
+        outer = self._image_rect(*self.document.bounds)  # type: ignore[misc]
+        cell = 12
+        p.save()
+        p.setClipRect(outer)
+        p.fillRect(outer, QColor(92, 92, 98))
+        x0, y0 = int(outer.left()) - int(outer.left()) % (2 * cell), int(outer.top()) - int(outer.top()) % (2 * cell)
+        light = QColor(128, 128, 134)
+        for yy in range(y0, int(outer.bottom()) + cell, cell):
+            for xx in range(x0 + ((yy - y0) // cell % 2) * cell, int(outer.right()) + cell, 2 * cell):
+                p.fillRect(xx, yy, cell, cell, light)
+        p.restore()
+        p.setPen(QPen(QColor(120, 200, 255), 1, Qt.PenStyle.DashLine))
+        p.drawRect(outer.adjusted(0, 0, -1, -1))
+        w, h = self.document.extended_size() or (0, 0)
+        p.setPen(QColor(230, 230, 235))
+        p.drawText(outer.adjusted(4, 2, -4, -2), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, f"{w}×{h}")
+
+    def _edge_at(self, pos: QPointF) -> str | None:
+        """The frame edge under `pos` (widget px): outside the source, within EDGE_GRAB of the canvas's edge."""
+        if not self._extension_shown() or self.document.source is None:
+            return None
+        outer = self._image_rect(*self.document.bounds)  # type: ignore[misc]
+        inner = self._image_rect(0, 0, *self.document.source.size)
+        if inner.contains(pos):
+            return None  # on the picture: the brush paints
+        g = EDGE_GRAB
+        x, y = pos.x(), pos.y()
+        across = outer.top() - g <= y <= outer.bottom() + g
+        along = outer.left() - g <= x <= outer.right() + g
+        if across and abs(x - outer.right()) <= g:
+            return "right"
+        if across and abs(x - outer.left()) <= g:
+            return "left"
+        if along and abs(y - outer.bottom()) <= g:
+            return "bottom"
+        if along and abs(y - outer.top()) <= g:
+            return "top"
+        return None
+
+    def _begin_edge_drag(self, pos: QPointF) -> bool:
+        side = self._edge_at(pos)
+        if side is None:
+            return False
+        self._edge_drag = (side, pos, self.document.extension)
+        return True
+
+    def _edge_move(self, pos: QPointF) -> bool:
+        """Drag an edge (the extension follows, in whole image pixels), or show the resize cursor over one."""
+        if self._edge_drag is None:
+            side = self._edge_at(pos) if not self._stroking else None
+            if side != self._edge_hover:
+                self._edge_hover = side
+                if side is None:
+                    self.unsetCursor()
+                else:
+                    horizontal = side in ("left", "right")
+                    self.setCursor(Qt.CursorShape.SizeHorCursor if horizontal else Qt.CursorShape.SizeVerCursor)
+            return False
+        side, start, extension = self._edge_drag
+        sign = 1.0 if side in ("right", "bottom") else -1.0
+        delta = (pos.x() - start.x()) if side in ("left", "right") else (pos.y() - start.y())
+        index = ("left", "top", "right", "bottom").index(side)
+        values = list(extension)
+        values[index] = max(0, int(round(extension[index] + sign * delta / self._scale)))
+        source = self.document.source
+        assert source is not None
+        across = source.width if side in ("left", "right") else source.height
+        other = values[(index + 2) % 4]
+        if across + values[index] + other > MAX_CANVAS:
+            values[index] = max(0, MAX_CANVAS - across - other)
+            self.document.notice.emit(
+                f"The canvas can be at most {MAX_CANVAS} px on a side: the extension stops at {values[index]} px."
+            )
+        self.document.set_extension(*values)
         return True
 
     def _end_edge_drag(self) -> None:

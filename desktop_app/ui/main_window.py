@@ -46,7 +46,7 @@ from desktop_app.core.images import load_image
 from desktop_app.core.requests import GenerateRequest
 from desktop_app.model.brush import Brush, default_brush_size
 from desktop_app.model.document import Document
-from desktop_app.model.jobs import Jobs, build_request
+from desktop_app.model.jobs import Jobs, build_request, repeat_requests
 from desktop_app.model.lora_library import LoraLibrary
 from desktop_app.model.timeline import Timeline
 from desktop_app.ui.brush_bar import BrushToolBar
@@ -59,6 +59,7 @@ from desktop_app.ui.mask_menu import MaskActions
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
 from desktop_app.ui.regions_panel import RegionsPanel
+from desktop_app.ui.staging_strip import StagingStrip
 from desktop_app.ui.theme import style_accent_button
 from desktop_app.ui.timestep import TimestepPanel
 from desktop_app.ui.widgets import named
@@ -173,6 +174,8 @@ class MainWindow(QMainWindow):
         ll.addWidget(self.prompt_panel.run_bar)
 
         self.canvas = MaskCanvas(self.document, self.brush)
+        self.staging_strip = StagingStrip(self.document)  # a run's results, under the canvas, until one is accepted
+        self.prompt_panel.bind_document(self.document)  # the outpaint extension's spins
         self.timestep_panel = TimestepPanel(self.timeline)
         self.timestep_slider: QSlider = self.timestep_panel.slider
 
@@ -202,6 +205,7 @@ class MainWindow(QMainWindow):
         self.canvas_column = cl
         cl.addWidget(self.error_banner)
         cl.addWidget(self.canvas, 1)
+        cl.addWidget(self.staging_strip)
         cl.addWidget(self.mask_toolbar)
         cl.addWidget(self.timestep_panel)
         cl.addWidget(self.job_status)
@@ -360,6 +364,11 @@ class MainWindow(QMainWindow):
         self.act_show_result = a("Show &result", d.show_result, "Ctrl+3", "actionShowResult")
         self.act_next_image = a("&Next image", d.next_image, "Alt+Right", "actionNextImage")
         self.act_prev_image = a("&Previous image", d.previous_image, "Alt+Left", "actionPreviousImage")
+        self.act_accept = a("&Accept result", self.staging_strip.accept, "Ctrl+Shift+A", "actionAcceptResult")
+        self.act_accept.setToolTip("The shown result becomes the source; Ctrl+Z brings the old one back")
+        self.act_discard = a("&Discard result", self.staging_strip.discard, "Ctrl+Shift+D", "actionDiscardResult")
+        self.act_discard_all = a("Discard all results", self.staging_strip.discard_all, None, "actionDiscardAll")
+        self.act_before_after = a("&Before / after", d.toggle_before_after, "Ctrl+Shift+B", "actionBeforeAfter")
         self.act_history = a("&History panel", self._toggle_history, "Ctrl+H", "actionHistoryPanel", True)
         self.act_history.setChecked(True)
         self._menu(
@@ -373,6 +382,10 @@ class MainWindow(QMainWindow):
             self.act_show_result,
             self.act_prev_image,
             self.act_next_image,
+            self.act_before_after,
+            self.act_accept,
+            self.act_discard,
+            self.act_discard_all,
             None,
             self.act_history,
         )
@@ -451,6 +464,12 @@ class MainWindow(QMainWindow):
         self.regions_panel.countChanged.connect(self._on_region_count)
         self.lora_picker.noticed.connect(lambda text: self._status(text, 8000))
         self.prev_image_button.clicked.connect(self.document.previous_image)
+        self.staging_strip.accepted.connect(
+            lambda: self._status("The result is the source now; Ctrl+Z brings the old one back", 8000)
+        )
+        self.staging_strip.discarded.connect(
+            lambda n: self._status(f"{n} result{'s' if n > 1 else ''} left the strip (the history keeps them)", 8000)
+        )
         self.next_image_button.clicked.connect(self.document.next_image)
 
         m = self.models
@@ -469,6 +488,7 @@ class MainWindow(QMainWindow):
         d.sourceChanged.connect(self._on_source_changed)
         d.shownChanged.connect(self._update_actions)
         d.resultChanged.connect(self._update_actions)
+        d.stagingChanged.connect(self._update_actions)
         d.undoChanged.connect(self._update_actions)
         d.maskChanged.connect(lambda *_: self._update_actions())
         d.notice.connect(lambda text: self._status(text, 12000))
@@ -820,7 +840,8 @@ class MainWindow(QMainWindow):
             self.show_error(exc.message, exc.hint, cause="source" if "source image" in exc.message else None)
             return None
         self.clear_error()
-        job_id = self.jobs.submit(request)
+        requests = repeat_requests(request, self.prompt_panel.repeat())  # "Repeat N": consecutive seeds
+        job_id = self.jobs.submit_repeat(requests)[0]
         if notices:
             self._request_notices[job_id] = notices  # said again with its "Done"
             self._status("; ".join(notices) + ".", 12000)
@@ -874,6 +895,7 @@ class MainWindow(QMainWindow):
             act.setToolTip(act.toolTip() if regions else "Regions do not apply in Edit mode")
         if not regions and self.brush.paints_regions:
             self.brush.set_tool("brush")
+        self.canvas.set_extend_enabled(mode == "inpaint")  # outpainting: the frame's edges drag in Inpaint mode
         image_mode = self.document.source is not None and mode in IMAGE_MODES
         self.prompt_panel.show_source_size(self.document.source.size if image_mode and self.document.source else None)
 
@@ -922,13 +944,16 @@ class MainWindow(QMainWindow):
         has_mask_target = d.source is not None
         self.act_clear.setEnabled(has_mask_target and d.has_mask())
         self.act_invert.setEnabled(has_mask_target)
-        n = len(d.result.images) if d.result is not None else 0
+        n = len(d.staged)  # the staging strip: a batch, or every run of a "repeat N"
         for act in self._batch_actions:
             act.setVisible(n > 1)
-        self.image_index_label.setText(f"{d.index + 1} / {n}")
+        staged = bool(n)
+        for act in (self.act_accept, self.act_discard, self.act_discard_all, self.act_before_after):
+            act.setEnabled(staged)
+        self.image_index_label.setText(f"{d.staged_index + 1} / {n}")
         shown = {"source": "showing the source", "result": "showing the result", "view": "showing a preview"}
         if d.showing == "result" and n > 1:
-            text = f"showing result {d.index + 1} of {n}"
+            text = f"showing result {d.staged_index + 1} of {n}"
         else:
             text = shown.get(d.showing, "")
         self.shown_label.setText(text if (d.source is not None or has_result) else "")

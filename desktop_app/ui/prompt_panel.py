@@ -30,8 +30,17 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.core.modelinfo import BUILTIN, model_defaults
-from desktop_app.core.requests import EDIT_METHODS, MAX_CLIP_SKIP, MAX_SEED, RESIZE_MODES
+from desktop_app.core.requests import (
+    EDIT_METHODS,
+    MASKED_CONTENT,
+    MAX_CANVAS,
+    MAX_CLIP_SKIP,
+    MAX_SEED,
+    OUTPAINT_FILLS,
+    RESIZE_MODES,
+)
 from desktop_app.core.samplers import SAMPLERS, SCHEDULES, SUPPORTED_SCHEDULES
+from desktop_app.ui.collapsible import Section
 from desktop_app.ui.widgets import named
 
 MODES: list[tuple[str, str]] = [
@@ -237,6 +246,7 @@ class PromptPanel(QWidget):
         ig.addRow("Grow mask", self.mask_grow_spin)
         ig.addRow(self.only_masked_check)
         ig.addRow("Padding", self.padding_spin)
+        self._build_inpaint_extra(ig)
         outer.addWidget(self.inpaint_group)
 
         # parameters
@@ -274,6 +284,17 @@ class PromptPanel(QWidget):
         size_row.addWidget(self.height_spin, 1)
         self.batch_spin = named(QSpinBox(), "batchSpin")
         self.batch_spin.setRange(1, 16)
+        self.repeat_spin = named(QSpinBox(), "repeatSpin")
+        self.repeat_spin.setRange(1, 16)
+        self.repeat_spin.setPrefix("× ")
+        self.repeat_spin.setAccessibleName("Repeat")
+        self.repeat_spin.setToolTip(
+            "Repeat: run the job this many times with consecutive seeds; every image lands in the staging strip"
+        )
+        batch_row = QHBoxLayout()
+        batch_row.addWidget(self.batch_spin, 1)
+        batch_row.addWidget(QLabel("Repeat"))
+        batch_row.addWidget(self.repeat_spin, 1)
         # the sampler and its schedule type as A1111 (1.9 and later) lists them, by the names users know
         self.scheduler_combo = named(QComboBox(), "schedulerCombo")
         self.scheduler_combo.setAccessibleName("Sampler")
@@ -301,7 +322,7 @@ class PromptPanel(QWidget):
         form.addRow("Guidance", self.guidance_spin)
         form.addRow("Seed", seed_row)
         form.addRow("Size", size_row)
-        form.addRow("Batch", self.batch_spin)
+        form.addRow("Batch", batch_row)
         form.addRow("Sampler", self.scheduler_combo)
         form.addRow("Schedule type", self.schedule_combo)
         form.addRow("Clip skip", self.clip_skip_spin)
@@ -350,6 +371,121 @@ class PromptPanel(QWidget):
         self.apply_model_defaults(model_defaults(BUILTIN))
         self._on_sampler_changed()
         self._on_mode_changed()
+
+    def _build_inpaint_extra(self, ig: QFormLayout) -> None:
+        """Inpaint only: what fills the mask first, soft masks, seams, and the outpaint extension (folded)."""
+        self.inpaint_extra = named(QWidget(), "inpaintExtra")
+        ef = QFormLayout(self.inpaint_extra)
+        ef.setContentsMargins(0, 0, 0, 0)
+        ef.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.masked_content_combo = named(QComboBox(), "maskedContentCombo")
+        self.masked_content_combo.setAccessibleName("Masked content")
+        for key, label in MASKED_CONTENT.items():
+            self.masked_content_combo.addItem(label.capitalize(), key)
+        self.masked_content_combo.setToolTip(
+            "What fills the mask before denoising: the original pixels, their surrounding colour (fill), fresh "
+            "noise (latent noise) or nothing (latent nothing); with the last three use a strength near 1"
+        )
+        self.soft_mask_check = named(QCheckBox("Soft inpainting"), "softMaskCheck")
+        self.soft_mask_check.setToolTip(
+            "Grey in the mask is a per-pixel strength (differential diffusion): a soft brush or a feathered "
+            "selection changes the image gradually; off, any paint is repainted fully"
+        )
+        self.color_match_check = named(QCheckBox("Colour match"), "colorMatchCheck")
+        self.color_match_check.setToolTip("Match the generated area's colours to its surroundings, so no edge shows")
+        checks = QHBoxLayout()
+        checks.addWidget(self.soft_mask_check)
+        checks.addWidget(self.color_match_check)
+        self.blend_band_spin = named(QSpinBox(), "blendBandSpin")
+        self.blend_band_spin.setRange(0, 64)
+        self.blend_band_spin.setSuffix(" px")
+        self.blend_band_spin.setAccessibleName("Blend band")
+        self.blend_band_spin.setToolTip(
+            "A band outside the mask where the result blends into the image (8 to 16 px hides a seam); 0 keeps every "
+            "pixel you did not paint"
+        )
+        ef.addRow("Masked content", self.masked_content_combo)
+        ef.addRow(checks)
+        ef.addRow("Blend band", self.blend_band_spin)
+
+        # outpainting: the extension of the canvas, bound to the document (the canvas's frame drags it too)
+        box = named(QWidget(), "outpaintBox")
+        of = QFormLayout(box)
+        of.setContentsMargins(12, 0, 0, 0)
+        of.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.extend_spins: dict[str, QSpinBox] = {}
+        rows = []
+        for side in ("left", "top", "right", "bottom"):
+            spin = named(QSpinBox(), f"extend{side.capitalize()}Spin")
+            spin.setRange(0, MAX_CANVAS)
+            spin.setSingleStep(8)
+            spin.setSuffix(" px")
+            spin.setAccessibleName(f"Extend {side}")
+            spin.setToolTip(f"Pixels added on the {side} (or drag the canvas frame's {side} edge outward)")
+            spin.valueChanged.connect(self._on_extend_spin)
+            self.extend_spins[side] = spin
+            rows.append(spin)
+        lr, tb = QHBoxLayout(), QHBoxLayout()
+        lr.addWidget(rows[0], 1)
+        lr.addWidget(rows[2], 1)
+        tb.addWidget(rows[1], 1)
+        tb.addWidget(rows[3], 1)
+        of.addRow("Left, right", lr)
+        of.addRow("Top, bottom", tb)
+        self.outpaint_fill_combo = named(QComboBox(), "outpaintFillCombo")
+        self.outpaint_fill_combo.setAccessibleName("Outpaint fill")
+        for key, label in OUTPAINT_FILLS.items():
+            self.outpaint_fill_combo.addItem(label, key)
+        self.outpaint_fill_combo.setToolTip("What fills the new area before it is generated")
+        self.outpaint_overlap_spin = named(QSpinBox(), "outpaintOverlapSpin")
+        self.outpaint_overlap_spin.setRange(0, 256)
+        self.outpaint_overlap_spin.setValue(16)
+        self.outpaint_overlap_spin.setSuffix(" px")
+        self.outpaint_overlap_spin.setAccessibleName("Outpaint overlap")
+        self.outpaint_overlap_spin.setToolTip(
+            "A feathered band this deep into the image is generated with the new area"
+        )
+        of.addRow("Fill", self.outpaint_fill_combo)
+        of.addRow("Overlap", self.outpaint_overlap_spin)
+        self.outpaint_section = Section("Outpaint", box, "outpaintSection", parent=self)
+        ef.addRow(self.outpaint_section.button)
+        ef.addRow(box)
+        ig.addRow(self.inpaint_extra)
+        self.document: Any = None
+        self._showing_extension = False
+
+    # -- the canvas extension (bound to desktop_app.model.document.Document) ----------------------
+    def bind_document(self, document: Any) -> None:
+        """The extend spins show and set the document's extension (`extension`, `set_extension`)."""
+        self.document = document
+        document.boundsChanged.connect(self._show_extension)
+        document.sourceChanged.connect(self._show_extension)
+        self._show_extension()
+
+    def extension(self) -> tuple[int, int, int, int]:
+        return tuple(self.extend_spins[s].value() for s in ("left", "top", "right", "bottom"))  # type: ignore[return-value]
+
+    def _on_extend_spin(self, *_: Any) -> None:
+        if self.document is not None and not self._showing_extension:
+            self.document.set_extension(*self.extension())
+        self._title_outpaint()
+
+    def _show_extension(self) -> None:
+        if self.document is None:
+            return
+        self._showing_extension = True
+        try:
+            for side, value in zip(("left", "top", "right", "bottom"), self.document.extension):
+                self.extend_spins[side].setValue(value)
+        finally:
+            self._showing_extension = False
+        self._title_outpaint()
+        if any(self.document.extension) and not self.outpaint_section.is_open():
+            self.outpaint_section.set_open(True)  # dragged on the canvas: show the numbers
+
+    def _title_outpaint(self) -> None:
+        parts = [f"{name} {v}" for name, v in zip("LTRB", self.extension()) if v]
+        self.outpaint_section.set_title("Outpaint (" + ", ".join(parts) + " px)" if parts else "Outpaint")
 
     def add_section(self, section: Any) -> None:
         """A collapsible section (ui.collapsible.Section) of the window's (the LoRA picker, the regions): its
@@ -410,6 +546,7 @@ class PromptPanel(QWidget):
         self.inpaint_group.setVisible(mode in ("inpaint", "edit"))
         self.only_masked_check.setVisible(mode == "inpaint")
         self.padding_spin.setVisible(mode == "inpaint")
+        self.inpaint_extra.setVisible(mode == "inpaint")
         form = self.inpaint_group.layout()
         if isinstance(form, QFormLayout):
             form.setRowVisible(self.padding_spin, mode == "inpaint")
@@ -614,6 +751,10 @@ class PromptPanel(QWidget):
             "clip_skip": self.clip_skip(),
         }
 
+    def repeat(self) -> int:
+        """How many runs "Repeat" asks for (consecutive seeds; their images share the staging strip)."""
+        return self.repeat_spin.value()
+
     def edit_values(self) -> dict[str, Any]:
         return {"source_prompt": self.source_prompt_edit.text().strip(), "method": self.edit_method_combo.currentData()}
 
@@ -625,6 +766,12 @@ class PromptPanel(QWidget):
             "mask_grow": self.mask_grow_spin.value(),
             "only_masked": self.only_masked_check.isChecked(),
             "only_masked_padding": self.padding_spin.value(),
+            "masked_content": self.masked_content_combo.currentData(),
+            "soft_mask": self.soft_mask_check.isChecked(),
+            "color_match": self.color_match_check.isChecked(),
+            "blend_band": self.blend_band_spin.value(),
+            "outpaint_fill": self.outpaint_fill_combo.currentData(),
+            "outpaint_overlap": self.outpaint_overlap_spin.value(),
             **self.edit_values(),
         }
 
@@ -663,6 +810,8 @@ class PromptPanel(QWidget):
             ("mask_blur", "Mask blur", self.mask_blur_spin),
             ("mask_grow", "Mask grow", self.mask_grow_spin),
             ("only_masked_padding", "Padding", self.padding_spin),
+            ("blend_band", "Blend band", self.blend_band_spin),
+            ("outpaint_overlap", "Outpaint overlap", self.outpaint_overlap_spin),
         ):
             if data.get(key) is not None:
                 value = int(data[key])
@@ -691,6 +840,15 @@ class PromptPanel(QWidget):
             self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index(data["method"]))
         if data.get("only_masked") is not None:
             self.only_masked_check.setChecked(bool(data["only_masked"]))
+        for key, combo, choices in (
+            ("masked_content", self.masked_content_combo, MASKED_CONTENT),
+            ("outpaint_fill", self.outpaint_fill_combo, OUTPAINT_FILLS),
+        ):
+            if data.get(key) in choices:
+                combo.setCurrentIndex(max(0, combo.findData(data[key])))
+        for key, check in (("soft_mask", self.soft_mask_check), ("color_match", self.color_match_check)):
+            if data.get(key) is not None:
+                check.setChecked(bool(data[key]))
         if data.get("resize_mode") in RESIZE_MODES:
             self.resize_mode_combo.setCurrentIndex(max(0, self.resize_mode_combo.findData(data["resize_mode"])))
         if self.timeline is not None and kind in IMAGE_MODES:
@@ -725,6 +883,13 @@ class PromptPanel(QWidget):
         s.setValue("params/only_masked", "true" if self.only_masked_check.isChecked() else "false")
         s.setValue("params/only_masked_padding", self.padding_spin.value())
         s.setValue("params/resize_mode", self.resize_mode_combo.currentData())
+        s.setValue("params/masked_content", self.masked_content_combo.currentData())
+        s.setValue("params/soft_mask", "true" if self.soft_mask_check.isChecked() else "false")
+        s.setValue("params/color_match", "true" if self.color_match_check.isChecked() else "false")
+        s.setValue("params/blend_band", self.blend_band_spin.value())
+        s.setValue("params/outpaint_fill", self.outpaint_fill_combo.currentData())
+        s.setValue("params/outpaint_overlap", self.outpaint_overlap_spin.value())
+        s.setValue("params/repeat", self.repeat_spin.value())
         if self.timeline is not None:
             for mode in IMAGE_MODES:
                 s.setValue(f"params/strength_{mode}", self.timeline.strength(mode))
@@ -753,6 +918,8 @@ class PromptPanel(QWidget):
             ("params/mask_blur", "mask_blur", int),
             ("params/mask_grow", "mask_grow", int),
             ("params/only_masked_padding", "only_masked_padding", int),
+            ("params/blend_band", "blend_band", int),
+            ("params/outpaint_overlap", "outpaint_overlap", int),
         ):
             v = s.value(key)
             if v is not None:
@@ -781,6 +948,16 @@ class PromptPanel(QWidget):
         resize = s.value("params/resize_mode")
         if resize is not None:
             data["resize_mode"] = str(resize)
+        for key in ("masked_content", "outpaint_fill"):
+            if s.value(f"params/{key}") is not None:
+                data[key] = str(s.value(f"params/{key}"))
+        for key in ("soft_mask", "color_match"):
+            if s.value(f"params/{key}") is not None:
+                data[key] = str(s.value(f"params/{key}")).lower() == "true"
+        try:
+            self.repeat_spin.setValue(max(1, min(16, int(str(s.value("params/repeat", 1))))))
+        except (TypeError, ValueError):
+            pass
         sched = s.value("params/scheduler")
         if sched is not None:
             data["scheduler"] = str(sched) or None
