@@ -31,6 +31,7 @@ from desktop_app.core.requests import (
     InpaintRequest,
 )
 from desktop_app.engine import embeddings, hub
+from desktop_app.engine.blending import blend_back
 from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
 from desktop_app.engine.encoding import decode_images, encode_image, prompt_report
 from desktop_app.engine.encoding import encode_image as encode  # noqa: F401 - the name bench/inversion_eval.py imports
@@ -381,7 +382,11 @@ def _back_to_source(
     mask = _model_mask(request)
     if mask is not None:
         feathered = feather_mask(mask, int(getattr(request, "mask_blur", 0) or 0))
-        out = [paste_back(im, source, feathered) for im in out]
+        band, match = int(getattr(request, "blend_band", 0) or 0), bool(getattr(request, "color_match", False))
+        if band or match:  # seamless edges (engine/blending.py): still the source's, bit for bit, past the band
+            out = [blend_back(im, source, mask, feathered, band, match) for im in out]
+        else:
+            out = [paste_back(im, source, feathered) for im in out]
     return out
 
 

@@ -22,6 +22,7 @@ from desktop_app.core.errors import JobCancelled
 from desktop_app.core.events import Preview, Progress
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import GenerateRequest, Img2ImgRequest, InpaintRequest
+from desktop_app.engine.blending import SoftInpaint, pipeline_mask
 from desktop_app.engine.encoding import PromptPlan, decode_images, plan_prompts
 from desktop_app.engine.masked_content import latent_masked_content
 from desktop_app.engine.models import LoadedModel
@@ -95,6 +96,7 @@ class StepHooks:
         self._scheduler: Any = None
         self._last_x0: np.ndarray | None = None  # (B, C, h, w) float32
         self.prompts: PromptPlan | None = None  # prompt editing: the conditioning swapped in at its step
+        self.soft: SoftInpaint | None = None  # soft masks: grey levels as per-pixel strength (differential diffusion)
 
     # -- scheduler.step wrapper: sees x_t, the model output and x0_hat ------------
     def attach(self, scheduler) -> None:
@@ -119,6 +121,8 @@ class StepHooks:
             index = sched.step_index if sched.step_index is not None else 0
             sigma = float(sched.sigmas[index])
         assert self._original_step is not None  # set by attach()
+        if self.soft is not None and self.step == 0:
+            self.soft.see_first_sample(sample)
         out = self._original_step(model_output, timestep, sample, *args, **kwargs)
         x0 = (
             getattr(out, "pred_original_sample", None)
@@ -158,6 +162,8 @@ class StepHooks:
             raise JobCancelled()
         if self.prompts is not None:
             callback_kwargs = self.prompts.on_step(pipe, i + 1, callback_kwargs)
+        if self.soft is not None:
+            callback_kwargs = self.soft.on_step_end(pipe, i, callback_kwargs)
         return callback_kwargs
 
     def report(self, timestep: int) -> None:
@@ -226,6 +232,7 @@ def run_pipeline(
         width=request.width,
     )
     info: dict[str, Any] = {}
+    soft: SoftInpaint | None = None
     assert request.width and request.height and request.steps  # filled by the engine
     total = request.steps
     size = (request.width, request.height)
@@ -246,6 +253,15 @@ def run_pipeline(
             info["Mask blur"] = request.mask_blur
             if request.mask_grow:
                 info["Mask grow"] = request.mask_grow
+            if request.soft_mask:  # the grey levels act in the step hook; the pipeline opens every grey pixel
+                padding = request.only_masked_padding if request.only_masked else None
+                soft = SoftInpaint(loaded, kwargs["mask_image"], image, padding)
+                kwargs["mask_image"] = pipeline_mask(kwargs["mask_image"])
+                info["Soft inpainting"] = True
+            if request.blend_band:  # the engine's paste-back (engine/blending.py) blends over the band
+                info["Blend band"] = request.blend_band
+            if request.color_match:
+                info["Colour match"] = True
         elif loaded.inpaint_unet:
             # a 9-channel UNet runs img2img as inpainting of the whole image (as AUTOMATIC1111 does)
             kwargs["mask_image"] = Image.new("L", size, 255)
@@ -257,8 +273,11 @@ def run_pipeline(
         kwargs.update(image=Image.new("RGB", size, (127, 127, 127)), mask_image=Image.new("L", size, 255), strength=1.0)
     hooks = StepHooks(loaded, emit, cancel, max(total, 1), request)
     hooks.prompts = prompts
+    hooks.soft = soft
     kwargs["callback_on_step_end_tensor_inputs"] = ["latents", *prompts.callback_inputs()]
     hooks.attach(scheduler)
+    if soft is not None:
+        soft.attach(scheduler)
     try:
         regional = regional_latents if request.region_mode == "latent" else regional_attention
         with (
@@ -269,5 +288,7 @@ def run_pipeline(
             images = pipe(callback_on_step_end=hooks.on_step_end, **kwargs).images
     finally:
         hooks.detach()
+        if soft is not None:
+            soft.detach()
     images = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in images]
     return images, hooks.trajectory, info
