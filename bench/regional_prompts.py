@@ -107,10 +107,11 @@ def main() -> None:
         ok_both += left_ok and right_ok
         print(f"seed {seed}: left {left['colour']} {left['shape']}  right {right['colour']} {right['shape']}")
     n = args.seeds
-    print(
-        f"{args.mode} mode, variant {variant}, 128x{args.height}, seeds {args.first_seed}-{args.first_seed + n - 1}: "
-        f"left region {ok_left / n:.0%}, right region {ok_right / n:.0%}, both {ok_both / n:.0%}"
-    )
+    if n:
+        print(
+            f"{args.mode} mode, variant {variant}, 128x{args.height}, seeds {args.first_seed}-{args.first_seed + n - 1}:"
+            f" left region {ok_left / n:.0%}, right region {ok_right / n:.0%}, both {ok_both / n:.0%}"
+        )
     if not args.timing_runs:
         return
     timings: dict[str, list[float]] = {"none": [], "attention": [], "latent": []}

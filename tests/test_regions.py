@@ -278,6 +278,23 @@ def test_latent_half_regions_run_on_their_crops_and_skip_the_base(engine, tiny_m
     assert np.abs(pixels(both) - base).mean() > 2
 
 
+def test_latent_a_longer_negative_prompt_than_the_regions_still_guides_each_crop(engine, tiny_model_dir):
+    """A negative prompt of two 77-token chunks and a one-chunk region prompt: the region's is padded with the empty
+    prompt's chunk as the pipeline pads its own, so the result is the plain run of the region's prompt."""
+    negative = "blurry, " * 12  # 96 characters: two chunks with the tiny one-token-per-character tokenizer
+    region = engine.run(
+        gen(
+            tiny_model_dir,
+            "zebra on ice",
+            negative_prompt=negative,
+            region_mode="latent",
+            regions=(RegionPrompt("a red fox", FULL),),
+        )
+    )
+    plain = engine.run(gen(tiny_model_dir, "a red fox", negative_prompt=negative))
+    assert np.abs(pixels(region) - pixels(plain)).max() <= 1
+
+
 def test_latent_crops_are_rounded_out_to_the_native_size_inside_the_canvas():
     from desktop_app.engine.regions import crop_span
 

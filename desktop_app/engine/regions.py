@@ -252,11 +252,15 @@ def _region_masks(request: GenerateRequest, regions: list[RegionPrompt], size: t
 def _encode(loaded: LoadedModel, prompts: list[str], request: GenerateRequest, size: tuple[int, int]) -> torch.Tensor:
     """(N, L, D) encoder states of the region prompts, encoded as the base prompt is (clip skip where the shared
     prompt encoder takes it)."""
-    kwargs: dict[str, Any] = {}
-    if "clip_skip" in inspect.signature(text_conditioning).parameters:
-        kwargs["clip_skip"] = request.clip_skip
-    embeds, _ = text_conditioning(loaded, prompts, size[1], size[0], **kwargs)
+    embeds, _ = text_conditioning(loaded, prompts, size[1], size[0], **_clip(request))
     return embeds
+
+
+def _clip(request: GenerateRequest) -> dict[str, Any]:
+    """The clip skip for text_conditioning, where the shared prompt encoder takes it."""
+    if "clip_skip" in inspect.signature(text_conditioning).parameters:
+        return {"clip_skip": request.clip_skip}
+    return {}
 
 
 @contextmanager
@@ -345,11 +349,8 @@ def _latent_layout(
     base = (1.0 - shares.sum(0)).clamp(min=0.0)[None, None]  # (1, 1, h, w)
     native = loaded.pipe.unet.config.sample_size
     native_h, native_w = (native, native) if isinstance(native, int) else tuple(native)
-    kwargs: dict[str, Any] = {}
-    if "clip_skip" in inspect.signature(text_conditioning).parameters:
-        kwargs["clip_skip"] = request.clip_skip
     with torch.inference_mode():
-        embeds, added = text_conditioning(loaded, [r.prompt for r in regions], size[1], size[0], **kwargs)
+        embeds, added = text_conditioning(loaded, [r.prompt for r in regions], size[1], size[0], **_clip(request))
     out = []
     for i, share in enumerate(shares):
         rows = torch.nonzero(share.amax(1) > 0).flatten()
@@ -389,18 +390,37 @@ class RegionalLatentForward:
     shape across the built-in model's 128x64) and loses the region's colour. 9-channel inpainting inputs are
     cropped whole (latents, mask, masked image)."""
 
-    def __init__(self, original: Any, regions: list[_LatentRegion], base: torch.Tensor, batch: int, factor: int):
+    def __init__(
+        self,
+        original: Any,
+        regions: list[_LatentRegion],
+        base: torch.Tensor,
+        empty: torch.Tensor,
+        batch: int,
+        factor: int,
+    ):
         self.original = original
+        self.empty = empty  # (1, chunk, D) the empty prompt's states: pads prompts to one length
         self.regions = regions
         self.base = base  # (1, 1, h, w)
         self.needs_base = bool(base.max() > 0)  # regions covering everything: no base call
         self.batch = batch
         self.factor = factor
         self.calls = 0  # UNet calls, for the tests and the bench
-        # regions whose crops (and prompts) have one size run as one batch
+        # regions whose crops have one size run as one batch (their prompts share one length: text_conditioning)
         self.groups: dict[tuple[int, int, int], list[int]] = {}
         for i, region in enumerate(regions):
             self.groups.setdefault((region.height, region.width, region.embeds.shape[1]), []).append(i)
+
+    def _pad(self, states: torch.Tensor, length: int) -> torch.Tensor:
+        """(N, length, D): `states` with the empty prompt's chunk repeated after it (A1111's pad_cond_uncond)."""
+        missing, rest = divmod(length - states.shape[1], self.empty.shape[1])
+        if rest:
+            raise RuntimeError(f"Regional prompts: {states.shape[1]} tokens cannot be padded to {length}.")
+        if not missing:
+            return states
+        empty = self.empty.to(states.device, states.dtype).expand(states.shape[0], -1, -1)
+        return torch.cat([states, empty.repeat(1, missing, 1)], dim=1)
 
     def _call(self, *args, **kwargs) -> torch.Tensor:
         self.calls += 1
@@ -418,17 +438,12 @@ class RegionalLatentForward:
             out = full * self.base.to(full.device, full.dtype)
         for indices in self.groups.values():
             group = [self.regions[i] for i in indices]
-            # one call for both branches where the negative prompt is as long as the region prompts, else two
-            same = encoder_hidden_states.shape[1] == group[0].embeds.shape[1]
-            spans = [(0, rows)] if same or not uncond else [(0, uncond), (uncond, rows)]
-            for lo, hi in spans:
-                eps = self._group(group, sample, timestep, encoder_hidden_states, kwargs, lo, hi, uncond)
-                if out is None:
-                    out = torch.zeros((rows, eps.shape[1], *sample.shape[-2:]), dtype=eps.dtype, device=eps.device)
-                m = hi - lo
-                for k, region in enumerate(group):
-                    share = region.share.to(eps.device, eps.dtype)
-                    region.crop(out[lo:hi]).add_(eps[k * m : (k + 1) * m] * share)
+            eps = self._group(group, sample, timestep, encoder_hidden_states, kwargs, uncond)  # (n*rows, C, h, w)
+            if out is None:
+                out = torch.zeros((rows, eps.shape[1], *sample.shape[-2:]), dtype=eps.dtype, device=eps.device)
+            for k, region in enumerate(group):
+                share = region.share.to(eps.device, eps.dtype)
+                region.crop(out).add_(eps[k * rows : (k + 1) * rows] * share)
         assert out is not None  # at least one region
         if not return_dict:
             return (out,)
@@ -443,21 +458,25 @@ class RegionalLatentForward:
         timestep: Any,
         states: torch.Tensor,
         kwargs: dict,
-        lo: int,
-        hi: int,
         uncond: int,
     ) -> torch.Tensor:
-        """(n*m, C_out, h_r, w_r): rows [lo, hi) of the CFG batch on each region's crop, region k's at [k*m, (k+1)*m),
-        with the negative prompt on unconditional rows and region k's conditioning on conditional ones."""
-        rows, m = sample.shape[0], hi - lo
-        span = torch.arange(lo, hi)
-        index = span.repeat(len(group))  # (n*m,) the CFG rows each crop row comes from
-        x = torch.cat([r.crop(sample[lo:hi]) for r in group])  # (n*m, C_in, h_r, w_r)
-        negative = states[lo : min(hi, uncond)]  # (m_u, L, D)
-        positive = hi - max(lo, uncond)
+        """(n*rows, C_out, h_r, w_r): the CFG batch on each region's crop, region k's rows at [k*rows, (k+1)*rows),
+        the negative prompt on unconditional rows and region k's conditioning on conditional ones."""
+        rows = m = sample.shape[0]
+        span = torch.arange(rows)
+        index = span.repeat(len(group))  # (n*rows,) the CFG rows each crop row comes from
+        x = torch.cat([r.crop(sample) for r in group])  # (n*rows, C_in, h_r, w_r)
+        # one length for both branches, as the pipeline's own prompts: the shorter padded with the empty chunk
+        length = max(states.shape[1], group[0].embeds.shape[1])
+        negative = self._pad(states[:uncond], length)  # (uncond, L, D)
         context = torch.cat(
-            [torch.cat([negative, r.embeds.to(states.device, states.dtype).expand(positive, -1, -1)]) for r in group]
-        )  # (n*m, L, D)
+            [
+                torch.cat(
+                    [negative, self._pad(r.embeds.to(states.device, states.dtype), length).expand(m - uncond, -1, -1)]
+                )
+                for r in group
+            ]
+        )  # (n*rows, L, D)
         extra = _rows(kwargs, index, rows)
         added = extra.get("added_cond_kwargs")
         if added and "text_embeds" in added and group[0].pooled is not None:  # SDXL: its own pooled and time ids
@@ -503,10 +522,12 @@ def regional_latents(
         yield []
         return
     layout, base = _latent_layout(loaded, request, regions, size)
+    with torch.inference_mode():
+        empty, _ = text_conditioning(loaded, [""], size[1], size[0], **_clip(request))  # (1, chunk, D)
     unet = loaded.pipe.unet
     had_own = "forward" in vars(unet)  # an accelerate hook may have put one on the instance already
     original = unet.forward
-    unet.forward = RegionalLatentForward(original, layout, base, batch, loaded.latent_factor)
+    unet.forward = RegionalLatentForward(original, layout, base, empty, batch, loaded.latent_factor)
     try:
         if info is not None:
             info["Regions"] = describe(regions) + ", latent"
