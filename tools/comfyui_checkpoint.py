@@ -16,11 +16,25 @@ from pathlib import Path
 
 
 def build(out: Path, seed: int = 0) -> Path:
+    """Write the checkpoint to `out` (atomically)."""
+    from desktop_app.engine.checkpoints import save_original_checkpoint
+
+    pipe = build_pipeline(seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    save_original_checkpoint(pipe, partial)
+    os.replace(partial, out)  # a run killed half-way leaves no file that looks complete
+    return out
+
+
+def build_pipeline(seed: int = 0):
+    """The fp16 diffusers pipeline the checkpoint holds: the same seed gives the same weights (the bench loads it
+    as a diffusers folder into the local engine, which knows no one-level UNet in a single file)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from desktop_app.engine.checkpoints import config_folder, save_original_checkpoint, shared_tokenizer
+    from desktop_app.engine.checkpoints import config_folder, shared_tokenizer
 
     torch.manual_seed(seed)
     sd1 = config_folder("sd1")
@@ -48,11 +62,7 @@ def build(out: Path, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.to(torch.float16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    save_original_checkpoint(pipe, partial)
-    os.replace(partial, out)  # a run killed half-way leaves no file that looks complete
-    return out
+    return pipe
 
 
 def main() -> None:
