@@ -74,6 +74,7 @@ def test_dragging_the_right_edge_extends_the_canvas_and_the_request(qtbot, windo
     assert window.document.extension == (0, 0, n, 0)
     assert not window.document.mask.any()  # the drag painted nothing
     assert child(window, "extendRightSpin").value() == n  # the spins follow the frame
+    assert window.size_label.text() == f"64×48 → {64 + n}×48"
     assert window.prompt_panel.outpaint_section.is_open()  # opened to show the numbers
     # the new area shows as a checkerboard, not the empty canvas's background
     assert canvas_pixel(window, 64 + n / 2, 24) != (30, 31, 34)

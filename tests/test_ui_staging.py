@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt, QTimer
 
 from tests.ui_conftest_helpers import FakeEngine, child, click_generate, make_window, paint, qloop  # noqa: F401
 
@@ -135,7 +135,18 @@ def test_discard_takes_a_result_out_of_the_strip_but_not_out_of_the_history(qtbo
     assert canvas_pixel(window, 32, 32) == seed_colour(42)
     assert "history keeps" in window.statusBar().currentMessage()
     assert len(window.history.list()) == 3
-    qtbot.mouseClick(child(window, "discardAllButton"), Qt.MouseButton.LeftButton)
+    # "Discard all" is on the Discard button's menu: open it by its arrow, click the item
+    button = child(window, "discardResultButton")
+    menu = button.menu()
+
+    def pick():
+        qtbot.waitUntil(menu.isVisible, timeout=2000)
+        rect = menu.actionGeometry(window.staging_strip.discard_all_action)
+        qtbot.mouseClick(menu, Qt.MouseButton.LeftButton, pos=rect.center())
+
+    QTimer.singleShot(0, pick)
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton, pos=QPoint(button.width() - 4, button.height() // 2))
+    qtbot.waitUntil(lambda: not menu.isVisible(), timeout=2000)
     assert not child(window, "stagingStrip").isVisible()
     assert len(window.history.list()) == 3  # every image is still in the history
 

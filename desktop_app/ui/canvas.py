@@ -777,7 +777,7 @@ class MaskCanvas(QWidget):
         return self._image_rect(*shown)
 
     def _paint_extension(self, p: QPainter, rect: QRectF) -> None:
-        """The area the extension adds: a checkerboard inside a dashed frame, with the size it makes."""
+        """The area the extension adds: a checkerboard inside a dashed frame (the status bar says the size)."""
         if not self._extension_shown() or not any(self.document.extension):
             return
         outer = self._image_rect(*self.document.bounds)  # type: ignore[misc]
@@ -793,9 +793,6 @@ class MaskCanvas(QWidget):
         p.restore()
         p.setPen(QPen(QColor(120, 200, 255), 1, Qt.PenStyle.DashLine))
         p.drawRect(outer.adjusted(0, 0, -1, -1))
-        w, h = self.document.extended_size() or (0, 0)
-        p.setPen(QColor(230, 230, 235))
-        p.drawText(outer.adjusted(4, 2, -4, -2), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, f"{w}×{h}")
 
     def _edge_at(self, pos: QPointF) -> str | None:
         """The frame edge under `pos` (widget px): outside the source, within EDGE_GRAB of the canvas's edge."""

@@ -489,6 +489,7 @@ class MainWindow(QMainWindow):
         d.shownChanged.connect(self._update_actions)
         d.resultChanged.connect(self._update_actions)
         d.stagingChanged.connect(self._update_actions)
+        d.boundsChanged.connect(self._update_size_label)
         d.undoChanged.connect(self._update_actions)
         d.maskChanged.connect(lambda *_: self._update_actions())
         d.notice.connect(lambda text: self._status(text, 12000))
@@ -896,6 +897,7 @@ class MainWindow(QMainWindow):
         if not regions and self.brush.paints_regions:
             self.brush.set_tool("brush")
         self.canvas.set_extend_enabled(mode == "inpaint")  # outpainting: the frame's edges drag in Inpaint mode
+        self._update_size_label()
         image_mode = self.document.source is not None and mode in IMAGE_MODES
         self.prompt_panel.show_source_size(self.document.source.size if image_mode and self.document.source else None)
 
@@ -932,7 +934,11 @@ class MainWindow(QMainWindow):
 
     def _update_size_label(self) -> None:
         size = self.document.size
-        self.size_label.setText(f"{size[0]}×{size[1]}" if size else "")
+        text = f"{size[0]}×{size[1]}" if size else ""
+        extended = self.document.extended_size()
+        if size and extended and extended != size and self.canvas.extend_enabled:  # outpainting: what it will make
+            text += f" → {extended[0]}×{extended[1]}"
+        self.size_label.setText(text)
 
     def _update_actions(self) -> None:
         d = self.document

@@ -2,7 +2,7 @@
 
 Bound to the Document (its `staged` list and the shown one): a thumbnail per image, arrows (and the Left / Right
 keys while the strip has focus) to cycle, Accept (the shown image becomes the source: one undo step brings the old
-one back), Discard one or all (the history keeps every image, so nothing made is lost), and a Before / after toggle
+one back), Discard one or all (the Discard button's menu; the history keeps every image, so nothing made is lost), and a Before / after toggle
 with a label that says in words what the canvas shows: "Result 2 of 4" or "Before (the source)".
 """
 
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QScrollArea,
     QSizePolicy,
     QToolButton,
@@ -50,6 +51,8 @@ class StagingStrip(QFrame):
         row.setSpacing(4)
         self.prev_button = self._button("◀", "stagingPrevButton", "Previous result (Left)", document.previous_image)
         self.next_button = self._button("▶", "stagingNextButton", "Next result (Right)", document.next_image)
+        for arrow in (self.prev_button, self.next_button):
+            arrow.setAutoRaise(True)
         self._thumbs = QWidget()
         self._thumb_row = QHBoxLayout(self._thumbs)
         self._thumb_row.setContentsMargins(0, 0, 0, 0)
@@ -62,13 +65,17 @@ class StagingStrip(QFrame):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the arrows scroll it
         scroll.setFixedHeight(THUMB + 8)
         scroll.setMinimumWidth(THUMB + 8)
         self.thumb_area = scroll
         self.label = named(QLabel(), "stagingLabel")
         self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("Before (the source)") + 6)
         self.before_button = self._button(
-            "Before/after", "beforeAfterButton", "Show the source before the result, or the result again", self._toggle
+            "Before",
+            "beforeAfterButton",
+            "Before / after: show the source, or the result again (Ctrl+Shift+B)",
+            self._toggle,
         )
         self.before_button.setCheckable(True)
         self.accept_button = self._button(
@@ -83,9 +90,14 @@ class StagingStrip(QFrame):
             "Take the shown result out of the strip (the history keeps it)",
             self.discard,
         )
-        self.discard_all_button = self._button(
-            "Discard all", "discardAllButton", "Empty the strip (the history keeps every result)", self.discard_all
-        )
+        # "Discard all" on the Discard button's menu (its arrow): the strip fits a 1366x768 screen at scale 1.5
+        menu = QMenu(self.discard_button)
+        self.discard_all_action = menu.addAction("Discard all")
+        self.discard_all_action.setObjectName("discardAllAction")
+        self.discard_all_action.setToolTip("Empty the strip (the history keeps every result)")
+        self.discard_all_action.triggered.connect(lambda *_: self.discard_all())
+        self.discard_button.setMenu(menu)
+        self.discard_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         row.addWidget(self.prev_button)
         row.addWidget(scroll, 1)
         row.addWidget(self.next_button)
@@ -93,7 +105,6 @@ class StagingStrip(QFrame):
         row.addWidget(self.before_button)
         row.addWidget(self.accept_button)
         row.addWidget(self.discard_button)
-        row.addWidget(self.discard_all_button)
 
         document.stagingChanged.connect(self._sync)
         document.shownChanged.connect(self._show_state)
@@ -103,7 +114,7 @@ class StagingStrip(QFrame):
         button = named(QToolButton(), name)
         button.setText(text)
         button.setToolTip(tip)
-        button.setAccessibleName(tip.split(" (")[0])
+        button.setAccessibleName(tip.split(" (")[0].split(":")[0])
         button.clicked.connect(lambda *_: slot())
         return button
 
@@ -176,10 +187,14 @@ class StagingStrip(QFrame):
                 button.setChecked(False)
             self._group.setExclusive(True)
         self.before_button.setChecked(d.showing == "source" and n > 0)
+        current = self._group.button(d.staged_index)
+        if current is not None:
+            self.thumb_area.ensureWidgetVisible(current, 2, 0)
         self.prev_button.setEnabled(n > 1)
         self.next_button.setEnabled(n > 1)
-        for button in (self.accept_button, self.discard_button, self.discard_all_button):
+        for button in (self.accept_button, self.discard_button):
             button.setEnabled(n > 0)
+        self.discard_all_action.setEnabled(n > 0)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
         key = event.key()
