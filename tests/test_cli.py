@@ -257,7 +257,7 @@ def test_the_real_command_with_a_missing_file_exits_2_with_one_message(tmp_path)
 def test_help_lists_the_commands_and_the_files():
     out = subprocess.run([sys.executable, "-m", "desktop_app", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    assert "generate" in out.stdout and "FILE" in out.stdout
+    assert "generate" in out.stdout and "outpaint" in out.stdout and "FILE" in out.stdout
     sub = subprocess.run(
         [sys.executable, "-m", "desktop_app", "models", "--help"], capture_output=True, text=True, timeout=60
     )
@@ -357,6 +357,9 @@ def test_resize_mode_fits_a_source_of_another_shape(tiny_model_dir, tmp_path, co
         (["edit", "--mask-grow", "two"], "whole number of pixels"),
         (["generate", "--resize-mode", "crop_and_resize"], "unrecognized arguments"),
         (["generate", "--mask-grow", "4"], "unrecognized arguments"),
+        (["inpaint", "--mask", "m.png", "--masked-content", "noise"], "'noise' is not one of: original, fill"),
+        (["outpaint", "--extend", "left=abc"], "left='abc' is not a whole number"),
+        (["outpaint", "--extend", "left=8", "--fill", "mirror"], "invalid choice: 'mirror'"),
     ],
 )
 def test_bad_resize_mode_or_mask_grow_is_a_usage_error(tmp_path, source_png, capsys, args, message):
@@ -366,6 +369,24 @@ def test_bad_resize_mode_or_mask_grow_is_a_usage_error(tmp_path, source_png, cap
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_inpaint_takes_masked_content(tiny_model_dir, tmp_path, source_png, mask_png):
+    """A1111's names work ("latent noise"); the infotext says which; the unpainted pixels stay the source's."""
+    src = np.asarray(Image.open(source_png).convert("RGB"))
+    outputs = {}
+    for mode in ("original", "latent noise", "latent_nothing"):
+        out = tmp_path / f"{mode}.png"
+        args = ("--image", str(source_png), "--mask", str(mask_png), "--strength", "0.5", "--masked-content", mode)
+        assert _job("inpaint", tiny_model_dir, out, *args) == 0
+        outputs[mode] = np.asarray(Image.open(out).convert("RGB"))
+        assert np.array_equal(outputs[mode][_outside(mask_png)], src[_outside(mask_png)])
+    assert "Masked content" not in _parameters(tmp_path / "original.png")
+    assert "Masked content: latent noise" in _parameters(tmp_path / "latent noise.png")
+    assert vars(read_png_metadata(tmp_path / "latent_nothing.png").request)["masked_content"] == "latent_nothing"
+    inside = ~_outside(mask_png)
+    assert not np.array_equal(outputs["original"][inside], outputs["latent noise"][inside])
+    assert not np.array_equal(outputs["latent noise"][inside], outputs["latent_nothing"][inside])
 
 
 def test_the_real_command_lists_the_resize_modes_and_mask_grow():
