@@ -328,3 +328,16 @@ def test_the_command_refuses_a_canvas_past_2048(tiny_model_dir, tmp_path, source
     err = capsys.readouterr().err
     assert code == 2 and "2064x64" in err and "hint:" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_regional_prompts_follow_the_original_onto_the_canvas(engine, tiny_model_dir, source):
+    from desktop_app.core.requests import RegionPrompt
+
+    left = Image.new("L", (64, 64), 0)
+    left.paste(255, (0, 0, 32, 64))
+    request = _outpaint(tiny_model_dir, source, (16, 0, 0, 0), regions=(RegionPrompt("a tree", left),))
+    result = engine.run(request)
+    assert result.images[0].size == (80, 64)
+    kept = _kept(result.images[0], source, (16, 0, 0, 0), OVERLAP)
+    assert np.array_equal(kept[0], kept[1])
+    assert result.request.regions[0].mask.size == (64, 64)  # as asked: on the original, for a replay
