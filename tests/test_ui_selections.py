@@ -272,3 +272,21 @@ def test_tablet_pressure_sets_the_stamp_size_or_its_opacity(qtbot, window, tmp_p
     # the mouse paints as before whatever the pressure setting
     paint(qtbot, window, [(10, 55)], size=8)
     assert window.document.mask[55, 10] == 255
+
+
+def test_the_pressure_mode_and_fill_tolerance_come_back_next_session(qtbot, window, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from desktop_app.model.brush import Brush
+
+    window.mask_actions.pressure_actions["opacity"].trigger()
+    window.brush.set_fill_tolerance(77)
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    window.brush.save(settings)
+    settings.sync()
+    fresh = Brush()
+    fresh.restore(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    assert (fresh.pressure, fresh.fill_tolerance) == ("opacity", 77)
+    settings.setValue("brush/pressure", "hard")  # a hand-edited file: the default
+    fresh.restore(settings)
+    assert fresh.pressure == "size"
