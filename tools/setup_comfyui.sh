@@ -47,8 +47,7 @@ if [[ "$(cat "$VENV/.ready" 2>/dev/null)" != "$TORCH_VERSION $REQS_HASH" ]]; the
         if [[ -n "$WHEEL" ]]; then
             "${PIP[@]}" install "$WHEEL"
         else
-            "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
-                --extra-index-url https://pypi.org/simple
+            "${PIP[@]}" install "torch==$TORCH_VERSION"  # as tools/setup.sh: the CPU build on this disk
         fi
     fi
     # torch is there; torchvision and torchaudio have no build for it (see the stand-in); requests is imported but

@@ -79,6 +79,9 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
         action="store_true",
         help="allow .ckpt/.pt/.bin checkpoints and LoRAs: read with torch.load(weights_only=True), tensors only; pickles can hide code, so only from sources you trust",
     )
+    from desktop_app.cli.backends import add_backend_arguments
+
+    add_backend_arguments(parser)  # --backend comfyui=URL, repeatable
 
 
 def _add_resize_mode(parser: argparse.ArgumentParser) -> None:
@@ -474,9 +477,11 @@ def _run_job(args: argparse.Namespace) -> int:
 
     request = _request_from_args(args)
     request.validate()
+    from desktop_app.cli.backends import backend_from_args
     from desktop_app.engine.engine import Engine, JobCancelled
 
-    engine = Engine(device=args.device, allow_pickle=args.allow_pickle)
+    # --backend comfyui=URL sends the job to ComfyUI servers; without it, the local engine runs it
+    engine = backend_from_args(args, lambda: Engine(device=args.device, allow_pickle=args.allow_pickle))
     bars: dict[str, tqdm] = {}
     on_terminal = _is_terminal(sys.stderr)  # redirected output gets one line per job, not a bar's redraws
     last: dict[str, Any] = {}

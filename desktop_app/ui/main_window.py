@@ -394,7 +394,10 @@ class MainWindow(QMainWindow):
         self.act_cancel = a("&Cancel current job", self.cancel_current, "Esc", "actionCancel")
         self.act_cancel_all = a("Cancel &all jobs", self.jobs.cancel_all, None, "actionCancelAll")
         self.act_models = a("&Models…", self.open_models_dialog, None, "actionModels")
-        self._menu("&Run", self.act_generate, self.act_cancel, self.act_cancel_all, None, self.act_models)
+        self.act_servers = a("&Servers…", self.open_servers_dialog, None, "actionServers")
+        self._menu(
+            "&Run", self.act_generate, self.act_cancel, self.act_cancel_all, None, self.act_models, self.act_servers
+        )
 
         self.act_shortcuts = a(
             "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents, "actionShortcuts"
@@ -886,6 +889,16 @@ class MainWindow(QMainWindow):
 
         dlg = ModelsDialog(self.models, self)
         dlg.exec()
+
+    def open_servers_dialog(self) -> None:
+        """ComfyUI servers to run jobs on (their checkpoints join the model picker as comfyui:NAME)."""
+        from desktop_app.ui.connections_dialog import ConnectionsDialog
+
+        connections = getattr(self, "connections", None)  # set by app.wiring; absent in a bare test window
+        if connections is None:
+            self._status("Servers are not available in this window.")
+            return
+        ConnectionsDialog(connections, self).exec()
 
     # -- timestep slider --------------------------------------------------------------
     def _on_mode_changed(self, mode: str) -> None:
