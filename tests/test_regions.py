@@ -295,6 +295,13 @@ def test_latent_a_longer_negative_prompt_than_the_regions_still_guides_each_crop
     assert np.abs(pixels(region) - pixels(plain)).max() <= 1
 
 
+def test_latent_paint_too_faint_for_the_latent_grid_changes_nothing(engine, tiny_model_dir):
+    faint = Image.new("L", (64, 64), 0)
+    faint.putpixel((30, 30), 1)  # a stray brush speck: 1/64 of one latent cell's mean rounds to 0
+    result = engine.run(gen(tiny_model_dir, region_mode="latent", regions=(RegionPrompt("a fox", faint),)))
+    assert np.array_equal(pixels(result), pixels(engine.run(gen(tiny_model_dir))))
+
+
 def test_latent_crops_are_rounded_out_to_the_native_size_inside_the_canvas():
     from desktop_app.engine.regions import crop_span
 

@@ -355,6 +355,8 @@ def _latent_layout(
     for i, share in enumerate(shares):
         rows = torch.nonzero(share.amax(1) > 0).flatten()
         cols = torch.nonzero(share.amax(0) > 0).flatten()
+        if not rows.numel():  # paint too faint to reach any latent pixel: nothing to blend
+            continue
         top, height = crop_span(int(rows[0]), int(rows[-1]) + 1, h, native_h)
         left, width = crop_span(int(cols[0]), int(cols[-1]) + 1, w, native_w)
         out.append(
@@ -522,6 +524,9 @@ def regional_latents(
         yield []
         return
     layout, base = _latent_layout(loaded, request, regions, size)
+    if not layout:
+        yield []
+        return
     with torch.inference_mode():
         empty, _ = text_conditioning(loaded, [""], size[1], size[0], **_clip(request))  # (1, chunk, D)
     unet = loaded.pipe.unet
