@@ -160,35 +160,66 @@ def test_the_band_ramps_down_outside_the_mask_and_stops_at_its_width():
     assert distance[30, 30] == 0 and distance[30, 41] == 2 and distance[30, 50] == 6
 
 
-def test_colour_match_pulls_a_shifted_region_towards_its_surroundings():
-    source = Image.new("RGB", (64, 64), (200, 200, 200))
-    result = Image.new("RGB", (64, 64), (200, 200, 200))
-    result.paste((150, 180, 230), (20, 20, 44, 44))  # the generated region came out bluish and darker
+def test_colour_match_undoes_a_drift_the_result_shows_around_the_mask():
+    rng = np.random.default_rng(9)
+    source = rng.integers(190, 211, (64, 64, 3)).astype(np.int16)  # a light, slightly textured picture
+    drift = np.array([-20, -10, 15])
+    result = source + drift  # the decode shifted every colour...
+    result[20:44, 20:44] = np.array([100, 160, 60]) + drift  # ...of the surroundings and of the new green box
     mask = box_mask((20, 20, 44, 44))
-    matched = pixels(color_match(result, source, mask, band=4))
-    before = np.abs(pixels(result)[20:44, 20:44].mean((0, 1)) - 200).sum()
-    after = np.abs(matched[20:44, 20:44].mean((0, 1)) - 200).sum()
-    assert after < 0.1 * before
+    as_image = Image.fromarray(result.astype(np.uint8))
+    matched = pixels(color_match(as_image, Image.fromarray(source.astype(np.uint8)), mask, band=4))
+    assert np.abs(matched[20:44, 20:44] - np.array([100, 160, 60])).max() <= 1  # green as asked, drift undone
+    distance, _ = spread(np.asarray(mask), 4)
+    band = (distance >= 1) & (distance <= 4)  # the band the paste-back blends over (`band_mask`)
+    assert np.abs(matched[band] - source[band]).max() <= 1  # the band shows the source again
     outside = np.asarray(band_region(mask, 4)) == 0
-    assert np.array_equal(matched[outside], pixels(result)[outside])
+    assert np.array_equal(matched[outside], result[outside])
+
+
+def test_colour_match_leaves_a_result_alone_where_the_ring_was_repainted():
+    rng = np.random.default_rng(10)
+    source = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    result = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))  # nothing of the source is left
+    assert np.array_equal(pixels(color_match(result, source, box_mask((20, 20, 44, 44)), 4)), pixels(result))
 
 
 @needs_builtin
-def test_colour_match_brings_the_inpainted_region_nearer_its_surroundings(engine):
-    source = shapes_picture("red", "circle", "white", "left")
+def test_colour_match_brings_the_region_of_a_drifting_vae_back_to_its_surroundings(engine, monkeypatch):
+    """A VAE that shifts colours (diffusers#5808) made the inpainted box bluer than the picture around it."""
+    loaded = engine.models.get(str(BUILTIN))
+    decode = loaded.pipe.vae.decode
+
+    def drifting(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        sample = out[0] if isinstance(out, tuple) else out.sample
+        bias = sample.new_tensor([0.0, -0.1, 0.3]).view(1, 3, 1, 1)  # in [-1, 1]: about -13 green, +38 blue
+        return (sample + bias, *out[1:]) if isinstance(out, tuple) else type(out)(sample=sample + bias)
+
+    monkeypatch.setattr(loaded.pipe.vae, "decode", drifting)
+    source = shapes_picture("red", "circle", "yellow", "left")
     mask = box_mask((36, 8, 60, 56))  # background only, right of the circle
-    prompt = "a red circle on a green background"  # the model paints the box green; white is around it
-    plain = engine.run(inpaint(BUILTIN, source, mask, prompt=prompt, blend_band=4))
-    matched = engine.run(inpaint(BUILTIN, source, mask, prompt=prompt, blend_band=4, color_match=True))
-    ring = (np.asarray(band_region(mask, 12)) > 0) & (np.asarray(band_region(mask, 4)) == 0)
-    surroundings = pixels(source)[ring].mean(0)
+    caption = "a red circle on a yellow background"
+    plain = engine.run(inpaint(BUILTIN, source, mask, prompt=caption, blend_band=4))
+    matched = engine.run(inpaint(BUILTIN, source, mask, prompt=caption, blend_band=4, color_match=True))
+    ring = (np.asarray(band_region(mask, 20)) > 0) & (np.asarray(band_region(mask, 4)) == 0)
+    surroundings = np.median(pixels(source)[ring], 0)  # the yellow background around the box
     inside = np.asarray(mask) == 255
 
     def distance(result):
         return float(np.abs(pixels(result.images[0])[inside].mean(0) - surroundings).sum())
 
-    assert distance(matched) < 0.7 * distance(plain), (distance(matched), distance(plain))
+    assert distance(plain) > 30  # the drift shows without the match
+    assert distance(matched) < 0.3 * distance(plain), (distance(matched), distance(plain))
     assert matched.info["Colour match"] is True and matched.info["Blend band"] == 4
+    # with a VAE that keeps colours, a box asked to differ from its surroundings keeps its colour
+    monkeypatch.undo()
+    green = "a red circle on a green background"
+    asked = engine.run(inpaint(BUILTIN, source, mask, prompt=green, blend_band=4))
+    kept = engine.run(inpaint(BUILTIN, source, mask, prompt=green, blend_band=4, color_match=True))
+    assert distance(asked) > 60  # the box is another colour than the yellow around it
+    moved = np.abs(pixels(kept.images[0])[inside].mean(0) - pixels(asked.images[0])[inside].mean(0))
+    assert moved.max() < 8  # by the VAE's own small drift at most, not towards the yellow
 
 
 def test_defaults_take_todays_paste_back_path_bit_for_bit(engine, tiny_model_dir, monkeypatch):

@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 
 MAX_BAND = 64
-RING = 16  # px of the source just outside the mask (and of the result just inside it) that the colour match reads
-STD_LIMITS = (0.5, 2.0)  # contrast is matched within these factors: a flat ring must not flatten the new region
+RING = 16  # px just outside the mask and band where the colour match compares the result with the source
+MAX_DRIFT = 40  # levels: a ring pixel further than this from the source was repainted, not drifted
+MIN_HELD = 0.5  # the share of the ring that must show the source for a drift to be measured
 
 
 # -- distances on the pixel grid --------------------------------------------------------------
@@ -102,28 +103,19 @@ def band_region(mask: Image.Image, band: int) -> Image.Image:
 
 
 # -- the colour match ---------------------------------------------------------------------------
-_TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float64)
-_FROM_YCC = np.linalg.inv(_TO_YCC)
-
-
-def _stats(pixels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Weighted per-channel (mean, std) of pixels (N, 3) with weights (N,); None when they weigh nothing."""
-    total = float(weights.sum())
-    if total <= 0:
-        return None
-    mean = (pixels * weights[:, None]).sum(0) / total
-    var = (((pixels - mean) ** 2) * weights[:, None]).sum(0) / total
-    return mean, np.sqrt(var)
-
-
 def color_match(result: Image.Image, source: Image.Image, mask: Image.Image, band: int = 0) -> Image.Image:
-    """The result with the generated region's colours matched to its surroundings, in YCbCr (luma apart from
-    chroma): per channel, mean and std of the result's ring just inside the mask are mapped onto those of the
-    source's ring just outside the mask and band, and that map is applied to the whole mask + band.
+    """The result with the generated region's colour drift undone.
 
-    Reading the inner ring, not the whole region, keeps an object painted into the middle its own colour while
-    the generated surroundings at the edge (where a colour shift shows as a seam) match the source's. Pixels
-    outside mask + band are the result's as given (the paste-back takes the source there anyway)."""
+    In the ring just outside mask + band the result should show the source (the pipeline held it to the source;
+    a 9-channel UNet repaints it too), so any difference there is the drift of the VAE round trip and of the model
+    (diffusers#5808). The per-channel mean difference over those pixels is added to mask + band; ring pixels
+    the model repainted (off by more than MAX_DRIFT) are left out, and with under half the ring left (a job the
+    model ran at a smaller size repaints the ring as well) nothing is changed.
+    Comparing the same pixels, not the inside with the outside, keeps what the prompt asked for (a green box stays
+    green) and works whatever the surroundings hold. Only the mean (an offset is the same in RGB and in any linear
+    space such as YCbCr): the std of a ring holding other things than the region (a shape next to a background)
+    would stretch the region's colours away. Pixels outside mask + band are the result's as given (the paste-back
+    takes the source there anyway)."""
     result, source = result.convert("RGB"), source.convert("RGB")
     values = np.asarray(mask.convert("L"), dtype=np.uint8)
     band = max(0, min(MAX_BAND, int(band)))
@@ -131,25 +123,21 @@ def color_match(result: Image.Image, source: Image.Image, mask: Image.Image, ban
     box = _box(values, reach)
     if box is None:
         return result
-    inner_values = values[box]
-    outside_dist, _ = spread(inner_values, reach)
-    inside_dist, _ = spread(np.where(inner_values > 0, 0, 255).astype(np.uint8), RING)
-    ring_out = (outside_dist > band) & (outside_dist <= reach)  # source pixels just past the band
-    ring_in = (inner_values > 0) & (inside_dist <= RING)  # generated pixels just inside the edge
-    res = np.asarray(result, dtype=np.float64)[box] @ _TO_YCC.T  # (h, w, 3)
-    src = np.asarray(source, dtype=np.float64)[box] @ _TO_YCC.T
-    weights = inner_values.astype(np.float64) / 255.0
-    theirs = _stats(src[ring_out], np.ones(int(ring_out.sum())))
-    ours = _stats(res[ring_in], weights[ring_in])
-    if theirs is None or ours is None:  # the mask covers the picture or touches nothing: nothing to match to
+    distance, _ = spread(values[box], reach)
+    ring = (distance > band) & (distance <= reach)  # just past the band: the result should be the source here
+    if not ring.any():  # the mask and band cover the picture: nothing to compare with
         return result
-    (mean_s, std_s), (mean_r, std_r) = theirs, ours
-    scale = np.clip(np.where(std_r > 1e-6, std_s / np.maximum(std_r, 1e-6), 1.0), *STD_LIMITS)
-    matched = ((res - mean_r) * scale + mean_s) @ _FROM_YCC.T
-    region = outside_dist <= band  # mask + band
+    res = np.asarray(result, dtype=np.float64)[box]  # (h, w, 3)
+    src = np.asarray(source, dtype=np.float64)[box]
+    differences = src[ring] - res[ring]  # (N, 3)
+    held = np.abs(differences).max(-1) <= MAX_DRIFT  # where the result shows the source, give or take a drift
+    if held.mean() < MIN_HELD:  # the model repainted the ring too (a job scaled to the model's size): no measure
+        return result
+    drift = differences[held].mean(0)  # (3,)
+    region = distance <= band  # mask + band
     out = np.asarray(result, dtype=np.uint8).copy()
     patch = out[box]
-    patch[region] = np.clip(np.rint(matched[region]), 0, 255).astype(np.uint8)
+    patch[region] = np.clip(np.rint(res[region] + drift), 0, 255).astype(np.uint8)
     return Image.fromarray(out, "RGB")
 
 
