@@ -5,19 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
+from PySide6.QtWidgets import QWidget
 
 from desktop_app.core.modelinfo import builtin_model_path
 from desktop_app.core.requests import InpaintRequest
 from desktop_app.engine import engine as engine_module
 from desktop_app.engine.blending import band_mask, band_region, blend_back, color_match, spread
 from desktop_app.engine.imaging import feather_mask, paste_back
+from tests.ui_conftest_helpers import qloop  # noqa: F401 - the fixture
 from tools import shapes
 
 BUILTIN = builtin_model_path()
 needs_builtin = pytest.mark.skipif(not (BUILTIN / "model_index.json").is_file(), reason="built-in model not built")
 
 
-def pixels(image: Image.Image) -> np.ndarray:
+def pixels(image: Image.Image | None) -> np.ndarray:
+    assert image is not None
     return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
@@ -260,3 +263,61 @@ def test_the_band_changes_pixels_next_to_the_mask_and_none_past_it(engine, tiny_
     assert (banded[near] != src[near]).any(-1).mean() > 0.3  # with one the result reaches into the band
     past = np.asarray(band_region(mask, 6)) == 0
     assert np.array_equal(banded[past], src[past])
+
+
+# -- in the window, as a user does it -------------------------------------------------------------
+def test_the_window_inpaints_softly_with_a_band_and_keeps_the_rest_over_accepted_rounds(
+    qtbot, qloop, tmp_path, tiny_model_dir, engine
+):
+    """Tick Soft inpainting and Colour match, type a blend band, paint a stroke, Generate, accept (Ctrl+Shift+A)
+    the result as the next source, three times: the requests carry the options and every pixel past the band is
+    still the first source's."""
+    from PySide6.QtCore import QPoint, Qt
+    from PySide6.QtWidgets import QCheckBox, QSpinBox
+
+    from desktop_app.app.application import create_main_window
+
+    window = create_main_window(model=str(tiny_model_dir), data_dir=tmp_path / "data", engine_factory=lambda: engine)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    panel = window.prompt_panel
+    panel.steps_spin.setValue(4)
+    panel.prompt_edit.setPlainText("a red circle")
+    original = Image.fromarray(np.random.default_rng(11).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    window.set_source_image(original)
+    panel.set_mode("inpaint")
+    for name in ("softMaskCheck", "colorMatchCheck"):
+        check = window.findChild(QCheckBox, name)
+        assert check is not None, name
+        qtbot.mouseClick(check, Qt.MouseButton.LeftButton, pos=QPoint(4, check.height() // 2))
+        assert check.isChecked(), name
+    band = window.findChild(QSpinBox, "blendBandSpin")
+    assert band is not None
+    band.setFocus()
+    band.selectAll()
+    qtbot.keyClicks(band, "6")
+    assert band.value() == 6
+    canvas = window.canvas
+    canvas.set_brush_size(12)
+    a, b = canvas.image_to_widget(20, 32), canvas.image_to_widget(44, 32)
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=QPoint(int(a.x()), int(a.y())))
+    qtbot.mouseMove(canvas, pos=QPoint(int(b.x()), int(b.y())))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=QPoint(int(b.x()), int(b.y())))
+    mask = canvas.mask_image()
+    assert mask is not None and np.asarray(mask).max() > 0
+    for _ in range(3):
+        with qtbot.waitSignal(window.resultReady, timeout=60000) as blocker:
+            qtbot.mouseClick(window.findChild(QWidget, "generateButton"), Qt.MouseButton.LeftButton)
+        result = blocker.args[0]
+        assert (result.request.soft_mask, result.request.color_match, result.request.blend_band) == (True, True, 6)
+        assert result.info["Soft inpainting"] is True and result.info["Blend band"] == 6
+        qtbot.keyClick(window, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+        made = pixels(result.images[0])
+        qtbot.waitUntil(lambda made=made: np.array_equal(pixels(window.source_image), made), timeout=5000)
+    out, src = pixels(window.source_image), pixels(original)
+    keep = np.asarray(band_region(mask, 6)) == 0
+    assert np.array_equal(out[keep], src[keep])
+    painted = np.asarray(mask) == 255
+    assert np.abs(out[painted] - src[painted]).mean() > 5
+    window.close()
