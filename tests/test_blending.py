@@ -91,9 +91,28 @@ def test_a_black_and_white_soft_mask_on_the_latent_grid_matches_the_hard_mask(en
     (A 9-channel UNet repaints unmasked latents in a hard run; a soft run holds them to the source.)"""
     source = Image.fromarray(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = box_mask((24, 24, 40, 48))
-    hard = engine.run(inpaint(tiny_model_dir, source, mask, prompt="x", strength=0.7))
-    soft = engine.run(inpaint(tiny_model_dir, source, mask, prompt="x", strength=0.7, soft_mask=True))
-    assert np.array_equal(pixels(hard.images[0]), pixels(soft.images[0]))
+    hard = engine.run(inpaint(tiny_model_dir, source, mask, prompt="x", strength=0.7, batch=2))
+    soft = engine.run(inpaint(tiny_model_dir, source, mask, prompt="x", strength=0.7, batch=2, soft_mask=True))
+    for h, s in zip(hard.images, soft.images, strict=True):  # each image of a batch with its own noise
+        assert np.array_equal(pixels(h), pixels(s))
+
+
+@pytest.mark.parametrize("nine_channel", [False, True], ids=["4-channel", "9-channel"])
+@pytest.mark.parametrize("only_masked", [False, True], ids=["whole", "only-masked"])
+def test_a_soft_mask_keeps_every_unpainted_pixel(
+    engine, tiny_model_dir, tiny_inpaint_model_dir, nine_channel, only_masked
+):
+    """Grey paint on part of the picture, at strength 1 and 0.6, on either UNet and through the "only masked" crop
+    (the hook crops its grey levels as the pipeline crops the mask)."""
+    model = tiny_inpaint_model_dir if nine_channel else tiny_model_dir
+    source = Image.fromarray(np.random.default_rng(12).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = soft_disc()
+    for strength in (1.0, 0.6):
+        request = inpaint(model, source, mask, prompt="x", soft_mask=True, strength=strength, only_masked=only_masked)
+        out = pixels(engine.run(request.replace(only_masked_padding=8)).images[0])
+        unpainted = np.asarray(mask) == 0
+        assert np.array_equal(out[unpainted], pixels(source)[unpainted])
+        assert np.abs(out[np.asarray(mask) == 255] - pixels(source)[np.asarray(mask) == 255]).mean() > 5
 
 
 @needs_builtin
