@@ -457,3 +457,21 @@ def test_a_terminal_gets_progress_bars(tiny_model_dir, tmp_path, monkeypatch):
     err = term.getvalue()
     assert "\r" in err and "denoise" in err and "3/3" in err  # tqdm redraws its bar in place
     assert not any(line.startswith("generate:") for line in err.splitlines())
+
+
+def test_inpaint_blend_band_soft_mask_and_colour_match_from_the_command_line(
+    tiny_model_dir, tmp_path, source_png, mask_png
+):
+    src = np.asarray(Image.open(source_png).convert("RGB"))
+    out = tmp_path / "blended.png"
+    args = ("--image", str(source_png), "--mask", str(mask_png), "--soft-mask", "--color-match")
+    assert _job("inpaint", tiny_model_dir, out, *args, "--blend-band", "4") == 0
+    px = np.asarray(Image.open(out))
+    far = _outside(mask_png, 4 + 4)  # past the band (and the feather's reach)
+    assert np.array_equal(px[far], src[far])  # every pixel past mask + band is the source's
+    ring = _outside(mask_png) & ~_outside(mask_png, 4)
+    assert not np.array_equal(px[ring], src[ring])  # the band blends the result into the source
+    text = _parameters(out)
+    assert "Soft inpainting: True" in text and "Blend band: 4" in text and "Colour match: True" in text
+    request = read_png_metadata(out).request
+    assert request is not None and vars(request)["blend_band"] == 4 and vars(request)["soft_mask"] is True

@@ -560,3 +560,41 @@ def test_edit_writes_one_t0_the_one_used():
     assert last.count("T0:") == 1 and "T0: 681" in last and "t0:" not in last
     back: Any = parameters_to_request(parse_parameters(text))
     assert back.kind == "edit" and back.t0 == 681
+
+
+def test_inpaint_extras_read_back_from_a1111_text_alone():
+    """Outpaint, masked content, soft inpainting, blend band and colour match survive a file that has only the
+    A1111 `parameters` text (no JSON chunk of ours)."""
+    from desktop_app.core.requests import InpaintRequest
+
+    image, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)
+    request = InpaintRequest(
+        prompt="a cat",
+        image=image,
+        mask=mask,
+        steps=10,
+        seed=1,
+        extend=(64, 32, 0, 0),
+        outpaint_fill="blur",
+        outpaint_overlap=24,
+        soft_mask=True,
+        color_match=True,
+        blend_band=6,
+        masked_content="latent_noise",
+    )
+    extra = {
+        "Outpaint": "left 64, top 32, blur",
+        "Outpaint overlap": 24,
+        "Masked content": "latent noise",
+        "Soft inpainting": True,
+        "Blend band": 6,
+        "Colour match": True,
+    }
+    text = format_parameters(request, 1, extra=extra)
+    back = parameters_to_request(parse_parameters(text))
+    assert isinstance(back, InpaintRequest)
+    assert back.extend == (64, 32, 0, 0) and back.outpaint_fill == "blur" and back.outpaint_overlap == 24
+    assert back.masked_content == "latent_noise" and back.soft_mask and back.color_match and back.blend_band == 6
+    # A1111's own soft-inpainting key reads as ours
+    a1111 = parse_parameters("a cat\nSteps: 20, Seed: 1, Mode: inpaint, Soft inpainting enabled: True")
+    assert parameters_to_request(a1111).soft_mask is True  # type: ignore[attr-defined]

@@ -182,6 +182,23 @@ def _add_inpaint_options(parser: argparse.ArgumentParser, *, mask_required: bool
     )
     parser.add_argument("--padding", type=int, default=32, help="context around the mask for --only-masked")
     _add_masked_content(parser)
+    parser.add_argument(
+        "--soft-mask",
+        action="store_true",
+        help="grey in the mask is a per-pixel strength (soft inpainting, differential diffusion); default: hard",
+    )
+    parser.add_argument(
+        "--blend-band",
+        type=_pixels,
+        default=0,
+        metavar="N",
+        help="blend the result into the source over N px outside the mask (default 0: every pixel outside stays)",
+    )
+    parser.add_argument(
+        "--color-match",
+        action="store_true",
+        help="match the generated area's colours to the source just outside the mask (hides a colour shift)",
+    )
     _add_resize_mode(parser)
 
 
@@ -415,6 +432,9 @@ def _request_from_args(args: argparse.Namespace):
             only_masked_padding=args.padding,
             resize_mode=args.resize_mode,
             masked_content=args.masked_content,
+            soft_mask=args.soft_mask,
+            blend_band=args.blend_band,
+            color_match=args.color_match,
             **outpaint,
         )
     extra: dict[str, Any] = dict(

@@ -45,6 +45,8 @@ from desktop_app.core.metadata import (
 )
 from desktop_app.core.requests import (
     DEFAULT_RESIZE_MODE,
+    MASKED_CONTENT,
+    OUTPAINT_FILLS,
     REQUEST_TYPES,
     RESIZE_MODES,
     GenerateRequest,
@@ -425,14 +427,55 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
         if params.get("Edit method"):
             data["method"] = str(params["Edit method"])
         data["source_prompt"] = str(params.get("Source prompt", ""))
-    for key, name in (("Mask blur", "mask_blur"), ("Mask grow", "mask_grow")):
+    for key, name in (
+        ("Mask blur", "mask_blur"),
+        ("Mask grow", "mask_grow"),
+        ("Blend band", "blend_band"),
+        ("Outpaint overlap", "outpaint_overlap"),
+    ):
         if name in names and params.get(key) is not None:
             data[name] = params[key]
+    # ours, and A1111's "Soft inpainting enabled"
+    for key, name in (
+        ("Soft inpainting", "soft_mask"),
+        ("Soft inpainting enabled", "soft_mask"),
+        ("Colour match", "color_match"),
+    ):
+        if name in names and key in params:
+            data[name] = str(params[key]).strip().lower() == "true"
+    masked = _MASKED_CONTENT_TO_ID.get(str(params.get("Masked content", "")).strip().lower())
+    if "masked_content" in names and masked is not None:
+        data["masked_content"] = masked
+    if "extend" in names and params.get("Outpaint"):
+        extend, fill = _outpaint_from_text(str(params["Outpaint"]))
+        if extend is not None:
+            data["extend"] = extend
+        if fill is not None:
+            data["outpaint_fill"] = fill
     resize_mode = _RESIZE_MODE_TO_ID.get(str(params.get("Resize mode", "")).strip().lower())
     if "resize_mode" in names and resize_mode is not None:  # another tool's mode ("latent upscale"): the default
         data["resize_mode"] = resize_mode
     clean, notices = sanitize_params({k: v for k, v in data.items() if k in names})
     return cls(**clean), read_notices + notices
+
+
+_MASKED_CONTENT_TO_ID = {name: key for key, name in MASKED_CONTENT.items()}
+_SIDES = ("left", "top", "right", "bottom")
+
+
+def _outpaint_from_text(text: str) -> tuple[tuple[int, int, int, int] | None, str | None]:
+    """ "left 64, top 32, edge" (what the engine writes) -> ((64, 32, 0, 0), "edge"); parts it cannot read are
+    left out."""
+    extend = dict.fromkeys(_SIDES, 0)
+    fill = None
+    for part in (p.strip().lower() for p in text.split(",")):
+        words = part.split()
+        if len(words) == 2 and words[0] in extend and words[1].isdigit():
+            extend[words[0]] = int(words[1])
+        elif part in OUTPAINT_FILLS:
+            fill = part
+    values = tuple(extend[side] for side in _SIDES)
+    return (values if any(values) else None), fill  # type: ignore[return-value]
 
 
 def _record_to_info(text: str, params: dict[str, Any] | None) -> ParsedInfo:

@@ -344,7 +344,9 @@ def _work_request(
         mask = outpaint.model_mask
     if mask is not None:
         work_mask = to_work(mask, placement, Image.Resampling.BILINEAR)
-        if work_mask.size != mask.size:  # any painted pixel is repainted; the paste-back keeps the unpainted ones
+        # any painted pixel is repainted; the paste-back keeps the unpainted ones (a soft mask keeps its greys:
+        # they are per-pixel strengths)
+        if work_mask.size != mask.size and not getattr(request, "soft_mask", False):
             work_mask = work_mask.point(lambda v: 255 if v else 0)
         changes["mask"] = work_mask
         if getattr(request, "masked_content", "original") == "fill":
