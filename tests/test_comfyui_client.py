@@ -45,6 +45,7 @@ class Fake:
         ]
         self.close_ws_before_start = False
         self.queue_running: list[str] = []
+        self.runs_forever = False  # the queue lists each posted prompt as running, from the moment it is posted
         self.history: dict[str, Any] | None = None  # None: outputs of the posted prompt
         self.prompts: list[dict] = []
         self.headers_seen: list[dict] = []
@@ -101,6 +102,8 @@ class Fake:
                 if self.path == "/prompt":
                     data = json.loads(body)
                     fake.prompts.append(data)
+                    if fake.runs_forever:
+                        fake.queue_running = [data["prompt_id"]]
                     return self._json({"prompt_id": data["prompt_id"], "number": 1, "node_errors": {}})
                 if self.path == "/interrupt":
                     fake.interrupted.set()
@@ -207,14 +210,8 @@ def test_a_websocket_that_never_says_done_times_out_without_hanging(fake):
         {"type": "execution_start", "data": {"prompt_id": pid}},
         {"type": "executing", "data": {"prompt_id": pid, "node": "5"}},
     ]
-    fake.queue_running = ["placeholder"]
-    original = fake.ws_script
-
-    def script(pid):
-        fake.queue_running = [pid]  # the server says it still runs it, forever
-        return original(pid)
-
-    fake.ws_script = script
+    # the server says it still runs the job, forever (set when the prompt is posted: no race with the socket)
+    fake.runs_forever = True
     backend = ComfyBackend([ComfyClient(fake.url)], job_timeout=2.0, idle_timeout=0.5)
     started = time.monotonic()
     events = _run(backend, REQUEST)
