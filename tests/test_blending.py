@@ -7,11 +7,11 @@ import pytest
 from PIL import Image, ImageFilter
 from PySide6.QtWidgets import QWidget
 
+from desktop_app.core.imaging import feather_mask, paste_back
 from desktop_app.core.modelinfo import builtin_model_path
 from desktop_app.core.requests import InpaintRequest
 from desktop_app.engine import engine as engine_module
 from desktop_app.engine.blending import band_mask, band_region, blend_back, color_match, spread
-from desktop_app.engine.imaging import feather_mask, paste_back
 from tests.ui_conftest_helpers import qloop  # noqa: F401 - the fixture
 from tools import shapes
 

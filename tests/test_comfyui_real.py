@@ -122,6 +122,35 @@ def test_inpainting_keeps_every_unpainted_pixel(comfy):
     assert result.info["Mask blur"] == 2
 
 
+def test_outpainting_on_the_server_extends_the_picture_and_keeps_the_original(comfy):
+    backend = ComfyBackend([ComfyClient(comfy.url)])
+    rng = np.random.default_rng(1)
+    source = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    request = InpaintRequest(
+        prompt="a red circle", model=MODEL, steps=3, seed=2, image=source, extend=(16, 0, 12, 0), outpaint_overlap=8
+    )
+    result, events = _run(backend, request)
+    assert [type(e) for e in _terminal(events)] == [Finished], _terminal(events)
+    assert result is not None
+    out = np.asarray(result.images[0])
+    assert out.shape == (64, 96, 3)  # 64 + 16 + 12 = 92, rounded up to 96 on the extended side (said so)
+    assert any("rounded up to 96x64" in str(getattr(e, "message", "")) for e in events)
+    kept = np.asarray(source)[:, 8:-8]  # the original past its 8 px overlap band: bit-identical
+    assert np.array_equal(out[:, 16 + 8 : 16 + 64 - 8], kept)
+    assert np.abs(out[:, :16].astype(int) - np.asarray(source)[:, :1]).mean() > 1  # the new area was generated
+    assert result.request.extend == (16, 0, 12, 0) and "Outpaint" in result.info  # as asked: it replays
+
+
+def test_inpaint_options_of_the_local_engine_only_are_refused_with_a_reason(comfy):
+    backend = ComfyBackend([ComfyClient(comfy.url)])
+    source, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)
+    request = InpaintRequest(prompt="x", model=MODEL, steps=2, image=source, mask=mask, soft_mask=True, blend_band=4)
+    result, events = _run(backend, request)
+    failed = _terminal(events)[0]
+    assert result is None and isinstance(failed, Failed)
+    assert "soft inpainting" in failed.message and "blend band" in failed.message
+
+
 def test_cancel_during_a_job_then_the_next_job_runs(comfy):
     backend = ComfyBackend([ComfyClient(comfy.url)])
     cancel = threading.Event()

@@ -340,8 +340,8 @@ def _bands(size=(200, 100)) -> Image.Image:
 
 
 def test_resize_modes_map_the_source_onto_the_work_size_and_back():
+    from desktop_app.core.imaging import Placement, from_work, to_work
     from desktop_app.core.requests import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL
-    from desktop_app.engine.imaging import Placement, from_work, to_work
 
     source = _bands()
     stretched = np.asarray(to_work(source, Placement(JUST_RESIZE, source.size, (64, 64))))

@@ -598,3 +598,10 @@ def test_inpaint_extras_read_back_from_a1111_text_alone():
     # A1111's own soft-inpainting key reads as ours
     a1111 = parse_parameters("a cat\nSteps: 20, Seed: 1, Mode: inpaint, Soft inpainting enabled: True")
     assert parameters_to_request(a1111).soft_mask is True  # type: ignore[attr-defined]
+
+
+def test_the_region_mode_reads_back_from_a1111_text():
+    latent = parse_parameters("a cat\nSteps: 20, Seed: 1, Regions: \"2, latent\", Mode: generate")
+    assert parameters_to_request(latent).region_mode == "latent"
+    attention = parse_parameters("a cat\nSteps: 20, Seed: 1, Regions: 2, Mode: generate")
+    assert parameters_to_request(attention).region_mode == "attention"

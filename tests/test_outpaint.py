@@ -1,4 +1,4 @@
-"""Outpainting (engine/outpaint.py), masked content (engine/masked_content.py) and `diffusion-desk outpaint`."""
+"""Outpainting (core/outpaint.py), masked content (engine/masked_content.py) and `diffusion-desk outpaint`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from desktop_app.cli.main import main
 from desktop_app.core.errors import InvalidRequest
 from desktop_app.core.events import Failed, Notice
 from desktop_app.core.infotext import read_png_metadata
+from desktop_app.core.outpaint import fill_canvas, outpaint_masks, rounded_extend
 from desktop_app.core.requests import InpaintRequest
 from desktop_app.engine.masked_content import fill_masked
-from desktop_app.engine.outpaint import fill_canvas, outpaint_masks, rounded_extend
 
 OVERLAP = 8
 

@@ -125,8 +125,8 @@ def test_bad_region_requests_are_refused_with_a_hint(engine, tiny_model_dir):
 
 
 def test_img2img_maps_the_region_masks_like_the_source(engine, tiny_model_dir):
+    from desktop_app.core.imaging import Placement
     from desktop_app.engine.engine import _work_request
-    from desktop_app.engine.imaging import Placement
 
     source = Image.new("RGB", (128, 64), (200, 80, 40))
     mask = Image.new("L", (128, 64), 0)

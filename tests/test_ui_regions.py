@@ -199,19 +199,19 @@ def test_the_latent_mode_chosen_in_the_panel_reaches_the_request_and_comes_back_
     _add_region(qtbot, window, "a red circle")
     paint(qtbot, window, [(10, 30), (20, 30)], size=10)
     combo = child(window, "regionModeCombo")
-    assert combo.currentText() == "Attention"  # the default: one UNet run
+    assert combo.currentText() == "Latent"  # the window's default: the mode that works with the built-in model
     assert "Latent" in combo.toolTip() and "cost" in combo.toolTip()
     click_generate(qtbot, window)
-    assert engine.runs[-1].region_mode == "attention"
-    choose(qtbot, combo, "Latent")
+    assert engine.runs[-1].region_mode == "latent"
+    choose(qtbot, combo, "Attention")
     result = click_generate(qtbot, window)
-    assert engine.runs[-1].region_mode == "latent" and engine.runs[-1].regions[0].prompt == "a red circle"
+    assert engine.runs[-1].region_mode == "attention" and engine.runs[-1].regions[0].prompt == "a red circle"
 
     path = tmp_path / "made.png"
     result.images[0].save(path, pnginfo=png_info(result))
-    choose(qtbot, combo, "Attention")
+    choose(qtbot, combo, "Latent")
     assert window.open_image(str(path))  # our PNG's parameters: the mode comes back with the prompt
-    assert combo.currentText() == "Latent" and window.document.region_mode == "latent"
+    assert combo.currentText() == "Attention" and window.document.region_mode == "attention"
 
 
 def test_without_regions_the_request_keeps_the_default_mode(qtbot, window, engine):
@@ -222,4 +222,4 @@ def test_without_regions_the_request_keeps_the_default_mode(qtbot, window, engin
     choose(qtbot, child(window, "regionModeCombo"), "Latent")
     qtbot.keyClicks(child(window, "promptEdit"), "a red circle")
     click_generate(qtbot, window)
-    assert engine.runs[-1].regions == () and engine.runs[-1].region_mode == "attention"
+    assert engine.runs[-1].regions == () and engine.runs[-1].region_mode == "attention"  # the request's default

@@ -22,6 +22,7 @@ from desktop_app.core.errors import JobCancelled, ModelError, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress, Result
 from desktop_app.core.latents import ForwardProcess, LatentPreviewer, Trajectory
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
+from desktop_app.core.outpaint import rounded_extend
 
 
 @pytest.fixture
@@ -134,7 +135,7 @@ class FakeEngine:
                 width, height = image.size
             extend = None
             if image is not None and getattr(request, "outpaints", False):
-                extend = _rounded_extend(image.size, request.extend)
+                extend = rounded_extend(image.size, request.extend)
                 asked = (width + request.extend[0] + request.extend[2], height + request.extend[1] + request.extend[3])
                 width, height = width + extend[0] + extend[2], height + extend[1] + extend[3]
                 if (width, height) != asked:
@@ -243,20 +244,6 @@ class FakeEngine:
         folder = Path(tempfile.gettempdir()) / "fake-hub" / repo.replace("/", "--")
         folder.mkdir(parents=True, exist_ok=True)
         return folder
-
-
-def _rounded_extend(size: tuple[int, int], extend: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """The engine's rounding of an outpaint canvas to a multiple of 8: the extra goes to the right (bottom) when
-    that side is extended, else to the left (top)."""
-    left, top, right, bottom = extend
-    width, height = size[0] + left + right, size[1] + top + bottom
-    if width % 8 and (left or right):
-        extra = 8 - width % 8
-        right, left = (right + extra, left) if right else (right, left + extra)
-    if height % 8 and (top or bottom):
-        extra = 8 - height % 8
-        bottom, top = (bottom + extra, top) if bottom else (bottom, top + extra)
-    return left, top, right, bottom
 
 
 # -- driving the real window ------------------------------------------------------------------------

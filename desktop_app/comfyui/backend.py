@@ -22,17 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter
+from PIL import Image, ImageChops
 
 from desktop_app.comfyui.client import ComfyClient, ServerError, ServerGone, decode_image
 from desktop_app.comfyui.graphs import GraphJob, build_graph, sampler_names, samplers_in
 from desktop_app.comfyui.pool import ComfyPool, ServerState
 from desktop_app.core.errors import InvalidRequest, JobCancelled, ModelError, UserError
 from desktop_app.core.events import Cancelled, Event, Failed, Finished, Notice, Preview, Progress, Result
+from desktop_app.core.imaging import feather_mask, grow_mask, paste_back
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import GENERIC_DEFAULTS, ModelInfo
+from desktop_app.core.outpaint import plan_outpaint
 from desktop_app.core.requests import (
     JUST_RESIZE,
+    MASKED_CONTENT,
     MAX_SEED,
     RESIZE_MODES,
     EditRequest,
@@ -191,6 +194,14 @@ class ComfyBackend:
                 "Regional prompts run on this app's own engine, not yet on a ComfyUI server.",
                 "Clear the regions, or pick a local model.",
             )
+        # an outpaint runs as an inpaint of the extended canvas, planned here exactly as the local engine plans it
+        outpaint = plan_outpaint(request) if isinstance(request, InpaintRequest) and request.outpaints else None
+        paste_mask: Image.Image | None = None
+        if outpaint is not None:
+            paste_mask = outpaint.request.mask  # ramps across the overlap band: the original beyond it stays
+            request = outpaint.request.replace(mask=outpaint.model_mask)  # the model repaints new area + band
+        if isinstance(request, InpaintRequest):
+            _refuse_engine_only_inpaint(request)
         if isinstance(request, InpaintRequest) and request.only_masked:
             raise UserError(
                 "'Only masked' inpainting runs on this app's own engine, not yet on a ComfyUI server.",
@@ -198,7 +209,7 @@ class ComfyBackend:
             )
         ckpt = checkpoint_of(request.model)
         source: Image.Image | None = getattr(request, "image", None)
-        notices: list[str] = []
+        notices: list[str] = list(outpaint.notices) if outpaint is not None else []
         if source is not None:
             source = source.convert("RGB")
             size = work_size(source.size)
@@ -256,8 +267,12 @@ class ComfyBackend:
             info["Mask blur"] = request.mask_blur
             if request.mask_grow:
                 info["Mask grow"] = request.mask_grow
-            feathered = feather_mask(grow_mask(request.mask, request.mask_grow), request.mask_blur)
-            images = [Image.composite(im, source, feathered) for im in images]
+            mask = paste_mask if paste_mask is not None else grow_mask(request.mask, request.mask_grow)
+            images = [paste_back(im, source, feather_mask(mask, request.mask_blur)) for im in images]
+        if outpaint is not None:
+            images = outpaint.finish(images)  # at the extended canvas's size
+            info.update(outpaint.info)
+            request = outpaint.result_request(request)  # as asked (the original image, extend): it replays
         if request.loras:
             info["Lora hashes"] = ", ".join(f"{Path(p).stem}: remote" for p, _ in request.loras)
         return Result(
@@ -570,16 +585,24 @@ def work_size(size: tuple[int, int]) -> tuple[int, int]:
     return side(size[0]), side(size[1])
 
 
-def grow_mask(mask: Image.Image, pixels: int) -> Image.Image:
-    """As the local engine grows a mask (a square dilation): the same pixels change remotely as locally."""
-    mask = mask.convert("L")
-    return mask.filter(ImageFilter.MaxFilter(2 * pixels + 1)) if pixels > 0 else mask
-
-
-def feather_mask(mask: Image.Image, blur: int) -> Image.Image:
-    """Inward-only feather, as the local engine's: pixels outside the painted mask stay exactly 0."""
-    mask = mask.convert("L")
-    return ImageChops.darker(mask, mask.filter(ImageFilter.GaussianBlur(blur))) if blur > 0 else mask
+def _refuse_engine_only_inpaint(request: InpaintRequest) -> None:
+    """Soft inpainting works per step inside the sampler, and masked content other than the original, the blend
+    band and colour match are this app's engine's: a ComfyUI server with core nodes only cannot do them."""
+    asked = [
+        name
+        for name, on in (
+            ("soft inpainting", request.soft_mask),
+            (f"masked content '{MASKED_CONTENT[request.masked_content]}'", request.masked_content != "original"),
+            ("the blend band", request.blend_band > 0),
+            ("colour match", request.color_match),
+        )
+        if on
+    ]
+    if asked:
+        raise UserError(
+            "These need this app's own engine, not a ComfyUI server: " + ", ".join(asked) + ".",
+            "Turn them off for this job, or pick a local model.",
+        )
 
 
 def _message(data: Any, server: str) -> dict[str, Any]:

@@ -443,6 +443,9 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
     ):
         if name in names and key in params:
             data[name] = str(params[key]).strip().lower() == "true"
+    regions = str(params.get("Regions", "")).lower()  # "2" (attention) or "2, latent": the masks are not in the text
+    if "region_mode" in names and regions:
+        data["region_mode"] = "latent" if "latent" in regions else "attention"
     masked = _MASKED_CONTENT_TO_ID.get(str(params.get("Masked content", "")).strip().lower())
     if "masked_content" in names and masked is not None:
         data["masked_content"] = masked

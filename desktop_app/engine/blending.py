@@ -96,7 +96,7 @@ def band_mask(feathered: Image.Image, band: int) -> Image.Image:
 def band_region(mask: Image.Image, band: int) -> Image.Image:
     """Where the paste-back may change pixels: the painted mask grown by the band (a square, so it holds the
     octagonal band of `band_mask`); 255 there, 0 elsewhere. Tests and the bench check the rest is untouched."""
-    from desktop_app.engine.imaging import grow_mask
+    from desktop_app.core.imaging import grow_mask
 
     painted = mask.convert("L").point(lambda v: 255 if v else 0)
     return grow_mask(painted, max(0, min(MAX_BAND, int(band))))
@@ -153,7 +153,7 @@ def blend_back(
     """`paste_back` with the seamless options: the result colour-matched (when `match`), then composited over
     the source through the feathered mask extended by the blend band. With band 0 and no match it is exactly
     `paste_back(result, source, feathered)`. `mask` is the painted (grown) mask, `feathered` its inward feather."""
-    from desktop_app.engine.imaging import paste_back
+    from desktop_app.core.imaging import paste_back
 
     if match:
         result = color_match(result, source, mask, band)

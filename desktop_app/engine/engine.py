@@ -17,9 +17,19 @@ from PIL import Image
 from desktop_app.core import paths
 from desktop_app.core.errors import JobCancelled, ModelError, OutOfMemory, UserError
 from desktop_app.core.events import Cancelled, Event, Failed, Finished, Notice, Progress, Result
+from desktop_app.core.imaging import (
+    Placement,
+    feather_mask,
+    from_work,
+    grow_mask,
+    paste_back,
+    plan_work_size,
+    to_work,
+)
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.model_registry import list_rows
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
+from desktop_app.core.outpaint import OutpaintPlan, plan_outpaint
 from desktop_app.core.requests import (
     JUST_RESIZE,
     MASKED_CONTENT,
@@ -35,20 +45,10 @@ from desktop_app.engine.blending import blend_back
 from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
 from desktop_app.engine.encoding import decode_images, encode_image, prompt_report
 from desktop_app.engine.encoding import encode_image as encode  # noqa: F401 - the name bench/inversion_eval.py imports
-from desktop_app.engine.imaging import (
-    Placement,
-    feather_mask,
-    from_work,
-    grow_mask,
-    paste_back,
-    plan_work_size,
-    to_work,
-)
 from desktop_app.engine.inversion import run_edit, suggest_mask
 from desktop_app.engine.lora import apply_loras
 from desktop_app.engine.masked_content import fill_masked, masked_content_notice
 from desktop_app.engine.models import LoadedModel, ModelManager
-from desktop_app.engine.outpaint import OutpaintPlan, plan_outpaint
 from desktop_app.engine.prompts import merge_loras, request_lora_tags, resolve_loras
 from desktop_app.engine.regions import check_regions, prepare_regions
 from desktop_app.engine.sampling import run_pipeline
@@ -128,7 +128,7 @@ class Engine:
     def _run(self, request: GenerateRequest, emit: OnEvent, cancel: _Either, source: object = None) -> Result:
         request.validate()
         check_regions(request)
-        # an outpaint runs as an inpaint of the extended canvas (engine/outpaint.py); its result is that canvas
+        # an outpaint runs as an inpaint of the extended canvas (core/outpaint.py); its result is that canvas
         outpaint = plan_outpaint(request) if isinstance(request, InpaintRequest) and request.outpaints else None
         if outpaint is not None:
             request = outpaint.request

@@ -45,10 +45,10 @@ from PIL import Image, ImageFilter
 
 from desktop_app.core.errors import InvalidRequest
 from desktop_app.core.events import Notice
+from desktop_app.core.imaging import feather_mask, paste_back
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import EditRequest, GenerateRequest
 from desktop_app.engine.encoding import decode_images, embed_prompts, encode_image
-from desktop_app.engine.imaging import feather_mask, paste_back
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.sampling import StepHooks, generators, make_scheduler
 

@@ -22,8 +22,10 @@ from PySide6.QtCore import QObject, Signal
 
 from desktop_app.core.events import Result
 from desktop_app.core.lazy import LazyModule
-from desktop_app.core.requests import DEFAULT_REGION_MODE, REGION_MODES
+from desktop_app.core.requests import REGION_MODES
 from desktop_app.model.regions import MAX_REGIONS, Region, next_color, resized
+
+WINDOW_REGION_MODE = "latent"
 
 if TYPE_CHECKING:
     import numpy
@@ -151,7 +153,9 @@ class Document(QObject):
         self._redo: list[_Step] = []
         self._regions: list[Region] = []
         self._active = -1
-        self._region_mode = DEFAULT_REGION_MODE  # how the regions' prompts apply: a key of REGION_MODES
+        # how the regions' prompts apply (a key of REGION_MODES). The window starts in latent mode: with the built-in
+        # model it gets both regions right on 30 of 30 held-out seeds, attention mode on 0 (bench/regional_prompts.py)
+        self._region_mode = WINDOW_REGION_MODE
         self._blank_size: tuple[int, int] = DEFAULT_BLANK_SIZE
         self._stroke_region: Region | None = None
         self._stroke_array: numpy.ndarray | None = None  # what the stroke paints (the mask or a region's)
@@ -887,17 +891,14 @@ class Document(QObject):
         extend = getattr(getattr(result, "request", None), "extend", None)
         if result is None or not self._result_from_source or not extend or not any(extend) or self._source is None:
             return None
-        left, top, right, bottom = extend
-        asked = (self._source.width + left + right, self._source.height + top + bottom)
-        if size is None:
-            return (-left, -top, asked[0], asked[1])
-        # the engine rounds the canvas up to a multiple of 8 on the extended sides: the extra pixels go right
-        # (bottom) when that side is extended, else left (top) (engine.outpaint.rounded_extend)
-        if size[0] > asked[0] and left and not right:
-            left += size[0] - asked[0]
-        if size[1] > asked[1] and top and not bottom:
-            top += size[1] - asked[1]
-        return (-left, -top, size[0], size[1])
+        from desktop_app.core.outpaint import rounded_extend  # numpy: imported when an outpaint is shown
+
+        # the backends round the canvas up to a multiple of 8 on the extended sides: the same rule places it here
+        left, top, right, bottom = rounded_extend(self._source.size, tuple(extend))
+        width, height = self._source.width + left + right, self._source.height + top + bottom
+        if size is not None and size != (width, height):  # a result of another size: anchor it at its own size
+            width, height = size
+        return (-left, -top, width, height)
 
     def mask_applies(self) -> bool:
         """Whether the mask belongs to what is shown: the source, or something made from it at its size.

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
+from desktop_app.core.imaging import grow_mask
 from desktop_app.core.requests import OUTPAINT_FILLS, GenerateRequest, InpaintRequest
-from desktop_app.engine.imaging import grow_mask
 
 SIDES = ("left", "top", "right", "bottom")
 
