@@ -601,7 +601,7 @@ def test_inpaint_extras_read_back_from_a1111_text_alone():
 
 
 def test_the_region_mode_reads_back_from_a1111_text():
-    latent = parse_parameters("a cat\nSteps: 20, Seed: 1, Regions: \"2, latent\", Mode: generate")
+    latent = parse_parameters('a cat\nSteps: 20, Seed: 1, Regions: "2, latent", Mode: generate')
     assert parameters_to_request(latent).region_mode == "latent"
     attention = parse_parameters("a cat\nSteps: 20, Seed: 1, Regions: 2, Mode: generate")
     assert parameters_to_request(attention).region_mode == "attention"
