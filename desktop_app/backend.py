@@ -6,7 +6,9 @@ the window never see torch. Implementations: `desktop_app.engine.engine.Engine`;
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -14,7 +16,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from desktop_app.core.events import Event, Progress, Result
+from desktop_app.core.errors import JobCancelled, UserError
+from desktop_app.core.events import Cancelled, Event, Failed, Finished, Progress, Result
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import ModelInfo
 from desktop_app.core.requests import GenerateRequest
@@ -74,4 +77,38 @@ class Backend(Protocol):
         ...
 
 
-__all__ = ["Backend"]
+def run_reporting(
+    job: Callable[[], Result],
+    emit: Callable[[Event], None],
+    what: str,
+    log: logging.Logger,
+    user_error: Callable[[Exception], UserError | None] = lambda exc: None,
+) -> Result:
+    """Run `job` and emit exactly one terminal event, as `Backend.run` promises: Finished(result), Cancelled()
+    (then JobCancelled is raised), or Failed(message, hint) (then the error is raised). `user_error` may turn a
+    backend's own exception (the engine's out of memory) into a UserError with a hint; anything else unexpected is
+    logged and reported as "The {what} failed: ..." (the next job still runs)."""
+    started = time.perf_counter()
+    try:
+        result = job()
+    except JobCancelled:
+        emit(Cancelled())
+        raise
+    except UserError as exc:
+        emit(Failed(exc.message, exc.hint))
+        raise
+    except Exception as exc:
+        error = user_error(exc)
+        if error is not None:
+            emit(Failed(error.message, error.hint))
+            raise error from exc
+        log.exception("%s failure", what)
+        message = f"The {what} failed: {type(exc).__name__}: {exc}".splitlines()[0][:400]
+        emit(Failed(message, "See the log file for details; the next job will still run."))
+        raise
+    result.elapsed = time.perf_counter() - started
+    emit(Finished(result))
+    return result
+
+
+__all__ = ["Backend", "run_reporting"]

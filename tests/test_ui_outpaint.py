@@ -11,12 +11,14 @@ from PySide6.QtCore import QPoint, Qt
 
 from tests.ui_conftest_helpers import (  # noqa: F401  (qloop is a fixture)
     FakeEngine,
+    canvas_pixel,
     child,
     choose,
     click_generate,
     make_window,
     paint,
     qloop,
+    seed_colour,
     type_into,
 )
 
@@ -37,19 +39,6 @@ def window(qtbot, qloop, tmp_path, fake_engine):
     child(w, "seedSpin").setValue(7)
     yield w
     w.close()
-
-
-def seed_colour(seed: int) -> tuple[int, int, int]:
-    return (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
-
-
-def canvas_pixel(w, x: float, y: float) -> tuple[int, int, int]:
-    """The colour the canvas draws at image point (x, y)."""
-    w.canvas.repaint()
-    image = w.canvas.grab().toImage()
-    p = w.canvas.image_to_widget(x, y)
-    c = image.pixelColor(int(p.x()), int(p.y()))
-    return (c.red(), c.green(), c.blue())
 
 
 def drag_right_edge(qtbot, w, widget_px: int) -> int:

@@ -8,7 +8,16 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QPoint, Qt, QTimer
 
-from tests.ui_conftest_helpers import FakeEngine, child, click_generate, make_window, paint, qloop  # noqa: F401
+from tests.ui_conftest_helpers import (  # noqa: F401
+    FakeEngine,
+    canvas_pixel,
+    child,
+    click_generate,
+    make_window,
+    paint,
+    qloop,
+    seed_colour,
+)
 
 
 @pytest.fixture
@@ -21,20 +30,6 @@ def window(qtbot, qloop, tmp_path, fake_engine):
     w = make_window(qtbot, tmp_path / "data", fake_engine)
     yield w
     w.close()
-
-
-def seed_colour(seed: int) -> tuple[int, int, int]:
-    """The solid colour FakeEngine paints for a seed."""
-    return (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
-
-
-def canvas_pixel(w, x: float, y: float) -> tuple[int, int, int]:
-    """The colour the canvas draws at image point (x, y): what the user sees there."""
-    w.canvas.repaint()
-    image = w.canvas.grab().toImage()
-    p = w.canvas.image_to_widget(x, y)
-    c = image.pixelColor(int(p.x()), int(p.y()))
-    return (c.red(), c.green(), c.blue())
 
 
 def thumbs(w) -> list:

@@ -314,3 +314,17 @@ def type_into(qtbot, widget, text):
     qtbot.keyClick(widget, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
     qtbot.keyClicks(widget, text)
     qtbot.keyClick(widget, Qt.Key.Key_Tab)
+
+
+def seed_colour(seed: int) -> tuple[int, int, int]:
+    """The solid colour FakeEngine paints for a seed."""
+    return (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
+
+
+def canvas_pixel(w, x: float, y: float) -> tuple[int, int, int]:
+    """The colour the canvas draws at image point (x, y): what the user sees there."""
+    w.canvas.repaint()
+    image = w.canvas.grab().toImage()
+    p = w.canvas.image_to_widget(x, y)
+    c = image.pixelColor(int(p.x()), int(p.y()))
+    return (c.red(), c.green(), c.blue())

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops
 
+from desktop_app.backend import run_reporting
 from desktop_app.comfyui.client import ComfyClient, ServerError, ServerGone, decode_image
 from desktop_app.comfyui.graphs import GraphJob, build_graph, sampler_names, samplers_in
 from desktop_app.comfyui.pool import ComfyPool, ServerState
 from desktop_app.core.errors import InvalidRequest, JobCancelled, ModelError, UserError
-from desktop_app.core.events import Cancelled, Event, Failed, Finished, Notice, Preview, Progress, Result
+from desktop_app.core.events import Event, Notice, Preview, Progress, Result
 from desktop_app.core.imaging import feather_mask, grow_mask, paste_back
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import GENERIC_DEFAULTS, ModelInfo
@@ -107,29 +108,9 @@ class ComfyBackend:
         source: Result | GenerateRequest | None = None,
     ) -> Result:
         emit = on_event or (lambda event: None)
-        started = time.perf_counter()
         cancel = cancel or threading.Event()
         self._cancel.clear()
-        try:
-            result = self._run(request, emit, cancel)
-        except JobCancelled:
-            emit(Cancelled())
-            raise
-        except UserError as exc:
-            emit(Failed(exc.message, exc.hint))
-            raise
-        except Exception as exc:
-            log.exception("ComfyUI job failure")
-            emit(
-                Failed(
-                    f"The ComfyUI job failed: {type(exc).__name__}: {exc}".splitlines()[0][:400],
-                    "See the log file for details; the next job will still run.",
-                )
-            )
-            raise
-        result.elapsed = time.perf_counter() - started
-        emit(Finished(result))
-        return result
+        return run_reporting(lambda: self._run(request, emit, cancel), emit, "ComfyUI job", log)
 
     def cancel(self) -> None:
         self._cancel.set()

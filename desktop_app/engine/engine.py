@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from desktop_app.backend import run_reporting
 from desktop_app.core import paths
 from desktop_app.core.errors import JobCancelled, ModelError, OutOfMemory, UserError
-from desktop_app.core.events import Cancelled, Event, Failed, Finished, Notice, Progress, Result
+from desktop_app.core.events import Event, Notice, Progress, Result
 from desktop_app.core.imaging import (
     Placement,
     feather_mask,
@@ -89,37 +89,22 @@ class Engine:
         `source`: for an edit, the Result (or seeded GenerateRequest) that made the source image, so its DDIM
         trajectory is replayed instead of inverted and the reconstruction is exact."""
         emit = on_event or (lambda event: None)
-        started = time.perf_counter()
-        try:
+
+        def job() -> Result:
             with self._lock:
                 self._cancel.clear()
-                result = self._run(request, emit, _Either(cancel, self._cancel), source)
-        except JobCancelled:
-            emit(Cancelled())
-            raise
-        except UserError as exc:
-            emit(Failed(exc.message, exc.hint))
-            raise
-        except torch.OutOfMemoryError as exc:
+                return self._run(request, emit, _Either(cancel, self._cancel), source)
+
+        def out_of_memory(exc: Exception) -> UserError | None:
+            if not isinstance(exc, torch.OutOfMemoryError):
+                return None
             free_memory(self.device)
-            error = OutOfMemory(
+            return OutOfMemory(
                 f"The {self.device.type.upper()} ran out of memory for this job.",
                 memory_hint(self.models.memory, request),
             )
-            emit(Failed(error.message, error.hint))
-            raise error from exc
-        except Exception as exc:
-            log.exception("engine failure")
-            emit(
-                Failed(
-                    f"The engine failed: {type(exc).__name__}: {exc}".splitlines()[0][:400],
-                    "See the log file for details; the next job will still run.",
-                )
-            )
-            raise
-        result.elapsed = time.perf_counter() - started
-        emit(Finished(result))
-        return result
+
+        return run_reporting(job, emit, "engine", log, out_of_memory)
 
     def cancel(self) -> None:
         """Stop the running job within one step (it reports Cancelled); a no-op when none runs."""
