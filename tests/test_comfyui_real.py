@@ -138,7 +138,8 @@ def test_outpainting_on_the_server_extends_the_picture_and_keeps_the_original(co
     kept = np.asarray(source)[:, 8:-8]  # the original past its 8 px overlap band: bit-identical
     assert np.array_equal(out[:, 16 + 8 : 16 + 64 - 8], kept)
     assert np.abs(out[:, :16].astype(int) - np.asarray(source)[:, :1]).mean() > 1  # the new area was generated
-    assert result.request.extend == (16, 0, 12, 0) and "Outpaint" in result.info  # as asked: it replays
+    assert isinstance(result.request, InpaintRequest) and result.request.extend == (16, 0, 12, 0)  # as asked: replays
+    assert "Outpaint" in result.info
 
 
 def test_inpaint_options_of_the_local_engine_only_are_refused_with_a_reason(comfy):
