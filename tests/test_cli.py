@@ -475,3 +475,10 @@ def test_inpaint_blend_band_soft_mask_and_colour_match_from_the_command_line(
     assert "Soft inpainting: True" in text and "Blend band: 4" in text and "Colour match: True" in text
     request = read_png_metadata(out).request
     assert request is not None and vars(request)["blend_band"] == 4 and vars(request)["soft_mask"] is True
+
+
+def test_edit_at_strength_1_starts_from_the_deepest_timestep_of_the_schedule(tiny_model_dir, tmp_path, source_png):
+    out = tmp_path / "deep.png"
+    assert _job("edit", tiny_model_dir, out, "--image", str(source_png), "--strength", "1.0") == 0
+    # asked: t0 999 (T - 1, was 1000 and refused); used: the deepest step of the 2-step DDIM schedule (501, 1)
+    assert "T0: 501" in _parameters(out)

@@ -262,6 +262,8 @@ def test_cancel_during_inversion_stops_and_a_later_job_works(engine, tiny_model_
 def test_t0_and_strength_resolve_on_the_schedule():
     assert inversion.resolve_t0(EditRequest(t0=250)) == 250
     assert inversion.resolve_t0(EditRequest(strength=0.45)) == 450
+    assert inversion.resolve_t0(EditRequest(strength=1.0)) == 999  # the deepest timestep of the schedule, not 1000
+    assert inversion.resolve_t0(EditRequest(strength=1.0), 500) == 499  # T is the model's
     assert inversion.resolve_t0(EditRequest()) == inversion.DEFAULT_T0
     from diffusers import DDIMScheduler
 

@@ -130,11 +130,12 @@ def default_t0(alphas_cumprod=None, num_train_timesteps: int = 1000) -> int:
 
 
 def resolve_t0(request: EditRequest, num_train_timesteps: int = 1000, alphas_cumprod=None) -> int:
-    """The timestep the edit starts from: request.t0, else strength * T, else `default_t0`."""
+    """The timestep the edit starts from: request.t0, else strength * T (strength 1 is the deepest timestep of the
+    model's schedule, T - 1, as the window's slider maps it), else `default_t0`."""
     if request.t0 is not None:
         t0 = int(request.t0)
     elif request.strength is not None:
-        t0 = int(round(request.strength * num_train_timesteps))
+        t0 = min(num_train_timesteps - 1, int(round(request.strength * num_train_timesteps)))
     else:
         t0 = default_t0(alphas_cumprod, num_train_timesteps)
     if not 1 <= t0 <= num_train_timesteps - 1:
