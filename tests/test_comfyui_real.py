@@ -142,6 +142,23 @@ def test_outpainting_on_the_server_extends_the_picture_and_keeps_the_original(co
     assert "Outpaint" in result.info
 
 
+def test_only_masked_inpainting_on_the_server_works_on_the_masked_box(comfy):
+    backend = ComfyBackend([ComfyClient(comfy.url)])
+    source = Image.fromarray(np.random.default_rng(2).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    mask = Image.new("L", source.size, 0)
+    ImageDraw.Draw(mask).rectangle((100, 100, 139, 139), fill=255)
+    request = InpaintRequest(
+        prompt="x", model=MODEL, steps=2, seed=4, image=source, mask=mask, only_masked=True, only_masked_padding=12
+    )
+    result, events = _run(backend, request)
+    assert [type(e) for e in _terminal(events)] == [Finished], _terminal(events)
+    assert result is not None
+    out, src = np.asarray(result.images[0]), np.asarray(source)
+    keep = np.asarray(mask) == 0
+    assert out.shape == src.shape and np.array_equal(out[keep], src[keep])
+    assert isinstance(result.request, InpaintRequest) and result.request.only_masked  # as asked: it replays
+
+
 def test_inpaint_options_of_the_local_engine_only_are_refused_with_a_reason(comfy):
     backend = ComfyBackend([ComfyClient(comfy.url)])
     source, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)

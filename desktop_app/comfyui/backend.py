@@ -33,7 +33,7 @@ from desktop_app.core.events import Event, Notice, Preview, Progress, Result
 from desktop_app.core.imaging import feather_mask, grow_mask, paste_back
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import GENERIC_DEFAULTS, ModelInfo
-from desktop_app.core.outpaint import plan_outpaint
+from desktop_app.core.outpaint import plan_only_masked, plan_outpaint
 from desktop_app.core.requests import (
     JUST_RESIZE,
     MASKED_CONTENT,
@@ -176,18 +176,18 @@ class ComfyBackend:
                 "Clear the regions, or pick a local model.",
             )
         # an outpaint runs as an inpaint of the extended canvas, planned here exactly as the local engine plans it
-        outpaint = plan_outpaint(request) if isinstance(request, InpaintRequest) and request.outpaints else None
+        # and "only masked" on the mask's box cut from the source at full resolution
+        outpaint = None
+        if isinstance(request, InpaintRequest) and request.outpaints:
+            outpaint = plan_outpaint(request)
+        elif isinstance(request, InpaintRequest) and request.only_masked:
+            outpaint = plan_only_masked(request)
         paste_mask: Image.Image | None = None
         if outpaint is not None:
             paste_mask = outpaint.request.mask  # ramps across the overlap band: the original beyond it stays
             request = outpaint.request.replace(mask=outpaint.model_mask)  # the model repaints new area + band
         if isinstance(request, InpaintRequest):
             _refuse_engine_only_inpaint(request)
-        if isinstance(request, InpaintRequest) and request.only_masked:
-            raise UserError(
-                "'Only masked' inpainting runs on this app's own engine, not yet on a ComfyUI server.",
-                "Turn off 'Only masked', or pick a local model.",
-            )
         ckpt = checkpoint_of(request.model)
         source: Image.Image | None = getattr(request, "image", None)
         notices: list[str] = list(outpaint.notices) if outpaint is not None else []

@@ -117,7 +117,7 @@ def _moved(mask: Image.Image, size: tuple[int, int], offset: tuple[int, int]) ->
 def crop_box(mask: Image.Image, padding: int) -> tuple[int, int, int, int]:
     """The masked area's bounding box grown by `padding`, then to multiples of 8 where the canvas allows."""
     bbox = mask.getbbox()
-    assert bbox is not None  # an outpaint always repaints its new area
+    assert bbox is not None  # an outpaint always repaints its new area; an inpaint's mask is checked non-empty
     width, height = mask.size
     x0, y0 = max(0, bbox[0] - padding), max(0, bbox[1] - padding)
     x1, y1 = min(width, bbox[2] + padding), min(height, bbox[3] + padding)
@@ -135,7 +135,8 @@ def crop_box(mask: Image.Image, padding: int) -> tuple[int, int, int, int]:
 
 @dataclass
 class OutpaintPlan:
-    """What an outpaint runs as (`request`: an inpaint of the canvas, or of its crop) and how it comes back."""
+    """What an outpaint or a full-resolution "only masked" inpaint runs as (`request`: an inpaint of the canvas,
+    or of its crop) and how it comes back."""
 
     original: InpaintRequest  # as asked: the Result's request, so it replays
     request: InpaintRequest  # as run: image = canvas (or its crop), mask = paste mask, extend (0, 0, 0, 0)
@@ -164,6 +165,34 @@ class OutpaintPlan:
         if self.box is None:
             filled.update(width=run.width, height=run.height)
         return self.original.with_defaults(**filled)
+
+
+def plan_only_masked(request: InpaintRequest) -> OutpaintPlan:
+    """'Only masked' at full resolution: the masked area's box plus the padding, cut from the source at its own
+    size, is what runs (at the model's work size); its results are pasted back into the source. Scaling the whole
+    source to the work size first and cutting the box from that copy (diffusers' `padding_mask_crop` on the work
+    image) would lose the detail of a large picture."""
+    assert request.image is not None and request.mask is not None and request.only_masked
+    image = request.image.convert("RGB")
+    mask = grow_mask(request.mask, request.mask_grow)  # grown here: the crop holds all the model may repaint
+    box = crop_box(mask, request.only_masked_padding)
+    work: dict[str, object] = dict(
+        image=image.crop(box),
+        mask=mask.crop(box),
+        mask_grow=0,
+        only_masked=False,  # the crop is the only-masked area already, at its own size
+        regions=tuple(dataclasses.replace(r, mask=r.mask.crop(box)) for r in request.regions),
+    )
+    if request.width or request.height:
+        work.update(width=None, height=None)  # a work size asked for the picture, not for the crop
+    return OutpaintPlan(
+        original=request,
+        request=dataclasses.replace(request, **work),
+        model_mask=mask.crop(box),
+        canvas=image,
+        extend=(0, 0, 0, 0),
+        box=box,
+    )
 
 
 def plan_outpaint(request: InpaintRequest) -> OutpaintPlan:

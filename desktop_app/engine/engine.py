@@ -29,7 +29,7 @@ from desktop_app.core.imaging import (
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.model_registry import list_rows
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
-from desktop_app.core.outpaint import OutpaintPlan, plan_outpaint
+from desktop_app.core.outpaint import OutpaintPlan, plan_only_masked, plan_outpaint
 from desktop_app.core.requests import (
     JUST_RESIZE,
     MASKED_CONTENT,
@@ -114,7 +114,12 @@ class Engine:
         request.validate()
         check_regions(request)
         # an outpaint runs as an inpaint of the extended canvas (core/outpaint.py); its result is that canvas
-        outpaint = plan_outpaint(request) if isinstance(request, InpaintRequest) and request.outpaints else None
+        # and "only masked" runs on the masked area's box cut from the source at full resolution (core/outpaint.py)
+        outpaint = None
+        if isinstance(request, InpaintRequest) and request.outpaints:
+            outpaint = plan_outpaint(request)
+        elif isinstance(request, InpaintRequest) and request.only_masked:
+            outpaint = plan_only_masked(request)
         if outpaint is not None:
             request = outpaint.request
         # <lora:NAME:W> tags: found in the LoRA folder before the model loads (a missing one fails fast)
