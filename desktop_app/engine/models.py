@@ -533,11 +533,16 @@ def _decode_is_cheap(loaded: LoadedModel) -> bool:
     latent = torch.zeros(
         (1, int(vae.config.latent_channels), height // factor, width // factor), device=loaded.device, dtype=vae.dtype
     )
+    timings = []
     with torch.inference_mode():
         vae.decode(latent, return_dict=False)  # warm-up
-        started = time.perf_counter()
-        vae.decode(latent, return_dict=False)
-    return time.perf_counter() - started < PREVIEW_DECODE_BUDGET
+        for _ in range(3):  # the fastest of three: a busy machine's hiccup does not make a small VAE look slow
+            started = time.perf_counter()
+            vae.decode(latent, return_dict=False)
+            timings.append(time.perf_counter() - started)
+            if timings[-1] < PREVIEW_DECODE_BUDGET:
+                break
+    return min(timings) < PREVIEW_DECODE_BUDGET
 
 
 def _family_defaults(family: str, defaults: dict[str, Any]) -> dict[str, Any]:
