@@ -11,16 +11,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
 from PIL import Image
 
 from desktop_app.core.errors import JobCancelled, UserError
 from desktop_app.core.events import Cancelled, Event, Failed, Finished, Progress, Result
-from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import ModelInfo
 from desktop_app.core.requests import GenerateRequest
+
+if TYPE_CHECKING:  # numpy only in annotations: the window imports this module before its first paint
+    import numpy as np
+
+    from desktop_app.core.latents import ForwardProcess, Trajectory
 
 
 @runtime_checkable

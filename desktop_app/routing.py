@@ -9,16 +9,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
-from desktop_app.comfyui.backend import PREFIX, ComfyBackend, is_remote
+from desktop_app.comfyui import PREFIX, is_remote
 from desktop_app.core.events import Event, Notice, Progress, Result
-from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo
 from desktop_app.core.requests import GenerateRequest
+
+if TYPE_CHECKING:  # the remote backend (urllib, websocket) and numpy load when a server is added, not at start
+    import numpy as np
+
+    from desktop_app.comfyui.backend import ComfyBackend
+    from desktop_app.core.latents import ForwardProcess, Trajectory
 
 
 class _Options:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageChops
 
 from desktop_app.backend import run_reporting
+from desktop_app.comfyui import PREFIX, is_remote
 from desktop_app.comfyui.client import ComfyClient, ServerError, ServerGone, decode_image
 from desktop_app.comfyui.graphs import GraphJob, build_graph, sampler_names, samplers_in
 from desktop_app.comfyui.pool import ComfyPool, ServerState
@@ -47,15 +48,10 @@ from desktop_app.core.requests import (
 
 log = logging.getLogger(__name__)
 
-PREFIX = "comfyui:"
 JOB_TIMEOUT = 30 * 60.0  # a job that has not finished after this long is given up (a server that never says done)
 IDLE_TIMEOUT = 20.0  # no WebSocket news for this long: ask the queue whether the job is still there
 CANCEL_WAIT = 15.0
 PREVIEW_PIXELS = 1024 * 1024
-
-
-def is_remote(model: str | None) -> bool:
-    return bool(model) and str(model).startswith(PREFIX)
 
 
 def checkpoint_of(model: str) -> str:

@@ -13,11 +13,12 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from desktop_app.comfyui.client import ComfyClient, ServerError, normalise_url, token_allowed
+if TYPE_CHECKING:
+    from desktop_app.comfyui.client import ComfyClient
 
 log = logging.getLogger(__name__)
 KEYRING_SERVICE = "diffusion-desk-comfyui"
@@ -51,11 +52,15 @@ class Connections(QObject):
 
     def needs_consent(self, url: str, token: str) -> bool:
         """Whether sending `token` to `url` needs the user's yes first (plain http to another machine)."""
+        from desktop_app.comfyui.client import normalise_url, token_allowed  # http and ssl: not before first paint
+
         return not token_allowed(normalise_url(url), token)
 
     def add(self, url: str, token: str = "", allow_insecure_token: bool = False) -> str:
         """Add (or update) a server; the normalised address. UserError on an address that is not http(s), or a
         token over plain http to another machine without consent."""
+        from desktop_app.comfyui.client import ComfyClient, normalise_url
+
         url = normalise_url(url)
         ComfyClient(url, token or None, allow_insecure_token)  # the same checks a job makes
         self._servers = [s for s in self._servers if s.url != url]
@@ -77,6 +82,10 @@ class Connections(QObject):
         return True
 
     def clients(self) -> list[ComfyClient]:
+        if not self._servers:
+            return []  # the usual start: no servers, and no http / ssl imports before the first paint
+        from desktop_app.comfyui.client import ComfyClient, ServerError
+
         out = []
         for server in self._servers:
             try:
@@ -105,6 +114,8 @@ class Connections(QObject):
         return threads
 
     def _probe(self, client: ComfyClient) -> None:
+        from desktop_app.comfyui.client import ServerError
+
         try:
             info = client.info()
             status = {
@@ -131,17 +142,26 @@ class Connections(QObject):
         if self.folder is None:
             return
         try:
-            data = json.loads((self.folder / "servers.json").read_text(encoding="utf-8"))
-            self._servers = [
-                Server(normalise_url(str(d["url"])), bool(d.get("allow_insecure_token")), bool(d.get("has_token")))
-                for d in data.get("servers", [])
-                if isinstance(d, dict) and "url" in d
-            ]
-        except (OSError, ValueError, AttributeError, TypeError, KeyError) as exc:
-            if not isinstance(exc, FileNotFoundError):
+            text = (self.folder / "servers.json").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = None  # no servers added yet: nothing more to import before the first paint
+        except OSError as exc:
+            log.warning("servers.json unreadable: %s", exc)
+            text = None
+        if text is not None:
+            from desktop_app.comfyui.client import ServerError, normalise_url
+
+            try:
+                data = json.loads(text)
+                self._servers = [
+                    Server(normalise_url(str(d["url"])), bool(d.get("allow_insecure_token")), bool(d.get("has_token")))
+                    for d in data.get("servers", [])
+                    if isinstance(d, dict) and "url" in d
+                ]
+            except (ValueError, AttributeError, TypeError, KeyError) as exc:
                 log.warning("servers.json unreadable: %s", exc)
-        except ServerError:
-            log.warning("servers.json holds an address that is not http(s)")
+            except ServerError:
+                log.warning("servers.json holds an address that is not http(s)")
         if self._keyring is None:
             try:
                 tokens = json.loads((self.folder / "tokens.json").read_text(encoding="utf-8"))
