@@ -63,6 +63,14 @@ class MaskActions(QObject):
         self.act_load = a("&Load mask…", self._ask_load, None, "actionLoadMask")
         self.act_save = a("Sa&ve mask…", self._ask_save, None, "actionSaveMask")
 
+        # submenus keep the Mask menu within a 768 px screen at scale 1.5 (it spilled into a second column)
+        self.modify_menu = QMenu("&Modify mask", window)
+        self.modify_menu.setObjectName("modifyMaskMenu")
+        self.modify_menu.addActions([self.act_grow, self.act_shrink, self.act_feather])
+        self.file_menu = QMenu("Mask &file", window)
+        self.file_menu.setObjectName("maskFileMenu")
+        self.file_menu.addActions([self.act_from_alpha, self.act_load, self.act_save])
+
         self.pressure_menu = QMenu("Pen &pressure", window)
         self.pressure_menu.setObjectName("pressureMenu")
         group = QActionGroup(self)
@@ -104,14 +112,8 @@ class MaskActions(QObject):
             self.act_fill,
             self.act_tolerance,
             None,
-            self.act_grow,
-            self.act_shrink,
-            self.act_feather,
-            None,
-            self.act_from_alpha,
-            self.act_load,
-            self.act_save,
-            None,
+            self.modify_menu.menuAction(),
+            self.file_menu.menuAction(),
             self.pressure_menu.menuAction(),
         ]
 
