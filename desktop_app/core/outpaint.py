@@ -8,7 +8,7 @@ mask of the original's size is moved by (left, top) and repainted too. The canva
 of 8 on the extended sides. With "only masked" the job runs on a crop around the new area + band (+ padding)
 at the crop's own size, and the crop is pasted back into the canvas: a 2048-wide canvas does not run at 2048.
 
-Pixel-space only (Pillow and numpy); `Engine._run` calls `plan_outpaint` first and `OutpaintPlan.finish` last.
+Pixel-space only (Pillow and numpy); `Engine._run` calls `plan_outpaint` first and `CanvasPlan.finish` last.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def crop_box(mask: Image.Image, padding: int) -> tuple[int, int, int, int]:
 
 
 @dataclass
-class OutpaintPlan:
+class CanvasPlan:
     """What an outpaint or a full-resolution "only masked" inpaint runs as (`request`: an inpaint of the canvas,
     or of its crop) and how it comes back."""
 
@@ -167,7 +167,7 @@ class OutpaintPlan:
         return self.original.with_defaults(**filled)
 
 
-def plan_only_masked(request: InpaintRequest) -> OutpaintPlan:
+def plan_only_masked(request: InpaintRequest) -> CanvasPlan:
     """'Only masked' at full resolution: the masked area's box plus the padding, cut from the source at its own
     size, is what runs (at the model's work size); its results are pasted back into the source. Scaling the whole
     source to the work size first and cutting the box from that copy (diffusers' `padding_mask_crop` on the work
@@ -185,7 +185,7 @@ def plan_only_masked(request: InpaintRequest) -> OutpaintPlan:
     )
     if request.width or request.height:
         work.update(width=None, height=None)  # a work size asked for the picture, not for the crop
-    return OutpaintPlan(
+    return CanvasPlan(
         original=request,
         request=dataclasses.replace(request, **work),
         model_mask=mask.crop(box),
@@ -195,7 +195,7 @@ def plan_only_masked(request: InpaintRequest) -> OutpaintPlan:
     )
 
 
-def plan_outpaint(request: InpaintRequest) -> OutpaintPlan:
+def plan_outpaint(request: InpaintRequest) -> CanvasPlan:
     """An outpaint request (validated, `request.outpaints`) as an inpaint of the extended canvas."""
     assert request.image is not None and request.outpaints
     image = request.image.convert("RGB")
@@ -239,7 +239,7 @@ def plan_outpaint(request: InpaintRequest) -> OutpaintPlan:
     info: dict[str, object] = {"Outpaint": describe(extend, request.outpaint_fill)}
     if request.outpaint_overlap:
         info["Outpaint overlap"] = request.outpaint_overlap
-    return OutpaintPlan(
+    return CanvasPlan(
         original=request,
         request=dataclasses.replace(request, **work),
         model_mask=model_mask,

@@ -29,7 +29,7 @@ from desktop_app.core.imaging import (
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.model_registry import list_rows
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
-from desktop_app.core.outpaint import OutpaintPlan, plan_only_masked, plan_outpaint
+from desktop_app.core.outpaint import CanvasPlan, plan_only_masked, plan_outpaint
 from desktop_app.core.requests import (
     JUST_RESIZE,
     MASKED_CONTENT,
@@ -319,7 +319,7 @@ def _work_request(
     request: GenerateRequest,
     image: Image.Image | None,
     placement: Placement | None,
-    outpaint: OutpaintPlan | None = None,
+    outpaint: CanvasPlan | None = None,
 ) -> GenerateRequest:
     """The request as the model runs it: the source (and the mask) mapped onto the work size.
 
@@ -349,14 +349,14 @@ def _work_request(
     return request.replace(**changes)
 
 
-def _inpaint_notices(request: GenerateRequest, outpaint: OutpaintPlan | None) -> list[str]:
+def _inpaint_notices(request: GenerateRequest, outpaint: CanvasPlan | None) -> list[str]:
     """What an outpaint rounded, and masked content that will not show as asked."""
     notices = list(outpaint.notices) if outpaint is not None else []
     note = masked_content_notice(request) if isinstance(request, InpaintRequest) else None
     return notices + ([note] if note else [])
 
 
-def _inpaint_info(request: GenerateRequest, outpaint: OutpaintPlan | None) -> dict:
+def _inpaint_info(request: GenerateRequest, outpaint: CanvasPlan | None) -> dict:
     """Infotext extras: "Outpaint: left 64, top 32, edge" and A1111's "Masked content" (when not original)."""
     info: dict = dict(outpaint.info) if outpaint is not None else {}
     mode = getattr(request, "masked_content", "original")
