@@ -11,6 +11,26 @@ from typing import Any
 BUILTIN = "builtin"
 SETTINGS_FILE = "diffusion_desk.json"
 GENERIC_DEFAULTS: dict[str, Any] = {"steps": 25, "guidance": 7.0, "width": 512, "height": 512, "scheduler": "dpmpp_2m"}
+# The recommended settings of an edit (a model's diffusion_desk.json "edit" object): they override the generation
+# defaults for edit jobs, and the window starts its Edit controls there.
+EDIT_DEFAULT_KEYS = (
+    "method",
+    "attention_control",
+    "cross_replace",
+    "self_replace",
+    "local_blend",
+    "guidance",
+    "steps",
+    "t0",
+    "strength",
+)
+# Flow-matching families (time is sigma in 0..1, the denoiser predicts velocity): Stable Diffusion 3 / 3.5 and Flux.1
+FLOW_FAMILIES = ("sd3", "flux-dev", "flux-schnell", "flux-fill", "flux-kontext")
+
+
+def is_flow(family: str | None) -> bool:
+    """A flow-matching model (SD 3.x, Flux): sigma time, velocity prediction, its own pipelines and edit methods."""
+    return (family or "").startswith(("sd3", "flux"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,9 @@ def model_defaults(source: str | None) -> dict[str, Any]:
         defaults.update({k: data[k] for k in GENERIC_DEFAULTS if k in data})
         if "name" in data:
             defaults["name"] = data["name"]
+        edit = data.get("edit") if isinstance(data, dict) else None
+        if isinstance(edit, dict):
+            defaults["edit"] = {k: edit[k] for k in EDIT_DEFAULT_KEYS if k in edit}
     elif path.is_dir() and (path / "vae" / "config.json").is_file():
         defaults.update(_size_from_unet(path))
     return defaults

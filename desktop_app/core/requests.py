@@ -18,7 +18,24 @@ from desktop_app.core.images import image_from_data_url, image_to_data_url
 from desktop_app.core.samplers import SAMPLERS, SCHEDULES, check_pair
 
 SCHEDULERS = SAMPLERS  # the old name: sampler id -> the name AUTOMATIC1111 writes as "Sampler"
-EDIT_METHODS = ("ddim", "negative-prompt", "direct")
+# Edit methods by model family: the Stable Diffusion (DDPM-time) inversions and LEDITS++; the flow-model ones
+# (SD 3.5, Flux): ODE inversions (FireFlow, RF-Solver, RF-Inversion) and Kontext instruction edits.
+SD_EDIT_METHODS = ("ddim", "negative-prompt", "direct", "ledits")
+FLOW_EDIT_METHODS = ("fireflow", "rf-solver", "rf-inversion", "kontext")
+EDIT_METHODS = SD_EDIT_METHODS + FLOW_EDIT_METHODS
+EDIT_METHOD_NAMES: dict[str, str] = {
+    "ddim": "Plain DDIM inversion",
+    "negative-prompt": "Negative-prompt inversion",
+    "direct": "Direct inversion",
+    "ledits": "LEDITS++",
+    "fireflow": "FireFlow",
+    "rf-solver": "RF-Solver",
+    "rf-inversion": "RF-Inversion",
+    "kontext": "Kontext instruction",
+}
+# Attention control over an inversion edit: "off", or Prompt-to-Prompt (word swap / refinement by the prompts'
+# token alignment, re-weighting by `reweight`, local blend by `local_blend`, self-attention injection).
+ATTENTION_CONTROLS: dict[str, str] = {"off": "Off", "p2p": "Prompt-to-Prompt"}
 # How a source image of another shape than the work size is mapped onto it (AUTOMATIC1111's names).
 JUST_RESIZE = "just_resize"  # stretch to the work size
 CROP_AND_RESIZE = "crop_and_resize"  # scale to cover the work size, cut the overhang (centred)
@@ -80,6 +97,95 @@ class RegionPrompt:
         mask = data["mask"]
         mask = image_from_data_url(mask) if isinstance(mask, str) else mask
         return RegionPrompt(data["prompt"], mask.convert("L"), float(weight))
+
+
+@dataclass(frozen=True)
+class EditConcept:
+    """One LEDITS++ edit concept: a text to add (or, with `remove`, to take away), its own guidance, and the
+    threshold of its implicit mask (0.9 keeps the top 10% of the concept's attention; lower edits a wider area)."""
+
+    prompt: str
+    guidance: float = 7.0
+    remove: bool = False
+    threshold: float = 0.9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "guidance": self.guidance, "remove": self.remove, "threshold": self.threshold}
+
+    @staticmethod
+    def from_dict(data: Any) -> EditConcept:
+        if isinstance(data, EditConcept):
+            return data
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise InvalidRequest(f"An edit concept is not a prompt: {_show(data)}.", "Write the edit concepts again.")
+        guidance, threshold = _as_number(data.get("guidance", 7.0)), _as_number(data.get("threshold", 0.9))
+        remove = data.get("remove", False)
+        if guidance is None or threshold is None or not isinstance(remove, bool):
+            raise InvalidRequest(
+                f"An edit concept's guidance, threshold or direction is not valid: {_show(data)}.",
+                "Use a guidance such as 7, a threshold such as 0.9 and remove true or false.",
+            )
+        return EditConcept(data["prompt"], float(guidance), remove, float(threshold))
+
+
+def parse_edit_concepts(text: str) -> tuple[EditConcept, ...]:
+    """Edit concepts as the CLI and the window write them, one per line (or `;`-separated):
+    `+ a blue hat` adds, `- a red scarf` removes, an optional `@ 9` sets its guidance and `@ 9 / 0.8` the threshold
+    too; a line without a sign adds."""
+    concepts = []
+    for raw in text.replace(";", "\n").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        remove = line.startswith("-")
+        line = line[1:].strip() if line[:1] in "+-" else line
+        guidance, threshold = 7.0, 0.9
+        if "@" in line:
+            line, _, tail = line.rpartition("@")
+            numbers = [part.strip() for part in tail.split("/")]
+            try:
+                guidance = float(numbers[0])
+                if len(numbers) > 1:
+                    threshold = float(numbers[1])
+            except ValueError:
+                raise InvalidRequest(
+                    f"The edit concept {raw.strip()!r} has no number after @.",
+                    "Write it as '+ a blue hat @ 7' (guidance) or '+ a blue hat @ 7 / 0.9' (and threshold).",
+                ) from None
+        line = line.strip()
+        if not line:
+            raise InvalidRequest(f"The edit concept {raw.strip()!r} has no words.", "Write what to add or remove.")
+        concepts.append(EditConcept(line, guidance, remove, threshold))
+    return tuple(concepts)
+
+
+def format_edit_concepts(concepts: tuple[EditConcept, ...]) -> str:
+    """The text form `parse_edit_concepts` reads back (one concept per line)."""
+    lines = []
+    for c in concepts:
+        tail = f" @ {c.guidance:g}" + (f" / {c.threshold:g}" if c.threshold != 0.9 else "")
+        lines.append(f"{'-' if c.remove else '+'} {c.prompt}{tail}")
+    return "\n".join(lines)
+
+
+def parse_reweight(text: str) -> tuple[tuple[str, float], ...]:
+    """Prompt-to-Prompt re-weighting as written: `blue:2, circle:0.5` (word or words, then the attention scale)."""
+    pairs = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        word, sep, number = part.rpartition(":")
+        try:
+            weight = float(number) if sep else math.nan
+        except ValueError:
+            weight = math.nan
+        if not sep or not word.strip() or not math.isfinite(weight):
+            raise InvalidRequest(
+                f"The re-weighting {part!r} is not a word and a scale.", "Write it as 'blue:2' or 'blue:2, circle:0.5'."
+            )
+        pairs.append((word.strip(), weight))
+    return tuple(pairs)
 
 
 def _check_range(name: str, value: float, low: float, high: float, hint: str) -> None:
@@ -195,6 +301,9 @@ class GenerateRequest:
             if f.name == "regions":
                 out[f.name] = [region.to_dict(include_images) for region in value]
                 continue
+            if f.name == "edit_concepts":
+                out[f.name] = [concept.to_dict() for concept in value]
+                continue
             if f.name in _IMAGE_FIELDS:
                 if value is not None and include_images:
                     out[f.name] = image_to_data_url(value)
@@ -224,6 +333,11 @@ class GenerateRequest:
                 for region in regions
                 if not (isinstance(region, dict) and "mask" not in region and isinstance(region.get("prompt"), str))
             )
+        if "edit_concepts" in kwargs:
+            concepts = kwargs["edit_concepts"]
+            if not isinstance(concepts, (list, tuple)):
+                raise InvalidRequest(f"Edit concepts must be a list, not {_show(concepts)}.", "Write them again.")
+            kwargs["edit_concepts"] = tuple(EditConcept.from_dict(c) for c in concepts)
         if "extend" in kwargs:
             extend = kwargs["extend"]
             if not isinstance(extend, (list, tuple)) or len(extend) != 4:
@@ -383,10 +497,17 @@ class EditRequest(GenerateRequest):
     source_prompt: str = ""
     t0: int | None = None
     strength: float | None = None
-    method: str = "direct"
+    method: str | None = None  # a key of EDIT_METHODS; None: the model's recommended one (engine fills it)
     mask_blur: int = 4
     mask_grow: int = 0
     resize_mode: str = DEFAULT_RESIZE_MODE
+    # Prompt-to-Prompt attention control over ddim / negative-prompt / direct (None: the model's default)
+    attention_control: str | None = None  # a key of ATTENTION_CONTROLS
+    cross_replace: float | None = None  # share of the steps (from t0) the source's cross-attention maps are kept
+    self_replace: float | None = None  # share of the steps the source's self-attention is injected (structure)
+    local_blend: bool | None = None  # only where the changed words attend may the latent change
+    reweight: str = ""  # "word:scale, ...": scale the target's attention to these words (parse_reweight)
+    edit_concepts: tuple[EditConcept, ...] = ()  # LEDITS++: what to add and remove, each with its guidance
 
     def _validate_images(self) -> None:
         _check_image(self.image, "Editing")
@@ -394,8 +515,30 @@ class EditRequest(GenerateRequest):
         _check_range("Mask blur", self.mask_blur, 0, 64, "A few pixels of feather is usual.")
         _check_mask_grow(self.mask_grow)
         _check_resize_mode(self.resize_mode)
-        if self.method not in EDIT_METHODS:
+        if self.method is not None and self.method not in EDIT_METHODS:
             raise InvalidRequest(f"Unknown edit method {self.method!r}.", "Choose one of: " + ", ".join(EDIT_METHODS))
+        if self.attention_control is not None and self.attention_control not in ATTENTION_CONTROLS:
+            raise InvalidRequest(
+                f"Unknown attention control {self.attention_control!r}.",
+                "Choose one of: " + ", ".join(ATTENTION_CONTROLS),
+            )
+        for name, value in (
+            ("Cross-attention replace", self.cross_replace),
+            ("Self-attention replace", self.self_replace),
+        ):
+            if value is not None:
+                _check_range(name, value, 0, 1, "A share of the steps: 0.8 for cross-attention, 0.4 for self.")
+        parse_reweight(self.reweight)  # raises on a malformed one
+        for concept in self.edit_concepts:
+            _check_range("An edit concept's guidance", concept.guidance, 0, 30, "5 to 10 suits most concepts.")
+            _check_range(
+                "An edit concept's threshold", concept.threshold, 0, 1, "0.9 edits a small area, 0.5 a wide one."
+            )
+        if self.method == "ledits" and not self.edit_concepts:
+            raise InvalidRequest(
+                "A LEDITS++ edit needs at least one edit concept.",
+                "Add one, such as '+ a blue circle' (add) or '- a red circle' (remove).",
+            )
         if self.t0 is not None:
             _check_range("t0", self.t0, 1, 999, "t0 is a timestep between 1 and 999 (deeper changes more).")
         if self.strength is not None:
@@ -436,6 +579,11 @@ _FIELD_TYPES: dict[str, type] = {
     "source_prompt": str,
     "t0": int,
     "method": str,
+    "attention_control": str,
+    "cross_replace": float,
+    "self_replace": float,
+    "local_blend": bool,
+    "reweight": str,
 }
 # The ranges `validate` enforces (and the window's fields hold).
 _RANGES: dict[str, tuple[float, float]] = {
@@ -485,6 +633,12 @@ _LABELS = {
     "source_prompt": "Source prompt",
     "t0": "t0",
     "method": "Edit method",
+    "attention_control": "Attention control",
+    "cross_replace": "Cross-attention replace",
+    "self_replace": "Self-attention replace",
+    "local_blend": "Local blend",
+    "reweight": "Re-weight",
+    "edit_concepts": "Edit concepts",
     "kind": "Mode",
     "loras": "LoRAs",
     "previews": "Previews",
@@ -492,12 +646,29 @@ _LABELS = {
 }
 # None means "the model's default" (or "random" for the seed) for these; elsewhere it is a value that is missing.
 _OPTIONAL = frozenset(
-    {"steps", "guidance", "width", "height", "seed", "scheduler", "schedule", "clip_skip", "t0", "strength"}
+    {
+        "steps",
+        "guidance",
+        "width",
+        "height",
+        "seed",
+        "scheduler",
+        "schedule",
+        "clip_skip",
+        "t0",
+        "strength",
+        "method",
+        "attention_control",
+        "cross_replace",
+        "self_replace",
+        "local_blend",
+    }
 )
 _CHOICES: dict[str, Any] = {
     "scheduler": SAMPLERS,
     "schedule": SCHEDULES,
     "method": EDIT_METHODS,
+    "attention_control": ATTENTION_CONTROLS,
     "resize_mode": RESIZE_MODES,
     "region_mode": REGION_MODES,
     "masked_content": MASKED_CONTENT,

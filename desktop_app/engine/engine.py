@@ -28,9 +28,12 @@ from desktop_app.core.imaging import (
 )
 from desktop_app.core.latents import ForwardProcess, Trajectory
 from desktop_app.core.model_registry import list_rows
-from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
+from desktop_app.core.modelinfo import BUILTIN, ModelInfo, is_flow, model_defaults
 from desktop_app.core.outpaint import CanvasPlan, plan_only_masked, plan_outpaint
 from desktop_app.core.requests import (
+    EDIT_METHOD_NAMES,
+    EDIT_METHODS,
+    FLOW_EDIT_METHODS,
     JUST_RESIZE,
     MASKED_CONTENT,
     MAX_SEED,
@@ -146,7 +149,14 @@ class Engine:
                 notices.append(
                     f"The image is {image.width}x{image.height}, not a multiple of 8: worked at {width}x{height} and scaled back."
                 )
+        if isinstance(request, EditRequest):  # an edit's own recommended settings win over the generation ones
+            edit = dict(loaded.defaults.get("edit") or {})
+            if request.t0 is not None or request.strength is not None:  # the depth asked for is the depth
+                edit.pop("t0", None), edit.pop("strength", None)
+            request = request.with_defaults(**{**loaded.defaults, **edit})
         request = request.with_defaults(**loaded.defaults)
+        if isinstance(request, EditRequest) and request.method is None:
+            request = request.replace(method=default_edit_method(loaded))
         if request.seed is None:
             request = request.replace(seed=random.randint(0, MAX_SEED))
         request.validate()
@@ -167,12 +177,11 @@ class Engine:
                 emit(Notice(message))
             notices += region_notices
             if isinstance(work, EditRequest):  # work is of request's class
-                if loaded.family.startswith("sdxl"):
-                    raise ModelError(
-                        "Editing by inversion works with SD 1.x / 2.x models and the built-in one, not yet with SDXL.",
-                        "Use img2img or inpaint with this model, or pick an SD 1.x / 2.x model for Edit.",
-                    )
-                images, trajectory, info = run_edit(loaded, work, seeds, emit, cancel, source=source)
+                images, trajectory, info = run_any_edit(loaded, work, seeds, emit, cancel, source)
+            elif is_flow(loaded.family):  # SD 3.x and Flux: their own pipelines, sigma time (engine/flow_sampling.py)
+                from desktop_app.engine.flow_sampling import run_flow_pipeline
+
+                images, trajectory, info = run_flow_pipeline(loaded, work, seeds, emit, cancel)
             else:
                 images, trajectory, info = run_pipeline(loaded, work, seeds, emit, cancel)
             if image is not None and placement is not None:
@@ -284,6 +293,58 @@ class _Either:
 
     def is_set(self) -> bool:
         return self.engine.is_set() or (self.job is not None and self.job.is_set())
+
+
+def run_any_edit(loaded: LoadedModel, work: EditRequest, seeds: list[int], emit: OnEvent, cancel, source=None):
+    """The edit by its method: an inversion on SD (engine/inversion.py), LEDITS++ (engine/ledits.py), a flow
+    inversion on SD 3.x / Flux (engine/flow_inversion.py) or a Kontext instruction edit (engine/flow_sampling.py)."""
+    method = work.method or default_edit_method(loaded)
+    check_edit_method(loaded, method)
+    if method == "ledits":
+        from desktop_app.engine.ledits import run_ledits
+
+        return run_ledits(loaded, work, seeds, emit, cancel)
+    if method == "kontext":
+        from desktop_app.engine.flow_sampling import run_kontext
+
+        return run_kontext(loaded, work, seeds, emit, cancel)
+    if method in FLOW_EDIT_METHODS:
+        from desktop_app.engine.flow_inversion import run_flow_edit
+
+        return run_flow_edit(loaded, work, seeds, emit, cancel, source=source)
+    return run_edit(loaded, work, seeds, emit, cancel, source=source)
+
+
+def check_edit_method(loaded: LoadedModel, method: str) -> None:
+    """An edit method of the model's kind: SD's inversions on SD models, the flow ones on SD 3.x / Flux."""
+    label = EDIT_METHOD_NAMES.get(method, method)
+    if is_flow(loaded.family):
+        if method == "kontext" and "kontext" not in loaded.family:
+            raise ModelError(
+                f"A Kontext edit needs a FLUX.1 Kontext model; {loaded.model_id} is not one.",
+                "Load FLUX.1 Kontext (black-forest-labs/FLUX.1-Kontext-dev), or choose FireFlow, RF-Solver or "
+                "RF-Inversion for this model.",
+            )
+        if method not in FLOW_EDIT_METHODS:
+            raise ModelError(
+                f"{label} edits Stable Diffusion 1.x / 2.x / XL models; {loaded.model_id} is a flow model.",
+                "Choose FireFlow, RF-Solver or RF-Inversion (or Kontext on a Kontext model).",
+            )
+    elif method in FLOW_EDIT_METHODS:
+        raise ModelError(
+            f"{label} edits flow models (SD 3.5, Flux); {loaded.model_id} is a Stable Diffusion model.",
+            "Choose direct inversion, DDIM, negative-prompt inversion or LEDITS++ for this model.",
+        )
+
+
+def default_edit_method(loaded: LoadedModel) -> str:
+    """The model's recommended edit method (its settings' "method"), else its family's."""
+    method = loaded.defaults.get("method")
+    if isinstance(method, str) and method in EDIT_METHODS:
+        return method
+    if loaded.family.startswith(("flux", "sd3")):
+        return "kontext" if "kontext" in loaded.family else "fireflow"
+    return "direct"
 
 
 def model_info(loaded: LoadedModel, source: str | None) -> ModelInfo:
