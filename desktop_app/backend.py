@@ -51,9 +51,16 @@ class Backend(Protocol):
         ...
 
     def suggest_mask(
-        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+        self,
+        image: Image.Image,
+        source_prompt: str,
+        target_prompt: str,
+        model: str | None = None,
+        how: str = "diffedit",
     ) -> Image.Image:
-        """A mode 'L' mask (0 / 255) of the image's size: where an edit from one prompt to the other should happen."""
+        """A mode 'L' mask (0 / 255) of the image's size: where an edit from one prompt to the other should happen.
+        `how`: "diffedit" (where the noise predicted under the two prompts differs) or "attention" (where the
+        changed words' cross-attention falls)."""
         ...
 
     def decode_trajectory(

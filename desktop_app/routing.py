@@ -119,9 +119,14 @@ class RoutingBackend:
         return self._for(model).preload(model)
 
     def suggest_mask(
-        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+        self,
+        image: Image.Image,
+        source_prompt: str,
+        target_prompt: str,
+        model: str | None = None,
+        how: str = "diffedit",
     ) -> Image.Image:
-        return self._for(model).suggest_mask(image, source_prompt, target_prompt, model)
+        return self._for(model).suggest_mask(image, source_prompt, target_prompt, model, how)
 
     def decode_trajectory(
         self, trajectory: Trajectory, index: int, which: str = "x0", batch_index: int = 0

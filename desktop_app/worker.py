@@ -352,9 +352,13 @@ class EngineWorker(QObject):
     def preload(self, model: str):
         return self.call("preload", lambda engine: engine.preload(model))
 
-    def suggest_mask(self, image: Any, source_prompt: str, target_prompt: str, model: str | None = None):
+    def suggest_mask(
+        self, image: Any, source_prompt: str, target_prompt: str, model: str | None = None, how: str = "diffedit"
+    ):
         """A DiffEdit-style mask of where the target prompt differs from the source; (id, future of a PIL 'L' image)."""
-        return self.call("suggest_mask", lambda engine: engine.suggest_mask(image, source_prompt, target_prompt, model))
+        return self.call(
+            "suggest_mask", lambda engine: engine.suggest_mask(image, source_prompt, target_prompt, model, how)
+        )
 
     def download_model(self, repo: str, on_progress: Callable[[Any], None], cancel: threading.Event) -> Any:
         """Fetch a hub model on the calling thread, beside any running job (never on the job queue): the

@@ -198,7 +198,12 @@ class FakeEngine:
         )
 
     def suggest_mask(
-        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+        self,
+        image: Image.Image,
+        source_prompt: str,
+        target_prompt: str,
+        model: str | None = None,
+        how: str = "diffedit",
     ) -> Image.Image:
         """The middle half of the image, or nothing when the prompts agree."""
         mask = Image.new("L", image.size, 0)

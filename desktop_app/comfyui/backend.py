@@ -126,7 +126,12 @@ class ComfyBackend:
         )
 
     def suggest_mask(
-        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+        self,
+        image: Image.Image,
+        source_prompt: str,
+        target_prompt: str,
+        model: str | None = None,
+        how: str = "diffedit",
     ) -> Image.Image:
         raise engine_only("Suggesting a mask")
 

@@ -210,12 +210,18 @@ class Engine:
             return model_info(self.models.get(model), model)
 
     def suggest_mask(
-        self, image: Image.Image, source_prompt: str, target_prompt: str, model: str | None = None
+        self,
+        image: Image.Image,
+        source_prompt: str,
+        target_prompt: str,
+        model: str | None = None,
+        how: str = "diffedit",
     ) -> Image.Image:
-        """Where the two prompts disagree (DiffEdit): a mask the user can accept and correct with the brush."""
+        """Where the two prompts disagree (DiffEdit, or the changed words' cross-attention with how="attention"):
+        a mask the user can accept and correct with the brush."""
         with self._lock:
             loaded = self.models.get(model)
-            return suggest_mask(loaded, image, source_prompt, target_prompt)
+            return suggest_mask(loaded, image, source_prompt, target_prompt, how=how)
 
     def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:
         """Full VAE decode of one scaled latent (C, h, w)."""

@@ -604,6 +604,7 @@ def suggest_mask(
     seed: int = 0,
     threshold: float = 0.5,
     min_area: float = 0.01,
+    how: str = "diffedit",
 ) -> Image.Image:
     """Where the edit should happen, DiffEdit-style: a mode 'L' mask (0 / 255) of the image's size.
 
@@ -613,6 +614,8 @@ def suggest_mask(
     image and upsampled. Identical prompts give an empty mask. Engine-free: the worker or
     `Engine.suggest_mask` calls it with a loaded model.
     """
+    if how != "diffedit":
+        raise InvalidRequest(f"Unknown way to suggest a mask: {how!r}.", "Use diffedit or attention.")
     image = image.convert("RGB")
     width, height = max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
     scheduler = _ddim(loaded, 50)
