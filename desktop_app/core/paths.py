@@ -119,6 +119,17 @@ def embeddings_dir() -> Path:
     return _dir("embeddings", str(Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "embeddings"))
 
 
+def taesd_dir() -> Path:
+    """Where TAESD preview decoders are found (`taesd`, `taesdxl`, `taesd3`, `taef1`: a diffusers AutoencoderTiny
+    folder each, or single decoder files as ComfyUI's models/vae_approx holds them)."""
+    return _dir("taesd", str(Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "taesd"))
+
+
+def preview_cache_dir() -> Path:
+    """Fitted latent-to-RGB maps, one small JSON file per model, so a model's second load fits nothing."""
+    return _dir("cache/previews", str(Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)) / "previews"))
+
+
 def read_only_notice(history: bool = True) -> str | None:
     """One sentence naming the folders that cannot be written, why, and what the app does without them; None when
     every folder can be written. `history=False` leaves the history out (its commands say so themselves)."""
