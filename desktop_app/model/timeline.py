@@ -5,6 +5,11 @@ goes (strength = t0 / T, one value per mode) and the canvas shows the source's f
 point, in closed form on the GUI thread once the worker has encoded the source. After a run
 ("trajectory" mode) it scrubs the trajectory of the image shown, for every image of a batch: a cheap
 latent preview while dragging, the full VAE decode (cached) when it rests.
+
+Flow models (SD 3.x, Flux) have sigma in 0..1 for time: the slider keeps its 0..T-1 positions (T = 1000, sigma =
+t / 1000, strength = sigma0) and `axis` says "sigma", so the panel reads "σ 0.70" where an SD model reads "t 700".
+The axis is the trajectory's (after a run) or the forward process's (before one), else the current model's family:
+`family_of(source)` when the window gives one, else what the worker's preloads reported.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop_app.core.modelinfo import is_flow
 from desktop_app.model.document import Document
 
 IMAGE_MODES = ("img2img", "inpaint", "edit")
@@ -27,12 +33,19 @@ class Timeline(QObject):
     message = Signal(str)  # a note for the status bar (why a frame shows only the cheap preview)
 
     def __init__(
-        self, worker: Any, document: Document, current_model: Callable[[], str], parent: QObject | None = None
+        self,
+        worker: Any,
+        document: Document,
+        current_model: Callable[[], str],
+        parent: QObject | None = None,
+        family_of: Callable[[str], str | None] | None = None,
     ) -> None:
         super().__init__(parent)
         self.worker = worker
         self.document = document
         self._current_model = current_model
+        self._family_of = family_of
+        self._families: dict[str, str] = {}  # model source -> family, as the worker's preloads reported it
         self.T = DEFAULT_T
         self._mode = "off"
         self._job_mode = "generate"
@@ -55,6 +68,35 @@ class Timeline(QObject):
     @property
     def mode(self) -> str:
         return self._mode
+
+    @property
+    def axis(self) -> str:
+        """The slider's axis: "sigma" for a flow model's noise level, "t" for diffusion timesteps."""
+        if self._mode == "trajectory" and self._trajectory is not None:
+            return "sigma" if getattr(self._trajectory, "axis", "t") == "sigma" else "t"
+        if self._forward is not None:
+            return "sigma" if getattr(self._forward, "axis", "t") == "sigma" else "t"
+        return "sigma" if is_flow(self.family()) else "t"
+
+    def family(self, source: str | None = None) -> str:
+        """The family of `source` (the current model by default), "" while unknown."""
+        source = source if source is not None else self._current_model()
+        found = self._family_of(source) if self._family_of is not None else None
+        return found or self._families.get(source, "")
+
+    @property
+    def sigma0(self) -> float:
+        """The start noise level of the next image job on a flow model (its strength)."""
+        return self.t0 / self.T
+
+    def start_sigma(self) -> float | None:
+        """The noise level the run starts from after the model's shift, when the forward process knows it."""
+        forward: Any = self._forward
+        return float(forward.sigma(self.t0)) if callable(getattr(forward, "sigma", None)) else None
+
+    def step_sigma(self, index: int) -> float:
+        """The noise level of step `index` of a flow run."""
+        return float(self.timesteps[index]) / self.T
 
     @property
     def timesteps(self) -> list[int]:
@@ -191,9 +233,10 @@ class Timeline(QObject):
         return False
 
     def model_changed(self) -> None:
-        """Another model: the source's latent and schedule are its own."""
+        """Another model: the source's latent and schedule are its own (and its axis may be sigma)."""
         self._forward = None
         self._forward_key = None
+        self.changed.emit()
 
     # -- document and worker signals ----------------------------------------------------------
     @Slot()
@@ -232,6 +275,12 @@ class Timeline(QObject):
 
     @Slot(int, str, object)
     def _on_service_done(self, job_id: int, kind: str, value: Any) -> None:
+        if kind == "preload":  # a ModelInfo: its family says which axis the slider has for that model
+            source, family = getattr(value, "source", None), getattr(value, "family", None)
+            if isinstance(source, str) and isinstance(family, str):
+                self._families[source] = family
+                if source == self._current_model():
+                    self.changed.emit()
         entry = self._services.pop(job_id, None)
         if entry is None:
             return

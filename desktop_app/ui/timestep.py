@@ -1,7 +1,8 @@
 """The timestep slider, bound to a `Timeline` (desktop_app.model.timeline): noise on the left, the image on the right.
 
 It only shows the timeline's state and reports the user's drags: `Timeline.scrub` while the handle moves
-(a cheap preview), `Timeline.rest` once it has rested for REST_MS or is released (the full decode).
+(a cheap preview), `Timeline.rest` once it has rested for REST_MS or is released (the full decode). On a flow model
+(the timeline's axis "sigma") it reads noise levels, "σ 0.70", where an SD model reads timesteps, "t 700".
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from desktop_app.model.timeline import Timeline
 from desktop_app.ui.widgets import named
 
 REST_MS = 220
+SLIDER_TIPS = {
+    "t": "Diffusion time: pure noise at the left end (t = T), the image at the right end (t = 0)",
+    "sigma": "Noise level of a flow model: pure noise at the left end (σ = 1), the image at the right end (σ = 0)",
+}
+START_TIPS = {
+    "t": "Use the slider to set the start timestep (strength) of the next img2img / inpaint / edit",
+    "sigma": "Use the slider to set the start noise level σ₀ (strength) of the next img2img / inpaint / edit",
+}
 
 
 class TimestepPanel(QWidget):
@@ -24,7 +33,7 @@ class TimestepPanel(QWidget):
 
         self.slider = named(QSlider(Qt.Orientation.Horizontal), "timestepSlider")
         self.slider.setAccessibleName("Diffusion timestep")
-        self.slider.setToolTip("Diffusion time: pure noise at the left end (t = T), the image at the right end (t = 0)")
+        self.slider.setToolTip(SLIDER_TIPS["t"])
         self.slider.setMinimumWidth(160)
         self.slider.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.label = named(QLabel(), "timestepLabel")
@@ -39,9 +48,7 @@ class TimestepPanel(QWidget):
         self.which_button.setAccessibleName("Show the noisy latent")
         self.t0_button = named(QToolButton(), "startTimestepButton")
         self.t0_button.setText("Start t")
-        self.t0_button.setToolTip(
-            "Use the slider to set the start timestep (strength) of the next img2img / inpaint / edit"
-        )
+        self.t0_button.setToolTip(START_TIPS["t"])
         self.t0_button.setCheckable(True)
 
         row = QHBoxLayout(self)
@@ -113,21 +120,39 @@ class TimestepPanel(QWidget):
             self.which_button.setText("xₜ" if tl.which == "xt" else "x̂₀")
             self.t0_button.setEnabled(tl.t0_available())
             self.t0_button.setChecked(mode == "t0")
+            axis = tl.axis
+            self.slider.setToolTip(SLIDER_TIPS[axis])
+            self.slider.setAccessibleName("Noise level" if axis == "sigma" else "Diffusion timestep")
+            self.t0_button.setText("Start σ" if axis == "sigma" else "Start t")
+            self.t0_button.setToolTip(START_TIPS[axis])
         finally:
             self._syncing = False
         self._update_label()
 
     def _update_label(self) -> None:
         tl = self.timeline
-        if tl.mode == "t0":
+        flow = tl.axis == "sigma"
+        if tl.mode == "t0" and flow:
+            tip = f"Start noise level σ₀ = {tl.sigma0:.2f} of 1: strength {tl.strength():.2f}"
+            start = tl.start_sigma()
+            if start is not None and abs(start - tl.sigma0) > 5e-3:
+                tip += f" (after the model's timestep shift the run starts at σ {start:.2f})"
+            self.label.setText(f"σ₀ = {tl.sigma0:.2f}")
+            self.label.setToolTip(tip)
+        elif tl.mode == "t0":
             self.label.setText(f"t₀ = {tl.t0} · {tl.strength():.2f}")
             self.label.setToolTip(f"Start timestep t₀ = {tl.t0} of {tl.T}: strength {tl.strength():.2f}")
         elif tl.mode == "trajectory" and tl.timesteps:
             i = max(0, min(len(tl.timesteps) - 1, tl.index))
-            self.label.setText(f"step {i + 1}/{len(tl.timesteps)} · t {tl.timesteps[i]}")
-            self.label.setToolTip(f"Step {i + 1} of {len(tl.timesteps)} of the run, at timestep {tl.timesteps[i]}")
+            n = len(tl.timesteps)
+            if flow:
+                self.label.setText(f"step {i + 1}/{n} · σ {tl.step_sigma(i):.2f}")
+                self.label.setToolTip(f"Step {i + 1} of {n} of the run, at noise level σ = {tl.step_sigma(i):.3f}")
+            else:
+                self.label.setText(f"step {i + 1}/{n} · t {tl.timesteps[i]}")
+                self.label.setToolTip(f"Step {i + 1} of {n} of the run, at timestep {tl.timesteps[i]}")
         else:
-            self.label.setText("t: run a job")
+            self.label.setText("σ: run a job" if flow else "t: run a job")
             self.label.setToolTip("Run a job, or open an image in an image mode, to use the slider")
 
     def _on_value(self, value: int) -> None:
