@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,12 +44,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from desktop_app.core.errors import InvalidRequest
+from desktop_app.core.errors import InvalidRequest, ModelError
 from desktop_app.core.events import Notice
 from desktop_app.core.imaging import feather_mask, paste_back
 from desktop_app.core.latents import Trajectory
-from desktop_app.core.requests import EditRequest, GenerateRequest
-from desktop_app.engine.encoding import decode_images, embed_prompts, encode_image
+from desktop_app.core.requests import EditRequest, GenerateRequest, parse_reweight
+from desktop_app.engine.attention_control import (
+    DEFAULT_CROSS_REPLACE,
+    DEFAULT_SELF_REPLACE,
+    PromptToPrompt,
+    WordMaps,
+    align,
+    controlled_attention,
+    cross_grids,
+    prompt_tokens,
+    reweight_vector,
+)
+from desktop_app.engine.encoding import decode_images, encode_image, text_conditioning
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.sampling import StepHooks, generators, make_scheduler
 
@@ -66,12 +78,19 @@ DEFAULT_T0 = 700  # timestep an edit starts from when the request gives neither 
 # t = 494 on a linear (DDPM) schedule.
 DEFAULT_SIGNAL = 0.0827
 DEFAULT_METHOD = "direct"
+DEFAULT_ATTENTION_CONTROL = "off"  # when neither the request nor the model's "edit" settings name one
+DEFAULT_LOCAL_BLEND = False
+DIFFEDIT_THRESHOLD = 0.5  # suggest_mask's thresholds on the max-normalised map
+ATTENTION_THRESHOLD = 0.5
 INVERSION_REFINE = 0  # fixed-point refinements per inversion step (each one more UNet pass)
 SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source image at least this well
 
 __all__ = [
     "DEFAULT_T0",
     "SourceLatents",
+    "Text",
+    "check_editable",
+    "prompt_texts",
     "default_t0",
     "edit_timesteps",
     "denoise",
@@ -162,28 +181,150 @@ def edit_timesteps(scheduler, t0: int) -> list[int]:
 # ------------------------------------------------------------- UNet helpers ---
 
 
-def _unet(pipe, latents: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
+@dataclass
+class Text:
+    """Prompts' conditioning for direct UNet calls, one row per branch: embeds (B, L, D); for SDXL also the pooled
+    embeds (B, P) and time ids (B, 6) of `added_cond_kwargs` (as StableDiffusionXLPipeline builds them)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def row(self, index: int) -> Text:
+        """Row `index` as a one-row Text."""
+
+        def pick(x):
+            return None if x is None else x[index : index + 1]
+
+        return Text(self.embeds[index : index + 1], pick(self.pooled), pick(self.time_ids))
+
+    def zeros(self) -> Text:
+        """SDXL's unconditional conditioning for an empty negative prompt (force_zeros_for_empty_prompt)."""
+
+        def zero(x):
+            return None if x is None else torch.zeros_like(x)
+
+        return Text(torch.zeros_like(self.embeds), zero(self.pooled), self.time_ids)
+
+
+def _text(x: Text | torch.Tensor) -> Text:
+    return x if isinstance(x, Text) else Text(x)
+
+
+def _cat(texts: list[Text]) -> Text:
+    """Rows of several Texts stacked (B1 + B2 + ..., ...)."""
+    embeds = torch.cat([t.embeds for t in texts])
+    if any(t.pooled is None or t.time_ids is None for t in texts):
+        return Text(embeds)
+    return Text(
+        embeds,
+        torch.cat([cast(torch.Tensor, t.pooled) for t in texts]),
+        torch.cat([cast(torch.Tensor, t.time_ids) for t in texts]),
+    )
+
+
+def prompt_texts(
+    loaded: LoadedModel, prompts: list[str], width: int, height: int, clip_skip: int | None = None
+) -> list[Text]:
+    """Each prompt's one-row Text (one L for all: a long prompt's chunks, the others padded; A1111's meaning).
+
+    On SDXL the pooled embeds and the time ids (original and target size = the work size, no crop) come along."""
+    embeds, added = text_conditioning(loaded, prompts, height, width, clip_skip)
+    text = Text(embeds) if added is None else Text(embeds, added["text_embeds"], added["time_ids"])
+    return [text.row(i) for i in range(len(prompts))]
+
+
+def _unet(pipe, latents: torch.Tensor, t: int, text: Text | torch.Tensor) -> torch.Tensor:
     """The UNet's prediction (B, C, h, w) as float32 (noise, or velocity for a v-prediction model: the
-    schedulers convert), for latents (B, C, h, w) and embeds (B, L, D)."""
+    schedulers convert), for latents (B, C, h, w) and a B-row Text (or embeds (B, L, D))."""
     unet = pipe.unet
-    out = unet(latents.to(unet.dtype), t, encoder_hidden_states=embeds.to(unet.dtype), return_dict=False)[0]
+    text = _text(text)
+    added = None
+    if text.pooled is not None and text.time_ids is not None:
+        added = {"text_embeds": text.pooled.to(unet.dtype), "time_ids": text.time_ids.to(unet.dtype)}
+    out = unet(
+        latents.to(unet.dtype),
+        t,
+        encoder_hidden_states=text.embeds.to(unet.dtype),
+        added_cond_kwargs=added,
+        return_dict=False,
+    )[0]
     return out.float()
 
 
 def _guided(
-    pipe, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor, guidance: float
+    pipe, latents: torch.Tensor, t: int, cond: Text | torch.Tensor, uncond: Text | torch.Tensor, guidance: float
 ) -> torch.Tensor:
     """Classifier-free guided noise for several branches in one UNet call.
 
-    latents: (B, C, h, w); cond, uncond: (B, L, D), one row per branch. Returns (B, C, h, w).
+    latents: (B, C, h, w); cond, uncond: B rows each, one per branch. Returns (B, C, h, w).
     At guidance 1 the unconditional pass is skipped.
     """
     if guidance == 1.0:
         return _unet(pipe, latents, t, cond)
     batch = latents.shape[0]
-    eps = _unet(pipe, torch.cat([latents, latents]), t, torch.cat([uncond, cond]))  # (2B, C, h, w)
+    eps = _unet(pipe, torch.cat([latents, latents]), t, _cat([_text(uncond), _text(cond)]))  # (2B, C, h, w)
     eps_uncond, eps_cond = eps[:batch], eps[batch:]
     return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def _two_branches(
+    pipe,
+    t: int,
+    x_src: torch.Tensor,
+    x: torch.Tensor,
+    cond_src: Text,
+    cond_tgt: Text,
+    neg_src: Text,
+    neg_tgt: Text,
+    guidance: float,
+    control: PromptToPrompt | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Guided noise of the source branch (x_src under cond_src, neg_src) and the target branch (x under cond_tgt,
+    neg_tgt) in one UNet call. Returns (eps_src, eps_tgt), each (B, C, h, w).
+
+    Rows: the unconditional rows that are needed, then the conditional rows [source, target] (Prompt-to-Prompt
+    edits the last 2B rows). An unconditional row is left out where it is provably another row: the source's when
+    its negative is its own prompt (negative-prompt inversion: guidance changes nothing there), the target's when
+    both branches sit on the same latent with the same negative (the first step) or with the source prompt as
+    negative."""
+    b = x.shape[0]
+    same_latent = torch.equal(x_src, x)
+    latents: list[torch.Tensor] = []
+    texts: list[Text] = []
+
+    def row(latent: torch.Tensor, text: Text) -> int:
+        latents.append(latent)
+        texts.append(text)
+        return len(latents) - 1
+
+    u_src = u_tgt = None  # index of the unconditional block, None for "the source's conditional block"
+    if guidance != 1.0:
+        if neg_src is not cond_src:
+            u_src = row(x_src, neg_src)
+        if not (same_latent and neg_tgt is neg_src):
+            u_tgt = None if (same_latent and neg_tgt is cond_src) else row(x, neg_tgt)
+        else:
+            u_tgt = u_src
+    c_src, c_tgt = row(x_src, cond_src), row(x, cond_tgt)
+    if control is not None:
+        control.step, control.active = step, True
+    try:
+        out = _unet(pipe, torch.cat(latents), t, _cat(texts))  # (rows * B, C, h, w)
+    finally:
+        if control is not None:
+            control.active = False
+    blocks = list(out.split(b))
+    eps_c_src, eps_c_tgt = blocks[c_src], blocks[c_tgt]
+    if guidance == 1.0:
+        return eps_c_src, eps_c_tgt
+    eps_u_src = eps_c_src if u_src is None else blocks[u_src]
+    eps_u_tgt = eps_c_src if u_tgt is None else blocks[u_tgt]
+    return (
+        eps_u_src + guidance * (eps_c_src - eps_u_src),
+        eps_u_tgt + guidance * (eps_c_tgt - eps_u_tgt),
+    )
 
 
 def _psnr(a: Image.Image, b: Image.Image) -> float:
@@ -199,7 +340,7 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 def invert(
     loaded: LoadedModel,
     z0: torch.Tensor,
-    cond: torch.Tensor,
+    cond: Text | torch.Tensor,
     timesteps: list[int],
     steps: int,
     hooks: StepHooks | None = None,
@@ -207,7 +348,7 @@ def invert(
 ) -> list[torch.Tensor]:
     """DDIM inversion of a clean latent up the schedule, conditioned on `cond`, at guidance 1.
 
-    z0: (1, C, h, w) scaled latent; cond: (1, L, D); timesteps: the edit's descending
+    z0: (B, C, h, w) scaled latents; cond: B rows (Text, or embeds (B, L, D)); timesteps: the edit's descending
     denoising timesteps (from `edit_timesteps`). Returns the levels, float32 on the device:
     levels[0] = z0 and levels[k] = x at timesteps[-k] (ascending), so levels[-1] is x_t0 and
     denoising step i (from timesteps[i]) should land on levels[n - 1 - i].
@@ -244,53 +385,62 @@ def denoise(
     steps: int,
     method: str,
     guidance: float,
-    cond_src: torch.Tensor,
-    cond_tgt: torch.Tensor,
-    uncond: torch.Tensor,
+    cond_src: Text | torch.Tensor,
+    cond_tgt: Text | torch.Tensor,
+    uncond: Text | torch.Tensor,
     *,
     latent_mask: torch.Tensor | None = None,
     hooks: StepHooks | None = None,
+    control: PromptToPrompt | None = None,
 ) -> torch.Tensor:
     """Denoise from levels[-1] (x_t0) to a clean latent under the target prompt, by `method`.
 
-    levels: `invert`'s layout, each (B, C, h, w); cond_src, cond_tgt, uncond: (B, L, D);
-    latent_mask: (B or 1, 1, h, w), 1 where the latent may change, else None. Batched
-    over B images (the benchmark uses that; an edit job has B = 1). `hooks` (progress,
-    previews, cancel, trajectory) sees the target branch. Returns the latent (B, C, h, w).
+    levels: `invert`'s layout, each (B, C, h, w); cond_src, cond_tgt, uncond: B rows (Text, or embeds (B, L, D));
+    latent_mask: (B or 1, 1, h, w), 1 where the latent may change, else None. Batched over B images (the benchmark
+    uses that; an edit job has B = 1). `control`: Prompt-to-Prompt; with it every method denoises a source branch
+    beside the target in the same UNet call (direct inversion always does: its source branch is pinned to the
+    trajectory; ddim and negative-prompt run theirs freely from x_t0). `hooks` (progress, previews, cancel,
+    trajectory) sees the target branch. Returns the latent (B, C, h, w).
     """
     pipe = loaded.pipe
     n = len(timesteps)
-    batch = levels[-1].shape[0]
-    same_prompt = cond_tgt is cond_src or torch.equal(cond_tgt, cond_src)
-    negative = cond_src if method == "negative-prompt" else uncond
+    text_src, text_tgt, text_neg = _text(cond_src), _text(cond_tgt), _text(uncond)
+    same_prompt = cond_tgt is cond_src or torch.equal(text_tgt.embeds, text_src.embeds)
+    control = None if same_prompt else control
+    negative = text_src if method == "negative-prompt" else text_neg  # both branches' unconditional
     scheduler = _ddim(loaded, steps)  # the target branch (hooked)
-    source_scheduler = _ddim(loaded, steps)  # the direct method's source branch, unhooked
+    source_scheduler = _ddim(loaded, steps)  # the source branch, unhooked
     if hooks is not None:
         hooks.attach(scheduler)
     x = levels[-1].clone()  # (B, C, h, w) target branch at x_t0
+    x_src = levels[-1].clone()  # the source branch
+    attention = controlled_attention(pipe.unet, control) if control is not None else nullcontext()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), attention:
             for i, t in enumerate(timesteps):
                 target_level = levels[n - 1 - i]  # where the inversion says this step lands
                 if method == "direct":
                     x_src = levels[n - i]  # the source branch, corrected onto the trajectory
-                    if same_prompt:  # the target branch is the source branch (up to rounding): one pass
-                        eps_src = eps = _guided(pipe, x_src, t, cond_src, uncond, guidance)
-                    else:  # both branches in one UNet call: (2B, C, h, w)
-                        both = _guided(
-                            pipe,
-                            torch.cat([x_src, x]),
-                            t,
-                            torch.cat([cond_src, cond_tgt]),
-                            torch.cat([uncond, uncond]),
-                            guidance,
-                        )
-                        eps_src, eps = both[:batch], both[batch:]
+                if method == "direct" and same_prompt:  # the target branch is the source branch: one pass
+                    eps = _guided(pipe, x_src, t, text_src, text_neg, guidance)
+                    x = _step(scheduler, eps, t, x) + (target_level - _step(source_scheduler, eps, t, x_src))
+                    src_next = target_level
+                elif method == "direct" or control is not None:  # both branches in one UNet call
+                    eps_src, eps = _two_branches(
+                        pipe, t, x_src, x, text_src, text_tgt, negative, negative, guidance, control, i
+                    )
                     src_next = _step(source_scheduler, eps_src, t, x_src)
-                    x = _step(scheduler, eps, t, x) + (target_level - src_next)
-                else:
-                    eps = _guided(pipe, x, t, cond_tgt, negative, guidance)  # (B, C, h, w)
                     x = _step(scheduler, eps, t, x)
+                    if method == "direct":  # the source branch's gap to the trajectory, added to both
+                        x = x + (target_level - src_next)
+                        src_next = target_level
+                else:
+                    eps = _guided(pipe, x, t, text_tgt, negative, guidance)  # (B, C, h, w)
+                    x = _step(scheduler, eps, t, x)
+                    src_next = target_level
+                if control is not None:
+                    x = control.blend(x, src_next)
+                x_src = src_next
                 if latent_mask is not None:
                     x = latent_mask * x + (1.0 - latent_mask) * target_level
                 if hooks is not None:
@@ -473,6 +623,64 @@ def _latent_mask(mask: Image.Image, width: int, height: int, factor: int, device
 # ---------------------------------------------------------------- the edit ---
 
 
+def check_editable(loaded: LoadedModel) -> None:
+    """An SDXL refiner (only the OpenCLIP-G text encoder, aesthetic-score conditioning) cannot run these edits."""
+    pipe = loaded.pipe
+    config = getattr(pipe, "config", {}) or {}
+    if loaded.is_xl and (getattr(pipe, "text_encoder", None) is None or config.get("requires_aesthetics_score")):
+        raise ModelError(
+            f"{loaded.model_id} is an SDXL refiner: it has no CLIP-L text encoder and is conditioned on an aesthetic "
+            "score, so inversion edits (and their attention control) cannot run on it.",
+            "Edit with the SDXL base model (stabilityai/stable-diffusion-xl-base-1.0); the refiner can polish the "
+            "result afterwards with img2img at a low strength.",
+        )
+
+
+def _prompt_to_prompt(
+    loaded: LoadedModel, request: EditRequest, length: int, n: int, emit: Emit, same_prompt: bool
+) -> tuple[PromptToPrompt | None, dict[str, Any]]:
+    """The edit's Prompt-to-Prompt controller and its infotext fields, or (None, {}) when attention control is off.
+
+    Re-weighting a word the target prompt lacks is an InvalidRequest here, before any step runs."""
+    pairs = parse_reweight(request.reweight)
+    if (request.attention_control or DEFAULT_ATTENTION_CONTROL) != "p2p":
+        if pairs:
+            emit(Notice("Re-weighting works with Prompt-to-Prompt attention control, which is off: ignored."))
+        return None, {}
+    cross = DEFAULT_CROSS_REPLACE if request.cross_replace is None else float(request.cross_replace)
+    self_share = DEFAULT_SELF_REPLACE if request.self_replace is None else float(request.self_replace)
+    blend = DEFAULT_LOCAL_BLEND if request.local_blend is None else bool(request.local_blend)
+    src = prompt_tokens(loaded, request.source_prompt)
+    tgt = prompt_tokens(loaded, request.prompt)
+    alignment = align(src, tgt, length)
+    reweight = reweight_vector(loaded, tgt, pairs, length)
+    if not same_prompt:
+        for message in alignment.notices:
+            emit(Notice(message))
+    assert request.width is not None and request.height is not None  # the work size, filled by the engine
+    latent = (request.height // loaded.latent_factor, request.width // loaded.latent_factor)
+    control = PromptToPrompt(
+        alignment,
+        steps=n,
+        batch=1,
+        latent=latent,
+        cross_grids=cross_grids(loaded, latent),
+        cross_replace=cross,
+        self_replace=self_share,
+        local_blend=blend,
+        reweight=reweight,
+    )
+    info: dict[str, Any] = {
+        "Attention control": "Prompt-to-Prompt",
+        "Cross replace": cross,
+        "Self replace": self_share,
+        "Local blend": str(blend),
+    }
+    if request.reweight.strip():
+        info["Re-weight"] = request.reweight.strip()
+    return control, info
+
+
 def run_edit(
     loaded: LoadedModel,
     request: EditRequest,
@@ -504,20 +712,28 @@ def run_edit(
         else source_image.resize((width, height), Image.Resampling.LANCZOS)
     )
 
+    check_editable(loaded)
     scheduler = _ddim(loaded, steps)
     t0 = resolve_t0(request, scheduler.config["num_train_timesteps"], scheduler.alphas_cumprod)
     timesteps = edit_timesteps(scheduler, t0)
     n = len(timesteps)
-    method = request.method
+    method = request.method or DEFAULT_METHOD
     same_prompt = request.prompt == request.source_prompt
 
     hooks = StepHooks(loaded, emit, cancel, 2 * n, request, phase="invert")
     with torch.inference_mode():
         # A1111's prompt meaning, one L for the three (a long prompt's chunks, the others padded)
-        cond_src, cond_tgt, uncond = embed_prompts(
-            loaded, [request.source_prompt, request.prompt, request.negative_prompt], request.clip_skip
-        )  # (1, L, D) each
+        cond_src, cond_tgt, uncond = prompt_texts(
+            loaded, [request.source_prompt, request.prompt, request.negative_prompt], width, height, request.clip_skip
+        )  # one row each
         cond_tgt = cond_src if same_prompt else cond_tgt
+        if (
+            loaded.is_xl
+            and not request.negative_prompt.strip()
+            and loaded.pipe.config.get("force_zeros_for_empty_prompt", True)
+        ):
+            uncond = uncond.zeros()  # as StableDiffusionXLPipeline does for an empty negative prompt
+    control, control_info = _prompt_to_prompt(loaded, request, cond_src.embeds.shape[1], n, emit, same_prompt)
 
     # -- phase 1: the inversion trajectory (or the source's own) ----------------------
     levels, how = (None, None)
@@ -550,6 +766,7 @@ def run_edit(
         uncond,
         latent_mask=latent_mask,
         hooks=hooks,
+        control=control,
     )
     trajectory = hooks.trajectory
     image = decode_images(loaded, x)[0]
@@ -558,6 +775,7 @@ def run_edit(
     if feathered is not None:
         image = paste_back(image, source_image, feathered)
     info: dict[str, Any] = {"Edit method": method, "t0": timesteps[0], "Source prompt": request.source_prompt}
+    info.update(control_info)
     if request.mask is not None:
         info["Mask blur"] = request.mask_blur
     if how is not None:
@@ -602,20 +820,27 @@ def suggest_mask(
     t: int = 500,
     draws: int = 4,
     seed: int = 0,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_area: float = 0.01,
     how: str = "diffedit",
 ) -> Image.Image:
-    """Where the edit should happen, DiffEdit-style: a mode 'L' mask (0 / 255) of the image's size.
+    """Where the edit should happen: a mode 'L' mask (0 / 255) of the image's size. Identical prompts give an empty
+    mask. Engine-free: the worker or `Engine.suggest_mask` calls it with a loaded model.
 
-    The image is noised to timestep t with `draws` noise draws; the UNet predicts the noise
-    under each prompt; |eps_target - eps_source|, averaged over draws and channels, is
-    normalised, smoothed, thresholded, cleaned of specks smaller than `min_area` of the
-    image and upsampled. Identical prompts give an empty mask. Engine-free: the worker or
-    `Engine.suggest_mask` calls it with a loaded model.
+    The image is noised to timestep t with `draws` noise draws, and the UNet sees it under each prompt:
+
+    - how="diffedit" (DiffEdit, Couairon et al. 2022): |eps_target - eps_source|, averaged over draws and channels;
+    - how="attention": the cross-attention maps of the words that differ between the prompts (the target's new
+      words under the target prompt, the replaced words under the source prompt), every cross-attention layer
+      upsampled to the latent grid, averaged over layers, heads and draws, each prompt's map normalised, then
+      averaged.
+
+    The map is smoothed, normalised, thresholded (`threshold`, default DIFFEDIT_THRESHOLD / ATTENTION_THRESHOLD),
+    cleaned of specks smaller than `min_area` of the image and upsampled.
     """
-    if how != "diffedit":
+    if how not in ("diffedit", "attention"):
         raise InvalidRequest(f"Unknown way to suggest a mask: {how!r}.", "Use diffedit or attention.")
+    check_editable(loaded)
     image = image.convert("RGB")
     width, height = max(64, image.width - image.width % 8), max(64, image.height - image.height % 8)
     scheduler = _ddim(loaded, 50)
@@ -627,26 +852,59 @@ def suggest_mask(
         xt = scheduler.add_noise(
             z0.expand(draws, -1, -1, -1), noise, cast("torch.IntTensor", torch.full((draws,), t, dtype=torch.long))
         )
-        embeds = torch.cat(embed_prompts(loaded, [source_prompt, target_prompt]))  # (2, L, D)
-        eps = _unet(loaded.pipe, torch.cat([xt, xt]), t, embeds.repeat_interleave(draws, dim=0))  # (2D, C, h, w)
-        diff = (eps[draws:] - eps[:draws]).abs().mean(dim=(0, 1))  # (h, w)
-    diff = diff.cpu().numpy().astype(np.float64)
-    reference = float(np.abs(eps.cpu().numpy()).mean()) + 1e-12
-    if diff.max() <= 1e-4 * reference:  # the prompts do not differ where the model looks
-        return Image.new("L", image.size, 0)
-    # smooth a little at latent resolution (3x3 box), normalise, threshold, drop specks
-    padded = np.pad(diff, 1, mode="edge")
+        texts = prompt_texts(loaded, [source_prompt, target_prompt], width, height)
+        rows = _cat([texts[0]] * draws + [texts[1]] * draws)  # (2D rows)
+        if how == "diffedit":
+            eps = _unet(loaded.pipe, torch.cat([xt, xt]), t, rows)  # (2D, C, h, w)
+            diff = (eps[draws:] - eps[:draws]).abs().mean(dim=(0, 1))  # (h, w)
+            reference = float(eps.abs().mean()) + 1e-12
+            if float(diff.max()) <= 1e-4 * reference:  # the prompts do not differ where the model looks
+                return Image.new("L", image.size, 0)
+            return _mask_from_map(diff.cpu().numpy().astype(np.float64), image.size, width, threshold, min_area)
+        src, tgt = prompt_tokens(loaded, source_prompt), prompt_tokens(loaded, target_prompt)
+        alignment = align(src, tgt, texts[0].embeds.shape[1])
+        src_words, tgt_words = alignment.src_changed, alignment.tgt_changed
+        if not alignment.aligned:  # no word alignment: every word of each prompt
+            src_words = [p for p, c in enumerate(src.content) if c]
+            tgt_words = [p for p, c in enumerate(tgt.content) if c]
+        if source_prompt == target_prompt or not (src_words or tgt_words):
+            return Image.new("L", image.size, 0)
+        latent = (int(z0.shape[2]), int(z0.shape[3]))
+        collector = WordMaps([src_words] * draws + [tgt_words] * draws, latent)
+        with controlled_attention(loaded.pipe.unet, collector):
+            _unet(loaded.pipe, torch.cat([xt, xt]), t, rows)
+        assert collector.maps is not None  # the UNet has cross-attention
+        maps = collector.maps.reshape(2, draws, *latent).mean(1)  # (2, h, w) source words, target words
+        used = [m / m.max() for m, words in zip(maps, (src_words, tgt_words)) if words and float(m.max()) > 0]
+        if not used:
+            return Image.new("L", image.size, 0)
+        combined = torch.stack(used).mean(0)
+    return _mask_from_map(
+        combined.cpu().numpy().astype(np.float64),
+        image.size,
+        width,
+        ATTENTION_THRESHOLD if threshold is None else threshold,
+        min_area,
+    )
+
+
+def _mask_from_map(
+    diff: np.ndarray, size: tuple[int, int], width: int, threshold: float | None, min_area: float
+) -> Image.Image:
+    """A latent-resolution map (h, w) -> the crisp mode 'L' mask of `size`: smoothed, normalised, thresholded,
+    specks removed, upsampled with soft edges and thresholded again (a mask the brush can correct)."""
+    threshold = DIFFEDIT_THRESHOLD if threshold is None else threshold
+    padded = np.pad(diff, 1, mode="edge")  # 3x3 box smoothing at latent resolution
     smooth = cast(
         np.ndarray,
         sum(padded[dy : dy + diff.shape[0], dx : dx + diff.shape[1]] for dy in range(3) for dx in range(3)) / 9.0,
     )
-    smooth = smooth / smooth.max()
+    smooth = smooth / max(float(smooth.max()), 1e-12)
     binary = smooth >= threshold
     binary = _remove_specks(binary, max(1, int(round(min_area * binary.size))))
     small = Image.fromarray((binary * 255).astype(np.uint8), "L")
-    # upsample with soft edges, then threshold again for a crisp mask the brush can correct
     factor = max(1, width // binary.shape[1])
-    big = small.resize(image.size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(factor / 2))
+    big = small.resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(factor / 2))
 
     def crisp(v: int) -> int:
         return 255 if v >= 128 else 0
