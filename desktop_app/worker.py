@@ -68,15 +68,80 @@ _PRIORITY_SERVICE = 0  # decodes, previews, preloads go before queued generation
 _PRIORITY_JOB = 1
 
 
-def default_engine_factory() -> Any:
-    """Import and build the real engine: called on the worker thread, the first time a job needs it."""
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the local engine runs (the window's Performance settings, plain data: no torch).
+
+    "auto" picks the device (CUDA, then MPS, then the CPU) and its precision (fp16 on GPUs, fp32 on the CPU); the
+    switches trade speed for memory. They apply from the next model load."""
+
+    device: str = "auto"  # a key of DEVICE_CHOICES
+    dtype: str = "auto"  # a key of DTYPE_CHOICES
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False  # model CPU offload: only the part that runs stays on the GPU
+    sequential_offload: bool = False  # sequential CPU offload: layer by layer, least memory, slowest
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """`Engine(**kwargs)`: device and dtype (None for auto) and the MemoryOptions (imports torch)."""
+        return {
+            "device": None if self.device == "auto" else self.device,
+            "dtype": None if self.dtype == "auto" else self.dtype,
+            "memory": self.memory_options(),
+        }
+
+    def memory_options(self) -> Any:
+        """engine.device.MemoryOptions of these switches; sequential offload only where the engine has it."""
+        import dataclasses
+
+        from desktop_app.engine.device import MemoryOptions
+
+        values = {
+            "attention_slicing": self.attention_slicing,
+            "vae_tiling": self.vae_tiling,
+            "cpu_offload": self.cpu_offload,
+            "sequential_offload": self.sequential_offload,
+        }
+        names = {f.name for f in dataclasses.fields(MemoryOptions)}
+        return MemoryOptions(**{k: v for k, v in values.items() if k in names})
+
+
+_engine_options = EngineOptions()  # what the next engine default_engine_factory makes is built with
+
+
+def engine_options() -> EngineOptions:
+    """The options the next engine is made with (EngineWorker.set_engine_options sets them)."""
+    return _engine_options
+
+
+def default_engine_factory(options: EngineOptions | None = None) -> Any:
+    """Import and build the real engine: called on the worker thread, the first time a job needs it, with the
+    options the window set (`engine_options()`) unless given."""
     with quiet_import():
         from desktop_app.engine.engine import Engine  # imports torch: never on the GUI thread
 
         import_lazy_dependencies()
 
     leave_a_core_for_the_gui()
-    return Engine(device=None)
+    return Engine(**(options or engine_options()).engine_kwargs())
+
+
+def reconfigure_engine(engine: Any, options: EngineOptions) -> None:
+    """Give a made engine (engine.engine.Engine) other options, between jobs: its model is let go, and the next
+    job loads it again on that device, in that precision, with those memory options."""
+    from desktop_app.engine.device import pick_device, pick_dtype
+
+    kwargs = options.engine_kwargs()
+    device = pick_device(kwargs["device"])  # UserError when asked for a device this machine does not have
+    dtype = pick_dtype(device, kwargs["dtype"])
+    models = engine.models
+    models.unload()
+    engine.device, engine.dtype = device, dtype
+    models.device, models.dtype, models.memory = device, dtype, kwargs["memory"]
 
 
 # torch's native libraries, in load order; loaded ahead of `import torch` where they exist (see quiet_import)
@@ -247,6 +312,9 @@ class EngineWorker(QObject):
         # Pickle checkpoints can run code when opened: loaded only after the user opted in (the Models dialog)
         self.allow_pickle = False
         self._engine: Any = backend
+        self._owns_engine = backend is None  # made by the factory here (else the backend makes its local engine)
+        self._options = EngineOptions()
+        self._options_changed = False  # applied on the worker thread before the next job or service
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._jobs: dict[int, _Job] = {}  # not yet finished, GUI-thread bookkeeping
         self._lock = threading.Lock()
@@ -303,6 +371,48 @@ class EngineWorker(QObject):
         """Generation jobs waiting or running."""
         with self._lock:
             return sum(1 for j in self._jobs.values() if j.kind == "run" and not j.done)
+
+    # -- engine options (the window's Performance settings) ----------------------------------
+    @property
+    def engine_options(self) -> EngineOptions:
+        return self._options
+
+    def set_engine_options(self, options: EngineOptions) -> None:
+        """Device, precision and memory options for the local engine. Before it exists they are what it is made
+        with; after, they apply between jobs, at the next model load (the running job finishes as it started)."""
+        global _engine_options
+        if options == self._options and options == _engine_options:
+            return
+        _engine_options = options
+        with self._lock:
+            self._options = options
+            self._options_changed = True
+
+    def _apply_engine_options(self) -> None:
+        """On the worker thread, between jobs: a made local engine takes the new options (its model loads
+        again at the next job); one not made yet is made with them."""
+        with self._lock:
+            if not self._options_changed:
+                return
+            self._options_changed = False
+            options = self._options
+        if self._engine is None:
+            return
+        local = self._local_engine()
+        if local is not None and callable(getattr(getattr(local, "models", None), "unload", None)):
+            try:
+                reconfigure_engine(local, options)
+            except UserError as exc:
+                raise UserError(exc.message, "Choose another device in Run > Performance…") from exc
+        elif self._owns_engine:
+            self._engine = None  # a factory's engine without a model manager: made anew with the options
+
+    def _local_engine(self) -> Any:
+        """The local engine if it was made: the backend itself, or the routing backend's local one."""
+        engine = self._engine
+        if callable(getattr(engine, "local", None)):  # the routing backend: its local engine, only if made
+            return engine.local() if callable(getattr(engine.models, "unload", None)) else None
+        return engine
 
     # -- submitting ------------------------------------------------------------
     def submit(self, request: Any, source: Any = None) -> tuple[int, Any]:
@@ -532,6 +642,7 @@ class EngineWorker(QObject):
                     self.cancelled.emit(job_id)
 
         try:
+            self._apply_engine_options()
             backend = self._get_engine()
             if job.cancel.is_set():
                 raise JobCancelled()
@@ -552,6 +663,7 @@ class EngineWorker(QObject):
 
     def _run_service(self, job: _Job) -> None:
         try:
+            self._apply_engine_options()
             value = job.call(self._get_engine())  # type: ignore[misc]
         except BaseException as exc:  # noqa: BLE001
             message, hint = describe_error(exc)
@@ -582,4 +694,12 @@ def _consume_exception(fut: Any) -> None:
         fut.exception()
 
 
-__all__ = ["EngineWorker", "JobCancelled", "default_engine_factory", "describe_error"]
+__all__ = [
+    "EngineOptions",
+    "EngineWorker",
+    "JobCancelled",
+    "default_engine_factory",
+    "describe_error",
+    "engine_options",
+    "reconfigure_engine",
+]

@@ -13,7 +13,14 @@ from typing import Any
 from desktop_app import __version__
 from desktop_app.core import paths
 from desktop_app.core.errors import UserError
-from desktop_app.core.requests import DEFAULT_RESIZE_MODE, EDIT_METHODS, MASKED_CONTENT, OUTPAINT_FILLS, RESIZE_MODES
+from desktop_app.core.requests import (
+    ATTENTION_CONTROLS,
+    DEFAULT_RESIZE_MODE,
+    EDIT_METHODS,
+    MASKED_CONTENT,
+    OUTPAINT_FILLS,
+    RESIZE_MODES,
+)
 from desktop_app.core.samplers import SCHEDULES, labels
 
 EXIT_USER_ERROR = 2
@@ -37,6 +44,7 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
     parser.add_argument(
         "--device", choices=("cpu", "cuda", "mps"), default=None, help="override the automatic device choice"
     )
+    _add_performance(parser)
     parser.add_argument("--seed", type=int, default=None, help="random if left out; image i of a batch uses seed + i")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
     parser.add_argument(
@@ -82,6 +90,104 @@ def _add_common(parser: argparse.ArgumentParser, *, needs_prompt: bool = True) -
     from desktop_app.cli.backends import add_backend_arguments
 
     add_backend_arguments(parser)  # --backend comfyui=URL, repeatable
+
+
+def _add_performance(parser: argparse.ArgumentParser) -> None:
+    """Precision and the memory options of the local engine (the window's Run > Performance…)."""
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="precision of the weights: auto (fp16 on a GPU, fp32 on the CPU), bf16 (GPUs that have it; Flux's "
+        "own), fp16 or fp32 (most exact, twice the memory)",
+    )
+    parser.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="model CPU offload (CUDA): only the part of the model that runs stays on the GPU; less memory, a "
+        "little slower",
+    )
+    parser.add_argument(
+        "--sequential-offload",
+        action="store_true",
+        help="sequential CPU offload (CUDA): the weights go to the GPU layer by layer; the least memory, much slower",
+    )
+    parser.add_argument(
+        "--vae-tiling", action="store_true", help="decode and encode large images in tiles: less memory, same image"
+    )
+    parser.add_argument(
+        "--attention-slicing",
+        action="store_true",
+        help="compute attention in slices: less memory, slower",
+    )
+
+
+def _add_edit_controls(parser: argparse.ArgumentParser) -> None:
+    """The edit's method, its Prompt-to-Prompt attention control and its LEDITS++ concepts."""
+    parser.add_argument(
+        "--method",
+        choices=EDIT_METHODS,
+        default=None,
+        help="how to edit (the model's recommended one if left out): on Stable Diffusion direct (direct "
+        "inversion), negative-prompt, ddim (plain DDIM inversion) or ledits (LEDITS++, with --concept); on SD 3.x / "
+        "Flux fireflow, rf-solver or rf-inversion (flow inversions), kontext on FLUX.1 Kontext (the prompt is the "
+        "instruction)",
+    )
+    parser.add_argument(
+        "--attention-control",
+        choices=tuple(ATTENTION_CONTROLS),
+        default=None,
+        help="over ddim / negative-prompt / direct: p2p (Prompt-to-Prompt) keeps the source's attention maps so "
+        "that only what the prompts change changes; off regenerates freely (model default if left out)",
+    )
+    parser.add_argument(
+        "--cross-replace",
+        type=_share,
+        default=None,
+        metavar="SHARE",
+        help="with p2p: the share of the steps (0-1, or 80%%) that keep the source's cross-attention maps (model "
+        "default, such as 0.8)",
+    )
+    parser.add_argument(
+        "--self-replace",
+        type=_share,
+        default=None,
+        metavar="SHARE",
+        help="with p2p: the share of the steps (0-1, or 40%%) that inject the source's self-attention, which keeps "
+        "its structure (model default, such as 0.4)",
+    )
+    parser.add_argument(
+        "--local-blend",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with p2p: only where the changed words attend may the image change (model default if left out)",
+    )
+    parser.add_argument(
+        "--reweight",
+        default="",
+        metavar="WORD:SCALE,...",
+        help='with p2p: scale the attention to words of the prompt, such as "blue:2" (stronger) or "red:0.5"',
+    )
+    parser.add_argument(
+        "--concept",
+        action="append",
+        default=[],
+        metavar='"+ TEXT @ GUIDANCE"',
+        help='with --method ledits: an edit concept, "+ a blue hat @ 7" adds, "- a red scarf" removes, '
+        '"@ 7 / 0.8" also sets the threshold of its implicit mask; repeatable',
+    )
+
+
+def _share(text: str) -> float:
+    """A share of the steps: 0.8, or 80%."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a share of the steps such as 0.8 or 80%, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share of the steps between 0 and 1 (0% and 100%), not {text!r}")
+    return value
 
 
 def _add_resize_mode(parser: argparse.ArgumentParser) -> None:
@@ -281,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_inpaint_options(out, mask_required=False, strength=1.0)
 
-    edit = sub.add_parser("edit", help="edit a real image by DDIM inversion")
+    edit = sub.add_parser(
+        "edit",
+        help="edit a real image: inversion (with Prompt-to-Prompt attention control), LEDITS++, flow inversion, Kontext",
+    )
     _add_common(edit)
     edit.add_argument("--image", "-i", required=True)
     edit.add_argument("--source-prompt", default="", help="what the image shows now")
@@ -293,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", default=None, help="optional: only the white part may change")
     edit.add_argument("--mask-blur", type=int, default=4, help="with --mask: feather in pixels, inside the mask")
     _add_mask_grow(edit)
-    edit.add_argument("--method", choices=EDIT_METHODS, default=None)
+    _add_edit_controls(edit)
     _add_resize_mode(edit)
 
     try:
@@ -389,7 +498,13 @@ def _lora_spec(text: str):
 
 def _request_from_args(args: argparse.Namespace):
     from desktop_app.core.images import load_image, load_mask
-    from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
+    from desktop_app.core.requests import (
+        EditRequest,
+        GenerateRequest,
+        Img2ImgRequest,
+        InpaintRequest,
+        parse_edit_concepts,
+    )
     from desktop_app.core.samplers import parse_sampler, parse_schedule
 
     if args.scheduler is not None:
@@ -447,6 +562,14 @@ def _request_from_args(args: argparse.Namespace):
     )
     if args.method:
         extra["method"] = args.method
+    extra.update(
+        attention_control=args.attention_control,
+        cross_replace=args.cross_replace,
+        self_replace=args.self_replace,
+        local_blend=args.local_blend,
+        reweight=args.reweight.strip(),
+        edit_concepts=tuple(concept for text in args.concept for concept in parse_edit_concepts(text)),
+    )
     if args.mask:
         extra["mask"] = load_mask(args.mask)
     return EditRequest(**common, image=image, **extra)
@@ -501,7 +624,7 @@ def _run_job(args: argparse.Namespace) -> int:
     from desktop_app.engine.engine import Engine, JobCancelled
 
     # --backend comfyui=URL sends the job to ComfyUI servers; without it, the local engine runs it
-    engine = backend_from_args(args, lambda: Engine(device=args.device, allow_pickle=args.allow_pickle))
+    engine = backend_from_args(args, lambda: Engine(**engine_kwargs(args), allow_pickle=args.allow_pickle))
     bars: dict[str, tqdm] = {}
     on_terminal = _is_terminal(sys.stderr)  # redirected output gets one line per job, not a bar's redraws
     last: dict[str, Any] = {}
@@ -559,6 +682,32 @@ def _run_job(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The local engine's device, precision and memory options from the command line (imports torch; not Qt, as
+    the window's worker.EngineOptions would)."""
+    import dataclasses
+
+    from desktop_app.engine.device import MemoryOptions
+
+    switches = {
+        "attention_slicing": args.attention_slicing,
+        "vae_tiling": args.vae_tiling,
+        "cpu_offload": args.cpu_offload,
+        "sequential_offload": args.sequential_offload,
+    }
+    names = {f.name for f in dataclasses.fields(MemoryOptions)}
+    missing = [name for name, on in switches.items() if on and name not in names]
+    if missing:
+        raise UserError(
+            f"This engine has no {missing[0].replace('_', ' ')}.", "Leave out --" + missing[0].replace("_", "-") + "."
+        )
+    return {
+        "device": args.device,
+        "dtype": None if args.dtype == "auto" else args.dtype,
+        "memory": MemoryOptions(**{k: v for k, v in switches.items() if k in names}),
+    }
 
 
 def _is_terminal(stream) -> bool:

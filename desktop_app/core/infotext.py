@@ -44,12 +44,16 @@ from desktop_app.core.metadata import (
     read_sampler,
 )
 from desktop_app.core.requests import (
+    ATTENTION_CONTROLS,
     DEFAULT_RESIZE_MODE,
+    EDIT_METHOD_NAMES,
     MASKED_CONTENT,
     OUTPAINT_FILLS,
     REQUEST_TYPES,
     RESIZE_MODES,
     GenerateRequest,
+    format_edit_concepts,
+    parse_edit_concepts,
     sanitize_params,
 )
 from desktop_app.core.samplers import a1111_names
@@ -159,6 +163,7 @@ def parameter_pairs(
         )
         pairs.append(("Edit method", getattr(request, "method", None)))
         pairs.append(("Source prompt", getattr(request, "source_prompt", "")))
+        pairs.extend(edit_pairs(request))
     known = {k for k, _ in pairs} | {"Mask grow", "Resize mode", "t0"}  # these say what the request says
     for key, value in (extra or {}).items():
         key = str(key).strip()
@@ -169,6 +174,60 @@ def parameter_pairs(
 
     pairs.append(("Version", f"Diffusion Desk {__version__}"))
     return [(k, v) for k, v in pairs if v is not None and str(v) != ""]
+
+
+# The flow-model inversions, by the solver's name ("Flow solver: FireFlow"); Kontext edits invert nothing
+FLOW_SOLVERS = ("fireflow", "rf-solver", "rf-inversion")
+_FLOW_SOLVER_TO_ID = {**{m: m for m in FLOW_SOLVERS}, **{EDIT_METHOD_NAMES[m].lower(): m for m in FLOW_SOLVERS}}
+_ATTENTION_TO_ID = {**{k: k for k in ATTENTION_CONTROLS}, **{v.lower(): k for k, v in ATTENTION_CONTROLS.items()}}
+
+
+def edit_pairs(request: GenerateRequest) -> list[tuple[str, Any]]:
+    """An edit's attention control (Prompt-to-Prompt and its settings), LEDITS++ concepts and flow solver."""
+    pairs: list[tuple[str, Any]] = []
+    control = getattr(request, "attention_control", None)
+    if control is not None:
+        pairs.append(("Attention control", ATTENTION_CONTROLS.get(control, control)))
+    if control == "p2p":
+        for key, name in (("Cross replace", "cross_replace"), ("Self replace", "self_replace")):
+            value = getattr(request, name, None)
+            pairs.append((key, None if value is None else _number(round(float(value), 4))))
+        blend = getattr(request, "local_blend", None)
+        pairs.append(("Local blend", None if blend is None else str(bool(blend))))
+        pairs.append(("Re-weight", getattr(request, "reweight", "") or None))
+    concepts = getattr(request, "edit_concepts", ())
+    if concepts:  # one line: "+ a blue hat @ 7; - a red scarf @ 5"
+        pairs.append(("Edit concepts", format_edit_concepts(concepts).replace("\n", "; ")))
+    method = getattr(request, "method", None)
+    if method in FLOW_SOLVERS:
+        pairs.append(("Flow solver", EDIT_METHOD_NAMES[method]))
+    return pairs
+
+
+def _edit_fields(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What `edit_pairs` wrote, read back as request fields (and notices of what could not be read)."""
+    data: dict[str, Any] = {}
+    notices: list[str] = []
+    if not params.get("Edit method") and params.get("Flow solver"):
+        solver = _FLOW_SOLVER_TO_ID.get(str(params["Flow solver"]).strip().lower())
+        if solver is not None:
+            data["method"] = solver
+    control = _ATTENTION_TO_ID.get(str(params.get("Attention control", "")).strip().lower())
+    if control is not None:
+        data["attention_control"] = control
+    for key, name in (("Cross replace", "cross_replace"), ("Self replace", "self_replace")):
+        if params.get(key) is not None:
+            data[name] = params[key]
+    if params.get("Local blend") is not None:
+        data["local_blend"] = str(params["Local blend"]).strip().lower() == "true"
+    if params.get("Re-weight"):
+        data["reweight"] = str(params["Re-weight"])
+    if params.get("Edit concepts"):
+        try:
+            data["edit_concepts"] = parse_edit_concepts(str(params["Edit concepts"]))
+        except UserError as exc:
+            notices.append(f"Edit concepts: {exc.message} Left out")
+    return data, notices
 
 
 _KEY_RE = re.compile(r"\w[\w \-/]+\Z")
@@ -427,6 +486,9 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
         if params.get("Edit method"):
             data["method"] = str(params["Edit method"])
         data["source_prompt"] = str(params.get("Source prompt", ""))
+        edit, edit_notices = _edit_fields(params)
+        data.update(edit)
+        read_notices.extend(edit_notices)
     for key, name in (
         ("Mask blur", "mask_blur"),
         ("Mask grow", "mask_grow"),
@@ -458,7 +520,10 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
     resize_mode = _RESIZE_MODE_TO_ID.get(str(params.get("Resize mode", "")).strip().lower())
     if "resize_mode" in names and resize_mode is not None:  # another tool's mode ("latent upscale"): the default
         data["resize_mode"] = resize_mode
+    concepts = data.pop("edit_concepts", ())  # already EditConcepts: sanitize_params passes them through
     clean, notices = sanitize_params({k: v for k, v in data.items() if k in names})
+    if concepts and "edit_concepts" in names:
+        clean["edit_concepts"] = concepts
     return cls(**clean), read_notices + notices
 
 

@@ -25,6 +25,7 @@ from desktop_app.core.requests import (
     Img2ImgRequest,
     InpaintRequest,
     RegionPrompt,
+    parse_edit_concepts,
 )
 from desktop_app.model.document import Document
 from desktop_app.model.models import display_name
@@ -116,13 +117,36 @@ def build_request(
             mask=document.mask_image(),
             t0=int(t0),
             source_prompt=str(extra.get("source_prompt", "")),
-            method=str(extra.get("method", "direct")),
             mask_blur=int(extra.get("mask_blur", 4)),
             mask_grow=int(extra.get("mask_grow", 0)),
+            **edit_fields(extra),
         )
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return request.validate()
+
+
+def edit_fields(extra: dict[str, Any]) -> dict[str, Any]:
+    """The method, attention control and LEDITS++ concepts of an edit request from the prompt panel's values:
+    None leaves a field to the model's recommended edit settings; the concepts' text is parsed here (a malformed
+    line raises InvalidRequest, shown like any other bad value)."""
+    method = extra.get("method") or None
+    control = extra.get("attention_control") or None
+    p2p = control == "p2p"
+
+    def share(name: str) -> float | None:
+        value = extra.get(name)
+        return round(float(value), 3) if p2p and value is not None else None
+
+    return {
+        "method": None if method is None else str(method),
+        "attention_control": None if control is None else str(control),
+        "cross_replace": share("cross_replace"),
+        "self_replace": share("self_replace"),
+        "local_blend": bool(extra["local_blend"]) if p2p and extra.get("local_blend") is not None else None,
+        "reweight": str(extra.get("reweight") or "").strip() if p2p else "",
+        "edit_concepts": parse_edit_concepts(str(extra.get("edit_concepts") or "")) if method == "ledits" else (),
+    }
 
 
 def inpaint_fields(extra: dict[str, Any]) -> dict[str, Any]:

@@ -16,14 +16,26 @@ from PySide6.QtCore import QObject, QSettings, Signal
 
 from desktop_app.core import paths
 
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "unknown family"}
+FAMILY_NAMES = {
+    "sd1": "SD 1.x",
+    "sd2": "SD 2.x",
+    "sdxl": "SDXL",
+    "sd3": "SD 3.x",
+    "flux-dev": "FLUX.1 dev",
+    "flux-schnell": "FLUX.1 schnell",
+    "flux-fill": "FLUX.1 Fill",
+    "flux-kontext": "FLUX.1 Kontext",
+    "flux": "FLUX.1",
+    "unknown": "unknown family",
+}
 MIN_WEIGHT, MAX_WEIGHT = -4.0, 4.0  # what requests accept for a LoRA's weight
 
 
 def base_family(family: str | None) -> str:
-    """A model family ("sd1", "sd2-v", "sdxl-inpaint", "") as a LoRA family: "sd1" | "sd2" | "sdxl" | "unknown"."""
+    """A model family ("sd1", "sd2-v", "sdxl-inpaint", "flux-dev", "") as a LoRA family: "sd1" | "sd2" | "sdxl" |
+    "sd3" | "flux" (every FLUX.1 model takes the same LoRAs) | "unknown"."""
     base = (family or "").split("-")[0]
-    return base if base in ("sd1", "sd2", "sdxl") else "unknown"
+    return base if base in ("sd1", "sd2", "sdxl", "sd3", "flux") else "unknown"
 
 
 def tag(name: str, weight: float) -> str:
@@ -101,7 +113,8 @@ class LoraLibrary(QObject):
         if "unknown" in (family, self._model_family) or family == self._model_family:
             return ""
         return (
-            f"{lora.name} is a {FAMILY_NAMES[family]} LoRA and the model is {FAMILY_NAMES[self._model_family]}: "
+            f"{lora.name} is a {FAMILY_NAMES.get(family, family)} LoRA and the model is "
+            f"{FAMILY_NAMES.get(self._model_family, self._model_family)}: "
             "it will not load with this model"
         )
 

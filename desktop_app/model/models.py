@@ -28,7 +28,8 @@ from PySide6.QtCore import QObject, QSettings, Signal, Slot
 
 from desktop_app.core.errors import UserError
 from desktop_app.core.model_registry import ModelRegistry, curated
-from desktop_app.core.modelinfo import BUILTIN, model_defaults
+from desktop_app.core.modelinfo import BUILTIN, is_flow, model_defaults
+from desktop_app.core.requests import EDIT_METHODS
 
 # downloader(repo, on_progress, cancel) -> the local folder; blocking (Models runs it on a thread of its own).
 # on_progress gets objects with done_bytes and total_bytes (engine.hub.DownloadProgress) from that thread;
@@ -51,6 +52,33 @@ def display_name(source: str) -> str:
         return known.name
     path = Path(source)
     return path.name if path.is_absolute() and path.name else source
+
+
+# The edit methods each kind of model takes, in the order the window lists them (engine.check_edit_method)
+SD_METHOD_ORDER = ("direct", "negative-prompt", "ddim", "ledits")
+FLOW_METHOD_ORDER = ("fireflow", "rf-solver", "rf-inversion")
+P2P_METHODS = ("direct", "negative-prompt", "ddim")  # the inversions Prompt-to-Prompt attention control runs over
+
+
+def edit_methods(family: str | None) -> tuple[str, ...]:
+    """The edit methods a model of `family` takes: SD's inversions and LEDITS++, or the flow inversions (and
+    Kontext instructions on a FLUX.1 Kontext model)."""
+    if is_flow(family):
+        return FLOW_METHOD_ORDER + (("kontext",) if "kontext" in (family or "") else ())
+    return SD_METHOD_ORDER
+
+
+def default_edit_method(family: str | None, defaults: dict[str, Any] | None = None) -> str:
+    """The model's recommended edit method (its settings' "edit" object), else its family's: Kontext on a Kontext
+    model, FireFlow on other flow models, direct inversion on Stable Diffusion."""
+    methods = edit_methods(family)
+    edit = (defaults or {}).get("edit")
+    for method in ((edit or {}).get("method") if isinstance(edit, dict) else None, (defaults or {}).get("method")):
+        if isinstance(method, str) and method in EDIT_METHODS and method in methods:
+            return method
+    if is_flow(family):
+        return "kontext" if "kontext" in methods else "fireflow"
+    return "direct"
 
 
 def _as_list(value: Any) -> list[str]:
@@ -136,6 +164,21 @@ class Models(QObject):
     def info(self, source: str) -> Any:
         """What the engine reported when `source` loaded (a ModelInfo: family, model_hash, defaults), or None."""
         return self._info.get(source)
+
+    def family(self, source: str | None = None) -> str:
+        """A model's family ("sd1", "sdxl", "flux-dev", ...): the engine's word once it loaded, else the curated
+        list's or the known models' ("" when nothing says)."""
+        source = source or self._current
+        found = getattr(self._info.get(source), "family", "")
+        if found:
+            return str(found)
+        if source == BUILTIN:
+            return "sd1"
+        hub = curated(source)
+        if hub is not None:
+            return hub.family
+        known = next((k for k in self.known() if getattr(k, "location", None) == source), None)
+        return str(getattr(known, "family", "") or "")
 
     def known(self) -> list[Any]:
         """Models the app has met (core.model_registry.KnownModel: family, hash, missing), most recent first."""
@@ -357,4 +400,4 @@ class Models(QObject):
         self.downloadFinished.emit(repo, path, error)
 
 
-__all__ = ["Downloader", "Models", "display_name"]
+__all__ = ["Downloader", "Models", "default_edit_method", "display_name", "edit_methods"]

@@ -59,6 +59,7 @@ from desktop_app.ui.mask_menu import MaskActions
 from desktop_app.ui.prompt_panel import IMAGE_MODES, PromptPanel
 from desktop_app.ui.qt_images import pil_to_qimage, qimage_to_pil
 from desktop_app.ui.regions_panel import RegionsPanel
+from desktop_app.ui.settings import load_engine_options, save_engine_options
 from desktop_app.ui.staging_strip import StagingStrip
 from desktop_app.ui.theme import style_accent_button
 from desktop_app.ui.timestep import TimestepPanel
@@ -128,6 +129,7 @@ class MainWindow(QMainWindow):
         self._build_ui()
         self._build_actions()
         self._connect()
+        self._apply_engine_options(load_engine_options(settings))  # before the first job makes the engine
         self.restore_settings(same_model)
         self._on_mode_changed(self.prompt_panel.mode())
 
@@ -395,8 +397,17 @@ class MainWindow(QMainWindow):
         self.act_cancel_all = a("Cancel &all jobs", self.jobs.cancel_all, None, "actionCancelAll")
         self.act_models = a("&Models…", self.open_models_dialog, None, "actionModels")
         self.act_servers = a("&Servers…", self.open_servers_dialog, None, "actionServers")
+        self.act_performance = a("&Performance…", self.open_performance_dialog, None, "actionPerformance")
+        self.act_performance.setToolTip("Device, precision and memory options of the local engine")
         self._menu(
-            "&Run", self.act_generate, self.act_cancel, self.act_cancel_all, None, self.act_models, self.act_servers
+            "&Run",
+            self.act_generate,
+            self.act_cancel,
+            self.act_cancel_all,
+            None,
+            self.act_models,
+            self.act_servers,
+            self.act_performance,
         )
 
         self.act_shortcuts = a(
@@ -744,7 +755,8 @@ class MainWindow(QMainWindow):
             self._status("The result is the source of the next job")
 
     def suggest_mask(self) -> int | None:
-        """Edit mode: fill the mask from where the prompts disagree (DiffEdit); the user corrects it with the brush."""
+        """Edit mode: fill the mask from where the prompts disagree (DiffEdit, or the changed words'
+        cross-attention, as the panel's choice says); the user corrects it with the brush."""
         if self.document.source is None:
             self.show_error("Suggesting a mask needs a source image.", "Open an image first.", cause="source")
             return None
@@ -758,7 +770,11 @@ class MainWindow(QMainWindow):
             )
             return None
         job_id, _ = self.worker.suggest_mask(
-            self.document.source, edit["source_prompt"], values["prompt"], self.models.current()
+            self.document.source,
+            edit["source_prompt"],
+            values["prompt"],
+            self.models.current(),
+            how=self.prompt_panel.suggest_how(),
         )
         self._suggest_job = job_id
         self.prompt_panel.set_suggest_busy(True)
@@ -889,6 +905,35 @@ class MainWindow(QMainWindow):
 
         dlg = ModelsDialog(self.models, self)
         dlg.exec()
+
+    def open_performance_dialog(self) -> Any:
+        """Run > Performance…: device, precision, attention slicing, VAE tiling, offload (kept in the settings).
+        On OK they go to the worker, which gives them to its engine before the next job (the model loads again).
+        Returns the dialog (tests)."""
+        from desktop_app.ui.performance_dialog import PerformanceDialog
+
+        dlg = PerformanceDialog(self.engine_options(), self)
+        dlg.accepted.connect(lambda: self.set_engine_options(dlg.options()))
+        dlg.open()
+        self._performance_dialog = dlg
+        return dlg
+
+    def engine_options(self) -> Any:
+        """The engine options the window keeps (worker.EngineOptions)."""
+        return load_engine_options(self.settings)
+
+    def set_engine_options(self, options: Any) -> None:
+        """Keep `options` and give them to the worker: they apply at the next model load (the next job's)."""
+        if options == self.engine_options():
+            return
+        save_engine_options(self.settings, options)
+        self._apply_engine_options(options)
+        self._status("Performance settings kept: the next job loads the model again with them", 8000)
+
+    def _apply_engine_options(self, options: Any) -> None:
+        setter = getattr(self.worker, "set_engine_options", None)  # a test's stand-in worker may have none
+        if callable(setter):
+            setter(options)
 
     def open_servers_dialog(self) -> None:
         """ComfyUI servers to run jobs on (their checkpoints join the model picker as comfyui:NAME)."""

@@ -29,8 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_app.core.modelinfo import BUILTIN, model_defaults
+from desktop_app.core.errors import UserError
+from desktop_app.core.modelinfo import BUILTIN, is_flow, model_defaults
 from desktop_app.core.requests import (
+    EDIT_METHOD_NAMES,
     EDIT_METHODS,
     MASKED_CONTENT,
     MAX_CANVAS,
@@ -38,8 +40,12 @@ from desktop_app.core.requests import (
     MAX_SEED,
     OUTPAINT_FILLS,
     RESIZE_MODES,
+    EditConcept,
+    format_edit_concepts,
 )
 from desktop_app.core.samplers import SAMPLERS, SCHEDULES, SUPPORTED_SCHEDULES
+from desktop_app.model.lora_library import FAMILY_NAMES
+from desktop_app.model.models import P2P_METHODS, default_edit_method, edit_methods
 from desktop_app.ui.collapsible import Section
 from desktop_app.ui.widgets import named
 
@@ -51,11 +57,26 @@ MODES: list[tuple[str, str]] = [
 ]
 IMAGE_MODES = ("img2img", "inpaint", "edit")
 RANDOM_SEED = -1
-EDIT_METHOD_LABELS = {
-    "direct": "Direct inversion",
-    "negative-prompt": "Negative-prompt inversion",
-    "ddim": "Plain DDIM inversion",
+EDIT_METHOD_LABELS = EDIT_METHOD_NAMES  # the old name
+SUGGEST_HOW = {"diffedit": "DiffEdit", "attention": "Cross-attention"}
+EDIT_HINTS = {
+    "ledits": "LEDITS++ adds and removes the concepts below, each where it attends (no target prompt needed).",
+    "kontext": "Kontext follows the instruction above; no inversion, no source prompt.",
+    "fireflow": "Inverts the image along the flow, then regenerates it under the target prompt.",
+    "rf-solver": "Inverts the image along the flow (second order), then regenerates it under the target prompt.",
+    "rf-inversion": "Inverts the image with RF-Inversion's controlled flow, then regenerates it under the target.",
 }
+SAMPLER_TIP = "The sampler (A1111's names); Model default is the model's own scheduler"
+CLIP_SKIP_TIP = (
+    "A1111's Clip skip: 1 uses the text encoder's last layer (most models), 2 the one before (some anime models)"
+)
+
+
+def _share(value: Any, fallback: Any) -> Any:
+    """A share of the steps (0..1) from settings, else `fallback`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return fallback
 
 
 class PromptEdit(QPlainTextEdit):
@@ -112,6 +133,8 @@ class PromptPanel(QWidget):
         self.timeline: Any = None
         self._restored_for: str | None = None  # a model whose recommended settings the restored ones replace
         self._before_load: dict[str, Any] | None = None  # the parameters when a model began to load
+        self._model_defaults: dict[str, Any] = {}  # the current model's recommended settings (last applied)
+        self._shown_mode = "generate"  # the mode whose recommended steps and guidance the spins started at
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
@@ -159,7 +182,9 @@ class PromptPanel(QWidget):
         self.prompt_label.setBuddy(self.prompt_edit)
         outer.addWidget(self.prompt_label)
         outer.addWidget(self.prompt_edit, 1)
-        outer.addWidget(QLabel("Negative prompt"))
+        self.negative_label = named(QLabel("Negative prompt"), "negativePromptLabel")
+        self.negative_label.setBuddy(self.negative_prompt_edit)
+        outer.addWidget(self.negative_label)
         outer.addWidget(self.negative_prompt_edit, 1)
         # the window's collapsible sections (LoRAs, regions) under the prompts: their titles on one row
         self._section_titles = QHBoxLayout()
@@ -170,25 +195,8 @@ class PromptPanel(QWidget):
         outer.addLayout(self._section_titles)
         outer.addLayout(self._sections)
 
-        # edit mode fields (the editing issue extends this group)
-        self.edit_group = named(QGroupBox("Edit"), "editGroup")
-        eg = QFormLayout(self.edit_group)
-        self.source_prompt_edit = named(QLineEdit(), "sourcePromptEdit")
-        self.source_prompt_edit.setPlaceholderText("What the source image shows")
-        self.edit_method_combo = named(QComboBox(), "editMethodCombo")
-        self.edit_method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.edit_method_combo.setMinimumContentsLength(12)
-        for m in EDIT_METHODS:
-            self.edit_method_combo.addItem(EDIT_METHOD_LABELS.get(m, m), m)
-        self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index("direct"))
-        eg.addRow("Source prompt", self.source_prompt_edit)
-        eg.addRow("Method", self.edit_method_combo)
-        self.suggest_mask_button = named(QPushButton("Suggest mask"), "suggestMaskButton")
-        self.suggest_mask_button.setToolTip(
-            "Mask where the target prompt differs from the source prompt; correct it with the brush"
-        )
-        self.suggest_mask_button.clicked.connect(self.suggestMaskRequested)
-        eg.addRow("", self.suggest_mask_button)
+        # edit mode: the method of the model's family, Prompt-to-Prompt, LEDITS++ concepts, the suggested mask
+        self._build_edit_group()
         outer.addWidget(self.edit_group)
 
         # every image mode: how deep, and how the source meets the model's size
@@ -255,6 +263,7 @@ class PromptPanel(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.steps_spin = named(QSpinBox(), "stepsSpin")
         self.steps_spin.setRange(1, 150)
+        self.guidance_label = named(QLabel("Guidance"), "guidanceLabel")
         self.guidance_spin = named(QDoubleSpinBox(), "guidanceSpin")
         self.guidance_spin.setRange(0.0, 30.0)
         self.guidance_spin.setSingleStep(0.5)
@@ -303,7 +312,7 @@ class PromptPanel(QWidget):
         self.scheduler_combo.addItem("Model default", None)
         for key, name in SAMPLERS.items():
             self.scheduler_combo.addItem(name, key)
-        self.scheduler_combo.setToolTip("The sampler (A1111's names); Model default is the model's own scheduler")
+        self.scheduler_combo.setToolTip(SAMPLER_TIP)
         self.schedule_combo = named(QComboBox(), "scheduleCombo")
         self.schedule_combo.setAccessibleName("Schedule type")
         self.schedule_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -314,12 +323,10 @@ class PromptPanel(QWidget):
         self.clip_skip_spin = named(QSpinBox(), "clipSkipSpin")
         self.clip_skip_spin.setRange(1, MAX_CLIP_SKIP)
         self.clip_skip_spin.setAccessibleName("Clip skip")
-        self.clip_skip_spin.setToolTip(
-            "A1111's Clip skip: 1 uses the text encoder's last layer (most models), 2 the one before (some anime "
-            "models)"
-        )
+        self.clip_skip_spin.setToolTip(CLIP_SKIP_TIP)
         form.addRow("Steps", self.steps_spin)
-        form.addRow("Guidance", self.guidance_spin)
+        self.guidance_label.setBuddy(self.guidance_spin)
+        form.addRow(self.guidance_label, self.guidance_spin)
         form.addRow("Seed", seed_row)
         form.addRow("Size", size_row)
         form.addRow("Batch", batch_row)
@@ -371,6 +378,290 @@ class PromptPanel(QWidget):
         self.apply_model_defaults(model_defaults(BUILTIN))
         self._on_sampler_changed()
         self._on_mode_changed()
+
+    def _build_edit_group(self) -> None:
+        """Edit mode: the source prompt, the methods the model's family takes, Prompt-to-Prompt over the inversions
+        (its shares of the steps, local blend and re-weighting folded away), LEDITS++'s concepts, the suggested
+        mask (DiffEdit or cross-attention)."""
+        self.edit_group = named(QGroupBox("Edit"), "editGroup")
+        eg = QFormLayout(self.edit_group)
+        eg.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.edit_form = eg
+        self.source_prompt_edit = named(QLineEdit(), "sourcePromptEdit")
+        self.source_prompt_edit.setPlaceholderText("What the source image shows")
+        self.edit_method_combo = named(QComboBox(), "editMethodCombo")
+        self.edit_method_combo.setAccessibleName("Edit method")
+        self.edit_method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.edit_method_combo.setMinimumContentsLength(12)
+        self.edit_method_combo.setToolTip(
+            "How the edit runs: an inversion of the image, then regeneration under the target prompt (Stable "
+            "Diffusion: direct, negative-prompt or plain DDIM; SD 3.x / Flux: FireFlow, RF-Solver, RF-Inversion); "
+            "LEDITS++ edit concepts; or a Kontext instruction"
+        )
+        self.edit_hint_label = named(QLabel(), "editHintLabel")
+        self.edit_hint_label.setWordWrap(True)
+        self.edit_hint_label.setEnabled(False)
+        self.edit_concepts_edit = PromptEdit("+ a blue hat @ 7\n- a red scarf")
+        self.edit_concepts_edit.setObjectName("editConceptsEdit")
+        self.edit_concepts_edit.setAccessibleName("Edit concepts")
+        self.edit_concepts_edit.setMaximumHeight(64)
+        self.edit_concepts_edit.setToolTip(
+            "One concept per line: '+ a blue hat' adds, '- a red scarf' removes; '@ 7' is its guidance, "
+            "'@ 7 / 0.8' its guidance and the threshold of its implicit mask (lower edits a wider area)"
+        )
+        self.attention_check = named(QCheckBox("Prompt-to-Prompt"), "attentionControlCheck")
+        self.attention_check.setAccessibleName("Attention control")
+        self.attention_check.setToolTip(
+            "Attention control: the target keeps the source's attention maps, so only what the prompts change "
+            "changes (word swap, added words, re-weighting) and the rest of the picture stays"
+        )
+        box = named(QWidget(), "p2pBox")
+        pf = QFormLayout(box)
+        pf.setContentsMargins(12, 0, 0, 0)
+        pf.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.cross_replace_spin = named(QSpinBox(), "crossReplaceSpin")
+        self.self_replace_spin = named(QSpinBox(), "selfReplaceSpin")
+        for spin, name, value, tip in (
+            (
+                self.cross_replace_spin,
+                "Cross-attention replace",
+                80,
+                "For this share of the steps the target uses the source's cross-attention maps: higher keeps "
+                "the layout closer, lower lets the new words reshape more",
+            ),
+            (
+                self.self_replace_spin,
+                "Self-attention replace",
+                40,
+                "For this share of the first steps the source's self-attention is injected: it keeps the "
+                "picture's structure",
+            ),
+        ):
+            spin.setRange(0, 100)
+            spin.setSingleStep(5)
+            spin.setSuffix(" %")
+            spin.setValue(value)
+            spin.setAccessibleName(name)
+            spin.setToolTip(tip)
+        self.local_blend_check = named(QCheckBox("Local blend"), "localBlendCheck")
+        self.local_blend_check.setToolTip(
+            "Only where the changed words attend may the image change: a mask made from their cross-attention"
+        )
+        self.reweight_edit = named(QLineEdit(), "reweightEdit")
+        self.reweight_edit.setPlaceholderText("blue:2")
+        self.reweight_edit.setAccessibleName("Re-weight")
+        self.reweight_edit.setToolTip(
+            "Scale the attention to words of the target prompt: 'blue:2' makes blue stronger, 'red:0.5' weaker; "
+            "several with commas"
+        )
+        pf.addRow("Cross replace", self.cross_replace_spin)
+        pf.addRow("Self replace", self.self_replace_spin)
+        pf.addRow(self.local_blend_check)
+        pf.addRow("Re-weight", self.reweight_edit)
+        self.p2p_section = Section("Prompt-to-Prompt settings", box, "p2pSection", parent=self)
+        self.p2p_holder = named(QWidget(), "p2pHolder")
+        hl = QVBoxLayout(self.p2p_holder)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.setSpacing(2)
+        hl.addWidget(self.p2p_section.button)
+        hl.addWidget(box)
+        self.suggest_mask_button = named(QPushButton("Suggest mask"), "suggestMaskButton")
+        self.suggest_mask_button.setToolTip(
+            "Mask where the target prompt differs from the source prompt; correct it with the brush"
+        )
+        self.suggest_mask_button.clicked.connect(self.suggestMaskRequested)
+        self.suggest_how_combo = named(QComboBox(), "suggestHowCombo")
+        self.suggest_how_combo.setAccessibleName("Suggest mask by")
+        for key, label in SUGGEST_HOW.items():
+            self.suggest_how_combo.addItem(label, key)
+        self.suggest_how_combo.setToolTip(
+            "DiffEdit: where the noise predictions under the two prompts differ; Cross-attention: where the "
+            "changed words of the target prompt attend"
+        )
+        suggest_row = QHBoxLayout()
+        suggest_row.addWidget(self.suggest_mask_button, 1)
+        suggest_row.addWidget(self.suggest_how_combo)
+        eg.addRow("Source prompt", self.source_prompt_edit)
+        eg.addRow("Method", self.edit_method_combo)
+        eg.addRow(self.edit_hint_label)
+        eg.addRow("Concepts", self.edit_concepts_edit)
+        eg.addRow("Attention", self.attention_check)
+        eg.addRow(self.p2p_holder)
+        eg.addRow(suggest_row)
+        self._family = "sd1"  # the current model's family: which methods and controls apply
+        self._wanted_method: str | None = None  # asked for (restored, reused) before a model of its family loaded
+        self._list_edit_methods(default_edit_method(self._family))
+        self.edit_method_combo.currentIndexChanged.connect(self._update_edit_controls)
+        self.attention_check.toggled.connect(self._update_edit_controls)
+
+    # -- the edit method and its controls ---------------------------------------------------------
+    def edit_method(self) -> str:
+        return self.edit_method_combo.currentData() or default_edit_method(self._family)
+
+    def edit_methods(self) -> list[str]:
+        """The methods the combo offers (the current model's family's)."""
+        return [self.edit_method_combo.itemData(i) for i in range(self.edit_method_combo.count())]
+
+    def set_edit_method(self, method: str | None) -> bool:
+        """Choose a method; one the current model does not take is kept in mind until a model that takes it
+        loads (False then)."""
+        if not method:
+            return False
+        idx = self.edit_method_combo.findData(method)
+        if idx < 0:
+            self._wanted_method = method if method in EDIT_METHODS else None
+            return False
+        self._wanted_method = None
+        self.edit_method_combo.setCurrentIndex(idx)
+        return True
+
+    def _list_edit_methods(self, selected: str) -> None:
+        combo = self.edit_method_combo
+        combo.blockSignals(True)
+        try:
+            combo.clear()
+            for method in edit_methods(self._family):
+                combo.addItem(EDIT_METHOD_NAMES.get(method, method), method)
+            combo.setCurrentIndex(max(0, combo.findData(selected)))
+        finally:
+            combo.blockSignals(False)
+        self._update_edit_controls()
+
+    def family(self) -> str:
+        return self._family
+
+    def set_model_family(self, family: str | None, defaults: dict[str, Any] | None = None) -> None:
+        """The current model's family: the edit methods it takes (the method chosen stays when it still applies,
+        else the model's recommended one) and the controls a flow model does not use."""
+        self._family = family or ""
+        current = self._wanted_method or self.edit_method_combo.currentData()
+        methods = edit_methods(self._family)
+        selected = current if current in methods else default_edit_method(self._family, defaults)
+        if current in methods:
+            self._wanted_method = None
+        self._list_edit_methods(selected)
+        self._apply_family_controls()
+
+    def _apply_family_controls(self) -> None:
+        """SD 3.x and Flux run their own flow-matching scheduler (no sampler, schedule or clip skip); FLUX.1 dev,
+        Fill and Kontext take distilled guidance and no negative prompt; schnell takes no guidance at all."""
+        family = self._family
+        flow, flux = is_flow(family), family.startswith("flux")
+        name = FAMILY_NAMES.get(family, family or "this model")
+        self.scheduler_combo.setEnabled(not flow)
+        self.clip_skip_spin.setEnabled(not flow)
+        if flow:
+            why = f"{name} models use their flow-matching scheduler: no sampler or schedule to choose"
+            self.scheduler_combo.setToolTip(why)
+            self.schedule_combo.setToolTip(why)
+            self.clip_skip_spin.setToolTip(f"{name} models have no Clip skip (their text encoders are used whole)")
+        else:
+            self.scheduler_combo.setToolTip(SAMPLER_TIP)
+            self.clip_skip_spin.setToolTip(CLIP_SKIP_TIP)
+        self._on_sampler_changed()
+        distilled = family in ("flux-dev", "flux-fill", "flux-kontext")
+        schnell = family == "flux-schnell"
+        self.guidance_label.setText("Distilled guidance" if distilled else "Guidance")
+        self.guidance_spin.setAccessibleName("Distilled guidance" if distilled else "Guidance")
+        self.guidance_spin.setEnabled(not schnell)
+        if schnell:
+            self.guidance_spin.setValue(0.0)
+            self.guidance_spin.setToolTip(
+                "FLUX.1 schnell is distilled to make an image in a few steps without guidance: it takes none"
+            )
+        elif distilled:
+            self.guidance_spin.setToolTip(
+                f"{name} is guidance-distilled: this value is an input of the model (3.5 suits most pictures), "
+                "not classifier-free guidance, and costs no extra pass"
+            )
+        else:
+            self.guidance_spin.setToolTip(
+                "Classifier-free guidance (CFG scale): how closely the image follows the prompt"
+            )
+        self.negative_prompt_edit.setEnabled(not flux)
+        self.negative_label.setEnabled(not flux)
+        self.negative_prompt_edit.setToolTip(
+            f"{name} does not use a negative prompt: at distilled guidance there is no unconditional pass for it "
+            "to steer"
+            if flux
+            else ""
+        )
+
+    def _update_edit_controls(self, *_: Any) -> None:
+        """Which of the Edit group's controls the chosen method uses, and what the prompt means for it."""
+        method = self.edit_method()
+        form = self.edit_form
+        p2p = method in P2P_METHODS
+        form.setRowVisible(self.attention_check, p2p)
+        form.setRowVisible(self.p2p_holder, p2p)
+        self.p2p_holder.setEnabled(self.attention_check.isChecked())
+        form.setRowVisible(self.edit_concepts_edit, method == "ledits")
+        form.setRowVisible(self.source_prompt_edit, method != "kontext")
+        hint = EDIT_HINTS.get(method, "")
+        self.edit_hint_label.setText(hint)
+        form.setRowVisible(self.edit_hint_label, bool(hint))
+        self._title_prompt()
+
+    def _title_prompt(self) -> None:
+        mode, method = self.mode(), self.edit_method()
+        if mode != "edit":
+            label, name = "Prompt", "Prompt"
+        elif method == "kontext":
+            label, name = "Instruction (what to change)", "Instruction"
+        elif method == "ledits":
+            label, name = "Target prompt (LEDITS++ reads the concepts below)", "Target prompt"
+        else:
+            label, name = "Target prompt (what the image should show)", "Target prompt"
+        self.prompt_label.setText(label)
+        self.prompt_edit.setAccessibleName(name)
+
+    def suggest_how(self) -> str:
+        """How Suggest mask finds the region: "diffedit" or "attention" (worker.suggest_mask's `how`)."""
+        return self.suggest_how_combo.currentData() or "diffedit"
+
+    def _apply_edit_defaults(self, d: dict[str, Any], keep: set[str] | tuple[str, ...] = ()) -> None:
+        """A model's recommended edit settings (its "edit" object): method, attention control and its shares,
+        and the depth (the timeline's strength of Edit mode)."""
+        edit = d.get("edit") if isinstance(d.get("edit"), dict) else {}
+        assert isinstance(edit, dict)
+        if "method" not in keep:
+            self.set_edit_method(default_edit_method(self._family, d))
+        if "attention" not in keep:
+            self.attention_check.setChecked(edit.get("attention_control") == "p2p")
+            for key, spin, fallback in (
+                ("cross_replace", self.cross_replace_spin, 0.8),
+                ("self_replace", self.self_replace_spin, 0.4),
+            ):
+                value = _share(edit.get(key), fallback)
+                spin.setValue(int(round(value * 100)))
+            self.local_blend_check.setChecked(bool(edit.get("local_blend", False)))
+        if self.timeline is not None and "depth" not in keep:
+            strength = _share(edit.get("strength"), None)
+            t0 = edit.get("t0")
+            if strength is None and isinstance(t0, (int, float)) and not isinstance(t0, bool) and t0 > 0:
+                strength = min(1.0, float(t0) / max(1, int(self.timeline.T)))
+            if strength is not None:
+                self.timeline.set_strength(strength, "edit")
+
+    def _mode_defaults(self, mode: str) -> dict[str, Any]:
+        """Steps and guidance the model recommends for a mode: an edit's own where its settings have them."""
+        d = self._model_defaults
+        values = {"steps": int(d.get("steps", 25)), "guidance": float(d.get("guidance", 7.0))}
+        edit = d.get("edit")
+        if mode == "edit" and isinstance(edit, dict):
+            for key, cast in (("steps", int), ("guidance", float)):
+                if isinstance(edit.get(key), (int, float)) and not isinstance(edit.get(key), bool):
+                    values[key] = cast(edit[key])
+        return values
+
+    def _follow_mode_defaults(self, before: str, mode: str) -> None:
+        """Steps and guidance still at the last mode's recommended values take the new mode's (an edit often
+        wants other ones); a value the user set stays."""
+        old, new = self._mode_defaults(before), self._mode_defaults(mode)
+        if self.steps_spin.value() == old["steps"]:
+            self.steps_spin.setValue(new["steps"])
+        if abs(self.guidance_spin.value() - old["guidance"]) < 1e-6 and self.guidance_spin.isEnabled():
+            self.guidance_spin.setValue(new["guidance"])
 
     def _build_inpaint_extra(self, ig: QFormLayout) -> None:
         """Inpaint only: what fills the mask first, soft masks, seams, and the outpaint extension (folded)."""
@@ -516,6 +807,9 @@ class PromptPanel(QWidget):
             )
         else:
             self.schedule_combo.setToolTip(f"{SAMPLERS[sampler]} runs on its own schedule only")
+        if is_flow(getattr(self, "_family", "")):  # SD 3.x / Flux: their own flow-matching scheduler
+            self.schedule_combo.setEnabled(False)
+            self.schedule_combo.setToolTip(self.scheduler_combo.toolTip())
 
     def set_sampler(self, sampler: str | None, schedule: str | None = None) -> None:
         """Select a sampler id and schedule id (None: the model's default / the sampler's own)."""
@@ -551,8 +845,10 @@ class PromptPanel(QWidget):
         if isinstance(form, QFormLayout):
             form.setRowVisible(self.padding_spin, mode == "inpaint")
         self.image_group.setVisible(mode in IMAGE_MODES)
-        self.prompt_label.setText("Target prompt (what the image should show)" if mode == "edit" else "Prompt")
-        self.prompt_edit.setAccessibleName("Target prompt" if mode == "edit" else "Prompt")
+        self._title_prompt()
+        if self._model_defaults and mode != self._shown_mode:
+            self._follow_mode_defaults(self._shown_mode, mode)
+        self._shown_mode = mode
         image_mode = mode in IMAGE_MODES
         if self.timeline is not None:
             self._show_strength()
@@ -642,13 +938,18 @@ class PromptPanel(QWidget):
         self.modelPicked.emit(source)
 
     def _on_defaults_ready(self, source: str, defaults: dict) -> None:
-        if source == self._restored_for:  # the model of the last session: its values as the user left them
-            self._restored_for = None
-            return
-        self._restored_for = None
         # a value the user changed while the model loaded is theirs: only the untouched ones take the defaults
         before, self._before_load = self._before_load, None
-        self.apply_model_defaults(defaults, keep=self._changed_since(before) if before is not None else ())
+        keep = self._changed_since(before) if before is not None else set()
+        family = self.models.family(source) if hasattr(self.models, "family") else ""
+        self.set_model_family(family, defaults)  # its edit methods and controls, whatever else is kept
+        if source == self._restored_for:  # the model of the last session: its values as the user left them
+            self._restored_for = None
+            self._model_defaults = dict(defaults)
+            self._shown_mode = self.mode()
+            return
+        self._restored_for = None
+        self.apply_model_defaults(defaults, keep=keep)
 
     def _on_models_state(self, state: str, message: str) -> None:
         if state == "loading":
@@ -660,6 +961,14 @@ class PromptPanel(QWidget):
             "guidance": self.guidance_spin.value(),
             "size": self.generate_size(),
             "scheduler": self.scheduler_combo.currentIndex(),
+            "method": self.edit_method_combo.currentData(),
+            "attention": (
+                self.attention_check.isChecked(),
+                self.cross_replace_spin.value(),
+                self.self_replace_spin.value(),
+                self.local_blend_check.isChecked(),
+            ),
+            "depth": self.timeline.strength("edit") if self.timeline is not None else None,
         }
 
     def _changed_since(self, before: dict[str, Any]) -> set[str]:
@@ -703,11 +1012,15 @@ class PromptPanel(QWidget):
             self.timeline.set_strength(value, self.mode())
 
     def apply_model_defaults(self, d: dict[str, Any], keep: set[str] | tuple[str, ...] = ()) -> None:
-        """A model's recommended settings; the parameters named in `keep` stay as they are."""
+        """A model's recommended settings (its edit settings too); the parameters named in `keep` stay as they are.
+        Steps and guidance are the current mode's (an edit's own where the model has them)."""
+        self._model_defaults = dict(d)
+        self._shown_mode = self.mode()
+        mode_defaults = self._mode_defaults(self._shown_mode)
         if "steps" not in keep:
-            self.steps_spin.setValue(int(d.get("steps", 25)))
+            self.steps_spin.setValue(mode_defaults["steps"])
         if "guidance" not in keep:
-            self.guidance_spin.setValue(float(d.get("guidance", 7.0)))
+            self.guidance_spin.setValue(mode_defaults["guidance"])
         size = (int(d.get("width", 512)), int(d.get("height", 512)))
         if "size" in keep:
             pass
@@ -721,6 +1034,8 @@ class PromptPanel(QWidget):
         scheduler = str(d.get("scheduler") or "")
         name = SAMPLERS.get(scheduler, scheduler)
         self.scheduler_combo.setItemText(0, f"Model default ({name})" if name else "Model default")
+        self._apply_edit_defaults(d, keep)
+        self._apply_family_controls()  # schnell's guidance stays 0
 
     # -- seed ------------------------------------------------------------------
     def set_last_seed(self, seed: int | None) -> None:
@@ -736,9 +1051,13 @@ class PromptPanel(QWidget):
     # -- values ----------------------------------------------------------------
     def values(self) -> dict[str, Any]:
         """The request fields this panel sets (common to all request kinds)."""
+        flow = is_flow(self._family)  # the controls a flow model does not use send nothing
+        sampler = None if flow else self.scheduler_combo.currentData()
         return {
             "prompt": self.prompt_edit.toPlainText().strip(),
-            "negative_prompt": self.negative_prompt_edit.toPlainText().strip(),
+            "negative_prompt": self.negative_prompt_edit.toPlainText().strip()
+            if self.negative_prompt_edit.isEnabled()
+            else "",
             "model": self.model(),
             "steps": self.steps_spin.value(),
             "guidance": round(self.guidance_spin.value(), 2),
@@ -746,9 +1065,9 @@ class PromptPanel(QWidget):
             "height": self.height_spin.value(),
             "seed": self.seed_spin.seed(),
             "batch": self.batch_spin.value(),
-            "scheduler": self.scheduler_combo.currentData(),
-            "schedule": self.schedule_combo.currentData() if self.scheduler_combo.currentData() else None,
-            "clip_skip": self.clip_skip(),
+            "scheduler": sampler,
+            "schedule": self.schedule_combo.currentData() if sampler else None,
+            "clip_skip": None if flow else self.clip_skip(),
         }
 
     def repeat(self) -> int:
@@ -756,7 +1075,21 @@ class PromptPanel(QWidget):
         return self.repeat_spin.value()
 
     def edit_values(self) -> dict[str, Any]:
-        return {"source_prompt": self.source_prompt_edit.text().strip(), "method": self.edit_method_combo.currentData()}
+        """The Edit group's fields: Prompt-to-Prompt's only over the inversions it runs on, the concepts' text
+        only for LEDITS++ (model.jobs.edit_fields parses it)."""
+        method = self.edit_method()
+        p2p = method in P2P_METHODS
+        on = p2p and self.attention_check.isChecked()
+        return {
+            "source_prompt": self.source_prompt_edit.text().strip() if method != "kontext" else "",
+            "method": method,
+            "attention_control": ("p2p" if on else "off") if p2p else None,
+            "cross_replace": self.cross_replace_spin.value() / 100 if on else None,
+            "self_replace": self.self_replace_spin.value() / 100 if on else None,
+            "local_blend": self.local_blend_check.isChecked() if on else None,
+            "reweight": self.reweight_edit.text().strip() if on else "",
+            "edit_concepts": self.edit_concepts_edit.toPlainText().strip() if method == "ledits" else "",
+        }
 
     def mode_values(self) -> dict[str, Any]:
         """The fields of the image modes (their request builder takes what its kind needs)."""
@@ -837,7 +1170,8 @@ class PromptPanel(QWidget):
         if "source_prompt" in data:
             self.source_prompt_edit.setText(data["source_prompt"] or "")
         if data.get("method") in EDIT_METHODS:
-            self.edit_method_combo.setCurrentIndex(EDIT_METHODS.index(data["method"]))
+            self.set_edit_method(data["method"])
+        self._fill_edit(data, notices)
         if data.get("only_masked") is not None:
             self.only_masked_check.setChecked(bool(data["only_masked"]))
         for key, combo, choices in (
@@ -861,6 +1195,31 @@ class PromptPanel(QWidget):
             window.statusBar().showMessage("Parameters adjusted: " + "; ".join(notices) + ".", 10000)
         return notices
 
+    def _fill_edit(self, data: dict[str, Any], notices: list[str]) -> None:
+        """Prompt-to-Prompt's settings and LEDITS++'s concepts from a request's fields."""
+        if data.get("attention_control") in ("off", "p2p"):
+            self.attention_check.setChecked(data["attention_control"] == "p2p")
+        for key, spin in (("cross_replace", self.cross_replace_spin), ("self_replace", self.self_replace_spin)):
+            value = _share(data.get(key), None)
+            if value is not None:
+                spin.setValue(int(round(value * 100)))
+            elif data.get(key) is not None:
+                notices.append(f"{key.replace('_', ' ').capitalize()} {data[key]!r} is not a share of the steps")
+        if data.get("local_blend") is not None:
+            self.local_blend_check.setChecked(bool(data["local_blend"]))
+        if isinstance(data.get("reweight"), str):
+            self.reweight_edit.setText(data["reweight"])
+        concepts = data.get("edit_concepts")
+        if isinstance(concepts, str):
+            self.edit_concepts_edit.setPlainText(concepts)
+        elif isinstance(concepts, (list, tuple)):
+            try:
+                parsed = tuple(EditConcept.from_dict(c) for c in concepts)
+            except UserError as exc:
+                notices.append(exc.message.rstrip("."))
+            else:
+                self.edit_concepts_edit.setPlainText(format_edit_concepts(parsed))
+
     # -- persistence -----------------------------------------------------------
     def save_settings(self, s: QSettings) -> None:
         s.setValue("params/mode", self.mode())
@@ -877,7 +1236,14 @@ class PromptPanel(QWidget):
         s.setValue("params/schedule", self.schedule_combo.currentData() or "")
         s.setValue("params/clip_skip", self.clip_skip_spin.value())
         s.setValue("params/source_prompt", self.source_prompt_edit.text())
-        s.setValue("params/edit_method", self.edit_method_combo.currentData())
+        s.setValue("params/edit_method", self._wanted_method or self.edit_method())
+        s.setValue("params/attention_control", "p2p" if self.attention_check.isChecked() else "off")
+        s.setValue("params/cross_replace", self.cross_replace_spin.value() / 100)
+        s.setValue("params/self_replace", self.self_replace_spin.value() / 100)
+        s.setValue("params/local_blend", "true" if self.local_blend_check.isChecked() else "false")
+        s.setValue("params/reweight", self.reweight_edit.text())
+        s.setValue("params/edit_concepts", self.edit_concepts_edit.toPlainText())
+        s.setValue("params/suggest_how", self.suggest_how())
         s.setValue("params/mask_blur", self.mask_blur_spin.value())
         s.setValue("params/mask_grow", self.mask_grow_spin.value())
         s.setValue("params/only_masked", "true" if self.only_masked_check.isChecked() else "false")
@@ -938,10 +1304,24 @@ class PromptPanel(QWidget):
             ("params/negative", "negative_prompt"),
             ("params/source_prompt", "source_prompt"),
             ("params/edit_method", "method"),
+            ("params/attention_control", "attention_control"),
+            ("params/reweight", "reweight"),
+            ("params/edit_concepts", "edit_concepts"),
         ):
             v = s.value(key)
             if v is not None:
                 data[name] = str(v)
+        for key in ("cross_replace", "self_replace"):
+            try:
+                value = s.value(f"params/{key}")
+                if value is not None:
+                    data[key] = float(str(value))
+            except ValueError:
+                pass
+        if s.value("params/local_blend") is not None:
+            data["local_blend"] = str(s.value("params/local_blend")).lower() == "true"
+        how = self.suggest_how_combo.findData(str(s.value("params/suggest_how", "diffedit")))
+        self.suggest_how_combo.setCurrentIndex(max(0, how))
         only = s.value("params/only_masked")
         if only is not None:
             data["only_masked"] = str(only).lower() == "true"
@@ -971,4 +1351,5 @@ class PromptPanel(QWidget):
         self.fill(data)
         mode = s.value("params/mode")
         if mode in dict(MODES):
+            self._shown_mode = str(mode)  # the restored steps and guidance are the user's for that mode
             self.set_mode(str(mode))
