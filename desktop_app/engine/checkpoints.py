@@ -357,6 +357,179 @@ def detect_file(path: str | os.PathLike, state_dict: Mapping[str, Any] | None = 
     return detect_family(shapes, metadata, str(path))
 
 
+# -- flow-matching transformers (SD 3.x, FLUX.1) --------------------------------------------------
+FLOW_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "model.")
+FLOW_VAE_PREFIXES = ("first_stage_model.", "vae.")
+FLOW_TEXT_ENCODER_PREFIXES = {
+    "clip_l": ("text_encoders.clip_l.",),
+    "clip_g": ("text_encoders.clip_g.",),
+    "t5xxl": ("text_encoders.t5xxl.",),
+}
+# variant -> (family, human name, config subfolder of configs/<family>/ holding its transformer/ and diffusion_desk.json)
+FLOW_VARIANTS: dict[str, tuple[str, str, str]] = {
+    "flux-schnell": ("flux-schnell", "FLUX.1 [schnell]", ""),
+    "flux-dev": ("flux-dev", "FLUX.1 [dev]", ""),
+    "flux-fill": ("flux-fill", "FLUX.1 Fill [dev]", ""),
+    "flux-kontext": ("flux-kontext", "FLUX.1 Kontext [dev]", ""),
+    "sd3.5-medium": ("sd3", "Stable Diffusion 3.5 Medium", ""),
+    "sd3.5-large": ("sd3", "Stable Diffusion 3.5 Large", "large"),
+    "sd3-medium": ("sd3", "Stable Diffusion 3 Medium", "sd3-medium"),
+}
+
+
+@dataclass(frozen=True)
+class FlowDetection:
+    """What a flow-matching transformer file is: family (core.modelinfo.FLOW_FAMILIES), variant, and its layout."""
+
+    variant: str  # a key of FLOW_VARIANTS
+    layout: str  # "original" (BFL / Stability names) | "diffusers" (a transformer/ folder's weights)
+    prefix: str  # the prefix before the transformer's names ("model.diffusion_model." in ComfyUI all-in-one files)
+    width: int  # the transformer's hidden width: 3072 (Flux), 1536 / 2432 (SD 3.x medium / large)
+    in_channels: int  # packed latent channels in: 64 (Flux), 384 (Fill), 16 (SD 3.x)
+    has_vae: bool  # the file carries the VAE too (all-in-one)
+    text_encoders: tuple[str, ...] = ()  # the text encoders the file carries (clip_l, clip_g, t5xxl)
+    evidence: tuple[str, ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        return FLOW_VARIANTS[self.variant][0]
+
+    @property
+    def name(self) -> str:
+        return FLOW_VARIANTS[self.variant][1]
+
+    @property
+    def config_subfolder(self) -> str:
+        """Where under configs/<family>/ this variant's transformer/ config and diffusion_desk.json are ("": there)."""
+        return FLOW_VARIANTS[self.variant][2]
+
+
+def _flow_prefix(shapes: Mapping[str, tuple[int, ...]], *names: str) -> str | None:
+    """The prefix under which one of `names` is in the file ("" for none), or None if it is not."""
+    for prefix in ("",) + FLOW_PREFIXES:
+        if any(prefix + n in shapes for n in names):
+            return prefix
+    return None
+
+
+def _count_blocks(shapes: Mapping[str, Any], stem: str) -> int:
+    rx = re.compile(re.escape(stem) + r"(\d+)\.")
+    found = {int(m[1]) for k in shapes if (m := rx.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def _kontext_named(filename: str, metadata: Mapping[str, str]) -> bool:
+    text = " ".join([Path(filename).name] + [str(v)[:500] for k, v in metadata.items() if "tokenizer" not in k])
+    return "kontext" in text.lower()
+
+
+def detect_flow(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None, filename: str = ""
+) -> FlowDetection | None:
+    """An SD 3.x or FLUX.1 transformer (original or diffusers layout, alone or in an all-in-one file), else None.
+
+    The rules, from the tensors (header only):
+    - FLUX.1: `double_blocks.*` / `single_blocks.*` (original) or `transformer_blocks.*` +
+      `single_transformer_blocks.*` (diffusers); the image input `img_in` / `x_embedder` is 64 wide (384: Fill,
+      128: Depth / Canny, refused); a guidance embedding (`guidance_in` / `time_text_embed.guidance_embedder`)
+      means dev, none schnell.
+    - FLUX.1 Kontext has exactly dev's tensors: it is told from dev by its name only (`kontext` in the file name or
+      the metadata, as in `flux1-kontext-dev.safetensors`); a renamed Kontext file loads as dev.
+    - SD 3.x: `joint_blocks.*` (original) or `transformer_blocks.*` with a 4-D `pos_embed.proj` (diffusers),
+      16 latent channels; width 2432 is 3.5 Large, 1536 medium: 3.5 Medium when its blocks have the second image
+      attention (`x_block.attn2` / `attn2`, MMDiT-X), else SD 3 Medium.
+
+    diffusers' own `single_file_utils.infer_diffusers_model_type` answers for original-layout files but not for
+    these: it does not know diffusers-layout transformer files, nor Kontext, and it matches exact real-model
+    numbers (a 9216-wide modulation, block 37, a 147456-long position table) where these rules read widths; its
+    answer agrees with these rules on the real models' shapes (tests/test_flow_files.py checks it).
+    """
+    shapes = _strip_state_dict_prefix(shapes)
+    metadata = metadata or {}
+    evidence: list[str] = []
+    has_vae = any(k.startswith(FLOW_VAE_PREFIXES) for k in shapes)
+    encoders = tuple(
+        name for name, prefixes in FLOW_TEXT_ENCODER_PREFIXES.items() if any(k.startswith(prefixes) for k in shapes)
+    )
+    # FLUX.1, original layout
+    prefix = _flow_prefix(shapes, "double_blocks.0.img_attn.qkv.weight")
+    layout = "original"
+    if prefix is None:
+        prefix = _flow_prefix(shapes, "single_transformer_blocks.0.attn.to_q.weight")
+        layout = "diffusers"
+    if prefix is not None:
+        if layout == "original":
+            image_in = shapes.get(prefix + "img_in.weight", ())
+            guidance = prefix + "guidance_in.in_layer.weight" in shapes
+            flux2 = prefix + "single_stream_modulation.lin.weight" in shapes
+            chroma = any(k.startswith(prefix + "distilled_guidance_layer.") for k in shapes)
+            if flux2 or chroma:
+                return None
+        else:
+            image_in = shapes.get(prefix + "x_embedder.weight", ())
+            guidance = prefix + "time_text_embed.guidance_embedder.linear_1.weight" in shapes
+            if any(k.startswith(prefix + "distilled_guidance_layer.") for k in shapes):
+                return None  # Chroma
+        if len(image_in) != 2:
+            raise ModelError(
+                f"{Path(filename).name or 'This file'} looks like a FLUX.1 transformer but has no image input layer "
+                "(img_in / x_embedder): it is damaged or cut short.",
+                "Download the file again.",
+            )
+        width, in_channels = int(image_in[0]), int(image_in[1])
+        evidence += [f"FLUX.1 blocks ({layout} layout)", f"width {width}", f"image input {in_channels}"]
+        if in_channels == 128:
+            raise ModelError(
+                f"{Path(filename).name or 'This file'} is FLUX.1 Depth / Canny (image input {in_channels}): "
+                "it needs a control image, which Diffusion Desk does not give it.",
+                "Use FLUX.1 [dev], [schnell], Fill or Kontext.",
+            )
+        if in_channels == 384:
+            variant = "flux-fill"
+        elif not guidance:
+            variant = "flux-schnell"
+        else:
+            variant = "flux-kontext" if _kontext_named(filename, metadata) else "flux-dev"
+        evidence.append("guidance embedding (dev)" if guidance else "no guidance embedding (schnell)")
+        if variant == "flux-kontext":
+            evidence.append("'kontext' in the name or metadata")
+        return FlowDetection(variant, layout, prefix, width, in_channels, has_vae, encoders, tuple(evidence))
+    # SD 3.x
+    prefix = _flow_prefix(shapes, "joint_blocks.0.x_block.attn.qkv.weight", "x_embedder.proj.weight")
+    layout = "original"
+    if prefix is None:
+        prefix = _flow_prefix(shapes, "pos_embed.proj.weight")
+        layout = "diffusers"
+        if prefix is not None and not (  # PixArt, Hunyuan-DiT and others patch-embed too
+            prefix + "time_text_embed.text_embedder.linear_1.weight" in shapes
+            and any(k.startswith(prefix + "transformer_blocks.") for k in shapes)
+        ):
+            prefix = None
+    if prefix is None:
+        return None
+    if layout == "original":
+        proj = shapes.get(prefix + "x_embedder.proj.weight", ())
+        depth = _count_blocks(shapes, prefix + "joint_blocks.")
+        dual = any(k.startswith(prefix + "joint_blocks.") and ".x_block.attn2." in k for k in shapes)
+    else:
+        proj = shapes.get(prefix + "pos_embed.proj.weight", ())
+        depth = _count_blocks(shapes, prefix + "transformer_blocks.")
+        dual = any(k.startswith(prefix + "transformer_blocks.") and ".attn2." in k for k in shapes)
+    if len(proj) != 4:
+        raise ModelError(
+            f"{Path(filename).name or 'This file'} looks like an SD 3 transformer but has no patch embedding "
+            "(x_embedder.proj): it is damaged or cut short.",
+            "Download the file again.",
+        )
+    width, in_channels = int(proj[0]), int(proj[1])
+    if in_channels != 16:
+        return None
+    variant = "sd3.5-medium" if dual else ("sd3-medium" if width == 1536 else "sd3.5-large")
+    evidence += [f"MMDiT blocks ({layout} layout)", f"width {width}", f"{depth} blocks"]
+    evidence.append("dual image attention (MMDiT-X, 3.5 Medium)" if dual else "single image attention")
+    return FlowDetection(variant, layout, prefix, width, in_channels, has_vae, encoders, tuple(evidence))
+
+
 # -- configs ------------------------------------------------------------------------------------
 def configs_root() -> Path:
     """Where the per-family config folders are: the shipped ones, or DIFFUSION_DESK_MODEL_CONFIGS (tests, custom)."""
