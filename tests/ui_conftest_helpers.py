@@ -97,7 +97,9 @@ class FakeEngine:
     the result is a solid colour from the seed (inpaint: source kept outside the mask; an outpaint (`extend`): at
     the extended size, rounded up to 8 as the engine does and said in a Notice, the source pasted at (left, top)).
     download_delay: seconds per simulated download chunk; notices: Notice messages every run emits first (as the
-    engine does for a LoRA tag it cannot resolve).
+    engine does for a LoRA tag it cannot resolve). families: {source: family} that `preload` reports (else "sd1"),
+    defaults: {source: recommended settings} over the folder's; suggested: (source prompt, target prompt, how) of
+    every suggest_mask call.
     """
 
     def __init__(self, step_delay: float = 0.0, progress_per_step: int = 1, download_delay: float = 0.0) -> None:
@@ -111,6 +113,9 @@ class FakeEngine:
         self.thread_names: list[str] = []
         self.started = threading.Event()
         self._cancel = threading.Event()
+        self.families: dict[str, str] = {}
+        self.defaults: dict[str, dict[str, Any]] = {}
+        self.suggested: list[tuple[str, str, str]] = []
 
     def run(self, request, on_event=None, cancel=None, source=None):
         emit = on_event or (lambda event: None)
@@ -192,9 +197,9 @@ class FakeEngine:
         return ModelInfo(
             source=source,
             model_id=Path(source).name or source,
-            family="sd1",
+            family=self.families.get(source, "sd1"),
             model_hash="",
-            defaults=model_defaults(source),  # what the real engine reads from the folder
+            defaults={**model_defaults(source), **self.defaults.get(source, {})},  # the folder's, as the engine reads
         )
 
     def suggest_mask(
@@ -206,6 +211,7 @@ class FakeEngine:
         how: str = "diffedit",
     ) -> Image.Image:
         """The middle half of the image, or nothing when the prompts agree."""
+        self.suggested.append((source_prompt, target_prompt, how))
         mask = Image.new("L", image.size, 0)
         if source_prompt != target_prompt:
             w, h = image.size

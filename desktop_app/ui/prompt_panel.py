@@ -57,7 +57,8 @@ MODES: list[tuple[str, str]] = [
 ]
 IMAGE_MODES = ("img2img", "inpaint", "edit")
 RANDOM_SEED = -1
-EDIT_METHOD_LABELS = EDIT_METHOD_NAMES  # the old name
+# the methods' names in the combo (LEDITS++ says what it takes)
+EDIT_METHOD_LABELS = {**EDIT_METHOD_NAMES, "ledits": "LEDITS++ (edit concepts)"}
 SUGGEST_HOW = {"diffedit": "DiffEdit", "attention": "Cross-attention"}
 EDIT_HINTS = {
     "ledits": "LEDITS++ adds and removes the concepts below, each where it attends (no target prompt needed).",
@@ -415,7 +416,7 @@ class PromptPanel(QWidget):
             "Attention control: the target keeps the source's attention maps, so only what the prompts change "
             "changes (word swap, added words, re-weighting) and the rest of the picture stays"
         )
-        box = named(QWidget(), "p2pBox")
+        box = self.p2p_box = named(QWidget(), "p2pBox")
         pf = QFormLayout(box)
         pf.setContentsMargins(12, 0, 0, 0)
         pf.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -521,7 +522,7 @@ class PromptPanel(QWidget):
         try:
             combo.clear()
             for method in edit_methods(self._family):
-                combo.addItem(EDIT_METHOD_NAMES.get(method, method), method)
+                combo.addItem(EDIT_METHOD_LABELS.get(method, method), method)
             combo.setCurrentIndex(max(0, combo.findData(selected)))
         finally:
             combo.blockSignals(False)
@@ -594,7 +595,7 @@ class PromptPanel(QWidget):
         p2p = method in P2P_METHODS
         form.setRowVisible(self.attention_check, p2p)
         form.setRowVisible(self.p2p_holder, p2p)
-        self.p2p_holder.setEnabled(self.attention_check.isChecked())
+        self.p2p_box.setEnabled(self.attention_check.isChecked())  # its title still opens it
         form.setRowVisible(self.edit_concepts_edit, method == "ledits")
         form.setRowVisible(self.source_prompt_edit, method != "kontext")
         hint = EDIT_HINTS.get(method, "")
