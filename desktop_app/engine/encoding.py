@@ -5,6 +5,10 @@ the same prompt meaning: AUTOMATIC1111's (see `engine/prompts.py` for the parsin
 A1111's weighting ("Original" emphasis, `modules/sd_hijack_clip.py` + `sd_emphasis.py`): each 77-token chunk is
 encoded alone, each token's hidden state multiplied by its weight, then the chunk rescaled so its mean equals the
 unweighted chunk's mean (skipped where that mean is ~0: `_encode_chunks`); the chunks are joined along the sequence. SDXL does this per text encoder and joins them.
+
+Flow models (SD 3.x, Flux) get their prompts as plain text (`flow_prompt`): their pipelines encode it with T5 (and
+CLIP), where A1111's weights, BREAK and prompt editing mean nothing; what was dropped is said in a notice. Their VAEs
+(16 channels, `shift_factor`) go through the same `vae_encode` / `vae_decode`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from desktop_app.engine import embeddings
 from desktop_app.engine.device import vae_precision
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.prompts import (
+    BREAK,
     MAX_CHUNKS,
     at_step,
     parse_attention,
@@ -296,10 +301,81 @@ def plan_prompts(
     return PromptPlan(positive, negative, batch, used)
 
 
+# -- flow models: plain text -------------------------------------------------------------------------------------
+FLOW_T5_LENGTH = {"sd3": 256, "flux": 512}  # the pipelines' max_sequence_length defaults (T5 tokens)
+
+
+def flow_prompt(text: str, steps: int = 1, label: str = "Prompt") -> tuple[str, list[str]]:
+    """The text a flow pipeline gets for an A1111-style prompt, and what was not applied: `<lora:>` tags out,
+    the first step's text of prompt editing / alternation, emphasis brackets and weights removed (their words
+    kept), BREAK as a comma. SD 3.x and Flux encode with T5, where none of these has a meaning."""
+    notices: list[str] = []
+    clean = strip_network_tags(text or "").text
+    schedule = prompt_schedule(clean, max(1, steps))
+    if len(schedule) > 1:
+        notices.append(
+            f"{label}: prompt editing and alternation are Stable Diffusion syntax; SD 3.x and FLUX.1 use the first "
+            "step's text."
+        )
+    parts = parse_attention(schedule[0][1])
+    if any(weight != 1.0 and not (part == BREAK and weight == -1.0) for part, weight in parts):
+        notices.append(
+            f"{label}: prompt weights such as (word:1.2) and [word] are Stable Diffusion syntax; SD 3.x and FLUX.1 "
+            "read the words unweighted."
+        )
+    if any(part == BREAK and weight == -1.0 for part, weight in parts):
+        notices.append(f"{label}: BREAK is Stable Diffusion syntax; SD 3.x and FLUX.1 read it as a comma.")
+    words = ", ".join(
+        "".join(p for p, _ in group).strip() for group in _split_at_break(parts) if "".join(p for p, _ in group).strip()
+    )
+    return " ".join(words.split()), notices
+
+
+def _split_at_break(parts: list[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+    groups: list[list[tuple[str, float]]] = [[]]
+    for part, weight in parts:
+        if part == BREAK and weight == -1.0:
+            groups.append([])
+        else:
+            groups[-1].append((part, weight))
+    return groups
+
+
+def flow_t5(loaded: LoadedModel) -> tuple[Any, int]:
+    """The T5 tokenizer of a flow pipeline and the token count its pipelines keep (the rest is cut)."""
+    pipe = loaded.pipe
+    if loaded.family.startswith("sd3"):
+        return getattr(pipe, "tokenizer_3", None), FLOW_T5_LENGTH["sd3"]
+    return getattr(pipe, "tokenizer_2", None), FLOW_T5_LENGTH["flux"]
+
+
+def flow_prompt_report(loaded: LoadedModel, request: Any) -> list[str]:
+    """What a flow model does not apply of a request's prompts (see `flow_prompt`) and prompts past T5's length."""
+    notices: list[str] = []
+    steps = int(request.steps or 1)
+    texts = [("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)]
+    source = getattr(request, "source_prompt", None)
+    if source:
+        texts.append(("Source prompt", source))
+    tokenizer, limit = flow_t5(loaded)
+    for label, text in texts:
+        plain, found = flow_prompt(text or "", steps, label)
+        notices += found
+        if tokenizer is not None and plain:
+            count = len(tokenizer(plain, add_special_tokens=True)["input_ids"])
+            if count > limit:
+                notices.append(f"{label} is too long: the last {count - limit} of its {count} T5 tokens were dropped.")
+    return notices
+
+
 def prompt_report(loaded: LoadedModel, request: Any) -> tuple[list[str], set[str]]:
     """What to tell the user about a request's prompts before it runs (brackets, weights that are not numbers,
     tokens past the limit, clip skip not applied, prompt editing in an edit), and the embeddings they use.
-    Tokenizes only: no text encoder runs."""
+    Tokenizes only: no text encoder runs. Flow models: `flow_prompt_report` (no embeddings)."""
+    if loaded.is_flow:
+        from desktop_app.engine.flow_sampling import flow_option_notices  # it imports this module
+
+        return flow_prompt_report(loaded, request) + flow_option_notices(loaded, request), set()
     notices: list[str] = []
     used: set[str] = set()
     steps = int(request.steps or 1)

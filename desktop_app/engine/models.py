@@ -16,11 +16,11 @@ import torch
 
 from desktop_app.core import paths
 from desktop_app.core.errors import JobCancelled, ModelError
-from desktop_app.core.latents import LatentPreviewer
-from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, model_defaults
+from desktop_app.core.latents import Previewer
+from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, is_flow, model_defaults
 from desktop_app.engine import checkpoints, hub
 from desktop_app.engine.device import MemoryOptions, apply_memory_options, free_memory, vae_precision
-from desktop_app.engine.preview import fit_previewer
+from desktop_app.engine.preview import previewer_for
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,44 @@ def short_hash(path: Path) -> str:
 def _weights_file(path: Path) -> Path | None:
     if path.is_file():
         return path
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
-        candidate = path / "unet" / name
-        if candidate.is_file():
-            return candidate
+    for denoiser in ("unet", "transformer"):  # SD 1.x / 2.x / XL, then SD 3.x / Flux
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
+            candidate = path / denoiser / name
+            if candidate.is_file():
+                return candidate
     return None
+
+
+# The diffusers pipeline class of each mode, per flow family (they share one set of modules). Flux Fill has one
+# pipeline for all: generate and img2img run as an inpaint of the whole image, as an SD inpainting UNet does. Kontext
+# without a source image is a plain Flux dev; its own modes take the source as the reference ("kontext") and add a
+# mask ("kontext_inpaint").
+_FLUX = {"generate": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
+FLOW_PIPELINES: dict[str, dict[str, str]] = {
+    "sd3": {
+        "generate": "StableDiffusion3Pipeline",
+        "img2img": "StableDiffusion3Img2ImgPipeline",
+        "inpaint": "StableDiffusion3InpaintPipeline",
+    },
+    "flux-dev": _FLUX,
+    "flux-schnell": _FLUX,
+    "flux-fill": {"generate": "FluxFillPipeline", "img2img": "FluxFillPipeline", "inpaint": "FluxFillPipeline"},
+    "flux-kontext": {
+        **_FLUX,
+        "kontext": "FluxKontextPipeline",
+        "kontext_inpaint": "FluxKontextInpaintPipeline",
+    },
+}
+# Recommended settings per flow family when the model brings none (no diffusion_desk.json, no shipped config):
+# the model cards' (FLUX.1 schnell: 4 steps, no guidance; dev: distilled guidance 3.5; Fill: 30; Kontext: 2.5;
+# SD 3.5 medium: 28-40 steps at CFG 4.5-5). "euler" names the flow-matching Euler sampler they all use.
+FLOW_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sd3": {"steps": 28, "guidance": 4.5},
+    "flux-dev": {"steps": 28, "guidance": 3.5},
+    "flux-schnell": {"steps": 4, "guidance": 0.0},
+    "flux-fill": {"steps": 28, "guidance": 30.0},
+    "flux-kontext": {"steps": 28, "guidance": 2.5},
+}
 
 
 @dataclass
@@ -137,15 +170,15 @@ class LoadedModel:
     """One model's components, on its device, with the pipelines derived from them."""
 
     source: ModelSource
-    pipe: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline: owns the components
+    pipe: Any  # StableDiffusion(XL)Pipeline, StableDiffusion3Pipeline or a Flux pipeline: owns the components
     device: torch.device
     dtype: torch.dtype
     model_hash: str
     defaults: dict[str, Any]
     scheduler_config: Any
-    previewer: LatentPreviewer
+    previewer: Previewer  # preview.previewer_for: the family's known map, a TAESD decoder or a cached fit
     _derived: dict[str, Any] = field(default_factory=dict)
-    family: str = ""  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint, "" when unknown (diffusers folders report theirs)
+    family: str = ""  # sd1 | sd2 | sd2-v | sdxl | ...-inpaint | core.modelinfo.FLOW_FAMILIES, "" when unknown
     loras: dict[str, float] = field(default_factory=dict)  # adapter name -> weight, see engine.lora
     decode_previews: bool = (
         False  # the VAE decodes a native-size latent in under PREVIEW_DECODE_BUDGET: previews decode
@@ -156,34 +189,58 @@ class LoadedModel:
         return self.source.model_id
 
     @property
+    def is_flow(self) -> bool:
+        """SD 3.x or Flux: a transformer predicting velocity in sigma time, with its own pipelines."""
+        return is_flow(self.family) or type(self.pipe).__name__.startswith(FLOW_PIPELINE_PREFIXES)
+
+    @property
     def is_xl(self) -> bool:
+        if self.is_flow:  # SD 3.x and Flux have a text_encoder_2 too, but none of SDXL's conditioning
+            return False
         return getattr(self.pipe, "text_encoder_2", None) is not None or "XL" in type(self.pipe).__name__
 
     @property
     def inpaint_unet(self) -> bool:
         """A 9-channel inpainting UNet: every mode runs through the inpainting pipeline (a full mask for generate)."""
-        return int(self.pipe.unet.config.in_channels) == 9
+        unet = getattr(self.pipe, "unet", None)
+        return unet is not None and int(unet.config.in_channels) == 9
 
     @property
     def prediction_type(self) -> str:
+        """epsilon | v_prediction for SD; "flow" (velocity, x0 = x_t - sigma v) for SD 3.x and Flux."""
+        if self.is_flow:
+            return "flow"
         return str(self.scheduler_config.get("prediction_type", "epsilon"))
 
     def pipeline(self, mode: str):
-        """The pipeline for a mode, sharing this model's modules (from_pipe): switching mode loads nothing."""
+        """The pipeline for a mode, sharing this model's modules (from_pipe): switching mode loads nothing.
+
+        Modes: generate, img2img, inpaint; on Flux Kontext also kontext and kontext_inpaint (its instruction edits)."""
+        if self.is_flow:
+            names = FLOW_PIPELINES.get(self.family) or FLOW_PIPELINES[family_of_pipeline(self.pipe)]
+            if mode not in names:
+                raise KeyError(mode)
+            if names[mode] == type(self.pipe).__name__:
+                return self.pipe
+            return self._derive(mode, names[mode])
         if mode not in ("generate", "img2img", "inpaint"):
             raise KeyError(mode)
         if self.inpaint_unet:
             mode = "inpaint"
         if mode == "generate":
             return self.pipe
+        names = {
+            False: {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"},
+            True: {"img2img": "StableDiffusionXLImg2ImgPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
+        }
+        return self._derive(mode, names[self.is_xl][mode])
+
+    def _derive(self, mode: str, class_name: str):
+        """The diffusers pipeline `class_name` on this model's modules, made once per mode."""
         if mode not in self._derived:
             import diffusers
 
-            names = {
-                False: {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"},
-                True: {"img2img": "StableDiffusionXLImg2ImgPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
-            }
-            cls = getattr(diffusers, names[self.is_xl][mode])
+            cls = getattr(diffusers, class_name)
             if getattr(self.pipe, "_all_hooks", None) or getattr(self.pipe, "_offload_device", None) is not None:
                 derived = cls.from_pipe(self.pipe)  # CPU offload: from_pipe carries the hooks over
             else:
@@ -223,8 +280,25 @@ def _share_components(cls, pipe):
 
 
 # -- reading models from disk ------------------------------------------------------------------
+FLOW_PIPELINE_PREFIXES = ("StableDiffusion3", "Flux")
+# model_index.json's _class_name -> the pipeline we load it as (a folder saved from a derived pipeline loads as the
+# family's text-to-image one; the mode pipelines are made from it). Flux Control / ControlNet / Prior are not here.
+_FLOW_FOLDER_CLASSES = {
+    "StableDiffusion3Pipeline": "StableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline": "StableDiffusion3Pipeline",
+    "StableDiffusion3InpaintPipeline": "StableDiffusion3Pipeline",
+    "FluxPipeline": "FluxPipeline",
+    "FluxImg2ImgPipeline": "FluxPipeline",
+    "FluxInpaintPipeline": "FluxPipeline",
+    "FluxFillPipeline": "FluxFillPipeline",
+    "FluxKontextPipeline": "FluxKontextPipeline",
+    "FluxKontextInpaintPipeline": "FluxKontextPipeline",
+}
+
+
 def _folder_pipeline_class(folder: Path):
-    """StableDiffusionPipeline or StableDiffusionXLPipeline, from model_index.json; others get a clear message."""
+    """StableDiffusion(XL)Pipeline, StableDiffusion3Pipeline, FluxPipeline, FluxFillPipeline or FluxKontextPipeline,
+    from model_index.json; others get a clear message."""
     import diffusers
 
     try:
@@ -240,6 +314,8 @@ def _folder_pipeline_class(folder: Path):
             "Replace the folder with an intact copy of the model (its model_index.json names its parts).",
         )
     name = str(index.get("_class_name", "StableDiffusionPipeline"))
+    if name in _FLOW_FOLDER_CLASSES:
+        return getattr(diffusers, _FLOW_FOLDER_CLASSES[name])
     encoder_2 = index.get("text_encoder_2")
     if isinstance(encoder_2, list) and encoder_2 and encoder_2[0] is not None and "XL" in name:
         return diffusers.StableDiffusionXLPipeline
@@ -255,8 +331,9 @@ def _folder_pipeline_class(folder: Path):
     ):
         return diffusers.StableDiffusionPipeline
     raise ModelError(
-        f"{folder.name} is a {name} model: Diffusion Desk runs Stable Diffusion 1.x, 2.x and XL.",
-        "Choose an SD 1.x, 2.x or XL model.",
+        f"{folder.name} is a {name} model: Diffusion Desk runs Stable Diffusion 1.x, 2.x, XL and 3.x, and FLUX.1 "
+        "(schnell, dev, Fill, Kontext).",
+        "Choose an SD 1.x, 2.x, XL or 3.x model, or a FLUX.1 one.",
     )
 
 
@@ -421,10 +498,24 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
 
 
 def family_of_pipeline(pipe) -> str:
-    """sd1 / sd2 / sd2-v / sdxl (+ -inpaint) of a loaded pipeline, for the registry and the UI."""
+    """sd1 / sd2 / sd2-v / sdxl (+ -inpaint), sd3 or flux-dev / -schnell / -fill / -kontext of a loaded pipeline,
+    for the registry and the UI.
+
+    Flux: Kontext by its pipeline; Fill by its pipeline or its 384 input channels (latent 64 + masked image 64 + the
+    8x8 pixel mask packed 2x2, 256); schnell is the one without a guidance embedding (timestep-distilled)."""
     family = getattr(pipe, "_diffusion_desk_family", "")
     if family:
         return family
+    name = type(pipe).__name__
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    if name.startswith("Flux"):
+        config = pipe.transformer.config
+        if "Kontext" in name:
+            return "flux-kontext"
+        if "Fill" in name or int(config.in_channels) == 384:
+            return "flux-fill"
+        return "flux-dev" if config.guidance_embeds else "flux-schnell"
     unet = pipe.unet.config
     inpaint = "-inpaint" if int(unet.in_channels) == 9 else ""
     if getattr(pipe, "text_encoder_2", None) is not None:
@@ -482,25 +573,31 @@ class ModelManager:
         self.loads += 1
         pipe.set_progress_bar_config(disable=True)
         apply_memory_options(pipe, self.memory, self.device)
-        vae = pipe.vae
-        with vae_precision(vae):  # the SDXL VAE overflows in fp16
-            previewer = fit_previewer(vae, vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0)
         location = source.location
         if source.kind == "hub":
             location = str(getattr(pipe, "name_or_path", "") or source.location)
         family = family_of_pipeline(pipe)
+        model_hash = short_hash(Path(location))
+        vae = pipe.vae
+        with vae_precision(vae):  # the SDXL VAE overflows in fp16 (when a map has to be fitted)
+            previewer = previewer_for(vae, family, model_hash, model_id=source.model_id)
         defaults = model_defaults(location if source.kind != "builtin" else BUILTIN)
+        own_settings = (
+            source.kind in ("builtin", "folder", "hub") and (Path(location) / "diffusion_desk.json").is_file()
+        )
         if source.kind == "single_file":
             defaults = _family_defaults(family, defaults)
-        elif source.kind == "hub" and not (Path(location) / "diffusion_desk.json").is_file():
+        elif source.kind == "hub" and not own_settings:
             pick = hub.curated(source.location)
             defaults = {**defaults, **pick.defaults()} if pick else _family_defaults(family, defaults)
+        elif is_flow(family) and not own_settings:  # a flow folder without its settings: its family's
+            defaults = _family_defaults(family, defaults)
         self.loaded = LoadedModel(
             source=source,
             pipe=pipe,
             device=self.device,
             dtype=self.dtype,
-            model_hash=short_hash(Path(location)),
+            model_hash=model_hash,
             defaults=defaults,
             scheduler_config=pipe.scheduler.config,
             previewer=previewer,
@@ -546,7 +643,17 @@ def _decode_is_cheap(loaded: LoadedModel) -> bool:
 
 
 def _family_defaults(family: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """A single file has no diffusion_desk.json: use its family's (the shipped config folder's, or a test override's)."""
+    """A single file has no diffusion_desk.json: use its family's (the shipped config folder's, or a test override's).
+
+    A flow family's shipped folder may hold only diffusion_desk.json; without one, FLOW_DEFAULTS at 1024x1024."""
+    if is_flow(family):
+        settings = checkpoints.configs_root() / family / "diffusion_desk.json"
+        if settings.is_file():
+            return model_defaults(str(settings.parent))
+        known = FLOW_DEFAULTS.get(family)
+        if known is None:
+            return defaults
+        return {**defaults, "width": 1024, "height": 1024, "scheduler": "euler", **known}
     try:
         folder = checkpoints.config_folder(family)
     except ModelError:

@@ -4,6 +4,11 @@ The denoising loops are diffusers' own; we hook two places: `scheduler.step`
 (to see x_t and the predicted clean latent x0_hat of every step) and
 `callback_on_step_end` (progress, preview, cancel). Raising from the callback
 stops the loop before the final decode, so a cancelled job decodes nothing.
+
+The same hooks serve the flow models (SD 3.x, Flux; engine/flow_sampling.py): their FlowMatchEulerDiscreteScheduler
+predicts a velocity v, so x0_hat = x_t - sigma v with the step's own sigma, x_t is kept as is (no input scaling),
+the timesteps are the scheduler's sigma * 1000 and the trajectory's axis is "sigma". Flux packs its latents 2x2
+into tokens; `StepHooks.unpack` gives them back as (B, 16, h, w) for the trajectory and the previews.
 """
 
 from __future__ import annotations
@@ -89,7 +94,14 @@ class StepHooks:
         self.total = total
         self.request = request
         self.phase = phase
-        self.trajectory = Trajectory(previewer=loaded.previewer, model=request.model) if request.trajectory else None
+        self.flow = loaded.is_flow  # velocity prediction in sigma time
+        self.trajectory = (
+            Trajectory(previewer=loaded.previewer, model=request.model, axis="sigma" if self.flow else "t")
+            if request.trajectory
+            else None
+        )
+        # the scheduler's sample layout -> (B, C, h, w): Flux's packed tokens (B, h/2 * w/2, 4C) are unpacked
+        self.unpack: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.step = 0
         self.started = time.perf_counter()
         self._original_step: Callable[..., Any] | None = None
@@ -115,6 +127,8 @@ class StepHooks:
             del self._scheduler.step  # drop the instance attribute; the class method shows again
 
     def _scheduler_step(self, model_output, timestep, sample, *args, **kwargs):
+        if self.flow:
+            return self._flow_step(model_output, timestep, sample, *args, **kwargs)
         sched = self._scheduler
         sigma = None
         if getattr(sched, "init_noise_sigma", 1.0) != 1.0 and hasattr(sched, "sigmas"):
@@ -138,6 +152,25 @@ class StepHooks:
             self.trajectory.timesteps.append(int(timestep))
             self.trajectory.xt.append(to_numpy(xt))
             assert self._last_x0 is not None  # computed above when there is a trajectory
+            self.trajectory.x0.append(self._last_x0)
+        return out
+
+    def _flow_step(self, model_output, timestep, sample, *args, **kwargs):
+        """A flow-matching Euler step: x_t as is, x0_hat = x_t - sigma v (sigma the step's own, before the update)."""
+        sched = self._scheduler
+        assert self._original_step is not None  # set by attach()
+        out = self._original_step(model_output, timestep, sample, *args, **kwargs)
+        if self.trajectory is None and not self.request.previews:
+            return out
+        sigma = float(sched.sigmas[sched.step_index - 1])  # step() has moved the index past this step's sigma
+        x0 = sample.float() - sigma * model_output.float()  # (B, C, h, w), or Flux's (B, L, 4C)
+        xt = sample
+        if self.unpack is not None:
+            x0, xt = self.unpack(x0), self.unpack(xt)
+        self._last_x0 = to_numpy(x0)
+        if self.trajectory is not None:
+            self.trajectory.timesteps.append(int(round(float(timestep))))  # sigma * 1000
+            self.trajectory.xt.append(to_numpy(xt))
             self.trajectory.x0.append(self._last_x0)
         return out
 
