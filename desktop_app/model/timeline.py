@@ -74,6 +74,11 @@ class Timeline(QObject):
         """The slider's axis: "sigma" for a flow model's noise level, "t" for diffusion timesteps."""
         if self._mode == "trajectory" and self._trajectory is not None:
             return "sigma" if getattr(self._trajectory, "axis", "t") == "sigma" else "t"
+        return self.start_axis
+
+    @property
+    def start_axis(self) -> str:
+        """The axis of the next image job's start (t0 / sigma0): the forward process's, else the current model's."""
         if self._forward is not None:
             return "sigma" if getattr(self._forward, "axis", "t") == "sigma" else "t"
         return "sigma" if is_flow(self.family()) else "t"

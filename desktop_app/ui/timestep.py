@@ -120,11 +120,11 @@ class TimestepPanel(QWidget):
             self.which_button.setText("xₜ" if tl.which == "xt" else "x̂₀")
             self.t0_button.setEnabled(tl.t0_available())
             self.t0_button.setChecked(mode == "t0")
-            axis = tl.axis
+            axis, start = tl.axis, tl.start_axis  # what the slider shows now; what the next job starts from
             self.slider.setToolTip(SLIDER_TIPS[axis])
             self.slider.setAccessibleName("Noise level" if axis == "sigma" else "Diffusion timestep")
-            self.t0_button.setText("Start σ" if axis == "sigma" else "Start t")
-            self.t0_button.setToolTip(START_TIPS[axis])
+            self.t0_button.setText("Start σ" if start == "sigma" else "Start t")
+            self.t0_button.setToolTip(START_TIPS[start])
         finally:
             self._syncing = False
         self._update_label()
