@@ -51,10 +51,11 @@ from desktop_app.core.errors import InvalidRequest, JobCancelled
 from desktop_app.core.events import Notice
 from desktop_app.core.imaging import feather_mask, paste_back
 from desktop_app.core.latents import Trajectory
-from desktop_app.core.requests import EditRequest, GenerateRequest
+from desktop_app.core.requests import EDIT_METHOD_NAMES, EditRequest, GenerateRequest
 from desktop_app.engine.encoding import decode_images, encode_image
 from desktop_app.engine.inversion import _latent_mask, _psnr
 from desktop_app.engine.models import LoadedModel
+from desktop_app.engine.prompts import strip_network_tags
 from desktop_app.engine.sampling import StepHooks, to_numpy
 
 if TYPE_CHECKING:
@@ -63,11 +64,6 @@ if TYPE_CHECKING:
 Emit = Callable[[Any], None]
 
 FLOW_METHODS = ("rf-solver", "fireflow", "rf-inversion")
-SOLVER_NAMES = {
-    "rf-solver": "RF-Solver (2nd order, 2 calls per step)",
-    "fireflow": "FireFlow (2nd order, reused midpoint velocity)",
-    "rf-inversion": "RF-Inversion (controlled 1st-order ODE)",
-}
 DEFAULT_SIGMA = 1.0  # depth of an edit that names none: the papers invert to pure noise
 INJECT_SHARE = 0.1  # share of the denoising steps (at least one) that take the source's attention values
 RF_GAMMA = 0.5  # RF-Inversion's forward controller (community pipeline default)
@@ -240,8 +236,8 @@ def edit_sigmas(all_sigmas: np.ndarray, sigma0: float) -> np.ndarray:
 
 
 def _timestep(sigma: float) -> int:
-    """A sigma as the scheduler's timestep (sigma * 1000), as an int the way the step hooks record it."""
-    return int(np.float32(sigma) * np.float32(1000.0))
+    """A sigma as the scheduler's timestep (sigma * 1000, float32), rounded as the step hooks record it."""
+    return int(round(float(np.float32(sigma) * np.float32(1000.0))))
 
 
 # ------------------------------------------------------------ value injection ---
@@ -485,10 +481,10 @@ def _stored_levels(
         emit(Notice(f"The source is a past result but {reason}: inverted it instead of replaying its trajectory."))
         return None
     assert trajectory is not None
-    index = {t: k for k, t in enumerate(trajectory.timesteps)}
     n = len(sigmas) - 1
-    wanted = [_timestep(float(s)) for s in sigmas[:-1]]  # descending
-    if trajectory.timesteps[-n:] != wanted or any(t not in index for t in wanted):
+    wanted = [_timestep(float(s)) for s in sigmas[:-1]]  # descending: the edit's steps, a suffix of the source's
+    stored = list(trajectory.timesteps[-n:])
+    if len(stored) != n or any(abs(int(a) - b) > 1 for a, b in zip(stored, wanted)):
         emit(Notice("The source's schedule differs from this edit's: inverted it instead of replaying it."))
         return None
 
@@ -505,7 +501,8 @@ def _stored_levels(
     if _psnr(decode_images(model.loaded, final)[0], work_image) < SHORTCUT_MIN_PSNR:
         emit(Notice("The source image does not match its stored result (edited since?): inverted it instead."))
         return None
-    return [final] + [latent(trajectory.xt[index[t]]) for t in reversed(wanted)]
+    first = len(trajectory) - n  # denoising step i of the edit is step first + i of the source
+    return [final] + [latent(trajectory.xt[first + i]) for i in reversed(range(n))]
 
 
 def _phase(loaded: LoadedModel, emit: Emit, cancel, total: int, request: EditRequest, name: str, before=None):
@@ -550,7 +547,9 @@ def run_flow_edit(
     n = len(sigmas) - 1
     inject_steps = 0 if method == "rf-inversion" or INJECT_SHARE <= 0 else max(1, int(round(INJECT_SHARE * n)))
     same = request.prompt == request.source_prompt
-    texts = model.encode([request.source_prompt, request.prompt, request.negative_prompt])  # 3 rows
+    # T5 reads plain words: `<lora:...>` tags (applied by the engine) are taken out of the text
+    plain = [strip_network_tags(t or "").text for t in (request.source_prompt, request.prompt, request.negative_prompt)]
+    texts = model.encode(plain)  # 3 rows: source, target, negative
     text_src, text_neg = texts.rows([0]), texts.rows([2])
     text_tgt = text_src if same else texts.rows([1])
     uncond = text_neg if model.uses_cfg else None
@@ -616,7 +615,7 @@ def run_flow_edit(
         "Edit method": method,
         "t0": _timestep(float(sigmas[0])),
         "Source prompt": request.source_prompt,
-        "Flow solver": SOLVER_NAMES[method],
+        "Flow solver": EDIT_METHOD_NAMES[method],  # as core.infotext writes and reads it
     }
     if request.mask is not None:
         info["Mask blur"] = request.mask_blur
