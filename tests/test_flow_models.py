@@ -1,0 +1,292 @@
+"""SD 3.5 and FLUX.1 through Engine.run, on tiny random folders built offline (tests/tiny_flow.py): every mode, Fill,
+Kontext, the events, cancel, the sigma trajectory, guidance rules and the notices for Stable Diffusion-only options."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from desktop_app.core.errors import InvalidRequest, JobCancelled, ModelError
+from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress
+from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
+
+PROMPT = "a red circle on a blue background"
+FAMILIES = {
+    "sd3": "sd3",
+    "flux-dev": "flux-dev",
+    "flux-schnell": "flux-schnell",
+    "flux-fill": "flux-fill",
+    "flux-kontext": "flux-kontext",
+}
+
+
+@pytest.fixture(scope="session")
+def flow_dirs(tmp_path_factory) -> dict:
+    """name -> folder, each built on first use (a tiny folder takes ~0.2 s to write)."""
+    from tiny_flow import tiny_flow_dir
+
+    class Folders(dict):
+        def __missing__(self, name):
+            self[name] = tiny_flow_dir(tmp_path_factory, name)
+            return self[name]
+
+    return Folders()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def source_image() -> Image.Image:
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def square_mask() -> Image.Image:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return mask
+
+
+def outside(mask: Image.Image) -> np.ndarray:
+    """Pixels the paste-back keeps: the feather lies inside the mask, so all unpainted pixels."""
+    return np.asarray(mask.convert("L")) == 0
+
+
+# -- loading -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_and_recommended_settings_come_from_the_folder(engine, flow_dirs, name):
+    info = engine.preload(str(flow_dirs[name]))
+    assert info.family == FAMILIES[name]
+    settings = json.loads((flow_dirs[name] / "diffusion_desk.json").read_text(encoding="utf-8"))
+    assert (info.defaults["steps"], info.defaults["guidance"]) == (settings["steps"], settings["guidance"])
+    loaded = engine.models.loaded
+    assert loaded.is_flow and not loaded.is_xl and not loaded.inpaint_unet and loaded.prediction_type == "flow"
+
+
+def test_a_flow_folder_without_settings_gets_its_family_defaults(engine, flow_dirs, tmp_path):
+    folder = tmp_path / "schnell-no-settings"
+    shutil.copytree(flow_dirs["flux-schnell"], folder)
+    (folder / "diffusion_desk.json").unlink()
+    info = engine.preload(str(folder))
+    assert info.family == "flux-schnell"
+    assert (info.defaults["steps"], info.defaults["guidance"], info.defaults["width"]) == (4, 0.0, 1024)
+
+
+def test_modes_share_one_set_of_modules(engine, flow_dirs, source_image, square_mask):
+    model = str(flow_dirs["flux-dev"])
+    engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1))
+    loads = engine.models.loads
+    engine.run(Img2ImgRequest(prompt=PROMPT, model=model, steps=2, seed=1, image=source_image))
+    engine.run(InpaintRequest(prompt=PROMPT, model=model, steps=2, seed=1, image=source_image, mask=square_mask))
+    loaded = engine.models.loaded
+    assert engine.models.loads == loads
+    for mode in ("img2img", "inpaint"):
+        derived = loaded.pipeline(mode)
+        assert type(derived).__name__ == {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}[mode]
+        assert derived.transformer is loaded.pipe.transformer and derived.vae is loaded.pipe.vae
+
+
+# -- generation, the events and the trajectory ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["sd3", "flux-dev", "flux-schnell"])
+def test_generation_is_deterministic_with_a_sigma_trajectory_whose_last_x0_is_the_image(engine, flow_dirs, name):
+    model = str(flow_dirs[name])
+    events: list = []
+    first = engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=3, seed=7), events.append)
+    again = engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=3, seed=7))
+    other = engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=3, seed=8))
+    assert first.images[0].size == (64, 64)
+    assert np.array_equal(pixels(first.images[0]), pixels(again.images[0]))
+    assert not np.array_equal(pixels(first.images[0]), pixels(other.images[0]))
+    trajectory = first.trajectory
+    assert trajectory is not None and len(trajectory) == 3 and trajectory.axis == "sigma"
+    assert trajectory.timesteps[0] == 1000 and trajectory.timesteps == sorted(trajectory.timesteps, reverse=True)
+    assert trajectory.xt[0].shape == trajectory.x0[0].shape == (1, 16, 8, 8)  # unpacked, even for Flux
+    # the last step goes to sigma 0: its x0 = x_t - sigma v is the final latent, decoded it is the image
+    decoded = engine.decode_trajectory(trajectory, len(trajectory) - 1, "x0")
+    assert np.abs(pixels(decoded) - pixels(first.images[0])).mean() < 1.0
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.step for p in progress] == [1, 2, 3] and all(p.total == 3 and p.phase == "denoise" for p in progress)
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert len(previews) == 3 and all(p.image.mode == "RGB" for p in previews)
+    assert isinstance(events[-1], Finished) and sum(isinstance(e, (Finished, Failed, Cancelled)) for e in events) == 1
+
+
+def test_batch_images_are_reproducible_alone_from_their_seed(engine, flow_dirs):
+    model = str(flow_dirs["flux-dev"])
+    batch = engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=3, batch=2))
+    alone = engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=4))
+    assert batch.seeds == [3, 4]
+    assert np.abs(pixels(batch.images[1]) - pixels(alone.images[0])).max() <= 2
+    assert batch.trajectory is not None and batch.trajectory.x0[0].shape[0] == 2
+
+
+def test_flux_guidance_is_the_distilled_one_and_sd3_uses_the_negative_prompt(engine, flow_dirs):
+    flux = str(flow_dirs["flux-dev"])
+    low = engine.run(GenerateRequest(prompt=PROMPT, model=flux, steps=2, seed=1, guidance=1.0))
+    high = engine.run(GenerateRequest(prompt=PROMPT, model=flux, steps=2, seed=1, guidance=6.0))
+    assert not np.array_equal(pixels(low.images[0]), pixels(high.images[0]))  # the transformer embeds guidance
+    sd3 = str(flow_dirs["sd3"])
+    plain = engine.run(GenerateRequest(prompt=PROMPT, model=sd3, steps=2, seed=1, guidance=5.0))
+    negative = engine.run(
+        GenerateRequest(prompt=PROMPT, model=sd3, steps=2, seed=1, guidance=5.0, negative_prompt="green square")
+    )
+    assert not np.array_equal(pixels(plain.images[0]), pixels(negative.images[0]))
+
+
+def test_cancel_stops_within_a_step_without_decoding_and_the_next_job_runs(engine, flow_dirs, monkeypatch):
+    model = str(flow_dirs["flux-dev"])
+    engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1))
+    vae = engine.models.loaded.pipe.vae
+    decodes = []
+    original = vae.decode
+    monkeypatch.setattr(vae, "decode", lambda *a, **k: decodes.append(1) or original(*a, **k))
+    cancel = threading.Event()
+    events: list = []
+
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, Progress) and event.step == 2:
+            cancel.set()
+
+    with pytest.raises(JobCancelled):
+        engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=8, seed=1, previews=False), on_event, cancel)
+    assert max(e.step for e in events if isinstance(e, Progress)) == 2
+    assert isinstance(events[-1], Cancelled) and not decodes
+    assert engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1)).images
+
+
+# -- guidance rules and notices -------------------------------------------------------------------------------------
+def test_guidance_on_schnell_is_refused_with_a_hint_and_the_next_job_runs(engine, flow_dirs):
+    model = str(flow_dirs["flux-schnell"])
+    events: list = []
+    with pytest.raises(InvalidRequest) as caught:
+        engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1, guidance=3.5), events.append)
+    assert "guidance 0" in caught.value.hint and "4 steps" in caught.value.hint
+    assert isinstance(events[-1], Failed) and "guidance 0" in events[-1].hint
+    result = engine.run(GenerateRequest(prompt=PROMPT, model=model, seed=1))  # the model's own: 4 steps, 0
+    assert (result.request.steps, result.request.guidance) == (4, 0.0) and len(result.trajectory or []) == 4
+
+
+def test_stable_diffusion_only_options_bring_notices_not_crashes(engine, flow_dirs):
+    events: list = []
+    result = engine.run(
+        GenerateRequest(
+            prompt="a (red:1.3) circle BREAK [blue] background",
+            negative_prompt="blurry",
+            model=str(flow_dirs["flux-dev"]),
+            steps=2,
+            seed=1,
+            scheduler="dpmpp_2m",
+            clip_skip=2,
+        ),
+        events.append,
+    )
+    notices = " | ".join(e.message for e in events if isinstance(e, Notice))
+    for words in ("prompt weights", "BREAK", "negative prompt is not used", "Samplers", "Clip skip 2"):
+        assert words in notices
+    assert result.notices and result.images[0].size == (64, 64)
+
+
+def test_a_prompt_past_t5s_length_says_how_much_was_dropped(engine, flow_dirs):
+    events: list = []
+    engine.run(GenerateRequest(prompt="red " * 300, model=str(flow_dirs["sd3"]), steps=1, seed=1), events.append)
+    assert any(isinstance(e, Notice) and "T5 tokens were dropped" in e.message for e in events)
+
+
+# -- img2img, inpaint, outpaint, Fill ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["sd3", "flux-dev"])
+def test_img2img_runs_the_strengths_share_of_the_steps(engine, flow_dirs, source_image, name):
+    request = Img2ImgRequest(prompt=PROMPT, model=str(flow_dirs[name]), steps=4, seed=1, image=source_image)
+    result = engine.run(request.replace(strength=0.5))
+    assert result.images[0].size == source_image.size and result.info["Denoising strength"] == 0.5
+    assert result.trajectory is not None and len(result.trajectory) == 2
+    assert result.trajectory.timesteps[0] < 1000  # it starts part way, from the noised source
+    assert not np.array_equal(pixels(result.images[0]), pixels(source_image))
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux-dev", "flux-fill", "flux-kontext"])
+def test_inpaint_keeps_every_pixel_outside_the_mask(engine, flow_dirs, source_image, square_mask, name):
+    result = engine.run(
+        InpaintRequest(prompt=PROMPT, model=str(flow_dirs[name]), steps=2, seed=1, image=source_image, mask=square_mask)
+    )
+    keep = outside(square_mask)
+    out, src = pixels(result.images[0]), pixels(source_image)
+    assert np.array_equal(out[keep], src[keep])
+    assert np.abs(out[~keep] - src[~keep]).mean() > 5  # the masked square was repainted
+    assert result.info["Mask blur"] == 4
+
+
+def test_outpaint_extends_the_canvas_and_keeps_the_source_beyond_the_overlap(engine, flow_dirs, source_image):
+    result = engine.run(
+        InpaintRequest(
+            prompt=PROMPT, model=str(flow_dirs["flux-fill"]), steps=2, seed=1, image=source_image, extend=(16, 0, 0, 16)
+        )
+    )
+    image = pixels(result.images[0])
+    assert image.shape[:2] == (80, 80)
+    overlap = result.request.outpaint_overlap  # the band into the source that is repainted and blended
+    kept = image[: 64 - overlap, 16 + overlap :]
+    assert np.array_equal(kept, pixels(source_image)[: 64 - overlap, overlap:])
+    assert "Outpaint" in result.info
+
+
+def test_fill_generates_and_runs_image_to_image_as_a_whole_image_inpaint(engine, flow_dirs, source_image):
+    model = str(flow_dirs["flux-fill"])
+    generated = engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1))
+    assert generated.images[0].size == (64, 64) and len(generated.trajectory or []) == 2
+    events: list = []
+    changed = engine.run(
+        Img2ImgRequest(prompt=PROMPT, model=model, steps=4, seed=1, image=source_image, strength=0.5), events.append
+    )
+    assert len(changed.trajectory or []) == 2
+    assert any(isinstance(e, Notice) and "inpaint of the whole image" in e.message for e in events)
+
+
+# -- Kontext -----------------------------------------------------------------------------------------------------------
+def test_kontext_edit_follows_the_instruction_with_the_source_as_reference(engine, flow_dirs, source_image):
+    model = str(flow_dirs["flux-kontext"])
+    request = EditRequest(prompt="make the circle blue", model=model, steps=2, seed=1, image=source_image)
+    result = engine.run(request)
+    assert result.request.method == "kontext" and result.info["Edit method"] == "kontext"
+    assert result.images[0].size == source_image.size and len(result.trajectory or []) == 2
+    other = engine.run(request.replace(image=Image.new("RGB", (64, 64), (0, 200, 0))))
+    assert not np.array_equal(pixels(result.images[0]), pixels(other.images[0]))  # the reference is seen
+
+
+def test_masked_kontext_edit_keeps_every_pixel_outside_the_mask(engine, flow_dirs, source_image, square_mask):
+    result = engine.run(
+        EditRequest(
+            prompt="make the circle blue",
+            model=str(flow_dirs["flux-kontext"]),
+            steps=2,
+            seed=1,
+            image=source_image,
+            mask=square_mask,
+            method="kontext",
+        )
+    )
+    keep = outside(square_mask)
+    out, src = pixels(result.images[0]), pixels(source_image)
+    assert np.array_equal(out[keep], src[keep])
+    assert np.abs(out[~keep] - src[~keep]).mean() > 5
+    assert type(engine.models.loaded.pipeline("kontext_inpaint")).__name__ == "FluxKontextInpaintPipeline"
+
+
+def test_a_kontext_edit_on_another_flux_model_is_a_model_error_and_the_next_job_runs(engine, flow_dirs, source_image):
+    model = str(flow_dirs["flux-dev"])
+    events: list = []
+    with pytest.raises(ModelError, match="Kontext") as caught:
+        engine.run(
+            EditRequest(prompt="make it blue", model=model, steps=2, seed=1, image=source_image, method="kontext"),
+            events.append,
+        )
+    assert "FLUX.1-Kontext" in caught.value.hint and isinstance(events[-1], Failed)
+    assert engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1)).images
