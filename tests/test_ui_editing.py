@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from PySide6.QtCore import QPoint, Qt
 
 from desktop_app.core.events import Result
 from desktop_app.core.images import save_png
-from desktop_app.core.infotext import png_info
+from desktop_app.core.infotext import format_parameters, png_info
 from desktop_app.core.requests import EditConcept, EditRequest
 from tests.ui_conftest_helpers import FakeEngine, child, choose, click_generate, make_window, qloop, type_into  # noqa: F401
 
@@ -212,9 +213,6 @@ def test_a_dropped_edit_png_restores_its_controls(qtbot, window, tmp_path):
     ledits = edit_result(
         method="ledits", edit_concepts=(EditConcept("a blue hat", 7.0), EditConcept("a red scarf", 5.0, True))
     )
-    from desktop_app.core.infotext import format_parameters
-    from PIL.PngImagePlugin import PngInfo
-
     info = PngInfo()
     info.add_text("parameters", format_parameters(ledits))
     ledits.images[0].save(text_only, pnginfo=info)

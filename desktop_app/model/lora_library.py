@@ -16,10 +16,15 @@ from PySide6.QtCore import QObject, QSettings, Signal
 
 from desktop_app.core import paths
 
+# every family's name for display (the LoRA picker, the prompt panel's tooltips, the models dialog)
 FAMILY_NAMES = {
     "sd1": "SD 1.x",
+    "sd1-inpaint": "SD 1.x inpainting",
     "sd2": "SD 2.x",
+    "sd2-v": "SD 2.x (v)",
+    "sd2-inpaint": "SD 2.x inpainting",
     "sdxl": "SDXL",
+    "sdxl-inpaint": "SDXL inpainting",
     "sd3": "SD 3.x",
     "flux-dev": "FLUX.1 dev",
     "flux-schnell": "FLUX.1 schnell",
