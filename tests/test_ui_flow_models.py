@@ -112,7 +112,9 @@ def test_sd3_keeps_cfg_and_the_negative_prompt(qtbot, window, engine):
     load(qtbot, window, "builtin")
     assert child(window, "schedulerCombo").isEnabled() and child(window, "clipSkipSpin").isEnabled()
     assert child(window, "guidanceSpin").isEnabled() and child(window, "negativePromptEdit").isEnabled()
-    choose_flow = [child(window, "editMethodCombo").itemData(i) for i in range(child(window, "editMethodCombo").count())]
+    choose_flow = [
+        child(window, "editMethodCombo").itemData(i) for i in range(child(window, "editMethodCombo").count())
+    ]
     assert choose_flow == ["direct", "negative-prompt", "ddim", "ledits"]
 
 
@@ -197,8 +199,6 @@ def test_damaged_performance_settings_fall_back_to_automatic(tmp_path):
 
 
 def test_the_real_engine_takes_the_options_when_made_and_between_jobs(tiny_model_dir):
-    from desktop_app.engine.device import MemoryOptions
-
     engine = worker_module.default_engine_factory(
         EngineOptions(device="cpu", dtype="fp32", attention_slicing=True, vae_tiling=True)
     )
@@ -206,10 +206,8 @@ def test_the_real_engine_takes_the_options_when_made_and_between_jobs(tiny_model
     assert engine.models.memory.attention_slicing and engine.models.memory.vae_tiling
     assert not engine.models.memory.cpu_offload
     engine.models.get(str(tiny_model_dir))
-    worker_module.reconfigure_engine(engine, EngineOptions(device="cpu", dtype="bf16", cpu_offload=True))
+    worker_module.reconfigure_engine(engine, EngineOptions(device="cpu", dtype="bf16", sequential_offload=True))
     assert engine.models.loaded is None  # let go: the next job loads it with the new options
     assert str(engine.dtype) == str(engine.models.dtype) == "torch.bfloat16"
     memory = engine.models.memory
-    assert memory.cpu_offload and not memory.attention_slicing
-    if "sequential_offload" in {f.name for f in dataclasses.fields(MemoryOptions)}:
-        assert not getattr(memory, "sequential_offload")
+    assert memory.sequential_offload and not memory.cpu_offload and not memory.attention_slicing
