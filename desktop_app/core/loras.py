@@ -22,9 +22,18 @@ from pathlib import Path
 from desktop_app.core import paths
 from desktop_app.core.errors import ModelError
 
-FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "an unknown family"}
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "unknown")
+FAMILY_NAMES = {
+    "sd1": "SD 1.x",
+    "sd2": "SD 2.x",
+    "sdxl": "SDXL",
+    "sd3": "SD 3.x",
+    "flux": "FLUX.1",
+    "unknown": "an unknown family",
+}
 _WIDTH_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # the UNet's cross-attention width (the text width)
+FLUX_WIDTH = 3072  # FLUX.1's transformer width (24 heads x 128)
+SD3_WIDTHS = {1536: "SD 3 / 3.5 Medium", 2432: "SD 3.5 Large"}  # SD 3.x's transformer widths (heads x 64)
 _MAX_HEADER = 100 * 1024 * 1024
 _HASH_CACHE = "lora_hashes.json"
 
@@ -110,11 +119,55 @@ _XL_ONLY = re.compile(r"up_blocks[._]0[._]attentions|output_blocks[._][012][._]1
 _SD_ONLY = re.compile(r"down_blocks[._]0[._]attentions|up_blocks[._]3[._]attentions|input_blocks[._][12][._]1[._]")
 
 
+# Transformer (DiT) LoRAs. FLUX.1: kohya `lora_unet_double_blocks_0_...` / `lora_unet_single_blocks_...`, XLabs and
+# ComfyUI `double_blocks.0...`, diffusers / PEFT `transformer.single_transformer_blocks.0...`. SD 3.x: kohya
+# `lora_unet_joint_blocks_0_...`, diffusers `transformer.transformer_blocks.0...` (no single blocks). diffusers'
+# `transformer_blocks` also name the blocks inside an SD UNet's attentions (`unet.down_blocks.0.attentions.0.
+# transformer_blocks.0`): only a key that starts with them (after a `transformer.` prefix) is a DiT's.
+_FLUX_BLOCKS = r"(double_blocks|single_blocks|single_transformer_blocks)[._]\d+"
+_SD3_BLOCKS = r"joint_blocks[._]\d+"
+_DIT_BLOCKS = r"^(transformer\.|lora_transformer_|base_model\.model\.|diffusion_model\.)?transformer_blocks[._]\d+"
+
+
+def transformer_lora(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str] | None:
+    """("flux" | "sd3" | "unknown", evidence) for a LoRA of a flow transformer; None for a UNet LoRA.
+
+    The blocks say which architecture, the input width of the LoRA's down projections which model: 3072 is
+    FLUX.1, 1536 / 2432 SD 3.x (a FLUX-like LoRA of another width, FLUX.2's, is "unknown")."""
+    flux = any(re.search(_FLUX_BLOCKS, k) for k in shapes)
+    sd3 = any(re.search(_SD3_BLOCKS, k) for k in shapes)
+    dit = any(re.search(_DIT_BLOCKS, k) for k in shapes)
+    if not (flux or sd3 or dit):
+        return None
+    widths = _in_width(shapes, f"{_FLUX_BLOCKS}|{_SD3_BLOCKS}|{_DIT_BLOCKS}")
+    if flux or (dit and FLUX_WIDTH in widths and not widths & set(SD3_WIDTHS)):
+        if FLUX_WIDTH in widths or not widths:
+            return "flux", f"FLUX.1 transformer blocks, width {FLUX_WIDTH}"
+        return "unknown", f"FLUX-like transformer blocks of width {', '.join(map(str, sorted(widths)))}"
+    model = next((SD3_WIDTHS[w] for w in sorted(widths) if w in SD3_WIDTHS), None)
+    if model is not None:
+        return "sd3", f"SD 3.x transformer blocks, width {min(w for w in widths if w in SD3_WIDTHS)} ({model})"
+    if sd3 and not widths:
+        return "sd3", "SD 3.x joint blocks"
+    return "unknown", f"transformer blocks of width {', '.join(map(str, sorted(widths))) or 'unknown'}"
+
+
+def transformer_lora_width(shapes: Mapping[str, Sequence[int]]) -> int | None:
+    """The transformer width a flow LoRA was made for (3072, 1536, 2432), None when the file does not say."""
+    widths = _in_width(shapes, f"{_FLUX_BLOCKS}|{_SD3_BLOCKS}|{_DIT_BLOCKS}")
+    known = sorted(w for w in widths if w == FLUX_WIDTH or w in SD3_WIDTHS)
+    return known[0] if known else (min(widths) if widths else None)
+
+
 def family_from_shapes(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str]:
     """(family, the evidence in words) from a LoRA's tensor names and shapes.
 
-    Widths decide first; the blocks with attention only when the file has no layer of a telling width (a UNet
+    A flow transformer's LoRA (FLUX.1, SD 3.x) is told by its blocks and width first. For UNet LoRAs widths
+    decide first; the blocks with attention only when the file has no layer of a telling width (a UNet
     self-attention-only LoRA). A width of no known family (a test model's) means "unknown", whatever the blocks."""
+    dit = transformer_lora(shapes)
+    if dit is not None:
+        return dit
     widths = _in_width(shapes, r"attn2[._](processor[._])?to_[kv]")
     known = {_WIDTH_FAMILY[w] for w in widths if w in _WIDTH_FAMILY}
     if len(known) == 1:
@@ -139,7 +192,7 @@ def family_from_shapes(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str]:
 
 
 def lora_family(path: str | os.PathLike) -> str:
-    """ "sd1" | "sd2" | "sdxl" | "unknown" from the file's header alone (raises ModelError when unreadable)."""
+    """ "sd1" | "sd2" | "sdxl" | "sd3" | "flux" | "unknown" from the file's header alone (ModelError when unreadable)."""
     return family_from_shapes(read_header(path)[1])[0]
 
 

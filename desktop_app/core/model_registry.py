@@ -148,9 +148,11 @@ class CuratedModel:
     guidance: float = 7.0
     size: int = 512
     scheduler: str = "dpmpp_2m"
+    gated: bool = False  # the hub asks for the license to be accepted and a login before it lets anyone download
+    edit_method: str = ""  # the recommended edit method (core.requests.EDIT_METHODS), "" for the engine's default
 
     def defaults(self) -> dict:
-        return {
+        out: dict = {
             "name": self.name,
             "steps": self.steps,
             "guidance": self.guidance,
@@ -158,6 +160,23 @@ class CuratedModel:
             "height": self.size,
             "scheduler": self.scheduler,
         }
+        if self.edit_method:
+            out["edit"] = {"method": self.edit_method}
+        return out
+
+    @property
+    def login_hint(self) -> str:
+        """How to get a gated model: accept the license, then log in ("" for an open one)."""
+        return gated_hint(self.repo) if self.gated else ""
+
+
+def gated_hint(repo: str) -> str:
+    """What to do for a gated hub repo (FLUX.1 dev / Fill / Kontext, SD 3.5): the license page, then a token."""
+    return (
+        f"Accept the license at https://huggingface.co/{repo} (logged in there), then log in here once: "
+        "run `hf auth login` (older versions: `huggingface-cli login`) and paste a read token from "
+        "https://huggingface.co/settings/tokens, or set the HF_TOKEN environment variable to it."
+    )
 
 
 CURATED: tuple[CuratedModel, ...] = (
@@ -230,6 +249,90 @@ CURATED: tuple[CuratedModel, ...] = (
         guidance=6.0,
         size=1024,
     ),
+    # Flow-matching models: bf16 weights only (no fp16 variant), so both sizes are the same download.
+    CuratedModel(
+        "FLUX.1 [schnell]",
+        "black-forest-labs/FLUX.1-schnell",
+        "flux-schnell",
+        33.7,
+        33.7,
+        "12B, 4 steps, no guidance; Apache 2.0, not gated. Needs about 24 GB of GPU memory (less with offload).",
+        steps=4,
+        guidance=0.0,
+        size=1024,
+        scheduler="euler",
+        edit_method="fireflow",
+    ),
+    CuratedModel(
+        "FLUX.1 [dev]",
+        "black-forest-labs/FLUX.1-dev",
+        "flux-dev",
+        33.7,
+        33.7,
+        "12B, best FLUX.1 quality; guidance 3.5 is distilled guidance, not CFG. Gated, non-commercial license.",
+        steps=28,
+        guidance=3.5,
+        size=1024,
+        scheduler="euler",
+        gated=True,
+        edit_method="fireflow",
+    ),
+    CuratedModel(
+        "FLUX.1 Fill [dev]",
+        "black-forest-labs/FLUX.1-Fill-dev",
+        "flux-fill",
+        33.7,
+        33.7,
+        "FLUX.1 inpainting and outpainting. Gated, non-commercial license.",
+        steps=50,
+        guidance=30.0,
+        size=1024,
+        scheduler="euler",
+        gated=True,
+        edit_method="fireflow",
+    ),
+    CuratedModel(
+        "FLUX.1 Kontext [dev]",
+        "black-forest-labs/FLUX.1-Kontext-dev",
+        "flux-kontext",
+        33.7,
+        33.7,
+        "Instruction edits ('make the circle blue'). Gated, non-commercial license.",
+        steps=28,
+        guidance=2.5,
+        size=1024,
+        scheduler="euler",
+        gated=True,
+        edit_method="kontext",
+    ),
+    CuratedModel(
+        "Stable Diffusion 3.5 Medium",
+        "stabilityai/stable-diffusion-3.5-medium",
+        "sd3",
+        16.3,
+        16.3,
+        "2.5B MMDiT-X with three text encoders (T5 is 9.5 GB of it). Gated, Stability community license.",
+        steps=40,
+        guidance=4.5,
+        size=1024,
+        scheduler="euler",
+        gated=True,
+        edit_method="fireflow",
+    ),
+    CuratedModel(
+        "Stable Diffusion 3.5 Large",
+        "stabilityai/stable-diffusion-3.5-large",
+        "sd3",
+        27.6,
+        27.6,
+        "8B, the best SD 3.5; needs about 20 GB of GPU memory (less with offload). Gated, Stability community license.",
+        steps=28,
+        guidance=3.5,
+        size=1024,
+        scheduler="euler",
+        gated=True,
+        edit_method="fireflow",
+    ),
 )
 
 
@@ -268,6 +371,7 @@ def list_rows(registry: ModelRegistry | None = None) -> list[dict]:
                 "family": c.family,
                 "download_gb": c.size_gb,
                 "note": c.note,
+                "gated": c.gated,
             }
         )
     return rows

@@ -24,7 +24,13 @@ from pathlib import Path
 
 from desktop_app.core.errors import ModelError
 from desktop_app.core.events import Progress
-from desktop_app.core.model_registry import CURATED, CuratedModel, curated, format_size  # noqa: F401 - plain data, re-exported
+from desktop_app.core.model_registry import (  # noqa: F401 - plain data, re-exported
+    CURATED,
+    CuratedModel,
+    curated,
+    format_size,
+    gated_hint,
+)
 
 WEIGHT_SUFFIXES = (
     ".safetensors",
@@ -268,6 +274,38 @@ def _cached_snapshot(repo: str, revision: str | None, subfolder: str | None) -> 
 SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
 
+def _has_token() -> bool:
+    try:
+        from huggingface_hub import get_token
+
+        return bool(get_token())
+    except Exception:  # noqa: BLE001 - a broken token file is no token
+        return False
+
+
+def access_error(repo: str, exc: BaseException) -> ModelError | None:
+    """The ModelError for a refused download (a gated repo, 401 / 403), saying how to log in; None for other errors.
+
+    FLUX.1 dev / Fill / Kontext and SD 3.5 are gated: the hub lists their files to anyone but sends them only to a
+    logged-in user who accepted the license. huggingface_hub raises GatedRepoError for that; a bare 401 / 403
+    (an expired token, a mirror) says the same."""
+    from huggingface_hub.errors import GatedRepoError
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if not isinstance(exc, GatedRepoError) and status not in (401, 403):
+        return None
+    pick = curated(repo)
+    name = pick.name if pick else repo
+    if _has_token():
+        message = (
+            f"The hub refused {name} ({repo}) to your token (HTTP {status or 403}): it is gated, and the account of "
+            "the token has not accepted its license, or the token has no read access."
+        )
+    else:
+        message = f"{name} ({repo}) is gated: the hub sends it only to a logged-in user who accepted its license."
+    return ModelError(message, gated_hint(repo))
+
+
 def download_model(
     repo: str,
     *,
@@ -298,10 +336,12 @@ def download_model(
     try:
         info = api.model_info(repo, revision=revision, files_metadata=True, timeout=timeout)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
-        gated = isinstance(exc, GatedRepoError)
+        refused = access_error(repo, exc) if isinstance(exc, GatedRepoError) else None
+        if refused is not None:
+            raise refused from exc
         raise ModelError(
-            f"{repo} {'is gated: its license must be accepted on the hub' if gated else 'was not found on the hub (or is private)'}.",
-            "Log in with `hf auth login` after accepting the license." if gated else "Check the repo id.",
+            f"{repo} was not found on the hub (or is private).",
+            "Check the repo id; for a private repo log in first (`hf auth login` or HF_TOKEN).",
         ) from exc
     except RevisionNotFoundError as exc:
         raise ModelError(f"{repo} has no revision {revision!r}.", "Check the branch, tag or commit.") from exc
@@ -337,11 +377,16 @@ def download_model(
             tracker.add(max(files.get(path, 0) - (tracker.done - before), 0), fresh=False, force=True)
     except (DownloadCancelled, ModelError):
         raise
+    except GatedRepoError as exc:  # the files of a gated repo, without a login or the license accepted
+        raise access_error(repo, exc) or ModelError(str(exc)[:300], gated_hint(repo)) from exc
     except (EntryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelError(
             f"{repo}: {exc}".splitlines()[0][:300], "The repo changed while downloading: try again."
         ) from exc
     except Exception as exc:  # noqa: BLE001 - network drop mid-file: resumable
+        refused = access_error(repo, exc)  # a 401 / 403 on a file
+        if refused is not None:
+            raise refused from exc
         raise ModelError(
             f"The download of {repo} stopped: {type(exc).__name__}: {exc}".splitlines()[0][:300],
             "Check your connection and try again: it resumes where it stopped.",

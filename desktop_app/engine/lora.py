@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from desktop_app.core.errors import ModelError
-from desktop_app.core.loras import FAMILY_NAMES, family_from_shapes, lora_hash
+from desktop_app.core.loras import FAMILY_NAMES, family_from_shapes, lora_hash, transformer_lora_width
+from desktop_app.core.modelinfo import is_flow
 from desktop_app.engine.models import PICKLE_RISK, PICKLE_SUFFIXES, LoadedModel
 
 
@@ -95,8 +96,17 @@ def check_compatible(shapes: dict[str, tuple[int, ...]], loaded: LoadedModel, na
     if not any(("lora" in k.lower()) or k.endswith(".alpha") or "hada_" in k for k in shapes):
         raise ModelError(f"{name} does not look like a LoRA (no lora_* tensors).", "Choose a LoRA .safetensors file.")
     family, evidence = family_from_shapes(shapes)
-    expected = int(loaded.pipe.unet.config.cross_attention_dim)
     model_name = loaded.family or loaded.model_id
+    if flow_model(loaded):
+        _check_flow(shapes, family, evidence, loaded, name)
+        return
+    if family in ("flux", "sd3"):
+        raise ModelError(
+            f"{name} is a {FAMILY_NAMES[family]} LoRA ({evidence}); the loaded model ({model_name}) is "
+            f"{'SDXL' if loaded.is_xl else 'an SD 1.x / 2.x model'}.",
+            f"Load a {FAMILY_NAMES[family]} model, or choose a LoRA made for this one.",
+        )
+    expected = int(loaded.pipe.unet.config.cross_attention_dim)
     if family == "sdxl" and not loaded.is_xl:
         raise ModelError(
             f"{name} is an SDXL LoRA ({evidence}); the loaded model ({model_name}) is not SDXL.",
@@ -121,6 +131,40 @@ def check_compatible(shapes: dict[str, tuple[int, ...]], loaded: LoadedModel, na
         raise ModelError(
             f"{name} was made for {made_for}; the loaded model ({model_name}) has text width {expected}.",
             "Choose a LoRA made for the loaded model's family.",
+        )
+
+
+def flow_model(loaded: LoadedModel) -> bool:
+    """An SD 3.x / FLUX.1 model: a transformer, no UNet."""
+    return is_flow(loaded.family) or (
+        getattr(loaded.pipe, "transformer", None) is not None and getattr(loaded.pipe, "unet", None) is None
+    )
+
+
+def transformer_width(transformer) -> int:
+    """The hidden width of a Flux / SD 3 transformer (heads x head size): what its LoRAs' down projections take."""
+    config = transformer.config
+    return int(config.num_attention_heads) * int(config.attention_head_dim)
+
+
+def _check_flow(shapes: dict[str, tuple[int, ...]], family: str, evidence: str, loaded: LoadedModel, name: str) -> None:
+    """A LoRA on an SD 3.x / FLUX.1 model: made for that family, and for a transformer of that width."""
+    model_family = "flux" if (loaded.family or "").startswith("flux") or "Flux" in type(loaded.pipe).__name__ else "sd3"
+    model_name = loaded.family or loaded.model_id
+    if family in ("sd1", "sd2", "sdxl") or (family in ("flux", "sd3") and family != model_family):
+        raise ModelError(
+            f"{name} is a {FAMILY_NAMES[family]} LoRA ({evidence}); the loaded model ({model_name}) is "
+            f"{FAMILY_NAMES[model_family]}.",
+            f"Choose a {FAMILY_NAMES[model_family]} LoRA, or load a model of the LoRA's family.",
+        )
+    width = transformer_lora_width(shapes)
+    expected = transformer_width(loaded.pipe.transformer)
+    if family == model_family and width is not None and width != expected:
+        raise ModelError(
+            f"{name} was made for a {FAMILY_NAMES[family]} transformer of width {width}; the loaded model "
+            f"({model_name}) is {expected} wide"
+            + (" (SD 3.5 Medium and Large take different LoRAs)." if family == "sd3" else "."),
+            "Choose a LoRA made for the loaded model.",
         )
 
 
