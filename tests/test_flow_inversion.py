@@ -213,28 +213,32 @@ def test_cancel_stops_within_a_step_and_the_next_job_runs(engine, flux_dir):
         counter.remove()
     assert counter.calls == STEPS * 2 + 3  # not one transformer call after the cancel
     assert isinstance(events[-1], Cancelled)
+    # the value-injection hooks went with the job
+    assert not any(m._forward_hooks for name, m in loaded.pipe.transformer.named_modules() if name.endswith("to_v"))
     assert engine.run(edit(flux_dir, "fireflow")).images[0].size == (SIZE, SIZE)
 
 
 # -- exact replay ---------------------------------------------------------------------------------------------------
 
 
-def test_exact_replay_of_a_generated_flow_result(engine, flux_dir):
-    generated = engine.run(GenerateRequest(prompt=PROMPT, model=flux_dir, steps=STEPS, seed=11, guidance=2.0))
+@pytest.mark.parametrize(("family", "method"), [("flux", "fireflow"), ("sd3", "rf-solver")])
+def test_exact_replay_of_a_generated_flow_result(engine, flux_dir, sd3_dir, family, method):
+    folder = flux_dir if family == "flux" else sd3_dir
+    generated = engine.run(GenerateRequest(prompt=PROMPT, model=folder, steps=STEPS, seed=11, guidance=2.0))
     assert generated.trajectory is not None and len(generated.trajectory) == STEPS
     image = generated.images[0]
     events = []
     same = engine.run(
-        edit(flux_dir, "fireflow", image=image, guidance=2.0), events.append, source=generated
+        edit(folder, method, image=image, guidance=2.0), events.append, source=generated
     )  # target == source: the stored trajectory, replayed
     replayed = psnr(same.images[0], image)
-    inverted = psnr(engine.run(edit(flux_dir, "fireflow", image=image, guidance=2.0)).images[0], image)
-    print(f"reconstruction of a generated image: replay {replayed:.1f} dB, inversion {inverted:.1f} dB")
+    inverted = psnr(engine.run(edit(folder, method, image=image, guidance=2.0)).images[0], image)
+    print(f"{family} reconstruction of a generated image: replay {replayed:.1f} dB, inversion {inverted:.1f} dB")
     assert same.info["Edit source"] == "stored trajectory"
     assert replayed >= 45.0 and replayed > inverted
     progress = [e for e in events if isinstance(e, Progress) and e.phase in ("invert", "denoise")]
     assert [e.phase for e in progress] == ["denoise"] * STEPS  # nothing to invert
-    changed = engine.run(edit(flux_dir, "fireflow", image=image, prompt="a green star"), source=generated)
+    changed = engine.run(edit(folder, method, image=image, prompt="a green star"), source=generated)
     assert changed.info["Edit source"] == "stored trajectory"
     assert psnr(changed.images[0], image) < replayed
 
@@ -245,6 +249,23 @@ def test_a_result_made_with_other_steps_is_inverted_with_a_notice(engine, flux_d
     result = engine.run(edit(flux_dir, "fireflow", image=generated.images[0]), events.append, source=generated)
     assert "Edit source" not in result.info
     assert any("inverted it instead" in getattr(e, "message", "") for e in events)
+
+
+def test_schnell_edits_without_a_guidance_input_at_any_size(engine, tmp_path):
+    from tiny_flow import build_tiny_flux
+
+    folder = str(build_tiny_flux(tmp_path / "tiny-flux-schnell", variant="schnell"))
+    image = picture().resize((72, 56))  # not a multiple of 16 (the 2x2 packing): worked at less, scaled back
+    events = []
+    result = engine.run(
+        edit(folder, "fireflow", image=image, prompt="a green star", steps=None, batch=2), events.append
+    )
+    assert result.request.steps == 4 and [im.size for im in result.images] == [(72, 56)] * 2
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(result.images[1]))
+    assert any("deterministic" in getattr(e, "message", "") for e in events)
+    work = (result.request.width or 0, result.request.height or 0)  # the engine's work size, a multiple of 8
+    latent = (1, 16, (work[1] - work[1] % 16) // 8, (work[0] - work[0] % 16) // 8)
+    assert result.trajectory is not None and result.trajectory.xt[0].shape == latent
 
 
 # -- the wrong method -----------------------------------------------------------------------------------------------
