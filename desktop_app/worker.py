@@ -95,19 +95,15 @@ class EngineOptions:
         }
 
     def memory_options(self) -> Any:
-        """engine.device.MemoryOptions of these switches; sequential offload only where the engine has it."""
-        import dataclasses
-
+        """engine.device.MemoryOptions of these switches (imports torch)."""
         from desktop_app.engine.device import MemoryOptions
 
-        values = {
-            "attention_slicing": self.attention_slicing,
-            "vae_tiling": self.vae_tiling,
-            "cpu_offload": self.cpu_offload,
-            "sequential_offload": self.sequential_offload,
-        }
-        names = {f.name for f in dataclasses.fields(MemoryOptions)}
-        return MemoryOptions(**{k: v for k, v in values.items() if k in names})
+        return MemoryOptions(
+            attention_slicing=self.attention_slicing,
+            vae_tiling=self.vae_tiling,
+            cpu_offload=self.cpu_offload,
+            sequential_offload=self.sequential_offload,
+        )
 
 
 _engine_options = EngineOptions()  # what the next engine default_engine_factory makes is built with

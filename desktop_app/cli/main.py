@@ -687,26 +687,17 @@ def _run_job(args: argparse.Namespace) -> int:
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The local engine's device, precision and memory options from the command line (imports torch; not Qt, as
     the window's worker.EngineOptions would)."""
-    import dataclasses
-
     from desktop_app.engine.device import MemoryOptions
 
-    switches = {
-        "attention_slicing": args.attention_slicing,
-        "vae_tiling": args.vae_tiling,
-        "cpu_offload": args.cpu_offload,
-        "sequential_offload": args.sequential_offload,
-    }
-    names = {f.name for f in dataclasses.fields(MemoryOptions)}
-    missing = [name for name, on in switches.items() if on and name not in names]
-    if missing:
-        raise UserError(
-            f"This engine has no {missing[0].replace('_', ' ')}.", "Leave out --" + missing[0].replace("_", "-") + "."
-        )
     return {
         "device": args.device,
         "dtype": None if args.dtype == "auto" else args.dtype,
-        "memory": MemoryOptions(**{k: v for k, v in switches.items() if k in names}),
+        "memory": MemoryOptions(
+            attention_slicing=args.attention_slicing,
+            vae_tiling=args.vae_tiling,
+            cpu_offload=args.cpu_offload,
+            sequential_offload=args.sequential_offload,
+        ),
     }
 
 
