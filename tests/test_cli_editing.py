@@ -28,7 +28,8 @@ def edit_args(source_png, *extra):
 def request_of(argv) -> EditRequest:
     request = _request_from_args(build_parser().parse_args(argv))
     assert isinstance(request, EditRequest)
-    return request.validate()
+    request.validate()
+    return request
 
 
 def test_the_prompt_to_prompt_flags_reach_the_request(source_png):
