@@ -605,3 +605,67 @@ def test_the_region_mode_reads_back_from_a1111_text():
     assert parameters_to_request(latent).region_mode == "latent"
     attention = parse_parameters("a cat\nSteps: 20, Seed: 1, Regions: 2, Mode: generate")
     assert parameters_to_request(attention).region_mode == "attention"
+
+
+# -- edits: attention control, LEDITS++ concepts, flow solvers ------------------------------------------------------
+def _edit(**fields: Any) -> EditRequest:
+    return EditRequest(prompt="a blue circle", source_prompt="a red circle", steps=10, seed=3, t0=600, **fields)
+
+
+def test_prompt_to_prompt_settings_are_written_and_read_back_from_a1111_text():
+    request = _edit(
+        method="direct",
+        attention_control="p2p",
+        cross_replace=0.8,
+        self_replace=0.4,
+        local_blend=True,
+        reweight="blue:2",
+    )
+    text = format_parameters(request, model_id="builtin")
+    assert "Attention control: Prompt-to-Prompt, Cross replace: 0.8, Self replace: 0.4, Local blend: True" in text
+    assert 'Re-weight: "blue:2"' in text  # a colon: JSON-quoted, as A1111 quotes
+    back = parameters_to_request(parse_parameters(text))
+    assert isinstance(back, EditRequest)
+    assert (back.method, back.attention_control, back.cross_replace, back.self_replace) == ("direct", "p2p", 0.8, 0.4)
+    assert (back.local_blend, back.reweight) == (True, "blue:2")
+    off = format_parameters(_edit(method="ddim", attention_control="off", cross_replace=0.5))
+    assert "Attention control: Off" in off and "Cross replace" not in off  # no settings of a control that is off
+    assert parameters_to_request(parse_parameters(off)).attention_control == "off"  # type: ignore[attr-defined]
+    assert "Attention control" not in format_parameters(_edit(method="ddim"))  # the model's default: not said
+
+
+def test_ledits_concepts_are_one_line_and_read_back():
+    from desktop_app.core.requests import EditConcept
+
+    concepts = (
+        EditConcept("a blue hat", 7.0),
+        EditConcept("a red scarf", 5.0, True),
+        EditConcept("a bow", 4, False, 0.7),
+    )
+    text = format_parameters(_edit(method="ledits", edit_concepts=concepts))
+    assert "Edit concepts: + a blue hat @ 7; - a red scarf @ 5; + a bow @ 4 / 0.7" in text
+    assert len(text.splitlines()) == 2  # prompt, parameters: the concepts do not break the line
+    back = parameters_to_request(parse_parameters(text))
+    assert isinstance(back, EditRequest) and back.edit_concepts == concepts
+    # our JSON chunk keeps them too, exactly
+    image = Image.new("RGB", (8, 8))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", pnginfo=build_png_info(_edit(method="ledits", edit_concepts=concepts), seed=3))
+    ours = read_png_metadata(buffer.getvalue()).request
+    assert isinstance(ours, EditRequest) and ours.edit_concepts == concepts
+
+
+def test_a_damaged_concept_line_leaves_the_concepts_out_with_a_notice():
+    params = parse_parameters("a\nSteps: 10, Seed: 1, Mode: edit, Edit method: ledits, Edit concepts: + a hat @ x")
+    request, notices = _parameters_to_request(params)
+    assert isinstance(request, EditRequest) and request.edit_concepts == ()
+    assert any("Edit concepts" in n and "no number after @" in n for n in notices)
+
+
+def test_the_flow_solver_is_written_and_names_the_method_when_alone():
+    text = format_parameters(_edit(method="rf-solver"))
+    assert "Flow solver: RF-Solver" in text
+    assert "Flow solver" not in format_parameters(_edit(method="kontext"))  # an instruction edit inverts nothing
+    other_tool = "a\nSteps: 28, Seed: 1, Mode: edit, Flow solver: FireFlow"
+    request = parameters_to_request(parse_parameters(other_tool))
+    assert isinstance(request, EditRequest) and request.method == "fireflow"
