@@ -12,7 +12,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from desktop_app.core.events import Finished
-from desktop_app.core.latents import FlowForwardProcess, ForwardProcess, LatentPreviewer, Trajectory
+from desktop_app.core.latents import FlowForwardProcess, ForwardProcess, LatentPreviewer, Trajectory, flow_shift
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, model_defaults
 from tests.ui_conftest_helpers import (  # noqa: F401  (qloop is a fixture)
     FakeEngine,
@@ -63,6 +63,24 @@ def test_flow_forward_process_matches_the_schedulers_noising():
         )[0].numpy()
         np.testing.assert_allclose(fp.latent(t), noised, rtol=1e-4, atol=1e-5)
     assert fp.sigma(500) == pytest.approx(0.75)  # 3 * 0.5 / (1 + 2 * 0.5)
+
+
+def test_flow_shift_of_sd3_and_flux_schedulers():
+    """SD 3.x's static shift; Flux's resolution-dependent one, as FluxPipeline computes mu and the scheduler shifts."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    sd3 = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert flow_shift(sd3.config, (128, 128)) == 3.0
+    flux: Any = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    for latent_size in ((64, 64), (128, 128), (96, 160)):  # 512x512, 1024x1024, 768x1280 images
+        mu = calculate_shift((latent_size[0] // 2) * (latent_size[1] // 2), 256, 4096, 0.5, 1.15)
+        fp = FlowForwardProcess(np.zeros(1), np.zeros(1), IDENTITY, "flux", shift=flow_shift(flux.config, latent_size))
+        for t in (250, 500, 750):
+            expected = float(flux.time_shift(mu, 1.0, torch.tensor(t / 1000)))
+            assert fp.sigma(t) == pytest.approx(expected, rel=1e-5)
+    assert flow_shift(flux.config, (128, 128)) > flow_shift(flux.config, (64, 64)) > 1.0  # larger: noisier
 
 
 def test_flow_trajectory_axis_and_sigmas():

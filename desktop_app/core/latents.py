@@ -12,8 +12,10 @@ axis "sigma").
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -74,15 +76,29 @@ class ForwardProcess:
         return previewer.project(self.latent(t))
 
 
+def flow_shift(scheduler_config: Mapping[str, Any], latent_size: tuple[int, int], patch: int = 2) -> float:
+    """The timestep shift a FlowMatchEulerDiscreteScheduler applies to a run whose latents are (h, w): its static
+    `shift` (SD 3.x: 3.0), or with `use_dynamic_shifting` (Flux) exp(mu), mu interpolated from the image's token count
+    (h / patch) (w / patch) as diffusers' `calculate_shift` does (FluxPipeline, StableDiffusion3Pipeline)."""
+    config = scheduler_config
+    if not config.get("use_dynamic_shifting"):
+        return float(config.get("shift", 1.0) or 1.0)
+    tokens = (latent_size[0] // patch) * (latent_size[1] // patch)
+    base_len, max_len = float(config.get("base_image_seq_len", 256)), float(config.get("max_image_seq_len", 4096))
+    base_shift, max_shift = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.15))
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    mu = tokens * slope + base_shift - slope * base_len
+    return math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu
+
+
 @dataclass
 class FlowForwardProcess:
     """A flow model's path from the source to noise in closed form: x_sigma = (1 - sigma) x0 + sigma noise.
 
     The slider's t in 0..999 stands for s = t / 1000 (the strength, as a flow img2img pipeline takes it). `shift`
     is the model's timestep shift, applied as diffusers' FlowMatchEulerDiscreteScheduler does to its sigmas:
-    sigma = shift s / (1 + (shift - 1) s) (SD 3.x: the scheduler's static `shift`, 3.0; Flux with dynamic shifting:
-    exp(mu) for the image's size), so the preview at strength s shows the noise level the run starts from.
-    shift 1 is the plain linear path."""
+    sigma = shift s / (1 + (shift - 1) s) (`flow_shift`: SD 3.x's static 3.0; Flux's exp(mu) for the image's size),
+    so the preview at strength s shows the noise level the run starts from. shift 1 is the plain linear path."""
 
     axis: ClassVar[str] = "sigma"
     x0: np.ndarray  # (C, h, w) scaled latent of the source

@@ -193,8 +193,8 @@ def _fingerprint(vae) -> str:
     """A digest of the VAE's config and a few of its weights: two models of one name but other weights (a retrained
     tiny model) never share a cached map. Reads three small tensors, no VAE call."""
     digest = hashlib.sha1()
-    config = getattr(vae, "config", {})
-    digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in dict(getattr(vae, "config", {})).items() if not k.startswith("_")}  # not its path
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     params = list(vae.parameters())
     decoder = getattr(vae, "decoder", None)
     conv_in = getattr(decoder, "conv_in", None)
