@@ -228,7 +228,8 @@ def flow_env(tmp_path, monkeypatch, tiny_flux):
     """Shipped configs with the tiny transformer's config in place of the real one; an empty hub cache."""
     configs = tmp_path / "configs"
     shutil.copytree(SHIPPED / "flux-dev", configs / "flux-dev")
-    shutil.copy(tiny_flux / "transformer" / "config.json", configs / "flux-dev" / "transformer" / "config.json")
+    for part in ("transformer", "vae"):  # the tiny model's sizes in place of the real ones
+        shutil.copy(tiny_flux / part / "config.json", configs / "flux-dev" / part / "config.json")
     monkeypatch.setenv(checkpoints.CONFIGS_ENV, str(configs))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.delenv(flow_files.COMPONENTS_ENV, raising=False)
@@ -489,3 +490,80 @@ def test_the_flow_memory_hint_names_the_one_option_that_helps():
     assert "attention slicing" not in " ".join(
         flow_memory_hint(m, width=1024, height=1024) for m in (MemoryOptions(), all_on)
     )
+
+
+def test_a_flux_lora_is_applied_reweighted_and_removed_on_a_flux_pipeline(flow_env, tiny_flux, tmp_path):
+    from desktop_app.engine.lora import apply_loras
+
+    pipe = flow_files.load_flow_file(flow_env, torch.float32, text_encoders=tiny_flux)
+    generator = torch.Generator().manual_seed(1)
+    lora = {}
+    for block in ("transformer_blocks.0.attn", "single_transformer_blocks.0.attn"):
+        for proj in ("to_q", "to_k", "to_v"):
+            key = f"transformer.{block}.{proj}"
+            lora[f"{key}.lora_A.weight"] = torch.randn(4, 32, generator=generator)
+            lora[f"{key}.lora_B.weight"] = torch.randn(32, 4, generator=generator)
+    path = tmp_path / "tiny-style.safetensors"
+    save_file(lora, str(path))
+    loaded = SimpleNamespace(pipe=pipe, loras={}, family="flux-dev", model_id="flux1-dev.safetensors", is_xl=False)
+    before = _image(pipe)
+    fields = apply_loras(loaded, [(str(path), 1.0)])  # pyright: ignore[reportArgumentType]
+    full = _image(pipe)
+    apply_loras(loaded, [(str(path), 0.5)])  # pyright: ignore[reportArgumentType]
+    half = _image(pipe)
+    assert fields["Loras"] == "tiny-style:1" and "tiny-style: " in fields["Lora hashes"]
+    assert np.abs(full - before).max() > 1e-3 and np.abs(half - before).max() < np.abs(full - before).max()
+    apply_loras(loaded, [])  # pyright: ignore[reportArgumentType]
+    assert loaded.loras == {} and np.abs(_image(pipe) - before).max() < 1e-5
+
+
+def test_flux_vae_as_black_forest_labs_ship_it_is_taken_from_beside_the_file(flow_env, tiny_flux, tmp_path):
+    """`ae.safetensors` (original layout) next to the transformer: the parts folder need not have a vae/."""
+    from diffusers import AutoencoderKL, FluxPipeline
+    from safetensors.torch import load_file
+
+    vae = AutoencoderKL.from_pretrained(str(tiny_flux / "vae"))
+    original = checkpoints.vae_to_original(vae.state_dict(), vae.config)
+    save_file(
+        {k.removeprefix(checkpoints.VAE): v.contiguous() for k, v in original.items()},
+        str(flow_env.parent / "ae.safetensors"),
+    )
+    parts = tmp_path / "parts"
+    for part in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        shutil.copytree(tiny_flux / part, parts / part)
+    detection = flow_files.inspect_flow_file(flow_env)
+    assert detection is not None
+    assert flow_files.resolve_components(detection, flow_env, parts)["vae"] == flow_env.parent / "ae.safetensors"
+    pipe = flow_files.load_flow_file(flow_env, torch.float32, text_encoders=parts)
+    ours = pipe.vae.state_dict()
+    theirs = load_file(str(tiny_flux / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k].reshape(ours[k].shape)) for k in ours)
+    reference = FluxPipeline.from_pretrained(str(tiny_flux), local_files_only=True)
+    assert np.abs(_image(pipe) - _image(reference)).max() < 1e-5
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    from tiny_flow import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("flow") / "tiny-sd3")
+
+
+def test_an_sd35_medium_transformer_file_loads_with_three_text_encoders(tiny_sd3, tmp_path, monkeypatch):
+    from diffusers import StableDiffusion3Pipeline
+
+    configs = tmp_path / "configs"
+    shutil.copytree(SHIPPED / "sd3", configs / "sd3")
+    shutil.copy(tiny_sd3 / "transformer" / "config.json", configs / "sd3" / "transformer" / "config.json")
+    monkeypatch.setenv(checkpoints.CONFIGS_ENV, str(configs))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    path = tmp_path / "sd3.5_medium.safetensors"
+    shutil.copy(tiny_sd3 / "transformer" / "diffusion_pytorch_model.safetensors", path)
+    detection = flow_files.inspect_flow_file(path)
+    assert detection is not None and detection.variant == "sd3.5-medium" and detection.layout == "diffusers"
+    pipe = flow_files.load_flow_file(path, torch.float32, text_encoders=tiny_sd3)
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe._diffusion_desk_family == "sd3"
+    assert pipe.text_encoder_3 is not None and pipe.scheduler.config.shift == 3.0
+    reference = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3), local_files_only=True)
+    ours, theirs = _image(pipe), _image(reference)
+    assert np.abs(ours - theirs).max() < 1e-5
