@@ -224,9 +224,9 @@ def test_cancel_stops_within_a_step_and_the_next_job_runs(engine, flux_dir):
 @pytest.mark.parametrize(("family", "method"), [("flux", "fireflow"), ("sd3", "rf-solver")])
 def test_exact_replay_of_a_generated_flow_result(engine, flux_dir, sd3_dir, family, method):
     folder = flux_dir if family == "flux" else sd3_dir
-    generated = engine.run(GenerateRequest(prompt=PROMPT, model=folder, steps=STEPS, seed=11, guidance=2.0))
+    generated = engine.run(GenerateRequest(prompt=PROMPT, model=folder, steps=STEPS, seed=11, guidance=2.0, batch=2))
     assert generated.trajectory is not None and len(generated.trajectory) == STEPS
-    image = generated.images[0]
+    image = generated.images[1]  # the second image of the batch: its row of the trajectory
     events = []
     same = engine.run(
         edit(folder, method, image=image, guidance=2.0), events.append, source=generated

@@ -488,21 +488,24 @@ def _stored_levels(
         emit(Notice("The source's schedule differs from this edit's: inverted it instead of replaying it."))
         return None
 
-    def latent(array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array[:1])).to(model.device).float()
+    def latent(array: np.ndarray, row: int) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array[row : row + 1])).to(model.device).float()
         if tensor.ndim == 3:  # packed Flux tokens (1, L, 4C)
             tensor = model.pipe._unpack_latents(tensor, model.height, model.width, model.factor)
         return tensor  # (1, C, h, w)
 
-    final = latent(trajectory.x0[-1])  # the last step lands on sigma 0: x0 = x - sigma v is the final latent
-    if tuple(final.shape[1:]) != model.shape:
-        emit(Notice("The source's latents have another shape: inverted it instead of replaying its trajectory."))
-        return None
-    if _psnr(decode_images(model.loaded, final)[0], work_image) < SHORTCUT_MIN_PSNR:
-        emit(Notice("The source image does not match its stored result (edited since?): inverted it instead."))
-        return None
-    first = len(trajectory) - n  # denoising step i of the edit is step first + i of the source
-    return [final] + [latent(trajectory.xt[first + i]) for i in reversed(range(n))]
+    # the last step lands on sigma 0, so its x0 = x - sigma v is the final latent; the row is the batch image the
+    # source is (the one that decodes to it)
+    for row in range(int(trajectory.x0[-1].shape[0])):
+        final = latent(trajectory.x0[-1], row)
+        if tuple(final.shape[1:]) != model.shape:
+            emit(Notice("The source's latents have another shape: inverted it instead of replaying its trajectory."))
+            return None
+        if _psnr(decode_images(model.loaded, final)[0], work_image) >= SHORTCUT_MIN_PSNR:
+            first = len(trajectory) - n  # denoising step i of the edit is step first + i of the source
+            return [final] + [latent(trajectory.xt[first + i], row) for i in reversed(range(n))]
+    emit(Notice("The source image does not match its stored result (edited since?): inverted it instead."))
+    return None
 
 
 def _phase(loaded: LoadedModel, emit: Emit, cancel, total: int, request: EditRequest, name: str, before=None):
