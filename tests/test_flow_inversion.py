@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from desktop_app.core.errors import JobCancelled, ModelError
+from desktop_app.core.errors import InvalidRequest, JobCancelled, ModelError
 from desktop_app.core.events import Cancelled, Failed, Progress
 from desktop_app.core.requests import EditRequest, GenerateRequest
 from desktop_app.engine.encoding import decode_images, encode_image
@@ -280,3 +280,10 @@ def test_sd_method_on_flux_is_a_model_error_and_the_next_job_runs(engine, flux_d
     with pytest.raises(ModelError):
         engine.run(edit(str(tiny_model_dir), "rf-solver"))
     assert engine.run(edit(flux_dir, "rf-inversion")).info["Edit method"] == "rf-inversion"
+
+
+def test_a_depth_below_the_first_step_says_the_least_that_works(engine, flux_dir):
+    with pytest.raises(InvalidRequest) as caught:
+        engine.run(edit(flux_dir, "fireflow", strength=0.1))  # the 8-step schedule's last sigma is 0.184
+    assert "below the first step" in caught.value.message and "at least 0.18" in caught.value.hint
+    assert engine.run(edit(flux_dir, "fireflow", strength=0.2)).info["t0"] == 184

@@ -207,11 +207,12 @@ def flow_sigmas(loaded: LoadedModel, steps: int, width: int, height: int) -> np.
 
 
 def resolve_sigma(request: EditRequest) -> float:
-    """The depth sigma_0 of the edit: strength (0, 1], else t0 / 1000, else DEFAULT_SIGMA."""
-    if request.strength is not None:
-        sigma = float(request.strength)
-    elif request.t0 is not None:
+    """The depth sigma_0 of the edit: t0 / 1000, else the strength (0, 1], else DEFAULT_SIGMA (as inversion's
+    resolve_t0 reads them on SD)."""
+    if request.t0 is not None:
         sigma = int(request.t0) / 1000.0
+    elif request.strength is not None:
+        sigma = float(request.strength)
     else:
         sigma = DEFAULT_SIGMA
     if not 0.0 < sigma <= 1.0:
@@ -228,9 +229,9 @@ def edit_sigmas(all_sigmas: np.ndarray, sigma0: float) -> np.ndarray:
     if start >= len(all_sigmas) - 1:
         first = float(all_sigmas[-2])
         raise InvalidRequest(
-            f"Strength {sigma0:.3f} is below the first step of the schedule (sigma {first:.3f} with "
-            f"{len(all_sigmas) - 1} steps).",
-            f"Use a strength of at least {first:.2f}, or more steps.",
+            f"The edit's depth (sigma {sigma0:.3f}) is below the first step of the schedule (sigma {first:.3f} "
+            f"with {len(all_sigmas) - 1} steps).",
+            f"Use a strength of at least {first:.2f} (t0 {_timestep(first)}), or more steps.",
         )
     return all_sigmas[start:]
 
@@ -301,9 +302,6 @@ def solver_step(
 
     Returns (x at s_to, the velocity at x for x0 = x - sigma v, FireFlow's reusable velocity)."""
     h = s_to - s_from
-    if method == "euler":
-        v = velocity(x, s_from, 0)
-        return x + h * v, v, None
     if method == "rf-solver":
         v = velocity(x, s_from, 0)
         v_mid = velocity(x + 0.5 * h * v, s_from + 0.5 * h, 1)
