@@ -196,10 +196,6 @@ class PromptPanel(QWidget):
         outer.addLayout(self._section_titles)
         outer.addLayout(self._sections)
 
-        # edit mode: the method of the model's family, Prompt-to-Prompt, LEDITS++ concepts, the suggested mask
-        self._build_edit_group()
-        outer.addWidget(self.edit_group)
-
         # every image mode: how deep, and how the source meets the model's size
         self.image_group = named(QGroupBox("Source image"), "imageGroup")
         imf = QFormLayout(self.image_group)
@@ -226,6 +222,11 @@ class PromptPanel(QWidget):
         imf.addRow("Resize", self.resize_mode_combo)
         imf.addRow(self.source_size_label)
         outer.addWidget(self.image_group)
+
+        # edit mode, under the depth: the method of the model's family, Prompt-to-Prompt, LEDITS++ concepts, the
+        # suggested mask
+        self._build_edit_group()
+        outer.addWidget(self.edit_group)
 
         # inpaint fields
         self.inpaint_group = named(QGroupBox("Mask"), "inpaintGroup")
