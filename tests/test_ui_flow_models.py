@@ -150,7 +150,8 @@ def test_the_models_dialog_lists_the_flow_models_with_their_families(qtbot, wind
 
 
 # -- performance settings ---------------------------------------------------------------------------------------
-def test_performance_settings_persist_and_reach_the_engine_factory(qtbot, qloop, tmp_path):
+def test_performance_settings_persist_and_reach_the_engine_factory(qtbot, qloop, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_module, "_engine_options", EngineOptions())  # put back after: later engines are plain
     data = tmp_path / "data"
     chosen = EngineOptions(device="cpu", dtype="fp32", attention_slicing=True, vae_tiling=True)
     settings = make_settings(data)
