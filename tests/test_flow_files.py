@@ -4,6 +4,7 @@ LoRA families, and the memory options. Offline: tiny files with the real tensor 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -305,10 +306,16 @@ def test_a_gguf_q8_transformer_loads_and_draws_nearly_the_same_image(flow_env, t
 
 
 # -- gated hub repos --------------------------------------------------------------------------------
-class _GatedHub:
-    """A stand-in hub that lists a repo's files but refuses them (403, X-Error-Code: GatedRepo), as for FLUX.1 dev."""
+class _StandInHub:
+    """A stand-in hub for one repo (HF_ENDPOINT): lists `files` and serves them, or, gated, refuses them
+    (403, X-Error-Code: GatedRepo) as the hub does FLUX.1 dev's to a user who has not accepted its license."""
 
-    def __init__(self, repo: str) -> None:
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repo: str, files: dict[str, bytes], gated: bool = False) -> None:
+        self.requested: list[str] = []
+        stand_in = self
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -326,12 +333,22 @@ class _GatedHub:
 
             def do_GET(self):
                 if self.path.startswith(f"/api/models/{repo}"):
-                    files = ["model_index.json", "transformer/config.json"]
-                    info = {"id": repo, "sha": "0" * 40, "siblings": [{"rfilename": f, "size": 10} for f in files]}
+                    siblings = [{"rfilename": f, "size": len(b)} for f, b in files.items()]
+                    info = {"id": repo, "sha": stand_in.COMMIT, "siblings": siblings}
                     self._send(200, json.dumps(info).encode(), [("Content-Type", "application/json")])
                     return
-                refusal = [("X-Error-Code", "GatedRepo"), ("X-Error-Message", "Access to model is restricted.")]
-                self._send(403, b"restricted", refusal)
+                if gated:
+                    refusal = [("X-Error-Code", "GatedRepo"), ("X-Error-Message", "Access to model is restricted.")]
+                    self._send(403, b"restricted", refusal)
+                    return
+                name = self.path.split("?")[0].split("/resolve/", 1)[-1].split("/", 1)[-1]
+                if name not in files:
+                    self._send(404)
+                    return
+                stand_in.requested.append(name)
+                data = files[name]
+                etag = '"' + hashlib.sha256(data).hexdigest() + '"'
+                self._send(200, data, [("X-Repo-Commit", stand_in.COMMIT), ("ETag", etag)])
 
             do_HEAD = do_GET
 
@@ -344,30 +361,53 @@ class _GatedHub:
         self.server.server_close()
 
 
-def test_a_gated_repo_says_how_to_log_in(tmp_path, monkeypatch):
+@pytest.fixture
+def online(tmp_path, monkeypatch):
+    """The hub switched on (conftest switches it off) and pointed at a stand-in; HF_HUB_OFFLINE restored after."""
     from huggingface_hub import constants
 
-    repo = "black-forest-labs/FLUX.1-dev"
-    server = _GatedHub(repo)
     saved = constants.HF_HUB_OFFLINE
-    try:
+    servers: list[_StandInHub] = []
+
+    def serve(repo: str, files: dict[str, bytes], gated: bool = False) -> _StandInHub:
+        server = _StandInHub(repo, files, gated)
+        servers.append(server)
         monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(hub, "_has_token", lambda: False)
-        with pytest.raises(ModelError) as info:
-            hub.download_model(repo, timeout=5)
-        assert "FLUX.1 [dev]" in info.value.message and "gated" in info.value.message
-        hint = info.value.hint
-        assert f"https://huggingface.co/{repo}" in hint and "hf auth login" in hint and "HF_TOKEN" in hint
-        monkeypatch.setattr(hub, "_has_token", lambda: True)
-        with pytest.raises(ModelError, match="refused .* to your token"):
-            hub.download_model(repo, timeout=5)
-    finally:
+        return server
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield serve
+    for server in servers:
         server.close()
-        constants.HF_HUB_OFFLINE = saved
+    constants.HF_HUB_OFFLINE = saved
+
+
+def test_a_gated_repo_says_how_to_log_in(tmp_path, monkeypatch, online):
+    repo = "black-forest-labs/FLUX.1-dev"
+    online(repo, {"model_index.json": b"{}", "transformer/config.json": b"{}"}, gated=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hub, "_has_token", lambda: False)
+    with pytest.raises(ModelError) as info:
+        hub.download_model(repo, timeout=5)
+    assert "FLUX.1 [dev]" in info.value.message and "gated" in info.value.message
+    hint = info.value.hint
+    assert f"https://huggingface.co/{repo}" in hint and "hf auth login" in hint and "HF_TOKEN" in hint
+    monkeypatch.setattr(hub, "_has_token", lambda: True)
+    with pytest.raises(ModelError, match="refused .* to your token"):
+        hub.download_model(repo, timeout=5)
+
+
+def test_only_the_parts_are_downloaded_and_a_transformer_file_then_finds_them(flow_env, tiny_flux, online):
+    files = {p.relative_to(tiny_flux).as_posix(): p.read_bytes() for p in tiny_flux.rglob("*") if p.is_file()}
+    server = online("black-forest-labs/FLUX.1-schnell", files)
+    folder = flow_files.download_parts("flux-dev")
+    assert not any(name.startswith("transformer/") for name in server.requested)  # the 23 GB part stays there
+    assert {name.split("/")[0] for name in server.requested} >= {"text_encoder", "text_encoder_2", "vae"}
+    assert (folder / "text_encoder_2" / "config.json").is_file() and not (folder / "transformer").exists()
+    pipe = flow_files.load_flow_file(flow_env, torch.float32)  # found in the hub cache, no folder given
+    assert type(pipe).__name__ == "FluxPipeline" and pipe._diffusion_desk_family == "flux-dev"
 
 
 def test_curated_flow_models_have_families_settings_and_gates():

@@ -344,6 +344,22 @@ def _missing_error(
     )
 
 
+def parts_repo(family: str) -> tuple[str, tuple[str, ...]]:
+    """(the hub repo to fetch a family's parts from, the components to fetch) for a transformer file of `family`:
+    FLUX.1 schnell's (not gated) serve every FLUX.1 file, SD 3.5 Medium's every SD 3.x file."""
+    kind = "flux" if family.startswith("flux") else "sd3"
+    index = json.loads((checkpoints.config_folder(family) / "model_index.json").read_text(encoding="utf-8"))
+    names = tuple(n for n in index if n.startswith(("text_encoder", "tokenizer")) or n == "vae")
+    return COMPONENTS_REPO[kind], names
+
+
+def download_parts(family: str, *, progress=None, cancel=None) -> Path:
+    """Fetch only the text encoders, tokenizers and VAE of a family's base repo into the hub cache (where
+    `component_places` looks), not its transformer: for FLUX.1 about 10 GB instead of 34."""
+    repo, names = parts_repo(family)
+    return hub.download_model(repo, progress=progress, cancel=cancel, only=names)
+
+
 # -- loading --------------------------------------------------------------------------------------
 def _require_gguf(path: Path) -> None:
     if importlib.util.find_spec("gguf") is None:

@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,8 +238,11 @@ def _offline_error(repo: str, why: str = "") -> ModelError:
     )
 
 
-def _cached_snapshot(repo: str, revision: str | None, subfolder: str | None) -> Path | None:
-    """A complete pipeline already in the cache (model_index.json and every component folder present)."""
+def _cached_snapshot(
+    repo: str, revision: str | None, subfolder: str | None, only: Sequence[str] | None = None
+) -> Path | None:
+    """A complete pipeline already in the cache (model_index.json and every component folder present; with
+    `only`, those components)."""
     from huggingface_hub import snapshot_download
 
     _sync_hub_constants()
@@ -257,7 +260,7 @@ def _cached_snapshot(repo: str, revision: str | None, subfolder: str | None) -> 
         return None
     for name, value in index.items():
         if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] and value[1]:
-            if name in ("safety_checker", "feature_extractor", "image_encoder"):
+            if name in ("safety_checker", "feature_extractor", "image_encoder") or (only and name not in only):
                 continue
             sub = folder / name
             if not sub.is_dir() or not any(sub.iterdir()):
@@ -315,8 +318,12 @@ def download_model(
     cancel: threading.Event | None = None,
     prefer_fp16: bool = False,
     timeout: float = 30.0,
+    only: Sequence[str] | None = None,
 ) -> Path:
-    """The local folder of a hub pipeline, downloading what is missing. ModelError when offline and not cached."""
+    """The local folder of a hub pipeline, downloading what is missing. ModelError when offline and not cached.
+
+    `only`: just these components (and model_index.json), e.g. the text encoders, tokenizers and VAE of
+    FLUX.1 schnell for a transformer file (engine.flow_files.PARTS): 10 GB instead of 34."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -327,7 +334,7 @@ def download_model(
 
     _sync_hub_constants()
     if offline():
-        folder = _cached_snapshot(repo, revision, subfolder)
+        folder = _cached_snapshot(repo, revision, subfolder, only)
         if folder is None:
             raise _offline_error(repo)
         return folder
@@ -346,7 +353,7 @@ def download_model(
     except RevisionNotFoundError as exc:
         raise ModelError(f"{repo} has no revision {revision!r}.", "Check the branch, tag or commit.") from exc
     except Exception as exc:  # noqa: BLE001 - connection errors of every library layer
-        folder = _cached_snapshot(repo, revision, subfolder)
+        folder = _cached_snapshot(repo, revision, subfolder, only)
         if folder is not None:
             return folder
         raise _offline_error(repo, f"{type(exc).__name__}") from exc
@@ -361,7 +368,11 @@ def download_model(
     try:
         index_path = fetch_file(repo, prefix + "model_index.json", revision, tracker, timeout)
         index = json.loads(index_path.read_text(encoding="utf-8"))
-        index = {k: v for k, v in index.items() if k not in SKIPPED_COMPONENTS}
+        index = {
+            k: v
+            for k, v in index.items()
+            if k not in SKIPPED_COMPONENTS and (not only or k.startswith("_") or k in only)
+        }
         wanted, _variant = select_files(files, index, prefix, prefer_fp16)
         tracker.total = sum(files.get(p, 0) for p in wanted)
         tracker.files_total = len(wanted)
@@ -485,7 +496,9 @@ def progress_to_events(emit) -> OnProgress | None:
     return on_progress
 
 
-def download_with_console_progress(repo_id: str, *, prefer_fp16: bool = False, stream=None) -> Path:
+def download_with_console_progress(
+    repo_id: str, *, prefer_fp16: bool = False, stream=None, only: Sequence[str] | None = None
+) -> Path:
     """`diffusion-desk models --download REPO[@REV][:SUB]`: one updating line of bytes, rate and ETA; Ctrl+C cancels (resumable)."""
     import sys
 
@@ -502,7 +515,12 @@ def download_with_console_progress(repo_id: str, *, prefer_fp16: bool = False, s
         out.flush()
 
     folder = download_model(
-        match["repo"], revision=match["revision"], subfolder=match["subfolder"], progress=show, prefer_fp16=prefer_fp16
+        match["repo"],
+        revision=match["revision"],
+        subfolder=match["subfolder"],
+        progress=show,
+        prefer_fp16=prefer_fp16,
+        only=only,
     )
     out.write("\n")
     return folder
