@@ -52,10 +52,9 @@ from desktop_app.core.events import Notice
 from desktop_app.core.imaging import feather_mask, paste_back
 from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import EDIT_METHOD_NAMES, EditRequest, GenerateRequest
-from desktop_app.engine.encoding import decode_images, encode_image
+from desktop_app.engine.encoding import decode_images, encode_image, flow_prompt
 from desktop_app.engine.inversion import _latent_mask, _psnr
 from desktop_app.engine.models import LoadedModel
-from desktop_app.engine.prompts import strip_network_tags
 from desktop_app.engine.sampling import StepHooks, to_numpy
 
 if TYPE_CHECKING:
@@ -548,8 +547,8 @@ def run_flow_edit(
     n = len(sigmas) - 1
     inject_steps = 0 if method == "rf-inversion" or INJECT_SHARE <= 0 else max(1, int(round(INJECT_SHARE * n)))
     same = request.prompt == request.source_prompt
-    # T5 reads plain words: `<lora:...>` tags (applied by the engine) are taken out of the text
-    plain = [strip_network_tags(t or "").text for t in (request.source_prompt, request.prompt, request.negative_prompt)]
+    # the text a flow pipeline gets (as generation on these models): tags out, SD's prompt syntax as plain words
+    plain = [flow_prompt(t or "", steps)[0] for t in (request.source_prompt, request.prompt, request.negative_prompt)]
     texts = model.encode(plain)  # 3 rows: source, target, negative
     text_src, text_neg = texts.rows([0]), texts.rows([2])
     text_tgt = text_src if same else texts.rows([1])
