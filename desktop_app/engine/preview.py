@@ -18,6 +18,7 @@ blue as magenta on green.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -223,14 +224,18 @@ def _read_cached(path: Path, fingerprint: str, channels: int) -> LatentPreviewer
 
 def _write_cached(path: Path, fingerprint: str, key: str, previewer: LatentPreviewer) -> None:
     data = {"version": CACHE_VERSION, "model": key, "fingerprint": fingerprint, "weights": previewer.weights.tolist()}
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".json", dir=str(path.parent))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # whole or not at all: a reader never sees half a file
     except OSError as exc:  # no cache (read-only, full disk): the next load fits again
         log.info("preview map not cached (%s): %s", paths.why(exc), path)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def cached_fit(vae, scaling_factor: float, shift_factor: float, key: str) -> LatentPreviewer:
