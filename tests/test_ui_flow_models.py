@@ -212,3 +212,39 @@ def test_the_real_engine_takes_the_options_when_made_and_between_jobs(tiny_model
     assert str(engine.dtype) == str(engine.models.dtype) == "torch.bfloat16"
     memory = engine.models.memory
     assert memory.sequential_offload and not memory.cpu_offload and not memory.attention_slicing
+
+
+# -- the real window on the real engine with a tiny FLUX.1 schnell ---------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_schnell(tmp_path_factory):
+    from tiny_flow import tiny_flow_dir
+
+    return tiny_flow_dir(tmp_path_factory, "flux-schnell")
+
+
+def test_real_flux_schnell_in_the_window(qtbot, qloop, tmp_path, tiny_schnell):
+    """The engine's word on the family sets the controls, and what the window then sends runs: no guidance, no
+    sampler, no negative prompt, schnell's 4 steps."""
+    from desktop_app.app.wiring import create_main_window
+    from desktop_app.engine.engine import Engine
+
+    engine = Engine(device="cpu")
+    w = create_main_window(data_dir=tmp_path / "data", engine_factory=lambda: engine)
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        pp = w.prompt_panel
+        pp.negative_prompt_edit.setPlainText("blurry")
+        pp.guidance_spin.setValue(7.0)
+        with qtbot.waitSignal(w.models.defaultsReady, timeout=120000):
+            w.models.select(str(tiny_schnell))
+        assert w.models.family() == "flux-schnell"
+        assert not pp.guidance_spin.isEnabled() and pp.guidance_spin.value() == 0
+        assert not pp.scheduler_combo.isEnabled() and not pp.negative_prompt_edit.isEnabled()
+        assert pp.steps_spin.value() == 4 and pp.edit_methods() == ["fireflow", "rf-solver", "rf-inversion"]
+        pp.prompt_edit.setPlainText("a red circle")
+        result = click_generate(qtbot, w, timeout=120000)
+        assert result.images[0].size == (64, 64) and len(result.seeds) == 1
+        assert (result.request.guidance, result.request.negative_prompt, result.request.steps) == (0, "", 4)
+    finally:
+        w.close()
