@@ -146,7 +146,7 @@ class FlowModel:
                 flux_guidance = torch.full((batch,), float(guidance), device=self.device, dtype=torch.float32)
             out = transformer(
                 hidden_states=packed,
-                timestep=torch.full((batch,), sigma, device=self.device, dtype=dtype),
+                timestep=torch.full((batch,), sigma * 1000.0, device=self.device).to(dtype) / 1000,  # as FluxPipeline
                 guidance=flux_guidance,
                 pooled_projections=text.pooled.to(dtype),
                 encoder_hidden_states=text.embeds.to(dtype),
@@ -161,7 +161,7 @@ class FlowModel:
         pooled = torch.cat([uncond.pooled, text.pooled]) if cfg and uncond is not None else text.pooled
         out = transformer(
             hidden_states=latents.to(dtype),
-            timestep=torch.full((latents.shape[0],), sigma * 1000.0, device=self.device, dtype=dtype),
+            timestep=torch.full((latents.shape[0],), sigma * 1000.0, device=self.device),  # float32, as SD 3 passes it
             encoder_hidden_states=embeds.to(dtype),
             pooled_projections=pooled.to(dtype),
             return_dict=False,
