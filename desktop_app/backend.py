@@ -23,7 +23,7 @@ from desktop_app.core.requests import GenerateRequest
 if TYPE_CHECKING:  # numpy only in annotations: the window imports this module before its first paint
     import numpy as np
 
-    from desktop_app.core.latents import ForwardProcess, Trajectory
+    from desktop_app.core.latents import FlowForwardProcess, ForwardProcess, Trajectory
 
 
 @runtime_checkable
@@ -69,7 +69,7 @@ class Backend(Protocol):
         """Full decode of step `index` of a run ("x0": its predicted clean image, "xt": the noisy latent)."""
         ...
 
-    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess:
+    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess | FlowForwardProcess:
         """The source image's forward process in closed form, for the slider before a run."""
         ...
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the remote backend (urllib, websocket) and numpy load when 
     import numpy as np
 
     from desktop_app.comfyui.backend import ComfyBackend
-    from desktop_app.core.latents import ForwardProcess, Trajectory
+    from desktop_app.core.latents import FlowForwardProcess, ForwardProcess, Trajectory
 
 
 class _Options:
@@ -134,7 +134,7 @@ class RoutingBackend:
         # only local results carry a trajectory
         return self.local().decode_trajectory(trajectory, index, which, batch_index)
 
-    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess:
+    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess | FlowForwardProcess:
         return self._for(model).forward_process(image, model)
 
     def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:

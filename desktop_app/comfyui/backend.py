@@ -32,7 +32,7 @@ from desktop_app.comfyui.pool import ComfyPool, ServerState
 from desktop_app.core.errors import InvalidRequest, JobCancelled, ModelError, UserError
 from desktop_app.core.events import Event, Notice, Preview, Progress, Result
 from desktop_app.core.imaging import feather_mask, grow_mask, paste_back
-from desktop_app.core.latents import ForwardProcess, Trajectory
+from desktop_app.core.latents import FlowForwardProcess, ForwardProcess, Trajectory
 from desktop_app.core.modelinfo import GENERIC_DEFAULTS, ModelInfo
 from desktop_app.core.outpaint import plan_only_masked, plan_outpaint
 from desktop_app.core.requests import (
@@ -140,7 +140,7 @@ class ComfyBackend:
     ) -> Image.Image:
         raise engine_only("Scrubbing through the steps")
 
-    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess:
+    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess | FlowForwardProcess:
         raise engine_only("The slider's preview of the noised source")
 
     def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:

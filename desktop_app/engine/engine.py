@@ -26,7 +26,7 @@ from desktop_app.core.imaging import (
     plan_work_size,
     to_work,
 )
-from desktop_app.core.latents import ForwardProcess, Trajectory
+from desktop_app.core.latents import FlowForwardProcess, ForwardProcess, Trajectory, flow_shift
 from desktop_app.core.model_registry import list_rows
 from desktop_app.core.modelinfo import BUILTIN, ModelInfo, is_flow, model_defaults
 from desktop_app.core.outpaint import CanvasPlan, plan_only_masked, plan_outpaint
@@ -152,7 +152,7 @@ class Engine:
         if isinstance(request, EditRequest):  # an edit's own recommended settings win over the generation ones
             edit = dict(loaded.defaults.get("edit") or {})
             if request.t0 is not None or request.strength is not None:  # the depth asked for is the depth
-                edit.pop("t0", None), edit.pop("strength", None)
+                edit = {k: v for k, v in edit.items() if k not in ("t0", "strength")}
             request = request.with_defaults(**{**loaded.defaults, **edit})
         request = request.with_defaults(**loaded.defaults)
         if isinstance(request, EditRequest) and request.method is None:
@@ -242,15 +242,27 @@ class Engine:
             loaded = self.models.get(model)
             return encode_image(loaded, image)[0].float().cpu().numpy()
 
-    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess:
-        """The source's q(x_t | x_0) in closed form, for the slider before a run (numpy; no network call after this)."""
+    def forward_process(self, image: Image.Image, model: str | None = None) -> ForwardProcess | FlowForwardProcess:
+        """The source's path to noise in closed form, for the slider before a run (numpy; no network call after
+        this): q(x_t | x_0) on SD models, (1 - sigma) x0 + sigma noise on flow models (SD 3.x, Flux)."""
         with self._lock:
             loaded = self.models.get(model)
             latent = encode_image(loaded, image)[0].float().cpu().numpy()  # (C, h, w)
         rng = np.random.default_rng(0)  # one fixed noise: dragging the slider shows one consistent path
+        noise = rng.standard_normal(latent.shape).astype(np.float32)
+        if is_flow(loaded.family):
+            config = loaded.scheduler_config
+            return FlowForwardProcess(
+                x0=latent,
+                noise=noise,
+                previewer=loaded.previewer,
+                model_id=loaded.model_id,
+                shift=flow_shift(config, (latent.shape[1], latent.shape[2])),
+                num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+            )
         return ForwardProcess(
             x0=latent,
-            noise=rng.standard_normal(latent.shape).astype(np.float32),
+            noise=noise,
             alphas_cumprod=np.asarray(loaded.pipe.scheduler.alphas_cumprod, dtype=np.float64),
             previewer=loaded.previewer,
             model_id=loaded.model_id,
