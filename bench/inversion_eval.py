@@ -1,5 +1,15 @@
 """Editing by DDIM inversion, measured on the built-in shapes model (an evaluation, not a test).
 
+`--table` (the README's table): every colour edit runs through `Engine.run(EditRequest(...))`, one held-out
+picture at a time, for each method (ddim, negative-prompt, direct; each with attention control off, with
+Prompt-to-Prompt, with Prompt-to-Prompt and local blend; LEDITS++ when engine/ledits.py exists) x depth (the
+model's default, full = strength 1) x guidance (the model's edit default, 7.5), and prints one Markdown table:
+colour-edit success (tools/shapes.classify), background PSNR / MSE / SSIM outside the dilated shape, structure IoU
+(the shape's mask before and after) and the cost per edit as a multiple of a generation (same process, same
+steps and guidance, median). Then: the masked edit (identical outside the mask?), the suggested masks' IoU with
+the true shape (DiffEdit's and the cross-attention one) and the SDXL-architecture cost with random weights.
+`--table --quick` runs in under 3 minutes.
+
 Held-out shapes pictures (captions never seen in training, jittered renders) go through
 the edit's own functions (`inversion.invert` once per t0, `inversion.denoise` per method,
 batched over the images; `Engine.run` for the timing), and the script prints:
@@ -242,8 +252,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--skip", nargs="*", default=[], choices=["recon", "edit", "masked", "cost"])
     ap.add_argument("--quick", action="store_true", help="4 images, 20 steps: a plumbing check")
+    ap.add_argument("--table", action="store_true", help="the one Markdown table (see the module's docstring)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.table:
+        return table_main(args)
     if args.quick:
         args.n, args.steps, args.cost_reps = 4, 20, 1
     if args.refine is not None:
@@ -310,6 +323,262 @@ def main(argv=None) -> int:
                     f"  {method:<16} t0 {t0:>3}: generation {g * 1000:7.0f} ms, edit {e * 1000:7.0f} ms, ratio {ratio:.2f}x",
                     flush=True,
                 )
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+# ------------------------------------------------------------------ the table ---
+ATTENTION = {"off": {"attention_control": "off"}, "p2p": {"attention_control": "p2p", "local_blend": False}}
+ATTENTION["p2p+blend"] = {"attention_control": "p2p", "local_blend": True}
+
+
+def ssim(a: np.ndarray, b: np.ndarray, where: np.ndarray, radius: int = 3) -> float:
+    """Mean SSIM (grey levels, (2r+1)^2 box windows, the usual constants) over the pixels `where`."""
+    x = a.astype(np.float64).mean(-1)
+    y = b.astype(np.float64).mean(-1)
+
+    def box(z: np.ndarray) -> np.ndarray:
+        padded = np.pad(z, radius, mode="reflect")
+        k = 2 * radius + 1
+        c = np.cumsum(np.cumsum(np.pad(padded, ((1, 0), (1, 0))), 0), 1)
+        return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+    mx, my = box(x), box(y)
+    vx, vy, cxy = box(x * x) - mx**2, box(y * y) - my**2, box(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s[where].mean())
+
+
+def out_shape_mask(image: Image.Image, spec: dict) -> np.ndarray:
+    """Pixels of a result that are not the source's background colour: the shape after the edit."""
+    return shape_mask(image, spec)
+
+
+def _ledits():
+    try:
+        from desktop_app.engine import ledits
+    except ImportError:
+        return None
+    return getattr(ledits, "run_ledits", None)
+
+
+def table_rows(engine, model, items, steps, depths, guidances, methods, attentions, reps: int = 1):
+    """Run every configuration through Engine.run; returns the rows (dicts) for `print_table`."""
+    rows = []
+    gen_cache: dict[float, float] = {}
+
+    def generation_seconds(guidance: float) -> float:
+        if guidance not in gen_cache:
+            spec = items[0][0]
+            request = GenerateRequest(
+                prompt=shapes.caption(spec), model=model, steps=steps, guidance=guidance, scheduler="ddim", seed=0
+            )
+            engine.run(request)  # warm
+            times = []
+            for _ in range(max(3, reps)):
+                started = time.perf_counter()
+                engine.run(request)
+                times.append(time.perf_counter() - started)
+            gen_cache[guidance] = statistics.median(times)
+        return gen_cache[guidance]
+
+    for method in methods:
+        for attention in attentions if method != "ledits" else ["-"]:
+            for depth_name, depth in depths:
+                for guidance in guidances:
+                    ok, psnrs, mses, ssims, ious, seconds = 0, [], [], [], [], []
+                    for spec, image in items:
+                        colour = new_colour(spec)
+                        target = shapes.caption(dict(spec, colour=colour))
+                        fields = dict(depth)
+                        if method == "ledits":
+                            from desktop_app.core.requests import EditConcept
+
+                            fields["edit_concepts"] = (
+                                EditConcept(prompt=f"{colour} {spec['shape']}"),
+                                EditConcept(prompt=f"{spec['colour']} {spec['shape']}", remove=True),
+                            )
+                        else:
+                            fields.update(ATTENTION[attention])
+                        request = EditRequest(
+                            prompt=target,
+                            source_prompt=shapes.caption(spec),
+                            model=model,
+                            image=image,
+                            steps=steps,
+                            guidance=guidance,
+                            method=method,
+                            seed=0,
+                            **fields,
+                        )
+                        started = time.perf_counter()
+                        out = engine.run(request).images[0]
+                        seconds.append(time.perf_counter() - started)
+                        ok += shapes.classify(out)["colour"] == colour
+                        before = shape_mask(image, spec)
+                        background = ~dilate(before, 3)
+                        a, b = arr(out)[background], arr(image)[background]
+                        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+                        mses.append(mse)
+                        psnrs.append(min(psnr(a, b), 99.0))
+                        ssims.append(ssim(arr(out), arr(image), background))
+                        after = out_shape_mask(out, spec)
+                        ious.append((before & after).sum() / max((before | after).sum(), 1))
+                    rows.append(
+                        {
+                            "method": method,
+                            "attention": attention,
+                            "depth": depth_name,
+                            "guidance": guidance,
+                            "success": ok / len(items),
+                            "psnr": statistics.mean(psnrs),
+                            "mse": statistics.mean(mses),
+                            "ssim": statistics.mean(ssims),
+                            "iou": statistics.mean(ious),
+                            "cost": statistics.median(seconds) / generation_seconds(guidance),
+                        }
+                    )
+                    print_row(rows[-1])
+    return rows
+
+
+HEADER = "| method | attention | depth | guidance | success | bg PSNR (dB) | bg MSE | bg SSIM | structure IoU | cost (x gen) |"
+
+
+def print_row(r: dict) -> None:
+    print(
+        f"| {r['method']} | {r['attention']} | {r['depth']} | {r['guidance']:g} | {r['success']:.0%} | "
+        f"{r['psnr']:.2f} | {r['mse']:.1f} | {r['ssim']:.3f} | {r['iou']:.2f} | {r['cost']:.2f} |",
+        flush=True,
+    )
+
+
+def masked_check(engine, model, items, steps, request_fields) -> float:
+    """Share of masked edits (a rough box around the shape) identical to the source outside the mask."""
+    identical = 0
+    for spec, image in items:
+        shape = shape_mask(image, spec)
+        box = np.zeros_like(shape)
+        ys, xs = np.nonzero(shape)
+        box[max(ys.min() - 4, 0) : ys.max() + 5, max(xs.min() - 4, 0) : xs.max() + 5] = True
+        mask = Image.fromarray((box * 255).astype(np.uint8), "L")
+        request = EditRequest(
+            prompt=shapes.caption(dict(spec, colour=new_colour(spec))),
+            source_prompt=shapes.caption(spec),
+            model=model,
+            image=image,
+            mask=mask,
+            steps=steps,
+            seed=0,
+            **request_fields,
+        )
+        out = engine.run(request).images[0]
+        identical += bool(np.array_equal(arr(out)[~box], arr(image)[~box]))
+    return identical / len(items)
+
+
+def mask_ious(engine, model, items) -> dict[str, float]:
+    loaded = engine.models.get(model)
+    scores: dict[str, list[float]] = {"diffedit": [], "attention": []}
+    for spec, image in items:
+        target = shapes.caption(dict(spec, colour=new_colour(spec)))
+        truth = dilate(shape_mask(image, spec), 2)
+        for how in scores:
+            suggested = np.asarray(inversion.suggest_mask(loaded, image, shapes.caption(spec), target, how=how)) > 0
+            scores[how].append((suggested & truth).sum() / max((suggested | truth).sum(), 1))
+    return {how: statistics.mean(v) for how, v in scores.items()}
+
+
+def sdxl_cost(engine, steps: int, size: int, methods) -> list[tuple[str, float, float, float]]:
+    """Edit / generation seconds on a tiny random-weight SDXL (two text encoders, text_time conditioning)."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_models_tiny import build_tiny_sdxl  # the tests' offline builder
+
+    folder = build_tiny_sdxl(Path(tempfile.mkdtemp()) / "tiny-sdxl")
+    image = Image.new("RGB", (size, size), (200, 40, 40))
+    out = []
+    for label, fields in methods:
+        generate = GenerateRequest(
+            prompt="a blue circle", model=str(folder), steps=steps, guidance=7.5, width=size, height=size, seed=0
+        )
+        generate = generate.replace(scheduler="ddim")
+        edit = EditRequest(
+            prompt="a blue circle",
+            source_prompt="a red circle",
+            model=str(folder),
+            image=image,
+            steps=steps,
+            guidance=7.5,
+            strength=1.0,
+            width=size,
+            height=size,
+            seed=0,
+            **fields,
+        )
+        engine.run(generate), engine.run(edit)
+        g, e = [], []
+        for _ in range(3):
+            for request, times in ((generate, g), (edit, e)):
+                started = time.perf_counter()
+                engine.run(request)
+                times.append(time.perf_counter() - started)
+        out.append((label, statistics.median(g), statistics.median(e), statistics.median(e) / statistics.median(g)))
+    return out
+
+
+def table_main(args) -> int:
+    if not (Path(args.model) / "model_index.json").is_file():
+        print(f"No model at {args.model}: train the built-in model first (tools/train_builtin.py).")
+        return 1
+    from desktop_app.core.modelinfo import model_defaults
+
+    engine = Engine(device=args.device)
+    model = args.model
+    edit_defaults = dict(model_defaults(model).get("edit") or {})
+    default_guidance = float(edit_defaults.get("guidance", model_defaults(model).get("guidance", 7.5)))
+    n, steps = (2, 10) if args.quick else (args.n, args.steps)
+    items = held_out(n)
+    depths = [("default", {}), ("full", {"strength": 1.0})]
+    guidances = sorted({default_guidance, 7.5}) if not args.quick else [7.5]
+    methods = list(METHODS)
+    attentions = list(ATTENTION) if not args.quick else ["off", "p2p+blend"]
+    warm = EditRequest(
+        prompt="a blue circle", source_prompt="a red circle", model=model, image=items[0][1], steps=steps
+    )
+    engine.run(warm), engine.run(warm.replace(attention_control="p2p"))  # the first run of each path is slower
+    if _ledits() is not None:
+        methods.append("ledits")
+    else:
+        print("(no desktop_app/engine/ledits.py yet: LEDITS++ rows left out)")
+    started = time.perf_counter()
+    print(f"\nBuilt-in model, {len(items)} held-out colour edits, {steps} steps; model edit defaults {edit_defaults}\n")
+    print(HEADER)
+    print("|---" * (HEADER.count("|") - 1) + "|")
+    table_rows(engine, model, items, steps, depths, guidances, methods, attentions)
+    fields = {
+        k: edit_defaults[k] for k in ("method", "attention_control", "local_blend", "guidance") if k in edit_defaults
+    }
+    print(
+        f"\nMasked edits at the model's edit defaults, identical outside the mask: "
+        f"{masked_check(engine, model, items, steps, fields):.0%}"
+    )
+    ious = mask_ious(engine, model, items)
+    print(f"Suggested mask IoU with the true shape: DiffEdit {ious['diffedit']:.2f}, attention {ious['attention']:.2f}")
+    size = 64 if args.quick else 128
+    print(f"\nSDXL architecture, random weights, {size}x{size}, {steps} steps, full depth, guidance 7.5 (CPU):")
+    for label, g, e, ratio in sdxl_cost(
+        engine,
+        steps,
+        size,
+        [
+            ("direct", {"method": "direct", "attention_control": "off"}),
+            ("direct + P2P", {"method": "direct", "attention_control": "p2p", "local_blend": True}),
+        ],
+    ):
+        print(f"  {label:<14} generation {g * 1000:6.0f} ms, edit {e * 1000:6.0f} ms, ratio {ratio:.2f}x")
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
 
