@@ -240,6 +240,19 @@ def test_history_reuse_restores_and_the_controls_outlive_a_restart(qtbot, qloop,
         again.close()
 
 
+def test_a_flow_edit_reused_on_a_stable_diffusion_model_waits_for_a_flow_model(qtbot, window, engine):
+    engine.families["owner/flux"] = "flux-dev"
+    window.fill_from_request(edit_result(method="rf-inversion").request)
+    assert window.prompt_panel.edit_method() == "direct"  # the built-in model takes no flow method
+    load(qtbot, window, "owner/flux")
+    assert window.prompt_panel.edit_method() == "rf-inversion"  # it comes back with a model that takes it
+    load(qtbot, window, "builtin")
+    window.fill_from_request(edit_result(method="rf-solver").request)
+    choose(qtbot, child(window, "editMethodCombo"), "Plain DDIM inversion")  # the user's choice since wins
+    load(qtbot, window, "owner/flux")
+    assert window.prompt_panel.edit_method() == "fireflow"  # the family's own, not the forgotten RF-Solver
+
+
 # -- the real window on the real engine --------------------------------------------------------------------------
 def test_real_prompt_to_prompt_edit_of_a_builtin_picture(qtbot, qloop, tmp_path):
     """The built-in model makes a picture, Edit with Prompt-to-Prompt turns its circle blue: the image changes, and

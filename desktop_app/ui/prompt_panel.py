@@ -494,6 +494,7 @@ class PromptPanel(QWidget):
         self._wanted_method: str | None = None  # asked for (restored, reused) before a model of its family loaded
         self._list_edit_methods(default_edit_method(self._family))
         self.edit_method_combo.currentIndexChanged.connect(self._update_edit_controls)
+        self.edit_method_combo.activated.connect(self._forget_wanted_method)  # the user's choice wins
         self.attention_check.toggled.connect(self._update_edit_controls)
 
     # -- the edit method and its controls ---------------------------------------------------------
@@ -516,6 +517,9 @@ class PromptPanel(QWidget):
         self._wanted_method = None
         self.edit_method_combo.setCurrentIndex(idx)
         return True
+
+    def _forget_wanted_method(self, *_: Any) -> None:
+        self._wanted_method = None
 
     def _list_edit_methods(self, selected: str) -> None:
         combo = self.edit_method_combo
@@ -944,6 +948,8 @@ class PromptPanel(QWidget):
         before, self._before_load = self._before_load, None
         keep = self._changed_since(before) if before is not None else set()
         family = self.models.family(source) if hasattr(self.models, "family") else ""
+        if self._wanted_method in edit_methods(family):
+            keep.add("method")  # reused or restored for a model like this one: it wins over the recommended one
         self.set_model_family(family, defaults)  # its edit methods and controls, whatever else is kept
         if source == self._restored_for:  # the model of the last session: its values as the user left them
             self._restored_for = None
