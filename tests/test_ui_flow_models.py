@@ -191,6 +191,20 @@ def test_performance_settings_persist_and_reach_the_engine_factory(qtbot, qloop,
         w.close()
 
 
+def test_out_of_memory_says_where_the_option_is(qtbot, window, engine):
+    from desktop_app.core.errors import OutOfMemory
+
+    engine.fail_next = OutOfMemory(
+        "The CUDA ran out of memory for this job.", "Turn on VAE tiling: large images then decode in tiles."
+    )
+    window.generate()
+    qtbot.waitUntil(lambda: window.error_banner.isVisible(), timeout=5000)
+    assert window.last_error == (
+        "The CUDA ran out of memory for this job.",
+        "Turn on VAE tiling: large images then decode in tiles. (Run > Performance…)",
+    )
+
+
 def test_damaged_performance_settings_fall_back_to_automatic(tmp_path):
     settings = make_settings(tmp_path)
     settings.setValue("performance/device", "tpu")

@@ -882,6 +882,8 @@ class MainWindow(QMainWindow):
         self._status(text, 10000)
 
     def _on_job_failed(self, message: str, hint: str) -> None:
+        if "ran out of memory" in message and hint.startswith("Turn on"):  # the engine's one memory option to try
+            hint = f"{hint} (Run > Performance…)"
         self.show_error(message, hint, cause="job")
 
     @Slot(int)
