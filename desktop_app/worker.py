@@ -13,6 +13,10 @@ GUI-thread objects, not to lambdas.
 
     job_id, future = worker.submit(request)   # future: asyncio (qasync) future -> Result
     worker.cancel(job_id)                     # the engine stops within one step
+    worker.set_engine_options(EngineOptions(...))  # device, precision, memory: from the next model load
+
+The engine is made with the window's Performance settings (`EngineOptions`); changed later, they reach it
+between jobs, on the worker thread: its model is let go and the next job loads it with them.
 
 Signals (all carry the job id first):
     jobStarted(int job_id, object request)
