@@ -607,3 +607,77 @@ def test_an_sd35_medium_transformer_file_loads_with_three_text_encoders(tiny_sd3
     reference = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3), local_files_only=True)
     ours, theirs = _image(pipe), _image(reference)
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+def _encoder_tensors(folder: Path, part: str) -> dict[str, torch.Tensor]:
+    """A tiny text encoder's weights as ComfyUI / Stability files hold them (Hugging Face names, one embedding)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / part / "model.safetensors"))
+    tensors.pop("encoder.embed_tokens.weight", None)  # T5's tied embedding is stored once, as shared.weight
+    return tensors
+
+
+def test_comfyui_text_encoder_files_beside_the_transformer_are_used(flow_env, tiny_flux, tmp_path):
+    from diffusers import FluxPipeline
+
+    save_file(_encoder_tensors(tiny_flux, "text_encoder"), str(flow_env.parent / "clip_l.safetensors"))
+    save_file(_encoder_tensors(tiny_flux, "text_encoder_2"), str(flow_env.parent / "t5xxl_fp16.safetensors"))
+    for part in ("text_encoder", "text_encoder_2"):  # the shipped (here: tiny) configs build them
+        shutil.copy(tiny_flux / part / "config.json", Path(flow_files.checkpoints.configs_root()) / "flux-dev" / part)
+    parts = tmp_path / "parts"
+    for part in ("tokenizer", "tokenizer_2", "vae"):
+        shutil.copytree(tiny_flux / part, parts / part)
+    detection = flow_files.inspect_flow_file(flow_env)
+    assert detection is not None
+    chosen = flow_files.resolve_components(detection, flow_env, parts)
+    assert (
+        chosen["text_encoder"].name == "clip_l.safetensors"
+        and chosen["text_encoder_2"].name == "t5xxl_fp16.safetensors"
+    )
+    pipe = flow_files.load_flow_file(flow_env, torch.float32, text_encoders=parts)
+    reference = FluxPipeline.from_pretrained(str(tiny_flux), local_files_only=True)
+    assert np.abs(_image(pipe) - _image(reference)).max() < 1e-5
+
+
+def test_an_all_in_one_file_brings_its_vae_and_text_encoders_fp8_scaled_t5_included(flow_env, tiny_flux, tmp_path):
+    """ComfyUI's all-in-one layout: model.diffusion_model.*, first_stage_model.*, text_encoders.{clip_l,t5xxl}.*,
+    the T5 in scaled FP8 (weight x scale_weight); only the T5 tokenizer comes from elsewhere."""
+    from diffusers import AutoencoderKL, FluxPipeline
+    from safetensors.torch import load_file
+
+    for part in ("text_encoder", "text_encoder_2"):
+        shutil.copy(tiny_flux / part / "config.json", Path(flow_files.checkpoints.configs_root()) / "flux-dev" / part)
+    vae = AutoencoderKL.from_pretrained(str(tiny_flux / "vae"))
+    t5 = {}
+    for key, value in _encoder_tensors(tiny_flux, "text_encoder_2").items():
+        if key.endswith(".weight") and value.ndim == 2 and key != "shared.weight":
+            scale = value.abs().max() / 448.0  # float8_e4m3fn's largest value
+            t5[key] = (value / scale).to(torch.float8_e4m3fn)
+            t5[key[: -len("weight")] + "scale_weight"] = scale.reshape(1)
+        else:
+            t5[key] = value
+    tensors = {
+        **{"model.diffusion_model." + k: v for k, v in load_file(str(flow_env)).items()},
+        **{k: v.contiguous() for k, v in checkpoints.vae_to_original(vae.state_dict(), vae.config).items()},
+        **{"text_encoders.clip_l.transformer." + k: v for k, v in _encoder_tensors(tiny_flux, "text_encoder").items()},
+        **{"text_encoders.t5xxl.transformer." + k: v for k, v in t5.items()},
+        "text_encoders.t5xxl.transformer.scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn),
+    }
+    path = _save(tmp_path, "flux1-dev-fp8-all-in-one.safetensors", tensors)
+    parts = tmp_path / "parts"
+    for part in ("tokenizer", "tokenizer_2"):  # the tiny CLIP has its own small vocabulary, not the shipped one
+        shutil.copytree(tiny_flux / part, parts / part)
+    detection = flow_files.inspect_flow_file(path)
+    assert detection is not None and detection.has_vae and detection.text_encoders == ("clip_l", "t5xxl")
+    chosen = flow_files.resolve_components(detection, path, parts)
+    assert chosen == {"text_encoder": path, "text_encoder_2": path, "tokenizer": parts, "tokenizer_2": parts}
+    pipe = flow_files.load_flow_file(path, torch.float32, text_encoders=parts)
+    reference = FluxPipeline.from_pretrained(str(tiny_flux), local_files_only=True)
+    ours_vae, theirs_vae = pipe.vae.state_dict(), reference.vae.state_dict()
+    assert all(torch.equal(ours_vae[k], theirs_vae[k].reshape(ours_vae[k].shape)) for k in theirs_vae)
+    q = pipe.text_encoder_2.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    q_ref = reference.text_encoder_2.state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    assert 0 < (q - q_ref).abs().max() < 0.1 * q_ref.abs().max()  # FP8 rounding, scaled back
+    image, expected = _image(pipe), _image(reference)
+    assert image.shape == (64, 64, 3) and 0 < np.abs(image - expected).max() < 0.2  # near, through the FP8 T5

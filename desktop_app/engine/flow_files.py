@@ -57,6 +57,27 @@ BASE_REPOS: dict[str, tuple[str, ...]] = {
 # what to download for the parts: FLUX.1 schnell is not gated (Apache 2.0) and its parts serve every FLUX.1 file
 COMPONENTS_REPO = {"flux": _FLUX_REPOS[0], "sd3": _SD3_REPOS[0]}
 _BFL_VAE_FILES = ("ae.safetensors", "ae.sft")  # FLUX.1's VAE as Black Forest Labs ship it, beside the transformer
+# Text encoders as ComfyUI and Stability ship them: one file each (Hugging Face names inside), in a folder or an
+# all-in-one checkpoint under `text_encoders.<name>.`. part -> encoder name, per family.
+PART_ENCODERS = {
+    "flux": {"text_encoder": "clip_l", "text_encoder_2": "t5xxl"},
+    "sd3": {"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5xxl"},
+}
+ENCODER_FILES = {
+    "clip_l": ("clip_l.safetensors",),
+    "clip_g": ("clip_g.safetensors",),
+    "t5xxl": (
+        "t5xxl_fp16.safetensors",
+        "t5xxl_fp8_e4m3fn.safetensors",
+        "t5xxl_fp8_e4m3fn_scaled.safetensors",
+        "t5xxl.safetensors",
+    ),
+}
+_ENCODER_MARKERS = {  # a tensor every file of the class has: what comes before it is the file's prefix
+    "CLIPTextModel": "embeddings.token_embedding.weight",
+    "CLIPTextModelWithProjection": "embeddings.token_embedding.weight",
+    "T5EncoderModel": "encoder.block.0.layer.0.SelfAttention.q.weight",
+}
 
 
 # -- reading a file's header ----------------------------------------------------------------------
@@ -276,6 +297,9 @@ def part_files(name: str, cls: str) -> str:
         return f"{name}/vocab.json + merges.txt"
     if cls.startswith("T5Tokenizer"):
         return f"{name}/spiece.model or tokenizer.json"
+    if name.startswith("text_encoder"):
+        encoder = {"T5EncoderModel": "t5xxl"}.get(cls, "clip_g" if name == "text_encoder_2" else "clip_l")
+        return f"{name}/config.json + {name}/*.safetensors, or {ENCODER_FILES[encoder][0]}"
     return f"{name}/config.json + {name}/*.safetensors"
 
 
@@ -293,23 +317,47 @@ def _bfl_vae(path: Path) -> Path | None:
     return next((path.parent / n for n in _BFL_VAE_FILES if (path.parent / n).is_file()), None)
 
 
+def _encoder(detection: FlowDetection, part: str) -> str | None:
+    return PART_ENCODERS["flux" if detection.family.startswith("flux") else "sd3"].get(part)
+
+
+def _encoder_file(folder: Path, encoder: str) -> Path | None:
+    """A ComfyUI / Stability text-encoder file (`clip_l.safetensors`, `t5xxl_fp16.safetensors`, ...) in `folder`
+    or its `text_encoders/` (the layout of Stability's SD 3.5 repos)."""
+    for where in (folder, folder / "text_encoders"):
+        for name in ENCODER_FILES[encoder]:
+            if (where / name).is_file():
+                return where / name
+    return None
+
+
 def resolve_components(
     detection: FlowDetection, path: str | os.PathLike, text_encoders: str | os.PathLike | None = None
 ) -> dict[str, Path]:
-    """part name -> the folder it is loaded from (the part is `<folder>/<name>/`); "vae" may map to a BFL
-    `ae.safetensors` file beside the transformer. Raises ModelError naming every missing file and every place."""
+    """part name -> where it is loaded from: a folder (the part is `<folder>/<name>/`, diffusers layout) or a
+    file: the model file itself for the text encoders an all-in-one file carries, a ComfyUI / Stability
+    text-encoder file (`clip_l.safetensors`, `t5xxl_fp16.safetensors`), or for "vae" BFL's `ae.safetensors`
+    beside the transformer. Raises ModelError naming every missing file and every place looked in."""
     path = Path(path)
     needed = parts_needed(detection)
     places = component_places(detection, path, text_encoders)
     chosen: dict[str, Path] = {}
     if "vae" in needed and detection.family.startswith("flux") and (ae := _bfl_vae(path)) is not None:
         chosen["vae"] = ae
+    for name in needed:
+        if _encoder(detection, name) in detection.text_encoders:
+            chosen[name] = path
     for name, cls in needed.items():
         if name in chosen:
             continue
+        encoder = _encoder(detection, name)
         for _label, folder in places:
             if part_present(folder, name, cls):
                 chosen[name] = folder
+                break
+            loose = _encoder_file(folder, encoder) if encoder else None
+            if loose is not None:
+                chosen[name] = loose
                 break
     missing = {
         name: part_files(name, cls)
@@ -395,6 +443,19 @@ def _load_transformer(source: str | dict, detection: FlowDetection, dtype, gguf:
     )
     if gguf:
         kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
+    elif (
+        isinstance(source, str)
+        and detection.layout == "diffusers"
+        and (detection.has_vae or detection.prefix or detection.text_encoders)
+    ):
+        # diffusers names beside other parts: its converter would take them for original names; the transformer's only
+        from safetensors.torch import load_file
+
+        source = {
+            k[len(detection.prefix) :]: v
+            for k, v in load_file(source).items()
+            if k.startswith(detection.prefix) and not k.startswith(("text_encoders.",) + checkpoints.FLOW_VAE_PREFIXES)
+        }
     return cls.from_single_file(source, **kwargs)  # pyright: ignore[reportArgumentType] - it takes a state dict too
 
 
@@ -410,7 +471,67 @@ def _load_vae(detection: FlowDetection, path: Path, chosen: Mapping[str, Path], 
     return AutoencoderKL.from_pretrained(str(where / "vae"), dtype=dtype, local_files_only=True)
 
 
-def _load_part(name: str, cls_name: str, folder: Path | None, detection: FlowDetection, dtype):
+def _dequantize(tensors: dict[str, Any], dtype) -> dict[str, Any]:
+    """ComfyUI's scaled FP8 files keep `<layer>.scale_weight` beside each FP8 weight: weight x scale, in `dtype`."""
+    import torch
+
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith((".scale_weight", ".scale_input")) or key == "scaled_fp8":
+            continue
+        scale = tensors.get(key[: -len("weight")] + "scale_weight") if key.endswith(".weight") else None
+        if scale is not None:
+            value = value.to(torch.float32) * scale.to(torch.float32)
+        out[key] = value.to(dtype) if value.is_floating_point() else value
+    return out
+
+
+def encoder_from_file(file: Path, part: str, cls_name: str, detection: FlowDetection, dtype, in_prefix: str = ""):
+    """A text encoder (Hugging Face class `cls_name`) from a single file: its own (`clip_l.safetensors`) or an
+    all-in-one checkpoint's `text_encoders.<name>.` tensors, built on the shipped config without random init."""
+    import accelerate
+    import transformers
+    from safetensors import safe_open
+
+    marker = _ENCODER_MARKERS[cls_name]
+    with safe_open(str(file), framework="pt") as fh:
+        keys = [k for k in fh.keys() if k.startswith(in_prefix)]  # noqa: SIM118 - safe_open is not iterable
+        hit = next((k for k in keys if k.endswith(marker)), None)
+        if hit is None:
+            raise ModelError(
+                f"{file.name} holds no {cls_name} weights for {part} (no '{in_prefix}...{marker}').",
+                "Choose the right text-encoder file (clip_l / clip_g / t5xxl), or use a diffusers folder.",
+            )
+        prefix = hit[: -len(marker)].removesuffix("text_model.")  # CLIP's projection sits beside text_model.
+        tensors = {k[len(prefix) :]: fh.get_tensor(k) for k in keys if k.startswith(prefix)}
+    tensors = _dequantize(tensors, dtype)
+    if cls_name == "T5EncoderModel":  # the embedding is shared: files keep one name or the other
+        embedding = tensors.get("shared.weight", tensors.get("encoder.embed_tokens.weight"))
+        if embedding is not None:
+            tensors.setdefault("shared.weight", embedding)
+            tensors.setdefault("encoder.embed_tokens.weight", embedding)
+    cls = getattr(transformers, cls_name)
+    config = cls.config_class.from_pretrained(str(config_folder(detection) / part))
+    with accelerate.init_empty_weights():  # the weights come from the file: no multi-GB random init first
+        model = cls(config)
+    # transformers 5's CLIPTextModel names its weights without `text_model.`; files (and WithProjection) have it
+    for name in [n for n, _ in model.named_parameters(remove_duplicate=False) if n not in tensors]:
+        for other in ("text_model." + name, name.removeprefix("text_model.")):
+            if other in tensors:
+                tensors[name] = tensors[other]
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ModelError(
+            f"{file.name}: its {part} ({cls_name}) lacks {len(missing)} of {len(names)} weights, e.g. {missing[0]}: "
+            "it is another model's text encoder, or damaged.",
+            "Choose the matching text-encoder file, or use the base model's diffusers folder.",
+        )
+    model.load_state_dict({n: tensors[n] for n in names}, strict=False, assign=True)
+    return model.eval()
+
+
+def _load_part(name: str, cls_name: str, folder: Path | None, detection: FlowDetection, dtype, model: Path):
     import transformers
 
     if cls_name == "CLIPTokenizer":
@@ -422,6 +543,9 @@ def _load_part(name: str, cls_name: str, folder: Path | None, detection: FlowDet
             pad = json.loads(pad_file.read_text(encoding="utf-8")).get("pad_token", pad)
         return checkpoints.shared_tokenizer(pad)
     assert folder is not None  # resolve_components found every part but the CLIP tokenizers
+    if folder.is_file():  # a single file: the all-in-one checkpoint itself, or a ComfyUI text-encoder file
+        in_prefix = f"text_encoders.{_encoder(detection, name)}." if folder == model else ""
+        return encoder_from_file(folder, name, cls_name, detection, dtype, in_prefix)
     cls = getattr(transformers, cls_name)
     if name.startswith("tokenizer"):
         return cls.from_pretrained(str(folder / name), local_files_only=True)
@@ -471,7 +595,7 @@ def load_flow_file(
         parts: dict[str, Any] = {"transformer": transformer, "vae": _load_vae(detection, path, chosen, dtype)}
         for name, cls_name in parts_needed(detection).items():
             if name != "vae":
-                parts[name] = _load_part(name, cls_name, chosen.get(name), detection, dtype)
+                parts[name] = _load_part(name, cls_name, chosen.get(name), detection, dtype, path)
         parts["scheduler"] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
             str(folder), subfolder="scheduler", local_files_only=True
         )
