@@ -129,6 +129,9 @@ def test_all_in_one_files_with_a_vae_and_other_files_are_told_apart(tmp_path):
     lora = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072)}
     assert flow_files.detect_flow_file(_save(tmp_path, "sd1.safetensors", sd1)) is None
     assert flow_files.detect_flow_file(_save(tmp_path, "lora.safetensors", lora)) is None
+    with pytest.raises(ModelError, match=r"FLUX.1 \[dev\] \(FLUX.1 blocks .*not a Stable Diffusion 1.x") as info:
+        checkpoints.detect_file(path)  # the SD reader (and `models --detect`) sends it to the flow loader
+    assert "Open it as a model" in info.value.hint
     with pytest.raises(ModelError, match="Depth / Canny"):
         flow_files.detect_flow_file(_save(tmp_path, "flux1-depth.safetensors", _flux_original(in_channels=128)))
     (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
@@ -258,6 +261,7 @@ def test_missing_text_encoders_are_named_with_every_place_looked_in(flow_env, ti
     assert str(tmp_path / "hub-cache" / "models--black-forest-labs--FLUX.1-dev") in message
     assert "models--black-forest-labs--FLUX.1-schnell" in message
     assert "--download black-forest-labs/FLUX.1-schnell" in hint and flow_files.COMPONENTS_ENV in hint
+    assert "clip_l.safetensors / t5xxl_fp16.safetensors" in hint
     # a folder with some of them: only the rest is missing
     partial = tmp_path / "partial"
     for part in ("text_encoder", "vae"):

@@ -219,6 +219,13 @@ def detect_family(
     shapes = _strip_state_dict_prefix(shapes)
     metadata = metadata or {}
     name = Path(filename).name or "This file"
+    flow = detect_flow(shapes, metadata, filename)
+    if flow is not None:  # engine.flow_files loads these; this is the SD 1.x / 2.x / XL reader
+        raise ModelError(
+            f"{name} is {flow.name} ({', '.join(flow.evidence)}), not a Stable Diffusion 1.x / 2.x / XL checkpoint.",
+            "Open it as a model (Models dialog, --model): FLUX.1 and SD 3.x files load with their text encoders "
+            "from the hub cache or a folder beside the file.",
+        )
     if not _has(shapes, UNET):
         what = _unsupported(shapes)
         if what:

@@ -2,11 +2,13 @@
 its text encoders, tokenizers and VAE found in a folder or the hub cache.
 
 Flux and SD 3.5 are mostly passed around as the transformer alone (`flux1-dev.safetensors`, city96's GGUF
-quantisations, ComfyUI's all-in-one files): the 10 GB T5 encoder, the CLIPs and the VAE are the same for every
-file of a family, so users keep one copy. This module finds that copy (a folder the user names, the
-DIFFUSION_DESK_FLOW_COMPONENTS folder, next to the file, or the hub cache of any base model of the family, local
-files only: no network) and builds the family's pipeline around the file's transformer with the shipped configs
-(`resources/configs/<family>/`). What is missing is named with every place looked in.
+quantisations) or as ComfyUI's all-in-one files: the 10 GB T5 encoder, the CLIPs and the VAE are the same for
+every file of a family, so users keep one copy. This module finds that copy (in the file itself; in a folder the
+user names, the DIFFUSION_DESK_FLOW_COMPONENTS folder, next to the file, or the hub cache of any base model of the
+family, local files only: no network), as diffusers subfolders or as ComfyUI / Stability single files
+(`clip_l.safetensors`, `t5xxl_fp16.safetensors`, BFL's `ae.safetensors`), and builds the family's pipeline around
+the file's transformer with the shipped configs (`resources/configs/<family>/`). What is missing is named with
+every place looked in.
 
 GGUF files are read through diffusers' GGUF support (`GGUFQuantizationConfig`), which needs the optional `gguf`
 package; their header is parsed here, so detection works without it.
@@ -376,7 +378,10 @@ def _missing_error(
     needed: Mapping[str, str],
     places: list[tuple[str, Path]],
 ) -> ModelError:
-    what = "an all-in-one file without " + ", ".join(missing) if detection.has_vae else "the transformer only"
+    what = "an all-in-one file" if detection.has_vae or detection.text_encoders else "the transformer only"
+    loose = [
+        ENCODER_FILES[e][0] for e in PART_ENCODERS["flux" if detection.family.startswith("flux") else "sd3"].values()
+    ]
     files = "; ".join(f"{missing[name]} ({needed[name]})" for name in missing)
     looked = "; ".join(f"{label}: {folder}" for label, folder in places)
     kind = "flux" if detection.family.startswith("flux") else "sd3"
@@ -384,11 +389,11 @@ def _missing_error(
     gated = "" if kind == "flux" else " (gated: accept its license on the hub and log in first)"
     serves = "every FLUX.1 file" if kind == "flux" else "every SD 3.x file"
     return ModelError(
-        f"{path.name} is {detection.name} ({what}): its {', '.join(missing)} were not found. "
+        f"{path.name} is {detection.name} ({what}); not found: {', '.join(missing)}. "
         f"Missing: {files}. Looked in: {looked}.",
         f"Download {repo}{gated} once in the Models dialog, or run `diffusion-desk-cli models --download {repo}`: "
-        f"its text encoders and VAE serve {serves}. Or put the folders {', '.join(f'{n}/' for n in needed)} next to "
-        f"the file, or point {COMPONENTS_ENV} at a folder that has them.",
+        f"its text encoders and VAE serve {serves}. Or put the folders {', '.join(f'{n}/' for n in needed)} "
+        f"(or ComfyUI's {' / '.join(loose)}) next to the file, or point {COMPONENTS_ENV} at a folder that has them.",
     )
 
 
