@@ -290,3 +290,19 @@ def test_a_kontext_edit_on_another_flux_model_is_a_model_error_and_the_next_job_
         )
     assert "FLUX.1-Kontext" in caught.value.hint and isinstance(events[-1], Failed)
     assert engine.run(GenerateRequest(prompt=PROMPT, model=model, steps=2, seed=1)).images
+
+
+def test_a_size_off_the_16_pixel_grid_runs_rounded_with_a_notice_and_keeps_the_source(engine, flow_dirs):
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 255, (64, 72, 3), dtype=np.uint8))  # 72 wide: a multiple of 8, not 16
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (20, 20, 50, 50))
+    events: list = []
+    result = engine.run(
+        InpaintRequest(prompt=PROMPT, model=str(flow_dirs["sd3"]), steps=2, seed=1, image=image, mask=mask),
+        events.append,
+    )
+    assert result.images[0].size == (72, 64)
+    assert any(isinstance(e, Notice) and "ran at 64x64 and scaled to 72x64" in e.message for e in events)
+    keep = outside(mask)
+    assert np.array_equal(pixels(result.images[0])[keep], pixels(image)[keep])

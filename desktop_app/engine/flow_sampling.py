@@ -78,6 +78,13 @@ def flow_option_notices(loaded: LoadedModel, request: GenerateRequest) -> list[s
             )
     if isinstance(request, Img2ImgRequest) and loaded.family == "flux-fill":
         notices.append("FLUX.1 Fill runs image to image as an inpaint of the whole image.")
+    if request.width and request.height:
+        run = _run_size(loaded, int(request.width), int(request.height))
+        if run != (request.width, request.height):
+            notices.append(
+                f"{name} works in multiples of {2 * loaded.latent_factor} pixels: ran at {run[0]}x{run[1]} and "
+                f"scaled to {request.width}x{request.height}."
+            )
     return notices
 
 
