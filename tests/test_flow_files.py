@@ -653,14 +653,7 @@ def test_an_all_in_one_file_brings_its_vae_and_text_encoders_fp8_scaled_t5_inclu
     for part in ("text_encoder", "text_encoder_2"):
         shutil.copy(tiny_flux / part / "config.json", Path(flow_files.checkpoints.configs_root()) / "flux-dev" / part)
     vae = AutoencoderKL.from_pretrained(str(tiny_flux / "vae"))
-    t5 = {}
-    for key, value in _encoder_tensors(tiny_flux, "text_encoder_2").items():
-        if key.endswith(".weight") and value.ndim == 2 and key != "shared.weight":
-            scale = value.abs().max() / 448.0  # float8_e4m3fn's largest value
-            t5[key] = (value / scale).to(torch.float8_e4m3fn)
-            t5[key[: -len("weight")] + "scale_weight"] = scale.reshape(1)
-        else:
-            t5[key] = value
+    t5 = _scaled_fp8(_encoder_tensors(tiny_flux, "text_encoder_2"))
     tensors = {
         **{"model.diffusion_model." + k: v for k, v in load_file(str(flow_env)).items()},
         **{k: v.contiguous() for k, v in checkpoints.vae_to_original(vae.state_dict(), vae.config).items()},
@@ -685,3 +678,30 @@ def test_an_all_in_one_file_brings_its_vae_and_text_encoders_fp8_scaled_t5_inclu
     assert 0 < (q - q_ref).abs().max() < 0.1 * q_ref.abs().max()  # FP8 rounding, scaled back
     image, expected = _image(pipe), _image(reference)
     assert image.shape == (64, 64, 3) and 0 < np.abs(image - expected).max() < 0.2  # near, through the FP8 T5
+
+
+def _scaled_fp8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's fp8_scaled layout: each 2-D weight in float8_e4m3fn with its `<layer>.scale_weight`."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if key.endswith(".weight") and value.ndim == 2 and not key.endswith("shared.weight"):
+            scale = value.abs().max().float() / 448.0  # float8_e4m3fn's largest value
+            out[key] = (value / scale).to(torch.float8_e4m3fn)
+            out[key[: -len("weight")] + "scale_weight"] = scale.reshape(1)
+        else:
+            out[key] = value
+    return out
+
+
+def test_a_scaled_fp8_transformer_is_multiplied_back_by_its_scales(flow_env, tiny_flux, tmp_path):
+    from safetensors.torch import load_file
+
+    plain = load_file(str(flow_env))
+    path = _save(tmp_path, "flux1-dev-fp8_scaled.safetensors", {**_scaled_fp8(plain), "scaled_fp8": torch.zeros(0)})
+    detection = flow_files.inspect_flow_file(path)
+    assert detection is not None and detection.scaled_fp8 and "scaled FP8 weights" in detection.evidence
+    pipe = flow_files.load_flow_file(path, torch.float32, text_encoders=tiny_flux)
+    weight, reference = pipe.transformer.x_embedder.weight, plain["x_embedder.weight"]
+    assert 0 < (weight - reference).abs().max() < 0.1 * reference.abs().max()  # FP8 rounding only, not 1 / scale
+    exact = flow_files.load_flow_file(flow_env, torch.float32, text_encoders=tiny_flux)
+    assert 0 < np.abs(_image(pipe) - _image(exact)).max() < 0.2

@@ -15,7 +15,7 @@ import os
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -396,6 +396,7 @@ class FlowDetection:
     has_vae: bool  # the file carries the VAE too (all-in-one)
     text_encoders: tuple[str, ...] = ()  # the text encoders the file carries (clip_l, clip_g, t5xxl)
     evidence: tuple[str, ...] = field(default=())
+    scaled_fp8: bool = False  # ComfyUI's fp8_scaled: FP8 weights with a `<layer>.scale_weight` each
 
     @property
     def family(self) -> str:
@@ -454,6 +455,21 @@ def detect_flow(
     shapes = _strip_state_dict_prefix(shapes)
     metadata = metadata or {}
     evidence: list[str] = []
+    found = _detect_flow(shapes, metadata, filename, evidence)
+    if found is None:
+        return None
+    prefix = found.prefix
+    scaled = any(
+        k.startswith(prefix) and k.endswith(".scale_weight") and not k.startswith("text_encoders.") for k in shapes
+    )
+    if scaled:
+        evidence.append("scaled FP8 weights")
+    return replace(found, scaled_fp8=scaled, evidence=tuple(evidence))
+
+
+def _detect_flow(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], filename: str, evidence: list[str]
+) -> FlowDetection | None:
     has_vae = any(k.startswith(FLOW_VAE_PREFIXES) for k in shapes)
     encoders = tuple(
         name for name, prefixes in FLOW_TEXT_ENCODER_PREFIXES.items() if any(k.startswith(prefixes) for k in shapes)

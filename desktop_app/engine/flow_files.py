@@ -439,6 +439,21 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
+def _transformer_tensors(path: str, detection: FlowDetection, dtype) -> dict[str, Any]:
+    """The transformer's tensors alone (prefix stripped, scaled FP8 multiplied out), for files diffusers would
+    misread whole: diffusers names beside other parts (its converter takes them for original names), and ComfyUI's
+    `fp8_scaled` files, whose `<layer>.scale_weight` it would drop (weights off by that factor)."""
+    from safetensors.torch import load_file
+
+    others = ("text_encoders.",) + checkpoints.FLOW_VAE_PREFIXES
+    tensors = {
+        k[len(detection.prefix) :]: v
+        for k, v in load_file(path).items()
+        if k.startswith(detection.prefix) and not k.startswith(others)
+    }
+    return _dequantize(tensors, dtype) if detection.scaled_fp8 else tensors
+
+
 def _load_transformer(source: str | dict, detection: FlowDetection, dtype, gguf: bool):
     import diffusers
 
@@ -448,19 +463,11 @@ def _load_transformer(source: str | dict, detection: FlowDetection, dtype, gguf:
     )
     if gguf:
         kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
-    elif (
-        isinstance(source, str)
-        and detection.layout == "diffusers"
-        and (detection.has_vae or detection.prefix or detection.text_encoders)
+    elif isinstance(source, str) and (
+        detection.scaled_fp8
+        or (detection.layout == "diffusers" and (detection.has_vae or detection.prefix or detection.text_encoders))
     ):
-        # diffusers names beside other parts: its converter would take them for original names; the transformer's only
-        from safetensors.torch import load_file
-
-        source = {
-            k[len(detection.prefix) :]: v
-            for k, v in load_file(source).items()
-            if k.startswith(detection.prefix) and not k.startswith(("text_encoders.",) + checkpoints.FLOW_VAE_PREFIXES)
-        }
+        source = _transformer_tensors(source, detection, dtype)
     return cls.from_single_file(source, **kwargs)  # pyright: ignore[reportArgumentType] - it takes a state dict too
 
 
