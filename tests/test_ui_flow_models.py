@@ -112,6 +112,7 @@ def test_sd3_keeps_cfg_and_the_negative_prompt(qtbot, window, engine):
     load(qtbot, window, "builtin")
     assert child(window, "schedulerCombo").isEnabled() and child(window, "clipSkipSpin").isEnabled()
     assert child(window, "guidanceSpin").isEnabled() and child(window, "negativePromptEdit").isEnabled()
+    assert child(window, "suggestMaskButton").isEnabled()
     choose_flow = [
         child(window, "editMethodCombo").itemData(i) for i in range(child(window, "editMethodCombo").count())
     ]
@@ -125,6 +126,8 @@ def test_an_edit_on_a_flow_model_sends_its_flow_solver(qtbot, window, engine):
     choose(qtbot, child(window, "editMethodCombo"), "RF-Solver")
     assert not child(window, "attentionControlCheck").isVisible()  # Prompt-to-Prompt runs over SD's inversions
     assert "flow" in child(window, "editHintLabel").text()
+    suggest = child(window, "suggestMaskButton")
+    assert not suggest.isEnabled() and "paint the mask" in suggest.toolTip()  # no UNet to suggest one from
     window.prompt_panel.prompt_edit.setPlainText("a blue circle")
     click_generate(qtbot, window)
     assert (engine.runs[-1].method, engine.runs[-1].attention_control) == ("rf-solver", None)

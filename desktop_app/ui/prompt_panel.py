@@ -67,6 +67,7 @@ EDIT_HINTS = {
     "rf-solver": "Inverts the image along the flow (second order), then regenerates it under the target prompt.",
     "rf-inversion": "Inverts the image with RF-Inversion's controlled flow, then regenerates it under the target.",
 }
+SUGGEST_TIP = "Mask where the target prompt differs from the source prompt; correct it with the brush"
 SAMPLER_TIP = "The sampler (A1111's names); Model default is the model's own scheduler"
 CLIP_SKIP_TIP = (
     "A1111's Clip skip: 1 uses the text encoder's last layer (most models), 2 the one before (some anime models)"
@@ -468,9 +469,7 @@ class PromptPanel(QWidget):
         hl.addWidget(self.p2p_section.button)
         hl.addWidget(box)
         self.suggest_mask_button = named(QPushButton("Suggest mask"), "suggestMaskButton")
-        self.suggest_mask_button.setToolTip(
-            "Mask where the target prompt differs from the source prompt; correct it with the brush"
-        )
+        self.suggest_mask_button.setToolTip(SUGGEST_TIP)
         self.suggest_mask_button.clicked.connect(self.suggestMaskRequested)
         self.suggest_how_combo = named(QComboBox(), "suggestHowCombo")
         self.suggest_how_combo.setAccessibleName("Suggest mask by")
@@ -584,6 +583,13 @@ class PromptPanel(QWidget):
             self.guidance_spin.setToolTip(
                 "Classifier-free guidance (CFG scale): how closely the image follows the prompt"
             )
+        self.suggest_mask_button.setEnabled(not flow)  # DiffEdit and attention masks read a UNet's predictions
+        self.suggest_how_combo.setEnabled(not flow)
+        self.suggest_mask_button.setToolTip(
+            f"Suggested masks come from a Stable Diffusion UNet; on {name} models paint the mask with the brush"
+            if flow
+            else SUGGEST_TIP
+        )
         self.negative_prompt_edit.setEnabled(not flux)
         self.negative_label.setEnabled(not flux)
         self.negative_prompt_edit.setToolTip(
@@ -1118,7 +1124,7 @@ class PromptPanel(QWidget):
 
     def set_suggest_busy(self, busy: bool) -> None:
         """While the engine looks for the region to edit, the button says so and cannot be pressed twice."""
-        self.suggest_mask_button.setEnabled(not busy)
+        self.suggest_mask_button.setEnabled(not busy and not is_flow(self._family))
         self.suggest_mask_button.setText("Suggesting a mask…" if busy else "Suggest mask")
 
     def fill(self, data: Any, report: bool = True) -> list[str]:
