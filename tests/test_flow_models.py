@@ -109,7 +109,12 @@ def test_generation_is_deterministic_with_a_sigma_trajectory_whose_last_x0_is_th
     assert trajectory is not None and len(trajectory) == 3 and trajectory.axis == "sigma"
     assert trajectory.timesteps[0] == 1000 and trajectory.timesteps == sorted(trajectory.timesteps, reverse=True)
     assert trajectory.xt[0].shape == trajectory.x0[0].shape == (1, 16, 8, 8)  # unpacked, even for Flux
-    # the last step goes to sigma 0: its x0 = x_t - sigma v is the final latent, decoded it is the image
+    # x0 = x_t - sigma v: the Euler step x_t' = x_t + (sigma' - sigma) v is then x_t + (sigma' / sigma - 1)(x_t - x0)
+    sigmas = [t / 1000 for t in trajectory.timesteps]
+    for i in range(len(trajectory) - 1):
+        euler = trajectory.xt[i] + (sigmas[i + 1] / sigmas[i] - 1) * (trajectory.xt[i] - trajectory.x0[i])
+        assert np.allclose(euler, trajectory.xt[i + 1], atol=2e-2)
+    # the last step goes to sigma 0: its x0 is the final latent, decoded it is the image
     decoded = engine.decode_trajectory(trajectory, len(trajectory) - 1, "x0")
     assert np.abs(pixels(decoded) - pixels(first.images[0])).mean() < 1.0
     progress = [e for e in events if isinstance(e, Progress)]
