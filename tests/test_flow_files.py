@@ -705,3 +705,26 @@ def test_a_scaled_fp8_transformer_is_multiplied_back_by_its_scales(flow_env, tin
     assert 0 < (weight - reference).abs().max() < 0.1 * reference.abs().max()  # FP8 rounding only, not 1 / scale
     exact = flow_files.load_flow_file(flow_env, torch.float32, text_encoders=tiny_flux)
     assert 0 < np.abs(_image(pipe) - _image(exact)).max() < 0.2
+
+
+@pytest.mark.parametrize(
+    "family, sub, billions",
+    [  # what the released files hold (bf16 bytes / 2): flux1-dev 23.8 GB, SD 3.5 Large 16.3 GB, Medium 4.94 GB
+        ("flux-dev", "", 11.90),
+        ("flux-schnell", "", 11.89),
+        ("flux-fill", "", 11.90),
+        ("sd3", "", 2.47),
+        ("sd3", "large", 8.15),
+        ("sd3", "sd3-medium", 2.08),
+    ],
+)
+def test_the_shipped_transformer_configs_build_the_released_models(family, sub, billions):
+    """Built on the meta device (no memory): parameters and the stored position table, in billions."""
+    import accelerate
+    import diffusers
+
+    cls = diffusers.FluxTransformer2DModel if family.startswith("flux") else diffusers.SD3Transformer2DModel
+    with accelerate.init_empty_weights(include_buffers=True):
+        model = cls.from_config(cls.load_config(str(SHIPPED / family / sub), subfolder="transformer"))
+    stored = sum(t.numel() for t in model.state_dict().values())
+    assert abs(stored / 1e9 - billions) < 0.01, stored
