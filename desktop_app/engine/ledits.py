@@ -15,7 +15,8 @@ modules of `loaded.pipe` (no weights copied) and cached in `loaded._derived["led
 What a user gets from the request's fields:
 - depth: `t0` / `strength` as for the inversion methods (`inversion.resolve_t0`; strength 1 is the whole schedule).
   diffusers takes it as `skip`, the share of `steps * (1 + skip)` leading timesteps dropped; `skip` is chosen so the
-  edit's first timestep is the deepest one at or below t0 (1 - depth would start deeper than asked).
+  edit's first timestep is the deepest one at or below t0 (1 - depth would start deeper than asked). `invert` forces
+  DPM-Solver's "leading" spacing, so strength 1 starts at that schedule's first step (941 with 20 steps).
 - `prompt`: LEDITS++ has no target prompt. A non-empty prompt that differs from the source prompt and from every
   concept is added as one more "+" concept at the default guidance: typing the picture wanted still edits toward it.
 - `source_prompt`: recorded in the infotext; the inversion runs unconditioned (diffusers' `source_prompt=""`).
@@ -129,7 +130,7 @@ class _StepCounter:
                 self.report(self.count - 1)
 
     def __iter__(self) -> Iterator:
-        for item in self.iterable or ():
+        for item in () if self.iterable is None else self.iterable:
             yield item
             self.update()  # the loop's body for `item` has run
 
@@ -269,8 +270,9 @@ def run_ledits(
     if not masks:
         emit(
             Notice(
-                f"{loaded.model_id}'s UNet has no cross-attention at a quarter of the latent's size: LEDITS++ ran "
-                "without its cross-attention masks (each concept still acts only where its guidance is strongest)."
+                f"The UNet of {loaded.model_id} has no cross-attention layer at a quarter of the latent's size, where "
+                "LEDITS++ reads its cross-attention masks: the edit ran without them (each concept still acts only "
+                "where its noise guidance is strongest)."
             )
         )
 
