@@ -593,9 +593,9 @@ def tiny_sd3(tmp_path_factory) -> Path:
     return build_tiny_sd3(tmp_path_factory.mktemp("flow") / "tiny-sd3")
 
 
-def test_an_sd35_medium_transformer_file_loads_with_three_text_encoders(tiny_sd3, tmp_path, monkeypatch):
-    from diffusers import StableDiffusion3Pipeline
-
+@pytest.fixture
+def sd3_file(tiny_sd3, tmp_path, monkeypatch) -> Path:
+    """The tiny SD 3.5-medium-layout transformer as a single file, with the tiny sizes in the shipped configs."""
     configs = tmp_path / "configs"
     shutil.copytree(SHIPPED / "sd3", configs / "sd3")
     shutil.copy(tiny_sd3 / "transformer" / "config.json", configs / "sd3" / "transformer" / "config.json")
@@ -603,6 +603,13 @@ def test_an_sd35_medium_transformer_file_loads_with_three_text_encoders(tiny_sd3
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     path = tmp_path / "sd3.5_medium.safetensors"
     shutil.copy(tiny_sd3 / "transformer" / "diffusion_pytorch_model.safetensors", path)
+    return path
+
+
+def test_an_sd35_medium_transformer_file_loads_with_three_text_encoders(tiny_sd3, sd3_file):
+    from diffusers import StableDiffusion3Pipeline
+
+    path = sd3_file
     detection = flow_files.inspect_flow_file(path)
     assert detection is not None and detection.variant == "sd3.5-medium" and detection.layout == "diffusers"
     pipe = flow_files.load_flow_file(path, torch.float32, text_encoders=tiny_sd3)
@@ -728,3 +735,24 @@ def test_the_shipped_transformer_configs_build_the_released_models(family, sub, 
         model = cls.from_config(cls.load_config(str(SHIPPED / family / sub), subfolder="transformer"))
     stored = sum(t.numel() for t in model.state_dict().values())
     assert abs(stored / 1e9 - billions) < 0.01, stored
+
+
+def test_an_sd3_lora_is_applied_and_removed_on_an_sd3_pipeline(tiny_sd3, sd3_file, tmp_path):
+    from desktop_app.engine.lora import apply_loras
+
+    pipe = flow_files.load_flow_file(sd3_file, torch.float32, text_encoders=tiny_sd3)
+    generator = torch.Generator().manual_seed(2)
+    lora = {}
+    for block in ("transformer_blocks.0.attn", "transformer_blocks.1.attn"):
+        for proj in ("to_q", "to_k", "to_v", "add_q_proj"):
+            key = f"transformer.{block}.{proj}"
+            lora[f"{key}.lora_A.weight"] = torch.randn(4, 32, generator=generator)
+            lora[f"{key}.lora_B.weight"] = torch.randn(32, 4, generator=generator)
+    path = tmp_path / "sd3-style.safetensors"
+    save_file(lora, str(path))
+    loaded = SimpleNamespace(pipe=pipe, loras={}, family="sd3", model_id=sd3_file.name, is_xl=False)
+    before = _image(pipe)
+    apply_loras(loaded, [(str(path), 1.0)])  # pyright: ignore[reportArgumentType]
+    assert np.abs(_image(pipe) - before).max() > 1e-3
+    apply_loras(loaded, [])  # pyright: ignore[reportArgumentType]
+    assert np.abs(_image(pipe) - before).max() < 1e-5
