@@ -86,8 +86,10 @@ def open_dialog(qtbot, models):
 def test_curated_list_shows_names_families_and_sizes(qtbot, worker, settings, registry):
     dlg = open_dialog(qtbot, make_models(worker, settings, registry))
     texts = [dlg.curated.item(i).text() for i in range(dlg.curated.count())]
-    assert len(texts) == len(CURATED) == 7
+    assert len(texts) == len(CURATED) >= 13
     assert any("SDXL-Turbo" in t and "GB" in t for t in texts)
+    assert any("FLUX.1 schnell" in t and "GB" in t for t in texts)  # the flow families by their names
+    assert any("SD 3.x" in t for t in texts)
     assert any("Stable Diffusion 1.5 Inpainting" in t for t in texts)
 
 

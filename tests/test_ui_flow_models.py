@@ -133,11 +133,6 @@ def test_an_edit_on_a_flow_model_sends_its_flow_solver(qtbot, window, engine):
     assert (engine.runs[-1].method, engine.runs[-1].attention_control) == ("rf-solver", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ui/models_dialog.py keeps its own FAMILY_NAMES without the flow families: it shows 'flux-dev'; the "
-    "integrator makes it import model.lora_library.FAMILY_NAMES (then this marker goes)",
-)
 def test_the_models_dialog_lists_the_flow_models_with_their_families(qtbot, window):
     from desktop_app.ui.models_dialog import ModelsDialog
 

@@ -221,6 +221,11 @@ class Engine:
         a mask the user can accept and correct with the brush."""
         with self._lock:
             loaded = self.models.get(model)
+            if is_flow(loaded.family):
+                raise ModelError(
+                    f"Suggest mask reads a UNet's noise or cross-attention; {loaded.model_id} is a flow model.",
+                    "Paint the mask with the brush, or suggest it with an SD model.",
+                )
             return suggest_mask(loaded, image, source_prompt, target_prompt, how=how)
 
     def decode_latent(self, latent: np.ndarray, model: str | None = None) -> Image.Image:
@@ -357,7 +362,7 @@ def check_edit_method(loaded: LoadedModel, method: str) -> None:
 
 def default_edit_method(loaded: LoadedModel) -> str:
     """The model's recommended edit method (its settings' "method"), else its family's."""
-    method = loaded.defaults.get("method")
+    method = (loaded.defaults.get("edit") or {}).get("method")
     if isinstance(method, str) and method in EDIT_METHODS:
         return method
     if loaded.family.startswith(("flux", "sd3")):

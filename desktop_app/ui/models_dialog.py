@@ -30,19 +30,11 @@ from PySide6.QtWidgets import (
 
 from desktop_app.core.model_registry import CURATED, format_size
 from desktop_app.core.modelinfo import BUILTIN
+from desktop_app.model.lora_library import FAMILY_NAMES
 from desktop_app.model.models import Models, display_name
 
 CHECKPOINT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-FAMILY_NAMES = {
-    "sd1": "SD 1.x",
-    "sd1-inpaint": "SD 1.x inpainting",
-    "sd2": "SD 2.x",
-    "sd2-v": "SD 2.x (v)",
-    "sd2-inpaint": "SD 2.x inpainting",
-    "sdxl": "SDXL",
-    "sdxl-inpaint": "SDXL inpainting",
-}
 
 
 def check_model_folder(path: str | Path) -> str | None:
