@@ -31,6 +31,7 @@ batched over the images; `Engine.run` for the timing), and the script prints:
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import random
 import statistics
@@ -495,7 +496,7 @@ def sdxl_cost(engine, steps: int, size: int, methods) -> list[tuple[str, float, 
     import tempfile
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_models_tiny import build_tiny_sdxl  # the tests' offline builder
+    build_tiny_sdxl = importlib.import_module("test_models_tiny").build_tiny_sdxl  # the tests' offline builder
 
     folder = build_tiny_sdxl(Path(tempfile.mkdtemp()) / "tiny-sdxl")
     image = Image.new("RGB", (size, size), (200, 40, 40))
@@ -518,7 +519,8 @@ def sdxl_cost(engine, steps: int, size: int, methods) -> list[tuple[str, float, 
             seed=0,
             **fields,
         )
-        engine.run(generate), engine.run(edit)
+        engine.run(generate)  # warm
+        engine.run(edit)
         g, e = [], []
         for _ in range(3):
             for request, times in ((generate, g), (edit, e)):
@@ -543,12 +545,13 @@ def table_main(args) -> int:
     items = held_out(n)
     depths = [("default", {}), ("full", {"strength": 1.0})]
     guidances = sorted({default_guidance, 7.5}) if not args.quick else [7.5]
-    methods = list(METHODS)
+    methods: list[str] = list(METHODS)
     attentions = list(ATTENTION) if not args.quick else ["off", "p2p+blend"]
     warm = EditRequest(
         prompt="a blue circle", source_prompt="a red circle", model=model, image=items[0][1], steps=steps
     )
-    engine.run(warm), engine.run(warm.replace(attention_control="p2p"))  # the first run of each path is slower
+    for control in ("off", "p2p"):  # the first run of each path is slower
+        engine.run(warm.replace(attention_control=control))
     if _ledits() is not None:
         methods.append("ledits")
     else:

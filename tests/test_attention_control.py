@@ -52,13 +52,13 @@ def builtin(engine):
 
 @pytest.fixture(scope="module")
 def picture():
-    """A held-out built-in picture (a green square at the centre on ...) and its colour edit to orange."""
+    """A held-out built-in picture (a red circle) and its colour edit to yellow."""
     rng = random.Random(0)  # rendered as bench/inversion_eval.py renders its held-out pictures: one stream
-    specs = shapes.heldout_specs()[:3]
+    specs = shapes.heldout_specs()[:4]
     images = [shapes.render(spec, 64, rng) for spec in specs]
-    spec, image = specs[2], images[2]
-    assert spec["colour"] == "green"
-    return spec, image, shapes.caption(spec), shapes.caption(dict(spec, colour="orange")), "orange"
+    spec, image = specs[3], images[3]
+    assert (spec["shape"], spec["colour"]) == ("circle", "red")
+    return spec, image, shapes.caption(spec), shapes.caption(dict(spec, colour="yellow")), "yellow"
 
 
 def colour_edit(picture, **fields) -> EditRequest:

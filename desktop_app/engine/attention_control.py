@@ -50,6 +50,7 @@ BLEND_CELLS = 256  # local blend reads the cross-attention layers whose cell cou
 # ... in these blocks: on the built-in model the decoder's maps follow the shape (a colour word's map overlaps the
 # shape at IoU 0.86 in the last up block) where the encoder's are diffuse (0.58); P2P reads down and up at 16x16
 MAP_PLACES = ("up",)
+RECORD_BUDGET = 512 * 2**20  # bytes of source attention maps kept from the inversion (else the rows are run)
 
 __all__ = [
     "Alignment",
@@ -267,11 +268,12 @@ class ControlledAttnProcessor:
     Where the controller does not want the layer (or the input is not a plain (B, L, C) sequence) the layer's
     original processor runs unchanged (SDPA)."""
 
-    def __init__(self, original: Any, controller: Any, is_cross: bool, place: str = "") -> None:
+    def __init__(self, original: Any, controller: Any, is_cross: bool, place: str = "", name: str = "") -> None:
         self.original = original
         self.controller = controller
         self.is_cross = is_cross
         self.place = place  # "down", "mid" or "up": the UNet block the layer is in
+        self.name = name  # the layer's module name: a key for recorded maps
 
     def __call__(
         self,
@@ -288,7 +290,7 @@ class ControlledAttnProcessor:
             hidden_states.ndim != 3
             or attention_mask is not None
             or attn.spatial_norm is not None
-            or not self.controller.wants(self.is_cross, queries, self.place)
+            or not self.controller.wants(self.is_cross, queries, self.place, self.name)
         ):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
@@ -310,7 +312,7 @@ class ControlledAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale  # (B, heads, Lq, Lk)
-        probs = self.controller.edit(scores.softmax(dim=-1), self.is_cross, queries, self.place)
+        probs = self.controller.edit(scores.softmax(dim=-1), self.is_cross, queries, self.place, self.name)
         out = probs.to(value.dtype) @ value  # (B, heads, Lq, hd)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim)  # (B, Lq, inner)
         out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
@@ -331,9 +333,8 @@ def controlled_attention(unet: Any, controller: Any) -> Iterator[None]:
     try:
         for name, module, processor in originals:
             place = name.split("_blocks", 1)[0] if "_blocks" in name else "mid"
-            module.set_processor(  # pyright: ignore[reportArgumentType]
-                ControlledAttnProcessor(processor, controller, bool(module.is_cross_attention), place)
-            )
+            control = ControlledAttnProcessor(processor, controller, bool(module.is_cross_attention), place, name)
+            module.set_processor(control)  # pyright: ignore[reportArgumentType]  (diffusers types its own classes)
         yield
     finally:
         for _, module, processor in originals:
@@ -346,7 +347,13 @@ def controlled_attention(unet: Any, controller: Any) -> Iterator[None]:
 class PromptToPrompt:
     """The controller of one edit: set `step` (0-based) and `active` around each denoising UNet call.
 
-    The conditional rows of a call are its last 2B: the source branch (B rows), then the target branch (B rows)."""
+    The conditional rows of a call are its last 2B: the source branch (B rows), then the target branch (B rows);
+    with `with_source` False the call has no source rows and the source's maps come from a recording.
+
+    Recording (direct inversion): the inversion's own UNet call on level k at its own timestep is the source
+    branch's conditional call of denoising step n - k, so with `recording` on that call's source maps are kept
+    (the layers this controller reads the source in at that step), up to RECORD_BUDGET bytes; steps in `recorded`
+    then need no source rows."""
 
     def __init__(
         self,
@@ -373,6 +380,12 @@ class PromptToPrompt:
         self.blend_start = int(math.ceil(BLEND_START * steps))
         self.step = 0
         self.active = False
+        self.with_source = True
+        self.recording = False
+        self.recorded: set[int] = set()  # steps whose source maps are all kept
+        self._kept: dict[tuple[int, str], torch.Tensor] = {}  # (step, layer) -> source probs (B, heads, Lq, Lk)
+        self._kept_bytes = 0
+        self._overflow = False
         self._maps: torch.Tensor | None = None  # (2, B, 1, h, w) source / target changed words, summed
         self.last_mask: torch.Tensor | None = None  # (B, 1, h, w) latent mask of the last blend, 1 = may change
 
@@ -380,37 +393,80 @@ class PromptToPrompt:
     def _blends(self, queries: int, place: str) -> bool:
         return self.local_blend and place in MAP_PLACES and queries == self.blend_grid[0] * self.blend_grid[1]
 
-    def wants(self, is_cross: bool, queries: int, place: str = "") -> bool:
+    def _reads_source(self, is_cross: bool, queries: int, place: str) -> bool:
+        """Whether this step's edit of the layer reads the source branch's maps."""
+        if is_cross:
+            deletion = self._blends(queries, place) and not self.alignment.tgt_changed  # blends on source words
+            return self.step < self.cross_steps or deletion
+        return self.step < self.self_steps and queries <= self.self_queries
+
+    def needs_source(self, step: int) -> bool:
+        """Whether denoising step `step` reads any source map (else the source's conditional rows can go)."""
+        deletion = self.local_blend and not self.alignment.tgt_changed
+        return step < self.cross_steps or step < self.self_steps or deletion
+
+    def wants(self, is_cross: bool, queries: int, place: str = "", name: str = "") -> bool:
         if not self.active:
             return False
+        if self.recording:
+            return self._reads_source(is_cross, queries, place)
         if is_cross:
             return self._blends(queries, place) or self.step < self.cross_steps or self.reweight is not None
         return self.step < self.self_steps and queries <= self.self_queries
 
-    def edit(self, probs: torch.Tensor, is_cross: bool, queries: int, place: str = "") -> torch.Tensor:
-        """probs (R, heads, Lq, Lk), R = uncond rows + 2B: the target block edited from the source block."""
+    def edit(self, probs: torch.Tensor, is_cross: bool, queries: int, place: str = "", name: str = "") -> torch.Tensor:
+        """probs (R, heads, Lq, Lk), R = uncond rows + 2B (or + B without source rows): the target block edited
+        from the source block."""
         b = self.batch
         rows = probs.shape[0]
-        if rows < 2 * b:
+        if self.recording:  # the inversion's call: B source rows
+            if self._kept_bytes + probs.numel() * probs.element_size() > RECORD_BUDGET:
+                self.recording, self._overflow = False, True
+                self._kept.clear()
+                self.recorded.clear()
+            else:
+                self._kept[(self.step, name)] = probs.clone()
+                self._kept_bytes += probs.numel() * probs.element_size()
             return probs
-        head, src, tgt = probs[: rows - 2 * b], probs[rows - 2 * b : rows - b], probs[rows - b :]
+        if self.with_source:
+            if rows < 2 * b:
+                return probs
+            head, src, tgt = probs[: rows - 2 * b], probs[rows - 2 * b : rows - b], probs[rows - b :]
+        else:
+            head, tgt = probs[: rows - b], probs[rows - b :]
+            kept = self._kept.get((self.step, name))
+            src = kept.to(probs.dtype) if kept is not None else None
         if is_cross:
             if self._blends(queries, place):
                 self._store(src, tgt)
-            if self.step < self.cross_steps:
+            if self.step < self.cross_steps and src is not None:
                 mapper = self.alignment.mapper.to(src.device, src.dtype)  # (Lk, Lk)
                 alpha = self.alignment.alpha.to(src.device, src.dtype)  # (Lk,)
                 tgt = alpha * (src @ mapper) + (1 - alpha) * tgt
             if self.reweight is not None:
                 tgt = tgt * self.reweight.to(tgt.device, tgt.dtype)
-        elif self.step < self.self_steps:
+        elif self.step < self.self_steps and src is not None:
             tgt = src
+        if not self.with_source:
+            return torch.cat([head, tgt])
+        assert src is not None  # the call's own source rows
         return torch.cat([head, src, tgt])
 
-    def _store(self, src: torch.Tensor, tgt: torch.Tensor) -> None:
+    def record(self, step: int) -> None:
+        """Start keeping the source maps of denoising step `step` (call before the inversion's UNet call)."""
+        self.step, self.active = step, True
+        self.recording = not self._overflow
+
+    def recorded_step(self, step: int) -> None:
+        """The inversion's call for `step` is done: its maps are kept unless the budget ran out."""
+        if self.recording:
+            self.recorded.add(step)
+        self.active = self.recording = False
+
+    def _store(self, src: torch.Tensor | None, tgt: torch.Tensor) -> None:
         h, w = self.blend_grid
-        s = src.mean(1)[..., self.alignment.src_changed].sum(-1)  # (B, Lq)
-        t = tgt.mean(1)[..., self.alignment.tgt_changed].sum(-1)
+        t = tgt.mean(1)[..., self.alignment.tgt_changed].sum(-1)  # (B, Lq)
+        s = t.new_zeros(t.shape) if src is None else src.mean(1)[..., self.alignment.src_changed].sum(-1)
         maps = torch.stack([s, t]).reshape(2, self.batch, 1, h, w).float()
         self._maps = maps if self._maps is None else self._maps + maps
 
@@ -439,10 +495,10 @@ class WordMaps:
         self.maps: torch.Tensor | None = None
         self.layers = 0
 
-    def wants(self, is_cross: bool, queries: int, place: str = "") -> bool:
+    def wants(self, is_cross: bool, queries: int, place: str = "", name: str = "") -> bool:
         return is_cross and place in MAP_PLACES and queries == self.grid[0] * self.grid[1]
 
-    def edit(self, probs: torch.Tensor, is_cross: bool, queries: int, place: str = "") -> torch.Tensor:
+    def edit(self, probs: torch.Tensor, is_cross: bool, queries: int, place: str = "", name: str = "") -> torch.Tensor:
         grid = self.grid
         mean = probs.mean(1)  # (R, Lq, Lk)
         rows = torch.stack(

@@ -84,12 +84,14 @@ DEFAULT_ATTENTION_CONTROL = "off"  # when neither the request nor the model's "e
 DEFAULT_LOCAL_BLEND = False
 DIFFEDIT_THRESHOLD = 0.5  # suggest_mask's thresholds on the max-normalised map
 ATTENTION_THRESHOLD = 0.3  # tuned on 12 held-out built-in pictures (0.3 / 0.5 / 0.7)
+REUSE_INVERSION = True  # direct inversion's source branch reuses the inversion's UNet passes (see `Reuse`)
 INVERSION_REFINE = 0  # fixed-point refinements per inversion step (each one more UNet pass)
 SHORTCUT_MIN_PSNR = 35.0  # the replayed latent must decode to the given source image at least this well
 
 __all__ = [
     "DEFAULT_T0",
     "SourceLatents",
+    "Reuse",
     "Text",
     "check_editable",
     "prompt_texts",
@@ -282,6 +284,7 @@ def _two_branches(
     guidance: float,
     control: PromptToPrompt | None = None,
     step: int = 0,
+    known_src: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided noise of the source branch (x_src under cond_src, neg_src) and the target branch (x under cond_tgt,
     neg_tgt) in one UNet call. Returns (eps_src, eps_tgt), each (B, C, h, w).
@@ -309,16 +312,18 @@ def _two_branches(
             u_tgt = None if (same_latent and neg_tgt is cond_src) else row(x, neg_tgt)
         else:
             u_tgt = u_src
-    c_src, c_tgt = row(x_src, cond_src), row(x, cond_tgt)
+    c_src = row(x_src, cond_src) if known_src is None else None
+    c_tgt = row(x, cond_tgt)
     if control is not None:
-        control.step, control.active = step, True
+        control.step, control.active, control.with_source = step, True, known_src is None
     try:
         out = _unet(pipe, torch.cat(latents), t, _cat(texts))  # (rows * B, C, h, w)
     finally:
         if control is not None:
-            control.active = False
+            control.active, control.with_source = False, True
     blocks = list(out.split(b))
-    eps_c_src, eps_c_tgt = blocks[c_src], blocks[c_tgt]
+    eps_c_src = blocks[c_src] if c_src is not None else cast(torch.Tensor, known_src)
+    eps_c_tgt = blocks[c_tgt]
     if guidance == 1.0:
         return eps_c_src, eps_c_tgt
     eps_u_src = eps_c_src if u_src is None else blocks[u_src]
@@ -339,6 +344,20 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 # ---------------------------------------------------------------- inversion ---
 
 
+@dataclass
+class Reuse:
+    """What the inversion computed that direct inversion's source branch reuses (Reuse(control=...) in, filled).
+
+    Direct inversion pins its source branch to the trajectory, so its conditional pass at denoising step i is the
+    UNet on level n - i at that level's timestep. An inversion asked to reuse evaluates every level k >= 1 there
+    (the first-order Euler step of the inverse ODE, DDIM's own encoding, instead of the level's next timestep) and
+    keeps the prediction (and, with Prompt-to-Prompt, the attention maps the controller will read): the denoising
+    then skips the source's conditional rows on every step but the first."""
+
+    control: PromptToPrompt | None = None
+    eps: dict[int, torch.Tensor] = field(default_factory=dict)  # level k -> prediction (B, C, h, w)
+
+
 def invert(
     loaded: LoadedModel,
     z0: torch.Tensor,
@@ -347,13 +366,14 @@ def invert(
     steps: int,
     hooks: StepHooks | None = None,
     refine: int = 0,
+    reuse: Reuse | None = None,
 ) -> list[torch.Tensor]:
     """DDIM inversion of a clean latent up the schedule, conditioned on `cond`, at guidance 1.
 
     z0: (B, C, h, w) scaled latents; cond: B rows (Text, or embeds (B, L, D)); timesteps: the edit's descending
     denoising timesteps (from `edit_timesteps`). Returns the levels, float32 on the device:
     levels[0] = z0 and levels[k] = x at timesteps[-k] (ascending), so levels[-1] is x_t0 and
-    denoising step i (from timesteps[i]) should land on levels[n - 1 - i].
+    denoising step i (from timesteps[i]) should land on levels[n - 1 - i]. `reuse`: see `Reuse`.
     """
     pipe = loaded.pipe
     inverse = _ddim_inverse(loaded, steps)
@@ -361,13 +381,26 @@ def invert(
         hooks.attach(inverse)
     levels = [z0.float()]
     x = levels[0]
+    n = len(timesteps)
+    ascending = list(reversed(timesteps))
+    control = reuse.control if reuse is not None else None
+    attention = controlled_attention(pipe.unet, control) if control is not None else nullcontext()
     try:
-        with torch.inference_mode():
-            for i, t in enumerate(reversed(timesteps)):
-                # eps(x_{t-dt}, t): the usual approximation, the level below evaluated at the next timestep
-                eps = _unet(pipe, x, t, cond)  # (1, C, h, w)
+        with torch.inference_mode(), attention:
+            for i, t in enumerate(ascending):
+                own = reuse is not None and i >= 1
+                if own:  # eps(x_k, t_k): level k at its own timestep, the source branch's pass of step n - k
+                    assert reuse is not None
+                    if control is not None:
+                        control.record(n - i)
+                    eps = _unet(pipe, x, ascending[i - 1], cond)  # (B, C, h, w)
+                    if control is not None:
+                        control.recorded_step(n - i)
+                    reuse.eps[i] = eps
+                else:  # eps(x_{t-dt}, t): the usual approximation, the level below evaluated at the next timestep
+                    eps = _unet(pipe, x, t, cond)  # (B, C, h, w)
                 below = x
-                x = _step(inverse, eps, t, below)  # (1, C, h, w) at alpha_bar_t
+                x = _step(inverse, eps, t, below)  # (B, C, h, w) at alpha_bar_t
                 for _ in range(refine):  # fixed point: x_t whose own DDIM step lands on the level below
                     eps = _unet(pipe, x, t, cond)
                     x = _step(inverse, eps, t, below)
@@ -394,6 +427,7 @@ def denoise(
     latent_mask: torch.Tensor | None = None,
     hooks: StepHooks | None = None,
     control: PromptToPrompt | None = None,
+    reuse: Reuse | None = None,
 ) -> torch.Tensor:
     """Denoise from levels[-1] (x_t0) to a clean latent under the target prompt, by `method`.
 
@@ -402,7 +436,8 @@ def denoise(
     uses that; an edit job has B = 1). `control`: Prompt-to-Prompt; with it every method denoises a source branch
     beside the target in the same UNet call (direct inversion always does: its source branch is pinned to the
     trajectory; ddim and negative-prompt run theirs freely from x_t0). `hooks` (progress, previews, cancel,
-    trajectory) sees the target branch. Returns the latent (B, C, h, w).
+    trajectory) sees the target branch. `reuse`: the inversion's predictions for direct inversion's source branch
+    (from `invert(..., reuse=...)` on these levels). Returns the latent (B, C, h, w).
     """
     pipe = loaded.pipe
     n = len(timesteps)
@@ -428,8 +463,11 @@ def denoise(
                     x = _step(scheduler, eps, t, x) + (target_level - _step(source_scheduler, eps, t, x_src))
                     src_next = target_level
                 elif method == "direct" or control is not None:  # both branches in one UNet call
+                    known = reuse.eps.get(n - i) if reuse is not None and method == "direct" else None
+                    if known is not None and control is not None and control.needs_source(i):
+                        known = known if i in control.recorded else None  # its maps are needed and not kept
                     eps_src, eps = _two_branches(
-                        pipe, t, x_src, x, text_src, text_tgt, negative, negative, guidance, control, i
+                        pipe, t, x_src, x, text_src, text_tgt, negative, negative, guidance, control, i, known
                     )
                     src_next = _step(source_scheduler, eps_src, t, x_src)
                     x = _step(scheduler, eps, t, x)
@@ -739,12 +777,16 @@ def run_edit(
 
     # -- phase 1: the inversion trajectory (or the source's own) ----------------------
     levels, how = (None, None)
+    reuse = None
     if source is not None:
         levels, how = _shortcut_levels(loaded, request, source, timesteps, work_image, hooks, emit)
         hooks.total = hooks.step + (n if levels is not None else 2 * n)
     if levels is None:
         z0 = encode_image(loaded, work_image, (width, height)).float()  # (1, C, h, w)
-        levels = invert(loaded, z0, cond_src, timesteps, steps, hooks, INVERSION_REFINE if refine is None else refine)
+        if method == "direct" and not same_prompt and REUSE_INVERSION:  # the source branch reuses its passes
+            reuse = Reuse(control=control)
+        refine = INVERSION_REFINE if refine is None else refine
+        levels = invert(loaded, z0, cond_src, timesteps, steps, hooks, refine, reuse)
         how = None
 
     # -- phase 2: denoise from t0 under the target prompt -----------------------------
@@ -769,6 +811,7 @@ def run_edit(
         latent_mask=latent_mask,
         hooks=hooks,
         control=control,
+        reuse=reuse,
     )
     trajectory = hooks.trajectory
     image = decode_images(loaded, x)[0]
