@@ -334,3 +334,13 @@ def test_the_forward_process_runs_from_the_source_to_noise_with_the_models_shift
     assert 1.0 < shift < math.exp(0.5)  # 16 tokens: below Flux's base shift at 256 tokens
     engine.preload(str(flow_dirs["flux-schnell"]))
     assert flow_shift(engine.models.loaded, 1024, 1024) == 1.0
+
+
+def test_memory_options_apply_to_flow_pipelines(flow_dirs):
+    from desktop_app.engine.device import MemoryOptions
+    from desktop_app.engine.engine import Engine
+
+    frugal = Engine(device="cpu", memory=MemoryOptions(attention_slicing=True, vae_tiling=True))
+    result = frugal.run(GenerateRequest(prompt=PROMPT, model=str(flow_dirs["sd3"]), steps=2, seed=1))
+    loaded = frugal.models.loaded
+    assert result.images[0].size == (64, 64) and loaded is not None and loaded.pipe.vae.use_tiling
