@@ -757,3 +757,35 @@ def test_an_sd3_lora_is_applied_and_removed_on_an_sd3_pipeline(tiny_sd3, sd3_fil
     assert np.abs(_image(pipe) - before).max() > 1e-3
     apply_loras(loaded, [])  # pyright: ignore[reportArgumentType]
     assert np.abs(_image(pipe) - before).max() < 1e-5
+
+
+def test_stability_text_encoder_files_load_sd3_and_clip_tokenizers_are_shipped(tiny_sd3, sd3_file, tmp_path):
+    """Stability's repo layout: sd3.5_*.safetensors beside text_encoders/clip_l, clip_g, t5xxl_fp16.safetensors."""
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = sd3_file.parent / "text_encoders"
+    folder.mkdir()
+    for part, name in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g"), ("text_encoder_3", "t5xxl_fp16")):
+        save_file(_encoder_tensors(tiny_sd3, part), str(folder / f"{name}.safetensors"))
+        shutil.copy(tiny_sd3 / part / "config.json", Path(checkpoints.configs_root()) / "sd3" / part)
+    parts = tmp_path / "parts"
+    for part in ("tokenizer", "tokenizer_2", "tokenizer_3", "vae"):
+        shutil.copytree(tiny_sd3 / part, parts / part)
+    shutil.copy(tiny_sd3 / "vae" / "config.json", Path(checkpoints.configs_root()) / "sd3" / "vae")
+    detection = flow_files.inspect_flow_file(sd3_file)
+    assert detection is not None
+    chosen = flow_files.resolve_components(detection, sd3_file, parts)
+    assert [chosen[f"text_encoder{n}"].name for n in ("", "_2", "_3")] == [
+        "clip_l.safetensors",
+        "clip_g.safetensors",
+        "t5xxl_fp16.safetensors",
+    ]
+    pipe = flow_files.load_flow_file(sd3_file, torch.float32, text_encoders=parts)
+    reference = StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3), local_files_only=True)
+    assert np.abs(_image(pipe) - _image(reference)).max() < 1e-5
+    # without tokenizer folders the CLIP ones are the shipped vocabulary, with each family's pad token
+    shipped = [
+        flow_files._load_part(n, "CLIPTokenizer", None, detection, torch.float32, sd3_file)
+        for n in ("tokenizer", "tokenizer_2")
+    ]
+    assert [len(t) for t in shipped] == [49408, 49408] and [t.pad_token for t in shipped] == ["<|endoftext|>", "!"]
