@@ -789,3 +789,17 @@ def test_stability_text_encoder_files_load_sd3_and_clip_tokenizers_are_shipped(t
         for n in ("tokenizer", "tokenizer_2")
     ]
     assert [len(t) for t in shipped] == [49408, 49408] and [t.pad_token for t in shipped] == ["<|endoftext|>", "!"]
+
+
+def test_a_kontext_file_becomes_a_kontext_pipeline(flow_env, tiny_flux):
+    """Kontext has dev's tensors: its name makes it FluxKontextPipeline, with Kontext's shipped settings."""
+    configs = Path(checkpoints.configs_root())
+    shutil.copytree(SHIPPED / "flux-kontext", configs / "flux-kontext")
+    for part in ("transformer", "vae"):
+        shutil.copy(tiny_flux / part / "config.json", configs / "flux-kontext" / part / "config.json")
+    path = flow_env.parent / "flux1-kontext-dev.safetensors"
+    shutil.copy(flow_env, path)
+    pipe = flow_files.load_flow_file(path, torch.float32, text_encoders=tiny_flux)
+    assert type(pipe).__name__ == "FluxKontextPipeline" and pipe._diffusion_desk_family == "flux-kontext"
+    defaults = json.loads((Path(pipe._diffusion_desk_settings) / "diffusion_desk.json").read_text())
+    assert defaults["edit"]["method"] == "kontext" and defaults["guidance"] == 2.5
