@@ -363,3 +363,13 @@ def test_the_edit_starts_at_the_deepest_timestep_at_or_below_t0(t0):
     else:  # one timestep fewer (a coarser schedule) would start above t0
         scheduler.set_timesteps(total - 1)
         assert int(scheduler.timesteps[-steps]) > t0
+
+
+def test_the_pipeline_is_built_once_on_the_loaded_modules(builtin, colour_run):
+    loaded = builtin.models.get("builtin")
+    pipe = ledits.ledits_pipeline(loaded)
+    assert loaded._derived["ledits"] is pipe is ledits.ledits_pipeline(loaded)
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+        assert getattr(pipe, name) is getattr(loaded.pipe, name)  # no copies of the weights
+    assert type(loaded.pipe.scheduler).__name__ == "DDIMScheduler"  # the model's own scheduler is left alone
+    assert pipe.zs is None and pipe.init_latents is None  # the last image's noise maps are not kept

@@ -36,6 +36,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -57,6 +58,8 @@ Emit = Callable[[Any], None]
 PIPELINES = {False: "LEditsPPPipelineStableDiffusion", True: "LEditsPPPipelineStableDiffusionXL"}
 ATTENTION_FACTOR = 4  # diffusers aggregates the concepts' cross-attention maps at 1/4 of the latent's size
 SIZE_MULTIPLE = 32  # diffusers' LEDITS++ encodes images whose sides are multiples of 32
+# what diffusers' invert and edit leave on the pipeline (noise maps, start latent, attention store, masks)
+_RUN_STATE = ("inversion_steps", "zs", "init_latents", "attention_store", "sem_guidance", "activation_mask")
 SOURCE_GUIDANCE = 3.5  # diffusers' default; unused while the inversion is unconditioned (source_prompt="")
 
 __all__ = ["attention_masks_available", "check_ledits_model", "inversion_skip", "ledits_pipeline", "run_ledits"]
@@ -225,8 +228,6 @@ def _multiple(value: int) -> int:
 
 def _latent_mask(mask: Image.Image, size: tuple[int, int], factor: int, device, dtype) -> torch.Tensor:
     """(1, 1, h, w) soft mask at latent resolution (area average of the work-size mask)."""
-    import numpy as np
-
     small = mask.convert("L").resize(size, Image.Resampling.BILINEAR)
     small = small.resize((size[0] // factor, size[1] // factor), Image.Resampling.BOX)
     return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None, None].to(device, dtype)
@@ -333,6 +334,8 @@ def run_ledits(
         pipe.on_progress = None
         denoising.detach()
         unet.set_attn_processor(processors)
+        for name in _RUN_STATE:  # this image's noise maps and masks: not kept, nor edited again by mistake
+            setattr(pipe, name, None)
     image = decode_images(loaded, latents.float())[0]
     if image.size != source_image.size:
         image = image.resize(source_image.size, Image.Resampling.LANCZOS)
