@@ -242,3 +242,35 @@ def test_an_sdxl_refiner_is_refused_with_a_hint(engine, tiny_sdxl_dir, blocks):
     finally:
         pipe.text_encoder = encoder
     assert engine.run(EditRequest(prompt="a", source_prompt="a", model=str(tiny_sdxl_dir), image=blocks, steps=2))
+
+
+# -- defaults ------------------------------------------------------------------------------
+
+
+def test_an_edit_at_the_built_in_defaults_uses_the_measured_settings(engine, picture):
+    _, image, source, target, colour = picture
+    result = engine.run(EditRequest(prompt=target, source_prompt=source, image=image))
+    request = result.request
+    assert (request.method, request.attention_control, request.guidance, request.t0) == ("direct", "p2p", 3.0, 700)
+    assert (request.cross_replace, request.self_replace, request.local_blend) == (0.8, 0.4, False)
+    assert result.info["Attention control"] == "Prompt-to-Prompt" and result.info["t0"] <= 700
+    assert shapes.classify(result.images[0])["colour"] == colour
+    assert inversion.DEFAULT_ATTENTION_CONTROL == "p2p" and inversion.DEFAULT_METHOD == "direct"
+    assert (ac.DEFAULT_CROSS_REPLACE, ac.DEFAULT_SELF_REPLACE, inversion.DEFAULT_LOCAL_BLEND) == (0.8, 0.4, False)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sd2-v", "sdxl"])
+def test_sd_configs_carry_the_papers_edit_settings(family):
+    from desktop_app.core.modelinfo import builtin_model_path, model_defaults
+
+    edit = model_defaults(str(builtin_model_path().parents[1] / "configs" / family))["edit"]
+    assert edit == {
+        "method": "direct",
+        "attention_control": "p2p",
+        "cross_replace": 0.8,
+        "self_replace": 0.4,
+        "local_blend": False,
+        "guidance": 7.5,
+        "steps": 50,
+        "strength": 1.0,
+    }

@@ -308,3 +308,54 @@ def test_image_not_a_multiple_of_8_is_edited_at_the_rounded_size_and_scaled_back
     assert any(isinstance(e, Notice) and "not a multiple of 8" in e.message for e in events)
     out, src = np.asarray(result.images[0]), np.asarray(image)
     assert np.array_equal(out[np.asarray(mask) == 0], src[np.asarray(mask) == 0])
+
+
+# -- cost: what direct inversion reuses ----------------------------------------------------
+
+
+def _count_rows(unet):
+    """A forward pre-hook counting the rows (batch entries) the UNet sees; returns (counts, handle)."""
+    counts = []
+    handle = unet.register_forward_pre_hook(lambda module, args: counts.append(int(args[0].shape[0])))
+    return counts, handle
+
+
+def test_direct_inversion_runs_4n_unet_rows_not_5n(engine, tiny_model_dir, source_image):
+    """n inversion passes, then 3 rows a step: from the second step both unconditional rows and the target's
+    conditional one (the source's conditional pass is the inversion's own); at the first step the two branches
+    share the latent, so one unconditional row, and the source's and the target's conditional rows."""
+    loaded = engine.models.get(str(tiny_model_dir))
+    counts, handle = _count_rows(loaded.pipe.unet)
+    try:
+        engine.run(
+            edit(tiny_model_dir, image=source_image, prompt=TARGET, method="direct", guidance=7.5, steps=8, t0=999)
+        )
+    finally:
+        handle.remove()
+    n = 8
+    assert counts[:n] == [1] * n  # the inversion
+    assert counts[n:] == [3] * n
+    assert sum(counts) == 4 * n  # a generation is 2n: 2.0x in UNet rows (it was 5n - 1)
+
+
+def test_kept_attention_maps_give_the_same_edit_as_running_the_source_rows(
+    engine, tiny_model_dir, source_image, monkeypatch
+):
+    from desktop_app.engine import attention_control
+
+    request = edit(
+        tiny_model_dir,
+        image=source_image,
+        prompt=TARGET,
+        method="direct",
+        guidance=7.5,
+        steps=6,
+        t0=900,
+        attention_control="p2p",
+        local_blend=True,
+    )
+    kept = engine.run(request)
+    monkeypatch.setattr(attention_control, "RECORD_BUDGET", 0)  # nothing kept: the source rows run again
+    ran = engine.run(request)
+    a, b = np.asarray(kept.images[0]).astype(int), np.asarray(ran.images[0]).astype(int)
+    assert np.abs(a - b).max() <= 1

@@ -80,8 +80,12 @@ DEFAULT_T0 = 700  # timestep an edit starts from when the request gives neither 
 # t = 494 on a linear (DDPM) schedule.
 DEFAULT_SIGNAL = 0.0827
 DEFAULT_METHOD = "direct"
-DEFAULT_ATTENTION_CONTROL = "off"  # when neither the request nor the model's "edit" settings name one
-DEFAULT_LOCAL_BLEND = False
+# When neither the request nor the model's "edit" settings name them: the built-in model's measured edit defaults
+# (resources/models/shapes/diffusion_desk.json "edit", chosen with bench/inversion_eval.py --table: direct inversion
+# + Prompt-to-Prompt word swap, cross 0.8, self 0.4, no local blend, guidance 3, t0 700), which are also P2P's
+# published word-swap settings (cross 0.8, self 0.4).
+DEFAULT_ATTENTION_CONTROL = "p2p"
+DEFAULT_LOCAL_BLEND = False  # local blend cost one colour edit in 8 on the built-in model (its mask is loose)
 DIFFEDIT_THRESHOLD = 0.5  # suggest_mask's thresholds on the max-normalised map
 ATTENTION_THRESHOLD = 0.3  # tuned on 12 held-out built-in pictures (0.3 / 0.5 / 0.7)
 REUSE_INVERSION = True  # direct inversion's source branch reuses the inversion's UNet passes (see `Reuse`)
