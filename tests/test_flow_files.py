@@ -214,6 +214,9 @@ def test_gguf_headers_are_read_without_the_gguf_package(tmp_path, monkeypatch):
     with pytest.raises(ModelError) as info:
         flow_files.load_flow_file(path, torch.float32)
     assert "gguf" in info.value.message and "pip install gguf" in info.value.hint
+    with pytest.raises(ModelError, match="is a GGUF file, not a .safetensors file") as info:
+        checkpoints.read_header(path)  # the SD reader (models --detect) sends it to the model loader
+    assert "Open it as a model" in info.value.hint
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ModelError, match="cut short"):
         flow_files.read_gguf_header(path)

@@ -99,6 +99,12 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], di
         with open(path, "rb") as fh:
             raw = fh.read(8)
             kind = _what_it_is(path, raw)
+            if raw[:4] == b"GGUF":
+                raise ModelError(
+                    f"{path.name} is a GGUF file, not a .safetensors file.",
+                    "Open it as a model: GGUF files of FLUX.1 and SD 3.x transformers load as models "
+                    "(with the gguf package installed).",
+                )
             if kind is not None and path.suffix.lower() != ".safetensors":
                 raise ModelError(
                     f"{path.name} is {kind}, not a .safetensors file: only a .safetensors header can be read "
