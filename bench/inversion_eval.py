@@ -364,31 +364,31 @@ def _ledits():
     return getattr(ledits, "run_ledits", None)
 
 
-def table_rows(engine, model, items, steps, depths, guidances, methods, attentions, reps: int = 1):
+def row_cost(engine, edit: EditRequest, reps: int) -> float:
+    """An edit's seconds over a generation's (same model, steps, guidance, DDIM), timed in alternation so that a
+    shared machine's load weighs on both alike: the median of the per-pair ratios."""
+    generate = GenerateRequest(
+        prompt=edit.prompt, model=edit.model, steps=edit.steps, guidance=edit.guidance, scheduler="ddim", seed=0
+    )
+    ratios = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        engine.run(generate)
+        middle = time.perf_counter()
+        engine.run(edit)
+        ratios.append((time.perf_counter() - middle) / (middle - started))
+    return statistics.median(ratios)
+
+
+def table_rows(engine, model, items, steps, depths, guidances, methods, attentions, reps: int = 3):
     """Run every configuration through Engine.run; returns the rows (dicts) for `print_table`."""
     rows = []
-    gen_cache: dict[float, float] = {}
-
-    def generation_seconds(guidance: float) -> float:
-        if guidance not in gen_cache:
-            spec = items[0][0]
-            request = GenerateRequest(
-                prompt=shapes.caption(spec), model=model, steps=steps, guidance=guidance, scheduler="ddim", seed=0
-            )
-            engine.run(request)  # warm
-            times = []
-            for _ in range(max(3, reps)):
-                started = time.perf_counter()
-                engine.run(request)
-                times.append(time.perf_counter() - started)
-            gen_cache[guidance] = statistics.median(times)
-        return gen_cache[guidance]
 
     for method in methods:
         for attention in attentions if method != "ledits" else ["-"]:
             for depth_name, depth in depths:
                 for guidance in guidances:
-                    ok, psnrs, mses, ssims, ious, seconds = 0, [], [], [], [], []
+                    ok, psnrs, mses, ssims, ious, costs = 0, [], [], [], [], []
                     for spec, image in items:
                         colour = new_colour(spec)
                         target = shapes.caption(dict(spec, colour=colour))
@@ -413,9 +413,9 @@ def table_rows(engine, model, items, steps, depths, guidances, methods, attentio
                             seed=0,
                             **fields,
                         )
-                        started = time.perf_counter()
                         out = engine.run(request).images[0]
-                        seconds.append(time.perf_counter() - started)
+                        if not costs:
+                            costs.append(row_cost(engine, request, reps))
                         ok += shapes.classify(out)["colour"] == colour
                         before = shape_mask(image, spec)
                         background = ~dilate(before, 3)
@@ -437,7 +437,7 @@ def table_rows(engine, model, items, steps, depths, guidances, methods, attentio
                             "mse": statistics.mean(mses),
                             "ssim": statistics.mean(ssims),
                             "iou": statistics.mean(ious),
-                            "cost": statistics.median(seconds) / generation_seconds(guidance),
+                            "cost": costs[0],
                         }
                     )
                     print_row(rows[-1])
@@ -560,7 +560,7 @@ def table_main(args) -> int:
     print(f"\nBuilt-in model, {len(items)} held-out colour edits, {steps} steps; model edit defaults {edit_defaults}\n")
     print(HEADER)
     print("|---" * (HEADER.count("|") - 1) + "|")
-    table_rows(engine, model, items, steps, depths, guidances, methods, attentions)
+    table_rows(engine, model, items, steps, depths, guidances, methods, attentions, 1 if args.quick else args.cost_reps)
     fields = {
         k: edit_defaults[k] for k in ("method", "attention_control", "local_blend", "guidance") if k in edit_defaults
     }

@@ -107,6 +107,26 @@ def test_prompts_of_different_chunk_counts_are_not_aligned(engine, tiny_model_di
     assert float(alignment.alpha.sum()) == 0
 
 
+def test_a_long_target_prompt_edits_without_word_alignment_and_says_so(engine, tiny_model_dir):
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    events = []
+    result = engine.run(
+        EditRequest(
+            prompt="a blue circle, " + "very " * 20,
+            source_prompt="a red circle",
+            model=str(tiny_model_dir),
+            image=image,
+            steps=3,
+            attention_control="p2p",
+            local_blend=True,
+            reweight="blue:2",
+        ),
+        events.append,
+    )
+    assert result.images[0].size == (64, 64) and result.info["Re-weight"] == "blue:2"
+    assert any(isinstance(e, Notice) and "without word alignment" in e.message for e in events)
+
+
 # -- edits on the built-in model --------------------------------------------------------
 
 

@@ -17,7 +17,14 @@ An edit runs in two phases on the loaded model's own components:
      beside the target one; after every step the gap between the inversion level
      and the source branch is added to both, so the source branch lands on the
      inversion trajectory exactly and the target branch gets the same correction.
-     One extra guided pass per step (batched into the same UNet call).
+     The source branch's conditional pass is the inversion's own (`Reuse`): 4n UNet rows in all, a generation's 2n.
+
+With Prompt-to-Prompt attention control (`attention_control="p2p"`, engine/attention_control.py: word swap,
+refinement, re-weighting, local blend, self-attention injection) every method denoises a source branch beside the
+target in the same UNet call, and the target's attention follows the source's.
+
+SDXL: the UNet calls carry SDXL's added conditioning (each prompt's pooled embeds and the time ids, `Text`); an
+empty negative prompt is zeros, as in StableDiffusionXLPipeline. A refiner is refused (`check_editable`).
 
 Optional mask (255 = may change): after every step the target latent outside the
 feathered mask is replaced by the inversion level (latent resolution), and the final
@@ -27,8 +34,8 @@ Exact shortcut: when the source image is a DDIM result of this app (a `Result` w
 its trajectory, or a generate request with its seed), its own latents are the
 trajectory, no inversion needed, and reconstruction is exact (`source=` keyword).
 
-Also: `suggest_mask` (DiffEdit's idea: where the noise predicted under the source
-and target prompts differ) and `replay_latents` (regenerate a stored DDIM request's
+Also: `suggest_mask` (DiffEdit's idea: where the noise predicted under the source and target prompts differ; or
+the changed words' cross-attention, how="attention") and `replay_latents` (regenerate a stored DDIM request's
 trajectory deterministically).
 """
 
