@@ -414,8 +414,13 @@ def download_parts(family: str, *, progress=None, cancel=None) -> Path:
 
 
 # -- loading --------------------------------------------------------------------------------------
+def gguf_installed() -> bool:
+    """Whether the optional `gguf` package is there (diffusers reads GGUF files with it)."""
+    return importlib.util.find_spec("gguf") is not None
+
+
 def _require_gguf(path: Path) -> None:
-    if importlib.util.find_spec("gguf") is None:
+    if not gguf_installed():
         raise ModelError(
             f"{path.name} is a GGUF file: reading it needs the 'gguf' package, which is not installed.",
             "Install it: pip install gguf (or pip install 'diffusion-desk[gguf]'), then load the file again.",
