@@ -232,9 +232,12 @@ def test_engine_loads_a_hub_model_with_download_progress_events(fake_hub, engine
 
 def test_curated_list_names_sizes_and_families():
     repos = {m.repo for m in hub.CURATED}
-    assert len(hub.CURATED) == 7 and len(repos) == 7
+    assert len(hub.CURATED) == len(repos) >= 13
     assert {m.family for m in hub.CURATED} >= {"sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-inpaint"}
-    assert all(0 < m.size_gb < m.size_gb_fp32 for m in hub.CURATED)
+    assert {m.family for m in hub.CURATED} >= {"sd3", "flux-schnell", "flux-dev", "flux-fill", "flux-kontext"}
+    # the flow repositories ship bf16 weights only: both sizes are the same there
+    assert all(0 < m.size_gb <= m.size_gb_fp32 for m in hub.CURATED)
+    assert all(m.size_gb < m.size_gb_fp32 for m in hub.CURATED if not m.family.startswith(("sd3", "flux")))
 
 
 def test_console_download_prints_bytes_rate_and_eta(fake_hub):
