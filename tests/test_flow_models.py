@@ -344,3 +344,27 @@ def test_memory_options_apply_to_flow_pipelines(flow_dirs):
     result = frugal.run(GenerateRequest(prompt=PROMPT, model=str(flow_dirs["sd3"]), steps=2, seed=1))
     loaded = frugal.models.loaded
     assert result.images[0].size == (64, 64) and loaded is not None and loaded.pipe.vae.use_tiling
+
+
+def test_a_flux_transformer_file_runs_through_the_engine_with_its_parts_and_the_shipped_settings(
+    engine, flow_dirs, tmp_path, monkeypatch
+):
+    from desktop_app.engine import checkpoints, flow_files
+
+    tiny = flow_dirs["flux-dev"]
+    configs = tmp_path / "configs"  # the shipped FLUX.1 dev configs, the tiny model's sizes in place of the real ones
+    shutil.copytree(checkpoints.configs_root() / "flux-dev", configs / "flux-dev")
+    for part in ("transformer", "vae"):
+        shutil.copy(tiny / part / "config.json", configs / "flux-dev" / part / "config.json")
+    monkeypatch.setenv(checkpoints.CONFIGS_ENV, str(configs))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv(flow_files.COMPONENTS_ENV, str(tiny))  # the text encoders, tokenizers and VAE
+    file = tmp_path / "models" / "flux1-dev.safetensors"
+    file.parent.mkdir()
+    shutil.copy(tiny / "transformer" / "diffusion_pytorch_model.safetensors", file)
+    result = engine.run(GenerateRequest(prompt=PROMPT, model=str(file), steps=2, width=64, height=64, seed=1))
+    assert engine.models.loaded is not None and engine.models.loaded.family == "flux-dev"
+    assert result.request.guidance == 3.5  # the shipped FLUX.1 dev settings (distilled guidance)
+    assert result.images[0].size == (64, 64) and len(result.trajectory or []) == 2
+    folder = engine.run(GenerateRequest(prompt=PROMPT, model=str(tiny), steps=2, width=64, height=64, seed=1))
+    assert np.abs(pixels(result.images[0]) - pixels(folder.images[0])).max() <= 1  # the same model as the folder

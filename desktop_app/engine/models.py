@@ -37,6 +37,7 @@ def quiet_libraries() -> None:
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".gguf")  # .sft / .gguf: FLUX.1 and SD 3.x transformers (flow_files)
 PICKLE_RISK = (
     "{name} is a pickle checkpoint: unpickling can run any code hidden in the file, so it is refused.",
     "Use a .safetensors version of the model, or, if you trust its source, turn on 'Allow pickle checkpoints' (--allow-pickle): "
@@ -67,7 +68,7 @@ class ModelSource:
                     "Pick the folder that holds model_index.json.",
                 )
             return cls("folder", str(path.resolve()))
-        if path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
+        if path.suffix.lower() in MODEL_FILE_SUFFIXES + PICKLE_SUFFIXES:
             if not path.is_file():
                 raise ModelError(f"No model file at {path}.", "Check the path.")
             return cls("single_file", str(path.resolve()))
@@ -476,7 +477,12 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
                 "Check that the folder is a complete Stable Diffusion model.",
             ) from exc
     if source.kind == "single_file":
-        pipe, _ = load_single_file(Path(source.location), dtype, allow_pickle=allow_pickle)
+        path = Path(source.location)
+        if _is_flow_file(path):  # a FLUX.1 / SD 3.x transformer (or all-in-one) file, with its parts found
+            from desktop_app.engine import flow_files
+
+            return flow_files.load_flow_file(path, dtype, allow_pickle=allow_pickle)
+        pipe, _ = load_single_file(path, dtype, allow_pickle=allow_pickle)
         return pipe
     folder = Path(
         download(source)
@@ -495,6 +501,22 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype, *, allow_pickle: bool
             f"Cannot load {source.model_id}: {exc}".splitlines()[0][:300],
             "The download may be incomplete: download it again.",
         ) from exc
+
+
+def _is_flow_file(path: Path) -> bool:
+    """A .gguf / .sft file is a flow transformer; a .safetensors one when its header says so. A damaged header
+    is left to the SD reader, which names what is wrong with the file."""
+    suffix = path.suffix.lower()
+    if suffix in (".gguf", ".sft"):
+        return True
+    if suffix != ".safetensors":
+        return False
+    from desktop_app.engine import flow_files
+
+    try:
+        return flow_files.detect_flow_file(path) is not None
+    except ModelError:
+        return False
 
 
 def family_of_pipeline(pipe) -> str:
@@ -585,7 +607,10 @@ class ModelManager:
         own_settings = (
             source.kind in ("builtin", "folder", "hub") and (Path(location) / "diffusion_desk.json").is_file()
         )
-        if source.kind == "single_file":
+        settings = getattr(pipe, "_diffusion_desk_settings", None)  # a flow file's variant (flow_files)
+        if source.kind == "single_file" and settings and (Path(settings) / "diffusion_desk.json").is_file():
+            defaults = model_defaults(str(settings))
+        elif source.kind == "single_file":
             defaults = _family_defaults(family, defaults)
         elif source.kind == "hub" and not own_settings:
             pick = hub.curated(source.location)
