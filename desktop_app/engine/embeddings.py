@@ -197,7 +197,10 @@ def prepare(
     """Load the folder's embeddings whose name occurs as a word in `texts` into the model (once); return those
     loaded. The engine calls it first with the job's allow_pickle; encoding calls it again (safetensors only).
 
-    An embedding that does not fit the model (another family's width) is a ModelError naming it and both widths."""
+    An embedding that does not fit the model (another family's width) is a ModelError naming it and both widths.
+    A flow model (SD 3.x, Flux) takes none: its prompts go in as plain text (engine/encoding.py `flow_prompt`)."""
+    if getattr(loaded, "is_flow", False):
+        return []
     if folder is None:
         from desktop_app.core.paths import embeddings_dir
 

@@ -372,10 +372,8 @@ def prompt_report(loaded: LoadedModel, request: Any) -> tuple[list[str], set[str
     """What to tell the user about a request's prompts before it runs (brackets, weights that are not numbers,
     tokens past the limit, clip skip not applied, prompt editing in an edit), and the embeddings they use.
     Tokenizes only: no text encoder runs. Flow models: `flow_prompt_report` (no embeddings)."""
-    if loaded.is_flow:
-        from desktop_app.engine.flow_sampling import flow_option_notices  # it imports this module
-
-        return flow_prompt_report(loaded, request) + flow_option_notices(loaded, request), set()
+    if loaded.is_flow:  # the SD-only options a flow model leaves out: flow_sampling.flow_option_notices (the engine)
+        return flow_prompt_report(loaded, request), set()
     notices: list[str] = []
     used: set[str] = set()
     steps = int(request.steps or 1)

@@ -161,6 +161,10 @@ class Engine:
             request = request.replace(seed=random.randint(0, MAX_SEED))
         request.validate()
         prompt_notices, used_embeddings = prompt_report(loaded, request)
+        if is_flow(loaded.family):  # SD-only options (clip skip, samplers, regions, ...) that a flow model leaves out
+            from desktop_app.engine.flow_sampling import flow_option_notices
+
+            prompt_notices += flow_option_notices(loaded, request)
         notices = tag_notices + prompt_notices + notices
         for message in notices:
             emit(Notice(message))
