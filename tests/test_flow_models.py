@@ -368,3 +368,58 @@ def test_a_flux_transformer_file_runs_through_the_engine_with_its_parts_and_the_
     assert result.images[0].size == (64, 64) and len(result.trajectory or []) == 2
     folder = engine.run(GenerateRequest(prompt=PROMPT, model=str(tiny), steps=2, width=64, height=64, seed=1))
     assert np.abs(pixels(result.images[0]) - pixels(folder.images[0])).max() <= 1  # the same model as the folder
+
+
+def test_flow_models_load_in_bf16_on_a_gpu_unless_a_precision_is_asked(flow_dirs, tiny_model_dir, monkeypatch):
+    """SD 3.x / Flux were trained in bf16 and their T5 overflows fp16: with no precision asked a GPU loads them in
+    bf16 (where it has it), SD models stay in the engine's fp16; a precision the user asked is kept for both."""
+    import torch
+
+    from desktop_app.engine import device as device_module
+    from desktop_app.engine.models import ModelManager, ModelSource
+
+    monkeypatch.setattr(device_module, "_bf16_supported", lambda device: True)
+    gpu = ModelManager(torch.device("cuda"), torch.float16)
+    assert gpu._dtype_for(ModelSource.parse(str(flow_dirs["flux-dev"]))) == torch.bfloat16
+    assert gpu._dtype_for(ModelSource.parse(str(flow_dirs["sd3"]))) == torch.bfloat16
+    assert gpu._dtype_for(ModelSource.parse(str(tiny_model_dir))) == torch.float16
+    assert gpu._dtype_for(ModelSource.parse("black-forest-labs/FLUX.1-schnell")) == torch.bfloat16
+    asked = ModelManager(torch.device("cuda"), torch.float16, requested_dtype="fp16")
+    assert asked._dtype_for(ModelSource.parse(str(flow_dirs["flux-dev"]))) == torch.float16
+    cpu = ModelManager(torch.device("cpu"), torch.float32)
+    assert cpu._dtype_for(ModelSource.parse(str(flow_dirs["flux-dev"]))) == torch.float32
+
+
+def test_out_of_memory_on_a_flow_model_names_the_option_that_helps(engine, flow_dirs, monkeypatch):
+    """The transformer is what does not fit: the hint is CPU offload, not attention slicing; the next job runs."""
+    import torch
+
+    from desktop_app.core.errors import OutOfMemory
+    from desktop_app.core.events import Failed
+
+    request = GenerateRequest(model=str(flow_dirs["flux-schnell"]), prompt="a red circle", seed=1, steps=2)
+    engine.run(request)
+    transformer = engine.models.loaded.pipe.transformer
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(transformer, "forward", oom)
+    events = []
+    with pytest.raises(OutOfMemory):
+        engine.run(request, events.append)
+    assert isinstance(events[-1], Failed) and "CPU offload" in events[-1].hint and "slicing" not in events[-1].hint
+    monkeypatch.undo()
+    assert engine.run(request).images
+
+
+@pytest.mark.parametrize(
+    "repo", ["black-forest-labs/FLUX.1-schnell", "stabilityai/stable-diffusion-3.5-medium", "black-forest-labs/FLUX.1-dev"]
+)
+def test_hub_ids_with_a_version_in_their_name_are_hub_ids_not_file_paths(repo):
+    """"FLUX.1-schnell" has a dot: it is a version, not a file extension (a typo'd path still says it is missing)."""
+    from desktop_app.engine.models import ModelSource
+
+    assert ModelSource.parse(repo) == ModelSource("hub", repo)
+    with pytest.raises(ModelError, match="No model folder"):
+        ModelSource.parse("pictures/not-a-model.png")

@@ -45,7 +45,7 @@ from desktop_app.core.requests import (
 )
 from desktop_app.engine import embeddings, hub
 from desktop_app.engine.blending import blend_back
-from desktop_app.engine.device import MemoryOptions, free_memory, pick_device, pick_dtype
+from desktop_app.engine.device import MemoryOptions, flow_memory_hint, free_memory, pick_device, pick_dtype
 from desktop_app.engine.encoding import decode_images, encode_image, prompt_report
 from desktop_app.engine.encoding import encode_image as encode  # noqa: F401 - the name bench/inversion_eval.py imports
 from desktop_app.engine.inversion import run_edit, suggest_mask
@@ -74,7 +74,7 @@ class Engine:
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
-        self.models = ModelManager(self.device, self.dtype, memory, allow_pickle=allow_pickle)
+        self.models = ModelManager(self.device, self.dtype, memory, allow_pickle=allow_pickle, requested_dtype=dtype)
         self._lock = threading.Lock()
         self._cancel = threading.Event()  # `cancel()`: stops the running job, whatever per-job event it was given
 
@@ -104,7 +104,7 @@ class Engine:
             free_memory(self.device)
             return OutOfMemory(
                 f"The {self.device.type.upper()} ran out of memory for this job.",
-                memory_hint(self.models.memory, request),
+                memory_hint(self.models.memory, request, self.models.loaded),
             )
 
         return run_reporting(job, emit, "engine", log, out_of_memory)
@@ -470,8 +470,15 @@ def _back_to_source(
     return out
 
 
-def memory_hint(memory: MemoryOptions, request: GenerateRequest) -> str:
-    """The one memory option that would help next, cheapest in speed first."""
+def memory_hint(memory: MemoryOptions, request: GenerateRequest, loaded: LoadedModel | None = None) -> str:
+    """The one memory option that would help next, cheapest in speed first (a flow model's transformer is what does
+    not fit: device.flow_memory_hint)."""
+    if loaded is not None and is_flow(loaded.family):
+        location = loaded.source.location.lower()
+        quantized = location.endswith(".gguf") or "fp8" in location
+        return flow_memory_hint(
+            memory, width=request.width or 1024, height=request.height or 1024, batch=request.batch, quantized=quantized
+        )
     pixels = (request.width or 512) * (request.height or 512)
     if request.batch > 1:
         return "Make fewer images per job (batch 1)."

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,11 +16,11 @@ from typing import Any
 import torch
 
 from desktop_app.core import paths
-from desktop_app.core.errors import JobCancelled, ModelError
+from desktop_app.core.errors import JobCancelled, ModelError, UserError
 from desktop_app.core.latents import Previewer
 from desktop_app.core.modelinfo import BUILTIN, builtin_model_path, is_flow, model_defaults
 from desktop_app.engine import checkpoints, hub
-from desktop_app.engine.device import MemoryOptions, apply_memory_options, free_memory, vae_precision
+from desktop_app.engine.device import MemoryOptions, apply_memory_options, free_memory, pick_dtype, vae_precision
 from desktop_app.engine.preview import previewer_for
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class ModelSource:
         looks_like_path = (
             text.startswith((".", "~", os.sep))
             or (os.sep != "/" and os.sep in text)
-            or Path(text.split("@")[0].split(":")[0]).suffix
+            # a file's extension (".png"), not a version inside a hub name ("FLUX.1-schnell", "stable-diffusion-3.5-medium")
+            or re.fullmatch(r"\.[A-Za-z]{1,5}", Path(text.split("@")[0].split(":")[0]).suffix) is not None
         )
         if looks_like_path or hub_id is None:
             raise ModelError(
@@ -549,6 +551,26 @@ def family_of_pipeline(pipe) -> str:
     return "sd1" + inpaint
 
 
+def _looks_flow(source: ModelSource) -> bool:
+    """Whether a source is an SD 3.x / Flux model, before loading it (its model_index.json, its file's header, the
+    curated list or its hub name): it decides the precision the weights load in."""
+    try:
+        if source.kind in ("builtin", "folder"):
+            index = json.loads((Path(source.location) / "model_index.json").read_text(encoding="utf-8"))
+            return str(index.get("_class_name", "")).startswith(("Flux", "StableDiffusion3"))
+        if source.kind == "single_file":
+            from desktop_app.engine import flow_files
+
+            return flow_files.detect_flow_file(source.location) is not None
+    except (OSError, ValueError, AttributeError, UserError):
+        return False
+    pick = hub.curated(source.location)
+    if pick is not None:
+        return is_flow(pick.family)
+    name = source.location.lower()
+    return "flux" in name or "stable-diffusion-3" in name
+
+
 class ModelManager:
     """Keeps one model loaded; asking for it again is free, asking for another unloads the first."""
 
@@ -559,9 +581,13 @@ class ModelManager:
         memory: MemoryOptions | None = None,
         *,
         allow_pickle: bool = False,
+        requested_dtype: str | None = None,
     ) -> None:
         self.device = device
         self.dtype = dtype
+        self.requested_dtype = (
+            requested_dtype  # the user's precision ("bf16" ...), None: the device's and family's best
+        )
         self.memory = memory or MemoryOptions()
         self.allow_pickle = allow_pickle  # the user's explicit opt-in (setting, --allow-pickle)
         self.loaded: LoadedModel | None = None
@@ -573,6 +599,7 @@ class ModelManager:
         if self.loaded is not None and self.loaded.source == source:
             return self.loaded
         self.unload()
+        dtype = self._dtype_for(source)
         download: Callable[[ModelSource], Path] | None = None
         if source.kind == "hub":
 
@@ -583,13 +610,13 @@ class ModelManager:
                     subfolder=src.subfolder,
                     progress=hub.progress_to_events(emit),
                     cancel=cancel,
-                    prefer_fp16=self.dtype != torch.float32,
+                    prefer_fp16=dtype != torch.float32,
                 )
 
             download = download_hub
 
         try:
-            pipe = load_pipeline(source, self.dtype, allow_pickle=self.allow_pickle, download=download)
+            pipe = load_pipeline(source, dtype, allow_pickle=self.allow_pickle, download=download)
         except hub.DownloadCancelled as exc:
             raise JobCancelled() from exc
         self.loads += 1
@@ -621,7 +648,7 @@ class ModelManager:
             source=source,
             pipe=pipe,
             device=self.device,
-            dtype=self.dtype,
+            dtype=dtype,
             model_hash=model_hash,
             defaults=defaults,
             scheduler_config=pipe.scheduler.config,
@@ -630,8 +657,15 @@ class ModelManager:
         )
         self.loaded.decode_previews = _decode_is_cheap(self.loaded)
         _remember(source, family, self.loaded.model_hash)
-        log.info("loaded %s (%s) on %s (%s)", source.model_id, family, self.device, self.dtype)
+        log.info("loaded %s (%s) on %s (%s)", source.model_id, family, self.device, dtype)
         return self.loaded
+
+    def _dtype_for(self, source: ModelSource) -> torch.dtype:
+        """The precision to load `source` in: the engine's, except that on a GPU with no precision asked a flow model
+        (SD 3.x, Flux: trained in bf16, their T5 overflows fp16) gets bf16 where the GPU has it (device.pick_dtype)."""
+        if self.requested_dtype is not None or self.device.type == "cpu" or not _looks_flow(source):
+            return self.dtype
+        return pick_dtype(self.device, None, family="flux-dev")
 
     def unload(self) -> None:
         if self.loaded is not None:
