@@ -669,3 +669,14 @@ def test_the_flow_solver_is_written_and_names_the_method_when_alone():
     other_tool = "a\nSteps: 28, Seed: 1, Mode: edit, Flow solver: FireFlow"
     request = parameters_to_request(parse_parameters(other_tool))
     assert isinstance(request, EditRequest) and request.method == "fireflow"
+
+
+def test_a_full_depth_flow_edit_reads_back_as_strength_one():
+    """A flow edit from sigma 1 records T0: 1000 (timestep sigma * 1000): reused, it is strength 1, not a t0 that the
+    request's 1..999 range refuses."""
+    text = "a blue circle\nSteps: 8, Seed: 1, Mode: edit, T0: 1000, Edit method: fireflow, Source prompt: a red circle"
+    request = parameters_to_request(parse_parameters(text))
+    assert isinstance(request, EditRequest) and request.t0 is None and request.strength == 1.0
+    request.validate() if request.image is not None else None
+    shallow = parameters_to_request(parse_parameters(text.replace("T0: 1000", "T0: 700")))
+    assert isinstance(shallow, EditRequest) and shallow.t0 == 700 and shallow.strength is None

@@ -483,6 +483,14 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
         data["strength"] = params["Denoising strength"]
     if kind == "edit":
         data["t0"] = params.get("T0")
+        try:
+            deepest = float(data["t0"]) >= 1000
+        except (TypeError, ValueError):
+            deepest = False
+        if deepest:
+            # a full-depth flow edit starts at sigma 1, timestep 1000: that is strength 1 (t0 is a step below T)
+            data.pop("t0")
+            data["strength"] = 1.0
         if params.get("Edit method"):
             data["method"] = str(params["Edit method"])
         data["source_prompt"] = str(params.get("Source prompt", ""))
