@@ -33,7 +33,7 @@ from desktop_app.core.modelinfo import BUILTIN
 from desktop_app.model.lora_library import FAMILY_NAMES
 from desktop_app.model.models import Models, display_name
 
-CHECKPOINT_SUFFIXES = (".safetensors",)
+CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".gguf")  # .sft / .gguf: SD 3.x and FLUX.1 transformers
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
@@ -56,7 +56,7 @@ def check_model_file(path: str | Path, allow_pickle: bool = False) -> str | None
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
         return f"{p.name} is a pickle checkpoint, which can hide code that runs when it is opened. Use a .safetensors version, or tick \u201cAllow pickle checkpoints\u201d if you trust where it came from."
     if suffix not in CHECKPOINT_SUFFIXES + PICKLE_SUFFIXES:
-        return f"{p.name} is not a model checkpoint (.safetensors)."
+        return f"{p.name} is not a model checkpoint (.safetensors, or .gguf for a FLUX.1 / SD 3.x transformer)."
     return None
 
 
@@ -279,7 +279,7 @@ class ModelsDialog(QDialog):
             self.add_folder(path)
 
     def _browse_file(self) -> None:
-        patterns = "Checkpoints (*.safetensors" + (" *.ckpt *.pt *.pth *.bin" if self.models.allow_pickle else "") + ")"
+        patterns = "Checkpoints (*.safetensors *.sft *.gguf" + (" *.ckpt *.pt *.pth *.bin" if self.models.allow_pickle else "") + ")"
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model checkpoint", "", patterns)
         if path:
             self.add_file(path)
