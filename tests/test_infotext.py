@@ -680,3 +680,11 @@ def test_a_full_depth_flow_edit_reads_back_as_strength_one():
     request.validate() if request.image is not None else None
     shallow = parameters_to_request(parse_parameters(text.replace("T0: 1000", "T0: 700")))
     assert isinstance(shallow, EditRequest) and shallow.t0 == 700 and shallow.strength is None
+
+
+def test_the_settings_the_engine_used_are_written_where_the_request_left_them_to_the_model():
+    """A model without edit settings: the request leaves the P2P shares to the engine, which says what it used."""
+    request = _edit(method="direct", attention_control="p2p")
+    text = format_parameters(request, extra={"Cross replace": 0.8, "Self replace": 0.4, "Local blend": False})
+    assert "Cross replace: 0.8" in text and "Self replace: 0.4" in text and "Local blend: False" in text
+    assert text.count("Cross replace") == 1

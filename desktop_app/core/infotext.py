@@ -164,7 +164,9 @@ def parameter_pairs(
         pairs.append(("Edit method", getattr(request, "method", None)))
         pairs.append(("Source prompt", getattr(request, "source_prompt", "")))
         pairs.extend(edit_pairs(request))
-    known = {k for k, _ in pairs} | {"Mask grow", "Resize mode", "t0"}  # these say what the request says
+    # these say what the request says; a field the request left to the model (None) is written from what the
+    # engine used (its info: e.g. the Prompt-to-Prompt shares of a model without edit settings)
+    known = {k for k, v in pairs if v is not None and str(v) != ""} | {"Mask grow", "Resize mode", "t0"}
     for key, value in (extra or {}).items():
         key = str(key).strip()
         if key in known or not _is_key(key) or isinstance(value, (dict, list, tuple)):
