@@ -805,3 +805,22 @@ def test_a_kontext_file_becomes_a_kontext_pipeline(flow_env, tiny_flux):
     assert type(pipe).__name__ == "FluxKontextPipeline" and pipe._diffusion_desk_family == "flux-kontext"
     defaults = json.loads((Path(pipe._diffusion_desk_settings) / "diffusion_desk.json").read_text())
     assert defaults["edit"]["method"] == "kontext" and defaults["guidance"] == 2.5
+
+
+def test_the_command_line_detects_a_flux_file_as_a_user_runs_it(tmp_path):
+    """`diffusion-desk models --detect FILE`, a real process: the family and the evidence, header only."""
+    import json
+    import subprocess
+    import sys
+
+    path = _save(tmp_path, "flux1-schnell.safetensors", _flux_original(guidance=False))
+    out = subprocess.run(
+        [sys.executable, "-m", "desktop_app", "models", "--detect", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["family"] == "flux-schnell" and found["prediction_type"] == "flow" and found["evidence"]
+    assert "FLUX.1" in found["name"]

@@ -739,7 +739,27 @@ def _list_models(args: argparse.Namespace) -> int:
 
     if args.detect:
         from desktop_app.engine.checkpoints import detect_file
+        from desktop_app.engine.flow_files import inspect_flow_file
 
+        flow = inspect_flow_file(args.detect)  # SD 3.x / FLUX.1 transformers first (.safetensors, .gguf)
+        if flow is not None:
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "family": flow.family,
+                            "name": flow.name,
+                            "prediction_type": "flow",
+                            "evidence": list(flow.evidence),
+                            "text_encoders": list(flow.text_encoders),
+                            "has_vae": flow.has_vae,
+                        },
+                        indent=2,
+                    )
+                )
+            else:
+                print(f"{flow.family}\t{flow.name}\t{'; '.join(flow.evidence)}")
+            return 0
         found = detect_file(args.detect)
         if args.json:
             print(
