@@ -53,6 +53,13 @@ def tick(qtbot, check):
     qtbot.mouseClick(check, Qt.MouseButton.LeftButton, pos=QPoint(8, check.height() // 2))
 
 
+def set_checked(qtbot, check, value: bool) -> None:
+    """Tick or untick a check box with the mouse, whatever it starts at (the model's defaults set some)."""
+    if check.isChecked() != value:
+        tick(qtbot, check)
+    assert check.isChecked() == value
+
+
 def methods(w):
     combo = child(w, "editMethodCombo")
     return [combo.itemData(i) for i in range(combo.count())]
@@ -88,11 +95,13 @@ def test_prompt_to_prompt_controls_only_for_the_inversions(qtbot, window):
     assert concepts.isVisible() and "LEDITS++" in child(window, "promptLabel").text()
     # the settings open under their folded title and follow the check box
     choose(qtbot, combo, "Direct inversion")
+    assert p2p.isChecked()  # the built-in model's recommended edit settings turn Prompt-to-Prompt on
     qtbot.mouseClick(child(window, "p2pSectionToggle"), Qt.MouseButton.LeftButton)
-    assert child(window, "crossReplaceSpin").isVisible()
+    assert child(window, "crossReplaceSpin").isVisible() and child(window, "crossReplaceSpin").isEnabled()
+    set_checked(qtbot, p2p, False)
     assert not child(window, "crossReplaceSpin").isEnabled()
-    tick(qtbot, p2p)
-    assert p2p.isChecked() and child(window, "crossReplaceSpin").isEnabled()
+    set_checked(qtbot, p2p, True)
+    assert child(window, "crossReplaceSpin").isEnabled()
 
 
 def test_generate_sends_the_prompt_to_prompt_fields(qtbot, window, engine):
@@ -100,11 +109,11 @@ def test_generate_sends_the_prompt_to_prompt_fields(qtbot, window, engine):
     type_into(qtbot, child(window, "sourcePromptEdit"), "a red circle")
     pp.prompt_edit.setPlainText("a blue circle")
     choose(qtbot, child(window, "editMethodCombo"), "Plain DDIM inversion")
-    tick(qtbot, child(window, "attentionControlCheck"))
+    set_checked(qtbot, child(window, "attentionControlCheck"), True)
     qtbot.mouseClick(child(window, "p2pSectionToggle"), Qt.MouseButton.LeftButton)
     type_into(qtbot, child(window, "crossReplaceSpin"), "60")
     type_into(qtbot, child(window, "selfReplaceSpin"), "25")
-    tick(qtbot, child(window, "localBlendCheck"))
+    set_checked(qtbot, child(window, "localBlendCheck"), True)
     type_into(qtbot, child(window, "reweightEdit"), "blue:2")
     click_generate(qtbot, window)
     request = engine.runs[-1]
@@ -113,7 +122,7 @@ def test_generate_sends_the_prompt_to_prompt_fields(qtbot, window, engine):
     assert (request.cross_replace, request.self_replace, request.local_blend) == (0.6, 0.25, True)
     assert request.reweight == "blue:2" and request.edit_concepts == ()
     # turned off: the request says off, and carries none of its settings
-    tick(qtbot, child(window, "attentionControlCheck"))
+    set_checked(qtbot, child(window, "attentionControlCheck"), False)
     click_generate(qtbot, window)
     request = engine.runs[-1]
     assert request.attention_control == "off" and request.cross_replace is None and request.reweight == ""
@@ -278,7 +287,7 @@ def test_real_prompt_to_prompt_edit_of_a_builtin_picture(qtbot, qloop, tmp_path)
         type_into(qtbot, child(w, "sourcePromptEdit"), "a red circle on a white background")
         pp.prompt_edit.setPlainText("a blue circle on a white background")
         choose(qtbot, child(w, "editMethodCombo"), "Direct inversion")
-        tick(qtbot, child(w, "attentionControlCheck"))
+        set_checked(qtbot, child(w, "attentionControlCheck"), True)
         result = click_generate(qtbot, w, timeout=120000)
         assert result.request.attention_control == "p2p"
         changed = np.abs(np.asarray(result.images[0], np.int16) - np.asarray(source, np.int16)).max(axis=2)
