@@ -414,10 +414,11 @@ def test_out_of_memory_on_a_flow_model_names_the_option_that_helps(engine, flow_
 
 
 @pytest.mark.parametrize(
-    "repo", ["black-forest-labs/FLUX.1-schnell", "stabilityai/stable-diffusion-3.5-medium", "black-forest-labs/FLUX.1-dev"]
+    "repo",
+    ["black-forest-labs/FLUX.1-schnell", "stabilityai/stable-diffusion-3.5-medium", "black-forest-labs/FLUX.1-dev"],
 )
 def test_hub_ids_with_a_version_in_their_name_are_hub_ids_not_file_paths(repo):
-    """"FLUX.1-schnell" has a dot: it is a version, not a file extension (a typo'd path still says it is missing)."""
+    """ "FLUX.1-schnell" has a dot: it is a version, not a file extension (a typo'd path still says it is missing)."""
     from desktop_app.engine.models import ModelSource
 
     assert ModelSource.parse(repo) == ModelSource("hub", repo)

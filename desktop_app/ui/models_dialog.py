@@ -279,7 +279,11 @@ class ModelsDialog(QDialog):
             self.add_folder(path)
 
     def _browse_file(self) -> None:
-        patterns = "Checkpoints (*.safetensors *.sft *.gguf" + (" *.ckpt *.pt *.pth *.bin" if self.models.allow_pickle else "") + ")"
+        patterns = (
+            "Checkpoints (*.safetensors *.sft *.gguf"
+            + (" *.ckpt *.pt *.pth *.bin" if self.models.allow_pickle else "")
+            + ")"
+        )
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model checkpoint", "", patterns)
         if path:
             self.add_file(path)
