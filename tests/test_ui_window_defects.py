@@ -373,3 +373,40 @@ def test_the_slider_shows_the_noisy_latent_when_asked(qtbot, window):
     assert window.timeline.which == "xt" and toggle.text() == "xₜ"
     noisy = np.asarray(window.canvas.shown_image())
     assert not np.array_equal(clean, noisy)  # xt of a step is not its x0_hat
+
+
+def test_the_mouse_wheel_scrolls_the_panel_and_leaves_the_fields_it_passes_over(qtbot, window):
+    """Scrolling to the Edit group with the wheel turned the mask blur from 4 px to 0: an unfocused spin box or
+    combo box now hands the wheel to the panel; one the user clicked into still takes it."""
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    window.resize(1000, 600)  # short enough that the panel scrolls
+    window.prompt_panel.set_mode("inpaint")
+    spin = child(window, "maskBlurSpin")
+    bar = window.prompt_scroll.verticalScrollBar()
+    qtbot.waitUntil(lambda: spin.isVisible() and bar.maximum() > 0)
+    before, top = spin.value(), bar.value()
+
+    def wheel(widget, steps: int) -> None:
+        centre = QPointF(widget.rect().center())
+        event = QWheelEvent(
+            centre,
+            QPointF(widget.mapToGlobal(QPoint(int(centre.x()), int(centre.y())))),
+            QPoint(0, 0),
+            QPoint(0, -120 * steps),
+            Qt.MouseButton.NoButton,
+            Qt.KeyboardModifier.NoModifier,
+            Qt.ScrollPhase.NoScrollPhase,
+            False,
+        )
+        QApplication.sendEvent(widget, event)
+
+    wheel(spin, 2)
+    assert spin.value() == before  # the field kept its value
+    assert bar.value() > top  # and the panel scrolled
+    spin.setFocus()
+    qtbot.waitUntil(spin.hasFocus)
+    wheel(spin, 1)
+    assert spin.value() == before - 1  # clicked into, it takes the wheel as before

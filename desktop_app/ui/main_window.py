@@ -63,7 +63,7 @@ from desktop_app.ui.settings import load_engine_options, save_engine_options
 from desktop_app.ui.staging_strip import StagingStrip
 from desktop_app.ui.theme import style_accent_button
 from desktop_app.ui.timestep import TimestepPanel
-from desktop_app.ui.widgets import named
+from desktop_app.ui.widgets import WheelGuard, named
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
 DEFAULT_SIZE = (1320, 820)
@@ -168,6 +168,8 @@ class MainWindow(QMainWindow):
         )
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.prompt_scroll = scroll
+        self._wheel_guard = WheelGuard(self)  # the wheel scrolls the panel, not the field under the pointer
+        self._wheel_guard.guard(self.prompt_panel)
         left = named(QWidget(), "promptColumn")
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
