@@ -484,9 +484,9 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
     if params.get("Denoising strength") is not None and "strength" in names:
         data["strength"] = params["Denoising strength"]
     if kind == "edit":
-        data["t0"] = params.get("T0")
+        data["t0"] = t0 = params.get("T0")
         try:
-            deepest = float(data["t0"]) >= 1000
+            deepest = t0 is not None and float(t0) >= 1000
         except (TypeError, ValueError):
             deepest = False
         if deepest:
