@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from desktop_app.core.errors import InvalidRequest
 from desktop_app.engine import embeddings
+from desktop_app.engine.attention import project_heads
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.prompts import at_step, parse_attention, prompt_schedule, strip_network_tags, tokenize_weighted
 
@@ -295,22 +296,8 @@ class ControlledAttnProcessor:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         b = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query = attn.to_q(hidden_states)  # (B, Lq, inner)
-        key = attn.to_k(context)  # (B, Lk, inner)
-        value = attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, Lq, hd)
-        key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, Lk, hd)
-        value = value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = project_heads(attn, hidden_states, encoder_hidden_states)  # (B, heads, L, hd) each
+        head_dim = query.shape[-1]
         scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale  # (B, heads, Lq, Lk)
         probs = self.controller.edit(scores.softmax(dim=-1), self.is_cross, queries, self.place, self.name)
         out = probs.to(value.dtype) @ value  # (B, heads, Lq, hd)

@@ -52,6 +52,7 @@ from PIL import Image
 
 from desktop_app.core.errors import InvalidRequest
 from desktop_app.core.requests import EditRequest, GenerateRequest, InpaintRequest, RegionPrompt
+from desktop_app.engine.attention import project_heads
 from desktop_app.engine.encoding import text_conditioning
 from desktop_app.engine.models import LoadedModel
 
@@ -197,22 +198,9 @@ class RegionalAttnProcessor:
         base = encoder_hidden_states[uncond:]  # (B, Lb, D)
         tokens = self.layout.region_tokens(base.dtype, base.device)  # (1, sum L_i, D)
         context = torch.cat([base, tokens.expand(hs.shape[0], -1, -1)], dim=1)  # (B, Lk = Lb + sum L_i, D)
-        if attn.group_norm is not None:
-            hs = attn.group_norm(hs.transpose(1, 2)).transpose(1, 2)
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
         b, queries, _ = hs.shape
-        query = attn.to_q(hs)  # (B, Lq, inner)
-        key = attn.to_k(context)  # (B, Lk, inner)
-        value = attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, Lq, hd)
-        key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, Lk, hd)
-        value = value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = project_heads(attn, hs, context)  # (B, heads, L, hd) each
+        head_dim = query.shape[-1]
         # the bias broadcasts over batch and heads, where attn.prepare_attention_mask would repeat it per head
         bias = self.layout.bias(queries, base.shape[1], query.dtype, query.device)  # (1, 1, Lq, Lk)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0, is_causal=False)
