@@ -800,3 +800,28 @@ if __name__ == "__main__":  # python -m desktop_app.engine.checkpoints BPE_GZ OU
     import sys
 
     print(build_clip_tokenizer_files(sys.argv[1], sys.argv[2]))
+
+
+def read_pickle(path: Path) -> dict[str, Any]:
+    """An opted-in pickle checkpoint: tensors only (weights_only=True), never arbitrary objects."""
+    import torch
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # UnpicklingError for anything that is not plain tensors
+        import pickle
+
+        if not isinstance(exc, pickle.UnpicklingError):
+            raise ModelError(
+                f"{path.name} is not a readable PyTorch checkpoint ({type(exc).__name__}): it is damaged or not a model.",
+                "Choose another file, or replace this one with an intact copy (a .safetensors version is best).",
+            ) from exc
+        raise ModelError(
+            f"{path.name} could not be read as tensors only ({type(exc).__name__}): it holds Python objects that a safe load refuses.",
+            "Use a .safetensors version of the model.",
+        ) from exc
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelError(f"{path.name} does not hold a state dict.", "Use a .safetensors version of the model.")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}

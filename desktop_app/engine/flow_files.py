@@ -427,23 +427,6 @@ def _require_gguf(path: Path) -> None:
         )
 
 
-def _read_pickle(path: Path) -> dict[str, Any]:
-    import torch
-
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError for anything that is not plain tensors
-        raise ModelError(
-            f"{path.name} could not be read as tensors only ({type(exc).__name__}).",
-            "Use a .safetensors version of the model.",
-        ) from exc
-    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ModelError(f"{path.name} does not hold a state dict.", "Use a .safetensors version of the model.")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-
-
 def _transformer_tensors(path: str, detection: FlowDetection, dtype) -> dict[str, Any]:
     """The transformer's tensors alone (prefix stripped, scaled FP8 multiplied out), for files diffusers would
     misread whole: diffusers names beside other parts (its converter takes them for original names), and ComfyUI's
@@ -594,7 +577,7 @@ def load_flow_file(
                 f"{path.name} is a pickle checkpoint: unpickling can run any code hidden in the file, so it is refused.",
                 "Use a .safetensors or .gguf version, or, if you trust its source, turn on 'Allow pickle checkpoints'.",
             )
-        state_dict = _read_pickle(path)
+        state_dict = checkpoints.read_pickle(path)
     gguf = suffix == ".gguf"
     if gguf:
         _require_gguf(path)

@@ -360,29 +360,6 @@ def _from_pretrained(cls, location: str, dtype: torch.dtype, **kwargs):
     return cls.from_pretrained(location, dtype=dtype, local_files_only=True, **extra, **kwargs)
 
 
-def _read_pickle(path: Path) -> dict[str, Any]:
-    """An opted-in pickle checkpoint: tensors only (weights_only=True), never arbitrary objects."""
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # UnpicklingError for anything that is not plain tensors
-        import pickle
-
-        if not isinstance(exc, pickle.UnpicklingError):
-            raise ModelError(
-                f"{path.name} is not a readable PyTorch checkpoint ({type(exc).__name__}): it is damaged or not a model.",
-                "Choose another file, or replace this one with an intact copy (a .safetensors version is best).",
-            ) from exc
-        raise ModelError(
-            f"{path.name} could not be read as tensors only ({type(exc).__name__}): it holds Python objects that a safe load refuses.",
-            "Use a .safetensors version of the model.",
-        ) from exc
-    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ModelError(f"{path.name} does not hold a state dict.", "Use a .safetensors version of the model.")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-
-
 def load_single_file(path: Path, dtype: torch.dtype, *, allow_pickle: bool = False):
     """A single-file SD 1.x / 2.x / XL checkpoint, with the shipped configs: no network. Returns (pipe, Detection)."""
     import diffusers
@@ -393,7 +370,7 @@ def load_single_file(path: Path, dtype: torch.dtype, *, allow_pickle: bool = Fal
         if not allow_pickle:
             message, hint = PICKLE_RISK
             raise ModelError(message.format(name=path.name), hint)
-        state_dict = _read_pickle(path)
+        state_dict = checkpoints.read_pickle(path)
     elif path.suffix.lower() != ".safetensors":
         raise ModelError(f"{path.name}: unknown checkpoint format.", "Use a .safetensors checkpoint.")
     detection = checkpoints.detect_file(path, state_dict)
