@@ -182,6 +182,7 @@ class PromptPanel(QWidget):
         self.negative_prompt_edit.setMaximumHeight(64)
         self.prompt_label = named(QLabel("Prompt"), "promptLabel")
         self.prompt_label.setBuddy(self.prompt_edit)
+        self.prompt_label.setWordWrap(True)  # "Target prompt (what the image should show)" at scale 1.5 wraps, uncut
         outer.addWidget(self.prompt_label)
         outer.addWidget(self.prompt_edit, 1)
         self.negative_label = named(QLabel("Negative prompt"), "negativePromptLabel")
