@@ -424,3 +424,14 @@ def test_hub_ids_with_a_version_in_their_name_are_hub_ids_not_file_paths(repo):
     assert ModelSource.parse(repo) == ModelSource("hub", repo)
     with pytest.raises(ModelError, match="No model folder"):
         ModelSource.parse("pictures/not-a-model.png")
+
+
+def test_flux_dev_results_say_their_guidance_is_distilled(engine, flow_dirs):
+    """The PNG's parameters read as Forge's: CFG scale 1 and the distilled guidance apart; SD 3 keeps CFG."""
+    from desktop_app.core.infotext import format_parameters
+
+    flux = engine.run(GenerateRequest(model=str(flow_dirs["flux-dev"]), prompt="a red circle", seed=1, steps=2))
+    assert flux.info["Distilled CFG Scale"] == flux.request.guidance == 3.5
+    assert "CFG scale: 1, Distilled CFG Scale: 3.5" in format_parameters(flux.request, extra=flux.info)
+    sd3 = engine.run(GenerateRequest(model=str(flow_dirs["sd3"]), prompt="a red circle", seed=1, steps=2))
+    assert "Distilled CFG Scale" not in sd3.info

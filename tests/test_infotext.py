@@ -688,3 +688,15 @@ def test_the_settings_the_engine_used_are_written_where_the_request_left_them_to
     text = format_parameters(request, extra={"Cross replace": 0.8, "Self replace": 0.4, "Local blend": False})
     assert "Cross replace: 0.8" in text and "Self replace: 0.4" in text and "Local blend: False" in text
     assert text.count("Cross replace") == 1
+
+
+def test_fluxs_distilled_guidance_is_written_and_read_as_forge_does():
+    """FLUX.1 dev's guidance is distilled, not CFG: Forge writes "CFG scale: 1, Distilled CFG Scale: 3.5"; so do we,
+    and either text reads back as guidance 3.5 (a CFG scale of 3.5 would double every step's cost in Forge)."""
+    request = GenerateRequest(prompt="a fox", steps=28, guidance=3.5, seed=1, width=1024, height=1024)
+    text = format_parameters(request, extra={"Distilled CFG Scale": 3.5})
+    assert "CFG scale: 1, Distilled CFG Scale: 3.5" in text and text.count("CFG scale") == 1
+    assert parameters_to_request(parse_parameters(text)).guidance == 3.5
+    forge = "a fox\nSteps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 7"
+    assert parameters_to_request(parse_parameters(forge)).guidance == 3.5
+    assert "CFG scale: 3.5" in format_parameters(request)  # SD: CFG as ever

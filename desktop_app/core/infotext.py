@@ -130,7 +130,11 @@ def parameter_pairs(
             sampler, schedule = request.scheduler, getattr(request, "schedule", None)
         pairs.append(("Sampler", sampler))
         pairs.append(("Schedule type", schedule))
-    if request.guidance is not None:
+    distilled = (extra or {}).get(DISTILLED_CFG)
+    if distilled is not None:  # FLUX.1's guidance is distilled, not CFG: written as Forge writes it, CFG scale 1
+        pairs.append(("CFG scale", 1))
+        pairs.append((DISTILLED_CFG, _number(distilled)))
+    elif request.guidance is not None:
         pairs.append(("CFG scale", _number(request.guidance)))
     pairs.append(("Seed", seed if seed is not None else request.seed))
     wh = _image_size(request, size)
@@ -177,6 +181,9 @@ def parameter_pairs(
     pairs.append(("Version", f"Diffusion Desk {__version__}"))
     return [(k, v) for k, v in pairs if v is not None and str(v) != ""]
 
+
+# The name Forge writes FLUX.1's distilled guidance under (its "CFG scale" is then 1): we write and read it the same
+DISTILLED_CFG = "Distilled CFG Scale"
 
 # The flow-model inversions, by the solver's name ("Flow solver: FireFlow"); Kontext edits invert nothing
 FLOW_SOLVERS = ("fireflow", "rf-solver", "rf-inversion")
@@ -463,7 +470,8 @@ def _parameters_to_request(params: dict[str, Any]) -> tuple[GenerateRequest, lis
         "prompt": params.get("Prompt", ""),
         "negative_prompt": params.get("Negative prompt", ""),
         "steps": params.get("Steps"),
-        "guidance": params.get("CFG scale"),
+        # Forge and we write FLUX.1's distilled guidance apart from CFG scale (then 1): it is the model's guidance
+        "guidance": params.get(DISTILLED_CFG, params.get("CFG scale")),
         "seed": params.get("Seed"),
         "width": params.get("Size-1"),
         "height": params.get("Size-2"),

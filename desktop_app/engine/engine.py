@@ -195,6 +195,8 @@ class Engine:
         if placement is not None and placement.mode != JUST_RESIZE:
             info = {**info, "Resize mode": RESIZE_MODES[placement.mode]}
         info = {**info, **_inpaint_info(request, outpaint), **lora_info}
+        if loaded.family.startswith("flux") and loaded.family != "flux-schnell" and request.guidance is not None:
+            info["Distilled CFG Scale"] = request.guidance  # not CFG: the infotext writes it as Forge does
         if used_embeddings:
             info["TI hashes"] = embeddings.ti_hashes(loaded, used_embeddings)
         return Result(
