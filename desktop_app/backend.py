@@ -7,9 +7,11 @@ the window never see torch. Implementations: `desktop_app.engine.engine.Engine`;
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -83,8 +85,69 @@ class Backend(Protocol):
 
     def download_model(self, repo: str, on_progress: Callable[[Progress], None], cancel: threading.Event) -> Path:
         """Fetch a hub model into the cache; the folder. Safe beside a running job, from another thread.
-        Progress has phase "download" (step / total in bytes); cancel raises JobCancelled."""
+        Progress has phase "download" (step / total in bytes); cancel raises JobCancelled.
+
+        `repo`: a hub id (owner/name[@revision][:subfolder]), or a parts id (`parts_id`: "parts:flux",
+        "parts:sd3"): only the text encoders, tokenizers and VAE a transformer file of that family needs."""
         ...
+
+
+# -- the parts of a flow family: a download named by a repo form, not a hub id --------------------
+PARTS_PREFIX = "parts:"  # hub ids always have a slash, so "parts:flux" is never one
+
+
+@dataclass(frozen=True)
+class PartsDownload:
+    """The text encoders, tokenizers and VAE every transformer file of a flow family shares, fetched alone from
+    one base repo (its transformer stays on the hub)."""
+
+    kind: str  # "flux" or "sd3"
+    family_name: str  # in words: "FLUX.1", "SD 3.x"
+    family: str  # the shipped config whose model_index.json lists the parts (core.modelinfo.FLOW_FAMILIES)
+    repo: str  # where they come from
+    size_gb: float  # the download: the parts' .safetensors files and tokenizers
+    gated: bool
+
+    @property
+    def id(self) -> str:
+        """What `Backend.download_model` and `Models.download` take for it: "parts:flux"."""
+        return PARTS_PREFIX + self.kind
+
+    @property
+    def label(self) -> str:
+        return f"the {self.family_name} text encoders and VAE"
+
+    @property
+    def command(self) -> str:
+        return f"diffusion-desk-cli models --download-parts {self.kind}"
+
+
+# sizes: the repos' text_encoder*/, tokenizer*/ and vae/ files (FLUX.1 schnell: CLIP-L 0.25 + T5-XXL 9.52 + VAE
+# 0.17 GB; SD 3.5 Medium: CLIP-L 0.25 + CLIP-G 1.39 + T5-XXL 9.52 + VAE 0.17 GB)
+PARTS: dict[str, PartsDownload] = {
+    "flux": PartsDownload("flux", "FLUX.1", "flux-schnell", "black-forest-labs/FLUX.1-schnell", 9.9, gated=False),
+    "sd3": PartsDownload("sd3", "SD 3.x", "sd3", "stabilityai/stable-diffusion-3.5-medium", 11.3, gated=True),
+}
+_PARTS_COMMAND = re.compile(r"--download-parts (flux|sd3)\b")
+
+
+def parts_for(family: str) -> PartsDownload:
+    """The parts a transformer file of `family` ("flux-dev", "sd3", or the kinds "flux" / "sd3") needs."""
+    return PARTS["flux" if family.startswith("flux") else "sd3"]
+
+
+def parts_of(repo: str) -> PartsDownload | None:
+    """The parts a download id names ("parts:flux", "parts:flux-dev", "parts:sd3"), None for a hub id."""
+    if not repo.startswith(PARTS_PREFIX):
+        return None
+    family = repo[len(PARTS_PREFIX) :].strip()
+    return parts_for(family) if family.startswith(("flux", "sd3")) else None
+
+
+def parts_named_in(text: str) -> PartsDownload | None:
+    """The parts a missing-parts error's hint offers to download (it names `PartsDownload.command`), else None."""
+    found = _PARTS_COMMAND.search(text or "")
+    return PARTS[found.group(1)] if found else None
 
 
 def run_reporting(
@@ -121,4 +184,13 @@ def run_reporting(
     return result
 
 
-__all__ = ["Backend", "run_reporting"]
+__all__ = [
+    "PARTS",
+    "PARTS_PREFIX",
+    "Backend",
+    "PartsDownload",
+    "parts_for",
+    "parts_named_in",
+    "parts_of",
+    "run_reporting",
+]

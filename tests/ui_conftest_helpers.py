@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from desktop_app.backend import parts_for, parts_of
 from desktop_app.core.errors import JobCancelled, ModelError, UserError
 from desktop_app.core.events import Cancelled, Failed, Finished, Notice, Preview, Progress, Result
 from desktop_app.core.latents import ForwardProcess, LatentPreviewer, Trajectory
@@ -99,7 +100,9 @@ class FakeEngine:
     download_delay: seconds per simulated download chunk; notices: Notice messages every run emits first (as the
     engine does for a LoRA tag it cannot resolve). families: {source: family} that `preload` reports (else "sd1"),
     defaults: {source: recommended settings} over the folder's; suggested: (source prompt, target prompt, how) of
-    every suggest_mask call.
+    every suggest_mask call. needs_parts: {source: family} of transformer files whose `preload` fails as
+    flow_files' does until that family's parts ("parts:flux", backend.parts_of) were downloaded; downloads: the ids
+    `download_model` was asked for, in order.
     """
 
     def __init__(self, step_delay: float = 0.0, progress_per_step: int = 1, download_delay: float = 0.0) -> None:
@@ -116,6 +119,9 @@ class FakeEngine:
         self.families: dict[str, str] = {}
         self.defaults: dict[str, dict[str, Any]] = {}
         self.suggested: list[tuple[str, str, str]] = []
+        self.needs_parts: dict[str, str] = {}
+        self.downloads: list[str] = []
+        self.parts_downloaded: set[str] = set()
 
     def run(self, request, on_event=None, cancel=None, source=None):
         emit = on_event or (lambda event: None)
@@ -194,10 +200,16 @@ class FakeEngine:
         source = model or BUILTIN
         if "missing" in source:
             raise ModelError(f"No model at {source}.", "Choose a diffusers folder with model_index.json.")
+        if source in self.needs_parts and parts_for(self.needs_parts[source]).id not in self.parts_downloaded:
+            parts = parts_for(self.needs_parts[source])
+            raise ModelError(  # as flow_files._missing_error words it
+                f"{Path(source).name} is {parts.family_name} (the transformer only); not found: text_encoder, vae.",
+                f"Download them once: Models… > Download the text encoders and VAE, or run `{parts.command}`.",
+            )
         return ModelInfo(
             source=source,
             model_id=Path(source).name or source,
-            family=self.families.get(source, "sd1"),
+            family=self.families.get(source, self.needs_parts.get(source, "sd1")),
             model_hash="",
             defaults={**model_defaults(source), **self.defaults.get(source, {})},  # the folder's, as the engine reads
         )
@@ -243,7 +255,9 @@ class FakeEngine:
         ]
 
     def download_model(self, repo: str, on_progress, cancel: threading.Event) -> Path:
-        """Four simulated chunks of 1 MB each; cancel between chunks raises JobCancelled."""
+        """Four simulated chunks of 1 MB each; cancel between chunks raises JobCancelled. A parts id ("parts:flux")
+        makes that family's transformer files load afterwards."""
+        self.downloads.append(repo)
         total, chunks = 4 << 20, 4
         for i in range(chunks):
             if cancel.is_set():
@@ -252,7 +266,10 @@ class FakeEngine:
                 time.sleep(self.download_delay)
             done = (i + 1) * total // chunks
             on_progress(Progress(done, total, 0, 1e6, (total - done) / 1e6, "download"))
-        folder = Path(tempfile.gettempdir()) / "fake-hub" / repo.replace("/", "--")
+        parts = parts_of(repo)
+        if parts is not None:
+            self.parts_downloaded.add(parts.id)
+        folder = Path(tempfile.gettempdir()) / "fake-hub" / repo.replace("/", "--").replace(":", "-")
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

@@ -412,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
 
+    from desktop_app.backend import PARTS
+
     models = sub.add_parser(
         "models", help="list models (built-in, used before, curated hub list); detect a checkpoint; download one"
     )
@@ -427,6 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPO",
         default=None,
         help="download a hub model (owner/name[@revision][:subfolder]) into the Hugging Face cache",
+    )
+    models.add_argument(
+        "--download-parts",
+        choices=sorted(PARTS),
+        default=None,
+        help="download only the text encoders, tokenizers and VAE a FLUX.1 or SD 3.x transformer file "
+        "(flux1-dev-Q8_0.gguf, sd3.5_medium.safetensors) needs, into the Hugging Face cache where loading it finds "
+        "them: "
+        + "; ".join(
+            f"{k}: {p.family_name}, about {p.size_gb:.1f} GB from {p.repo}{' (gated: log in first)' if p.gated else ''}"
+            for k, p in sorted(PARTS.items())
+        )
+        + ". Not the transformer: the whole repos are 34 and 16 GB.",
     )
     models.add_argument(
         "--fp16",
@@ -780,6 +795,15 @@ def _list_models(args: argparse.Namespace) -> int:
         from desktop_app.engine.hub import download_with_console_progress
 
         print(download_with_console_progress(args.download, prefer_fp16=args.fp16))
+        return 0
+    if args.download_parts:
+        from desktop_app.backend import PARTS
+        from desktop_app.engine.flow_files import parts_repo
+        from desktop_app.engine.hub import download_with_console_progress
+
+        repo, names = parts_repo(PARTS[args.download_parts].family)
+        print(f"{PARTS[args.download_parts].label} ({', '.join(names)}) from {repo}", file=sys.stderr)
+        print(download_with_console_progress(repo, only=names))
         return 0
     rows = [{"id": BUILTIN, "path": str(builtin_model_path()), **model_defaults(BUILTIN)}]
     known = list_rows()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from desktop_app.backend import run_reporting
+from desktop_app.backend import PARTS_PREFIX, parts_of, run_reporting
 from desktop_app.core import paths
 from desktop_app.core.errors import JobCancelled, ModelError, OutOfMemory, UserError
 from desktop_app.core.events import Event, Notice, Progress, Result
@@ -292,11 +292,24 @@ class Engine:
 
     def download_model(self, repo: str, on_progress: Callable[[Progress], None], cancel: threading.Event) -> Path:
         """Fetch a hub model (owner/name[@revision][:subfolder]) into the hub cache without taking the job lock,
-        so it runs beside jobs. Progress has phase 'download' (step/total in bytes); cancel raises JobCancelled."""
+        so it runs beside jobs. Progress has phase 'download' (step/total in bytes); cancel raises JobCancelled.
+
+        A parts id ("parts:flux", "parts:sd3", backend.parts_of) fetches only the text encoders, tokenizers and VAE
+        of that family's base repo (flow_files.download_parts), where a transformer file's load finds them."""
+        parts = parts_of(repo.strip())
+        if parts is None and repo.strip().startswith(PARTS_PREFIX):
+            raise ModelError(f"{repo!r} names no family's parts.", "Use parts:flux (FLUX.1) or parts:sd3 (SD 3.x).")
         match = hub.HUB_ID.fullmatch(repo.strip())
-        if match is None:
+        if parts is None and match is None:
             raise ModelError(f"{repo!r} is not a hub id.", "Use owner/name, optionally @revision and :subfolder.")
         try:
+            if parts is not None:
+                from desktop_app.engine import flow_files
+
+                return flow_files.download_parts(
+                    parts.family, progress=hub.progress_to_events(on_progress), cancel=cancel
+                )
+            assert match is not None
             return hub.download_model(
                 match["repo"],
                 revision=match["revision"],

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from desktop_app.backend import parts_for
 from desktop_app.core.errors import JobCancelled, ModelError
 from desktop_app.core.modelinfo import model_defaults
 from desktop_app.engine import checkpoints, hub
@@ -384,16 +385,17 @@ def _missing_error(
     ]
     files = "; ".join(f"{missing[name]} ({needed[name]})" for name in missing)
     looked = "; ".join(f"{label}: {folder}" for label, folder in places)
-    kind = "flux" if detection.family.startswith("flux") else "sd3"
-    repo = COMPONENTS_REPO[kind]
-    gated = "" if kind == "flux" else " (gated: accept its license on the hub and log in first)"
-    serves = "every FLUX.1 file" if kind == "flux" else "every SD 3.x file"
+    parts = parts_for(detection.family)
+    repo = COMPONENTS_REPO[parts.kind]
+    gated = f", from {repo}: gated, accept its license on the hub and log in first" if parts.gated else ""
     return ModelError(
         f"{path.name} is {detection.name} ({what}); not found: {', '.join(missing)}. "
         f"Missing: {files}. Looked in: {looked}.",
-        f"Download {repo}{gated} once in the Models dialog, or run `diffusion-desk-cli models --download {repo}`: "
-        f"its text encoders and VAE serve {serves}. Or put the folders {', '.join(f'{n}/' for n in needed)} "
-        f"(or ComfyUI's {' / '.join(loose)}) next to the file, or point {COMPONENTS_ENV} at a folder that has them.",
+        f"Download them once: Models… > Download the text encoders and VAE ({parts.family_name}, about "
+        f"{parts.size_gb:.1f} GB{gated}), or run `{parts.command}`; they serve every {parts.family_name} file "
+        f"(`diffusion-desk-cli models --download {repo}` would fetch the whole model, transformer included). "
+        f"Or put the folders {', '.join(f'{n}/' for n in needed)} (or ComfyUI's {' / '.join(loose)}) next to the "
+        f"file, or point {COMPONENTS_ENV} at a folder that has them.",
     )
 
 

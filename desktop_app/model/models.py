@@ -11,10 +11,15 @@ The picker and the models dialog bind to one `Models`; neither keeps a list of i
 - `download(repo)` runs the injected downloader on a thread of its own, never on the worker's job queue: a
   generation runs while a model downloads, several downloads may run at once, and a download outlives the dialog
   that started it. A finished download joins `sources()`.
+- The parts of a flow family (`download("parts:flux")`, or `download_parts(family, then_load=file)`): a
+  FLUX.1 / SD 3.x transformer file whose load failed because its text encoders and VAE are missing is remembered
+  (`parts_missing(source)`, `partsMissing(source, parts id)`); once its parts are downloaded it loads (`select`).
+  The parts never join `sources()`: they are no model of their own.
 
 Signals: sourcesChanged(), currentChanged(str), stateChanged(str state, str message), failed(str, str),
 defaultsReady(str, dict), allowPickleChanged(bool), downloadProgress(str repo, float done, float total),
-downloadFinished(str repo, str path, str error: "" when it worked, "cancelled", or the reason).
+downloadFinished(str repo, str path, str error: "" when it worked, "cancelled", or the reason),
+partsMissing(str source, str parts id).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal, Slot
 
+from desktop_app.backend import PartsDownload, parts_for, parts_named_in, parts_of
 from desktop_app.core.errors import UserError
 from desktop_app.core.model_registry import ModelRegistry, curated
 from desktop_app.core.modelinfo import BUILTIN, is_flow, model_defaults
@@ -50,8 +56,17 @@ def display_name(source: str) -> str:
     known = curated(source)
     if known is not None:
         return known.name
+    parts = parts_of(source)
+    if parts is not None:
+        return parts.label
     path = Path(source)
     return path.name if path.is_absolute() and path.name else source
+
+
+def download_name(repo: str) -> str:
+    """How a download is named in progress text: the hub id, or what a parts id fetches."""
+    parts = parts_of(repo)
+    return parts.label if parts is not None else repo
 
 
 # The edit methods each kind of model takes, in the order the window lists them (engine.check_edit_method)
@@ -113,6 +128,7 @@ class Models(QObject):
     allowPickleChanged = Signal(bool)
     downloadProgress = Signal(str, float, float)
     downloadFinished = Signal(str, str, str)
+    partsMissing = Signal(str, str)
     # emitted on a download's thread; self lives on the GUI thread, so they arrive queued
     _progressed = Signal(str, float, float)
     _ended = Signal(str, str, str)
@@ -141,6 +157,8 @@ class Models(QObject):
         self._job: tuple[int, str] | None = None  # the preload in flight: (job id, source)
         self._info: dict[str, Any] = {}  # what the engine said about each model it loaded
         self._downloads: dict[str, _Download] = {}
+        self._parts_missing: dict[str, str] = {}  # source -> the parts id its last load missed
+        self._after_parts: dict[str, str] = {}  # parts id -> the source to load once they are downloaded
         self._allow_pickle = str(settings.value(PICKLE_KEY, "false")).lower() == "true"
         worker.allow_pickle = self._allow_pickle
         worker.serviceDone.connect(self._on_service_done)
@@ -268,6 +286,7 @@ class Models(QObject):
         self._job = None
         if value is not None:
             self._info[source] = value
+        self._parts_missing.pop(source, None)
         self._good = source
         self.settings.setValue(CURRENT_KEY, source)  # only a model that loaded is remembered for the next launch
         self._set_state("ready", f"{display_name(source)} is ready")
@@ -282,7 +301,42 @@ class Models(QObject):
         back = self._good if self._good != source else BUILTIN
         self._set_current(back)
         self._set_state("failed", f"{display_name(source)} could not be loaded: {message}")
+        parts = parts_named_in(hint) or parts_named_in(message)
+        if parts is not None:  # a transformer file without its text encoders and VAE (flow_files' ModelError)
+            self._parts_missing.pop(source, None)
+            self._parts_missing[source] = parts.id  # the latest last
+            self.partsMissing.emit(source, parts.id)
         self.failed.emit(message, hint)
+
+    # -- the parts of a transformer file -------------------------------------------------------------
+    def parts_missing(self, source: str) -> PartsDownload | None:
+        """The parts `source`'s last load missed (its text encoders and VAE), None when it did not fail for that."""
+        found = self._parts_missing.get(source)
+        return parts_of(found) if found else None
+
+    def parts_wanted(self) -> str | None:
+        """The latest listed model whose load failed for missing parts that are not downloaded since."""
+        waiting = [s for s in self._parts_missing if s in self._sources]
+        return waiting[-1] if waiting else None
+
+    def waiting_for_parts(self, source: str) -> bool:
+        """Whether `source` loads once a running parts download ends."""
+        return any(s == source and p in self.running_downloads() for p, s in self._after_parts.items())
+
+    def download_parts(self, family: str, then_load: str | None = None) -> bool:
+        """Fetch the text encoders and VAE of `family` ("flux-dev", "flux", "sd3", ...) beside the jobs; then
+        `then_load` is selected (loaded). False when there is no downloader."""
+        if self.downloader is None:
+            return False
+        parts = parts_for(family)
+        if then_load:
+            self._after_parts[parts.id] = then_load
+        if parts.id in self.running_downloads():
+            return True
+        started = self.download(parts.id)
+        if not started:
+            self._after_parts.pop(parts.id, None)
+        return started
 
     # -- pickle opt-in --------------------------------------------------------------------------
     @property
@@ -395,9 +449,15 @@ class Models(QObject):
             item.state = "done" if not error else ("cancelled" if error == "cancelled" else "failed")
             if not error and item.total:
                 item.done = item.total
-        if not error:
+        parts = parts_of(repo)
+        then_load = self._after_parts.pop(repo, None) if parts is not None else None
+        if parts is not None and not error:  # every file of the family finds them now
+            self._parts_missing = {s: p for s, p in self._parts_missing.items() if p != repo}
+        elif not error:
             self.add(repo)  # the engine loads it by its hub id, from the cache
         self.downloadFinished.emit(repo, path, error)
+        if then_load and not error and then_load in self._sources:
+            self.select(then_load)
 
 
-__all__ = ["Downloader", "Models", "default_edit_method", "display_name", "edit_methods"]
+__all__ = ["Downloader", "Models", "default_edit_method", "display_name", "download_name", "edit_methods"]

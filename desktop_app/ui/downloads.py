@@ -1,6 +1,7 @@
 """DownloadsIndicator: a model download running in the background, for the main window's status bar.
 
-Bound to a `model.models.Models`: a compact progress bar, a label ("Downloading owner/repo 120 MB / 1.7 GB") and a
+Bound to a `model.models.Models`: a compact progress bar, a label ("Downloading owner/repo 120 MB / 1.7 GB", or
+"Downloading the FLUX.1 text encoders and VAE ..." for a transformer file's parts) and a
 cancel button; hidden while nothing downloads. A download outlives the models dialog that started it, so this is
 where it stays visible and can be stopped.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QWidget
 
 from desktop_app.core.model_registry import format_size
-from desktop_app.model.models import Models
+from desktop_app.model.models import Models, download_name
 
 
 class DownloadsIndicator(QWidget):
@@ -55,19 +56,20 @@ class DownloadsIndicator(QWidget):
             return
         done, total, state = self.models.downloads()[repo]
         more = len(self.models.running_downloads()) - 1
+        name = download_name(repo)
         if state == "cancelling":
-            text = f"Cancelling {repo}…"
+            text = f"Cancelling {name}…"
         elif total:
-            text = f"Downloading {repo} {format_size(done)} / {format_size(total)}"
+            text = f"Downloading {name} {format_size(done)} / {format_size(total)}"
         else:
-            text = f"Downloading {repo}…"
+            text = f"Downloading {name}…"
         self.label.setText(text + (f"  (+{more} more)" if more > 0 else ""))
         if total:
             self.bar.setRange(0, 1000)
             self.bar.setValue(int(1000 * min(done / total, 1.0)))
         else:
             self.bar.setRange(0, 0)  # size not known yet
-        self.setToolTip(f"{repo}: {100 * done / total:.0f} %" if total else repo)
+        self.setToolTip(f"{name}: {100 * done / total:.0f} %" if total else name)
         self.cancel_button.setEnabled(state != "cancelling")
 
     def cancel(self) -> None:

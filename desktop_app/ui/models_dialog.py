@@ -4,7 +4,11 @@
 ``ModelsDialog(models, parent=None)`` binds to a `model.models.Models`: the list is its `sources()` and `known()`,
 adding, removing, the pickle opt-in and downloads go to it, and OK selects the chosen model (`models.select`,
 which preloads it). A download belongs to `Models`, not to the dialog: closing the dialog while one runs asks
-whether to keep it in the background (the main window's DownloadsIndicator shows it) or cancel it."""
+whether to keep it in the background (the main window's DownloadsIndicator shows it) or cancel it.
+
+FLUX.1 / SD 3.x transformer files (`flux1-dev-Q8_0.gguf`) come without their text encoders and VAE: one button per
+flow family fetches only those (`Models.download_parts`), and a file whose load failed for want of them is offered
+"Download the text encoders and VAE (about N GB)", after which it loads."""
 
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop_app.backend import PARTS, parts_of
 from desktop_app.core.model_registry import CURATED, format_size
 from desktop_app.core.modelinfo import BUILTIN
 from desktop_app.model.lora_library import FAMILY_NAMES
-from desktop_app.model.models import Models, display_name
+from desktop_app.model.models import Models, display_name, download_name
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".gguf")  # .sft / .gguf: SD 3.x and FLUX.1 transformers
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -126,6 +131,27 @@ class ModelsDialog(QDialog):
         self.download_status = QLabel()
         self.download_status.setObjectName("downloadStatus")
         self.download_status.setWordWrap(True)
+        # the text encoders and VAE of FLUX.1 / SD 3.x transformer files: one button per family, and the offer
+        self.parts_buttons: dict[str, QPushButton] = {}
+        for kind, parts in PARTS.items():
+            button = QPushButton(
+                f"{parts.family_name}: download the text encoders and VAE (about {parts.size_gb:.1f} GB)"
+            )
+            button.setObjectName(f"partsButton_{kind}")
+            button.setToolTip(
+                f"What every {parts.family_name} transformer file (.safetensors, .gguf) needs besides itself: the text "
+                f"encoders, tokenizers and VAE of {parts.repo}, not its transformer."
+                + ("\nGated: accept its license on the hub and log in first (hf auth login)." if parts.gated else "")
+            )
+            button.clicked.connect(lambda _=False, part_id=parts.id: self.download(part_id))
+            self.parts_buttons[kind] = button
+        self.parts_label = QLabel()
+        self.parts_label.setObjectName("partsMissingLabel")
+        self.parts_label.setWordWrap(True)
+        self.parts_offer = QPushButton()
+        self.parts_offer.setObjectName("downloadPartsButton")
+        self.parts_offer.clicked.connect(self.download_offered_parts)
+        self._offer: str | None = None  # the model the offer is for
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
@@ -141,6 +167,10 @@ class ModelsDialog(QDialog):
         lay.addLayout(row)
         lay.addWidget(self.allow_pickle_check)
         lay.addWidget(self.error_label)
+        orow = QHBoxLayout()
+        orow.addWidget(self.parts_label, 1)
+        orow.addWidget(self.parts_offer)
+        lay.addLayout(orow)
         lay.addWidget(QLabel("Or download one from the Hugging Face hub:"))
         lay.addWidget(self.curated, 2)
         drow = QHBoxLayout()
@@ -148,6 +178,12 @@ class ModelsDialog(QDialog):
         drow.addWidget(self.cancel_button)
         drow.addWidget(self.progress, 1)
         lay.addLayout(drow)
+        lay.addWidget(QLabel("Text encoders and VAE for FLUX.1 / SD 3.x transformer files:"))
+        prow = QHBoxLayout()
+        for button in self.parts_buttons.values():
+            prow.addWidget(button)
+        prow.addStretch(1)
+        lay.addLayout(prow)
         lay.addWidget(self.download_status)
         lay.addWidget(buttons)
         self.list.itemDoubleClicked.connect(lambda *_: self.accept())
@@ -155,6 +191,7 @@ class ModelsDialog(QDialog):
         models.sourcesChanged.connect(self._fill)
         models.downloadProgress.connect(self._on_progress)
         models.downloadFinished.connect(self._on_finished)
+        models.partsMissing.connect(self._update_buttons)
         self._fill()
         self.select(models.current())
         running = models.running_downloads()
@@ -244,6 +281,48 @@ class ModelsDialog(QDialog):
     def _update_buttons(self, *_: object) -> None:
         source = self.highlighted()
         self.remove_button.setEnabled(bool(source) and source != BUILTIN)
+        self._update_offer()
+
+    # -- the parts of a transformer file ------------------------------------------------------------
+    def _update_offer(self) -> None:
+        """Offer the parts of the highlighted model when its load failed for want of them, else of the latest
+        model that did."""
+        source = self.highlighted()
+        if source is None or self.models.parts_missing(source) is None:
+            source = self.models.parts_wanted()
+        parts = self.models.parts_missing(source) if source else None
+        self._offer = source if parts is not None else None
+        self.parts_label.setVisible(parts is not None)
+        self.parts_offer.setVisible(parts is not None)
+        if parts is None or source is None:
+            return
+        name = display_name(source)
+        if self.models.waiting_for_parts(source):
+            self.parts_label.setText(f"{name} loads once {parts.label} are downloaded.")
+        else:
+            self.parts_label.setText(
+                f"{name} is a {parts.family_name} transformer file: {parts.label} it needs are not on this computer."
+            )
+        self.parts_offer.setText(f"Download the text encoders and VAE (about {parts.size_gb:.1f} GB)")
+        self.parts_offer.setToolTip(
+            f"Only the text encoders, tokenizers and VAE of {parts.repo}, not its transformer; then {name} loads."
+            + ("\nGated: accept its license on the hub and log in first (hf auth login)." if parts.gated else "")
+        )
+        self.parts_offer.setEnabled(self.models.can_download() and parts.id not in self.models.running_downloads())
+
+    def download_offered_parts(self) -> None:
+        """Fetch the text encoders and VAE the offered file needs, then load it."""
+        source = self._offer
+        parts = self.models.parts_missing(source) if source else None
+        if source is None or parts is None:
+            return
+        if not self.models.can_download():
+            self.download(parts.id)
+            return
+        if self.models.download_parts(parts.kind, then_load=source):
+            self._watch(parts.id)
+            self.download_status.setText(f"Starting the download of {parts.label}; then {display_name(source)} loads…")
+        self._update_offer()
 
     def add_folder(self, path: str) -> bool:
         """Add a diffusers folder; shows why not when it is not one."""
@@ -299,12 +378,13 @@ class ModelsDialog(QDialog):
             result == QDialog.DialogCode.Accepted
             and chosen
             and (chosen != self.models.current() or self.models.state() == "failed")
+            and not self.models.waiting_for_parts(chosen)  # it loads once they are in
         ):
             self.models.select(chosen)
         super().done(result)
 
     def _keep_in_background(self, repos: list[str]) -> bool:
-        names = ", ".join(display_name(r) for r in repos)
+        names = ", ".join(download_name(r) for r in repos)
         answer = QMessageBox.question(
             self,
             "Download in progress",
@@ -324,6 +404,12 @@ class ModelsDialog(QDialog):
 
     def download(self, repo: str) -> None:
         """Fetch `repo` beside the jobs (Models owns it), or, without a downloader, pick it: it downloads on first use."""
+        parts = parts_of(repo)
+        if parts is not None and not self.models.can_download():
+            self.download_status.setText(
+                f"{parts.label[0].upper()}{parts.label[1:]} cannot be downloaded from here: run `{parts.command}`."
+            )
+            return
         if not self.models.can_download():
             self.models.add(repo)
             self._fill()
@@ -334,7 +420,7 @@ class ModelsDialog(QDialog):
             return
         if self.models.download(repo):
             self._watch(repo)
-            self.download_status.setText(f"Starting the download of {repo}…")
+            self.download_status.setText(f"Starting the download of {download_name(repo)}…")
 
     def _watch(self, repo: str) -> None:
         self._watching = repo
@@ -343,6 +429,8 @@ class ModelsDialog(QDialog):
         self.progress.setVisible(True)
         self.cancel_button.setEnabled(True)
         self.download_button.setEnabled(False)
+        for button in self.parts_buttons.values():
+            button.setEnabled(False)
 
     def cancel_download(self) -> None:
         if self._watching is not None and self.models.cancel_download(self._watching):
@@ -353,7 +441,7 @@ class ModelsDialog(QDialog):
             return
         self.progress.setValue(int(1000 * min(done / total, 1.0)) if total else 0)
         if total:
-            self.download_status.setText(f"{repo}: {format_size(done)} of {format_size(total)}")
+            self.download_status.setText(f"{download_name(repo)}: {format_size(done)} of {format_size(total)}")
 
     def _on_finished(self, repo: str, path: str, error: str) -> None:
         if repo != self._watching:
@@ -361,15 +449,25 @@ class ModelsDialog(QDialog):
         self._watching = None
         self.cancel_button.setEnabled(False)
         self.download_button.setEnabled(True)
+        for button in self.parts_buttons.values():
+            button.setEnabled(True)
+        name = download_name(repo)
+        self._update_offer()
         if error == "cancelled":
             self.download_status.setText(
-                f"The download of {repo} was cancelled; it resumes where it stopped next time."
+                f"The download of {name} was cancelled; it resumes where it stopped next time."
             )
             return
         if error:
-            self.download_status.setText(f"The download of {repo} failed: {error}")
+            self.download_status.setText(f"The download of {name} failed: {error}")
             return
         self.progress.setValue(1000)
+        parts = parts_of(repo)
+        if parts is not None:  # no model of their own: the files of the family now load
+            self.download_status.setText(
+                f"{name[0].upper()}{name[1:]} are downloaded: {parts.family_name} files load now."
+            )
+            return
         self.download_status.setText(f"{repo} is downloaded.")
         self._fill()
         self.select(repo)
