@@ -471,8 +471,9 @@ class EngineWorker(QObject):
         )
 
     def download_model(self, repo: str, on_progress: Callable[[Any], None], cancel: threading.Event) -> Any:
-        """Fetch a hub model on the calling thread, beside any running job (never on the job queue): the
-        Models object calls this from a download thread of its own."""
+        """Fetch a hub model, or a flow family's text encoders and VAE ("parts:flux", backend.parts_of), on the
+        calling thread, beside any running job (never on the job queue): the Models object calls this from a
+        download thread of its own."""
         return self.backend().download_model(repo, on_progress, cancel)
 
     def decode_trajectory(self, trajectory: Any, index: int, which: str = "x0", batch_index: int = 0):

@@ -251,6 +251,7 @@ class Models(QObject):
         if not (listed or forgotten):
             return False
         self._info.pop(source, None)
+        self._parts_missing.pop(source, None)
         if self._good == source:
             self._good = BUILTIN
         self.sourcesChanged.emit()
