@@ -55,6 +55,7 @@ from PySide6.QtGui import (
     QPainter,
     QPalette,
     QPixmap,
+    QResizeEvent,
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -347,10 +348,18 @@ class ThumbnailDelegate(QStyledItemDelegate):
 
     MARGIN = 4
 
-    def cell_size(self, option_font_metrics: Any) -> QSize:
-        return QSize(ICON + 2 * self.MARGIN + 4, ICON + option_font_metrics.height() + 3 * self.MARGIN)
+    def cell_size(self, option_font_metrics: Any, width: int | None = None) -> QSize:
+        """A cell for a thumbnail and one caption line; `width` (the list's width over its columns) narrows the
+        thumbnail when the panel is narrower than one full cell, or widens the cell to share out spare width."""
+        full = ICON + 2 * self.MARGIN + 4
+        width = full if width is None else max(width, 2 * self.MARGIN + 16)
+        icon = min(ICON, width - 2 * self.MARGIN - 4)
+        return QSize(width, icon + option_font_metrics.height() + 3 * self.MARGIN)
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802
+        view = option.widget  # type: ignore[attr-defined]
+        if isinstance(view, QListView) and view.gridSize().isValid():
+            return view.gridSize()  # the cell the view fitted to its width
         return self.cell_size(option.fontMetrics)  # type: ignore[attr-defined]
 
     @staticmethod
@@ -438,11 +447,30 @@ class HistoryView(QListView):
         if event.type() == QEvent.Type.FontChange:
             self.fit_grid()
 
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self.fit_grid()
+
+    def columns_width(self) -> int:
+        """The width the cells share: the view less its frame and a vertical scroll bar, whether that shows or not,
+        so that the bar coming and going cannot change the columns (and a resize never loops)."""
+        bar = self.verticalScrollBar().sizeHint().width()
+        return max(1, self.width() - 2 * self.frameWidth() - bar - 1)
+
     def fit_grid(self) -> None:
-        """Cells as large as a thumbnail and one line of caption in the current font."""
+        """Cells for a thumbnail and one line of caption in the current font, as many columns as fit the width and
+        the spare width shared out: a narrow panel (a large scale factor) gets narrower thumbnails, never a
+        horizontal scroll bar and cells cut at the right edge."""
         delegate = self.itemDelegate()
-        if isinstance(delegate, ThumbnailDelegate):
-            self.setGridSize(delegate.cell_size(self.fontMetrics()))
+        if not isinstance(delegate, ThumbnailDelegate):
+            return
+        metrics = self.fontMetrics()
+        full = delegate.cell_size(metrics).width()
+        width = self.columns_width()
+        columns = max(1, width // full)
+        cell = delegate.cell_size(metrics, width // columns)
+        if cell != self.gridSize():
+            self.setGridSize(cell)
 
 
 class HistoryPanel(QWidget):
@@ -557,6 +585,7 @@ class HistoryPanel(QWidget):
         self.view.setMovement(QListView.Movement.Static)
         self.view.setUniformItemSizes(True)
         self.view.setWrapping(True)
+        self.view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the cells fit the width
         self.view.setLayoutMode(QListView.LayoutMode.Batched)
         self.view.setBatchSize(60)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QColor, QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -65,6 +67,9 @@ def check_model_file(path: str | Path, allow_pickle: bool = False) -> str | None
     return None
 
 
+DIALOG_SIZE = QSize(640, 580)
+FRAME_ROOM = QSize(16, 48)  # a window manager's frame and title bar around the dialog
+
 SourceRole = Qt.ItemDataRole.UserRole
 LabelRole = Qt.ItemDataRole.UserRole + 1
 MissingRole = Qt.ItemDataRole.UserRole + 2
@@ -77,9 +82,9 @@ class ModelsDialog(QDialog):
         super().__init__(parent)
         self.setObjectName("modelsDialog")
         self.setWindowTitle("Models")
-        self.resize(640, 580)
         self.models = models
         self._watching: str | None = None  # the download whose progress this dialog shows
+        self._shown = False
         self.list = QListWidget()
         self.list.setObjectName("modelsList")
         self.error_label = QLabel()
@@ -134,9 +139,7 @@ class ModelsDialog(QDialog):
         # the text encoders and VAE of FLUX.1 / SD 3.x transformer files: one button per family, and the offer
         self.parts_buttons: dict[str, QPushButton] = {}
         for kind, parts in PARTS.items():
-            button = QPushButton(
-                f"{parts.family_name}: download the text encoders and VAE (about {parts.size_gb:.1f} GB)"
-            )
+            button = QPushButton(f"{parts.family_name}: download (about {parts.size_gb:.1f} GB)")
             button.setObjectName(f"partsButton_{kind}")
             button.setToolTip(
                 f"What every {parts.family_name} transformer file (.safetensors, .gguf) needs besides itself: the text "
@@ -154,9 +157,25 @@ class ModelsDialog(QDialog):
         self._offer: str | None = None  # the model the offer is for
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self._buttons = buttons
+        buttons.setObjectName("modelsButtons")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
-        lay = QVBoxLayout(self)
+        self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
+        # the body scrolls and OK / Cancel stay below it: at a large scale factor the dialog is taller than the
+        # screen, and OK must still be reachable
+        body = self._body = QWidget()
+        body.setObjectName("modelsBody")
+        self.body_scroll = QScrollArea()
+        self.body_scroll.setObjectName("modelsScroll")
+        self.body_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.body_scroll.setWidgetResizable(True)
+        self.body_scroll.setWidget(body)
+        outer = self._outer = QVBoxLayout(self)
+        outer.addWidget(self.body_scroll, 1)
+        outer.addWidget(buttons)
+        lay = QVBoxLayout(body)
+        lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(QLabel("Pick the model for the next jobs:"))
         lay.addWidget(self.list, 3)
         row = QHBoxLayout()
@@ -178,14 +197,20 @@ class ModelsDialog(QDialog):
         drow.addWidget(self.cancel_button)
         drow.addWidget(self.progress, 1)
         lay.addLayout(drow)
-        lay.addWidget(QLabel("Text encoders and VAE for FLUX.1 / SD 3.x transformer files:"))
+        parts_title = QLabel("The text encoders and VAE that FLUX.1 / SD 3.x transformer files need:")
+        parts_title.setWordWrap(True)
+        lay.addWidget(parts_title)
         prow = QHBoxLayout()
         for button in self.parts_buttons.values():
             prow.addWidget(button)
         prow.addStretch(1)
         lay.addLayout(prow)
         lay.addWidget(self.download_status)
-        lay.addWidget(buttons)
+        # Enter is OK wherever the focus is, not a click on the last button used ("Add diffusers folder…" again)
+        for button in self.findChildren(QPushButton):
+            button.setAutoDefault(False)
+        self.ok_button.setDefault(True)
+        self._fit_to_screen()
         self.list.itemDoubleClicked.connect(lambda *_: self.accept())
         self.list.currentItemChanged.connect(self._update_buttons)
         models.sourcesChanged.connect(self._fill)
@@ -197,6 +222,31 @@ class ModelsDialog(QDialog):
         running = models.running_downloads()
         if running:  # started before, kept in the background: show it again
             self._watch(running[0])
+
+    # -- size ---------------------------------------------------------------------------------------
+    def _fit_to_screen(self) -> None:
+        """As large as the body wants (at least 640x580), but never larger than the screen it opens on, window
+        frame included: the rest scrolls."""
+        body = self._body.sizeHint()
+        margins = self._outer.contentsMargins()
+        bar = self.body_scroll.verticalScrollBar().sizeHint().width()  # room for it, should the body scroll
+        buttons = self._buttons.sizeHint().height() + self._outer.spacing()
+        want = QSize(
+            max(DIALOG_SIZE.width(), body.width() + margins.left() + margins.right() + bar),
+            max(DIALOG_SIZE.height(), body.height() + buttons + margins.top() + margins.bottom()),
+        )
+        parent = self.parentWidget()
+        screen = (parent.screen() if parent is not None else None) or self.screen() or QGuiApplication.primaryScreen()
+        if screen is not None:
+            avail = screen.availableGeometry()
+            want = want.boundedTo(QSize(avail.width() - FRAME_ROOM.width(), avail.height() - FRAME_ROOM.height()))
+        self.resize(want)
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802
+        if not self._shown:  # the screen it shows on may differ from the one guessed when it was built
+            self._shown = True
+            self._fit_to_screen()
+        super().showEvent(event)
 
     # -- the list ---------------------------------------------------------------------------------
     def _fill(self) -> None:
