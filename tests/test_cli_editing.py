@@ -164,3 +164,31 @@ def test_a_real_prompt_to_prompt_edit_with_the_builtin_model(tmp_path, capsys):
     request = info.request
     assert isinstance(request, EditRequest)
     assert (request.attention_control, request.cross_replace, request.reweight) == ("p2p", 0.8, "blue:2")
+
+
+def test_editing_one_of_our_pictures_replays_its_run_and_reads_its_prompt(tmp_path, capsys):
+    """As in the window: the CLI edit of a picture this app made replays that run's trajectory (target = source
+    gives the picture back exactly), and takes the source prompt from the picture when --source-prompt is left out."""
+    picture = tmp_path / "made.png"
+    assert main(["generate", "-p", "a red circle on a blue background", "--seed", "7", "--steps", "6"]
+                + ["-o", str(picture), "--no-history", "--device", "cpu"]) == 0  # fmt: skip
+    same = tmp_path / "same.png"
+    argv = ["edit", "-p", "a red circle on a blue background", "-i", str(picture), "--steps", "6", "-o", str(same)]
+    assert main(argv + ["--no-history", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "Source prompt from the picture's parameters" in err
+    assert "invert 6 + denoise" in err  # each phase's own count, not "invert 6/12"
+    with Image.open(picture) as a, Image.open(same) as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+    assert read_png_metadata(same).parameters["Edit source"] == "replayed trajectory"
+
+
+def test_ledits_runs_on_concepts_alone_and_other_methods_need_a_prompt(tmp_path, capsys):
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(picture)
+    out = tmp_path / "out.png"
+    argv = ["edit", "-i", str(picture), "--source-prompt", "a red square", "--method", "ledits"]
+    argv += ["--concept", "+ a green square", "--concept", "- a red square @ 1", "--steps", "4", "-o", str(out)]
+    assert main(argv + ["--no-history", "--device", "cpu"]) == 0 and out.is_file()
+    assert main(["edit", "-i", str(picture), "-o", str(out), "--no-history"]) != 0
+    assert "An edit needs --prompt" in capsys.readouterr().err

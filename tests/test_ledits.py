@@ -179,14 +179,15 @@ def test_the_built_in_unet_has_the_masks_at_its_size(builtin):
     assert not ledits.attention_masks_available(loaded.pipe.unet, (18, 16))  # 18 / 4 is no whole size
 
 
-def test_the_target_prompt_becomes_a_concept_and_a_batch_gets_copies(tiny, tiny_model_dir, red):
+def test_a_left_over_target_prompt_is_not_used_and_a_batch_gets_copies(tiny, tiny_model_dir, red):
     events: list = []
     result = tiny.run(
         tiny_edit(tiny_model_dir, red, prompt="a blue circle", negative_prompt="blurry", batch=2), events.append
     )
     notices = " ".join(e.message for e in events if isinstance(e, Notice))
-    assert "one more edit concept" in notices and "negative prompt" in notices and "copies" in notices
-    assert result.info["Edit concepts"] == "+ blue @ 7; - red @ 5 / 0.8; + a blue circle @ 7"
+    assert "target prompt 'a blue circle' is not used" in notices and "negative prompt" in notices
+    assert "copies" in notices
+    assert result.info["Edit concepts"] == "+ blue @ 7; - red @ 5 / 0.8"  # the concepts alone, as the window says
     assert len(result.images) == 2
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(result.images[1]))
 

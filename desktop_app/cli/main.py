@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "edit",
         help="edit a real image: inversion (with Prompt-to-Prompt attention control), LEDITS++, flow inversion, Kontext",
     )
-    _add_common(edit)
+    _add_common(edit, needs_prompt=False)  # LEDITS++ edits by --concept alone; every other method needs --prompt
     edit.add_argument("--image", "-i", required=True)
     edit.add_argument("--source-prompt", default="", help="what the image shows now")
     depth = edit.add_mutually_exclusive_group()
@@ -567,6 +567,11 @@ def _request_from_args(args: argparse.Namespace):
             color_match=args.color_match,
             **outpaint,
         )
+    if not args.prompt.strip() and args.method != "ledits":
+        raise UserError(
+            "An edit needs --prompt: what the image should show (or, with --method kontext, what to change).",
+            'Add --prompt, or use --method ledits with --concept "+ TEXT" to edit by concepts alone.',
+        )
     extra: dict[str, Any] = dict(
         source_prompt=args.source_prompt,
         t0=args.t0,
@@ -634,6 +639,9 @@ def _run_job(args: argparse.Namespace) -> int:
     from desktop_app.core.events import Notice, Progress
 
     request = _request_from_args(args)
+    source, notes = _edit_source(args, request)
+    if source is not None and not request.source_prompt.strip():  # the picture says what it shows
+        request = request.replace(source_prompt=source.prompt)
     request.validate()
     from desktop_app.cli.backends import backend_from_args
     from desktop_app.engine.engine import Engine, JobCancelled
@@ -669,8 +677,10 @@ def _run_job(args: argparse.Namespace) -> int:
             else:
                 print(f"note: {event.message}", file=sys.stderr)
 
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     try:
-        result = engine.run(request, on_event)
+        result = engine.run(request, on_event, source=source)
     except JobCancelled:
         return EXIT_CANCELLED
     finally:
@@ -697,6 +707,28 @@ def _run_job(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _edit_source(args: argparse.Namespace, request) -> tuple[Any, list[str]]:
+    """The request that made an edit's source image, when the PNG is one of ours (its JSON chunk): the engine then
+    replays that run's trajectory instead of inverting (exact reconstruction, as in the window), and an edit without
+    --source-prompt takes the prompt the picture was made from. (None, []) for any other picture or kind of job."""
+    if getattr(args, "command", None) != "edit" or not str(args.image).lower().endswith(".png"):
+        return None, []
+    from desktop_app.core.infotext import read_png_metadata
+    from desktop_app.core.metadata import MetadataError
+
+    try:
+        info = read_png_metadata(args.image)
+    except (MetadataError, OSError):
+        return None, []
+    made = info.request
+    if info.source != "diffusion_desk" or made is None or made.kind != "generate" or made.seed is None:
+        return None, []
+    notes = []
+    if not request.source_prompt.strip():
+        notes.append(f"Source prompt from the picture's parameters: {made.prompt!r}.")
+    return made, notes
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -726,8 +758,15 @@ def _is_terminal(stream) -> bool:
 def _job_line(request, result, last: dict[str, Any], seconds: float) -> str:
     """The one line a redirected job writes: what it made, in how many steps and how long."""
     count = len(result.images)
-    steps = [f"{event.phase} {event.step}/{event.total}" for phase, event in last.items() if phase != "download"]
-    detail = f" ({', '.join(steps)})" if steps else ""
+    phases = [(phase, event) for phase, event in last.items() if phase != "download"]
+    if len(phases) > 1:  # one count over the phases (an edit: invert, then denoise): say each phase's share
+        shares, before = [], 0
+        for phase, event in phases:
+            shares.append(f"{phase} {event.step - before}")
+            before = event.step
+        detail = f" ({' + '.join(shares)} = {phases[-1][1].step}/{phases[-1][1].total} steps)"
+    else:
+        detail = "".join(f" ({phase} {event.step}/{event.total})" for phase, event in phases)
     return f"{request.kind}: {count} image{'s' if count != 1 else ''}{detail} in {seconds:.1f} s"
 
 

@@ -543,6 +543,13 @@ class EditRequest(GenerateRequest):
             _check_range("t0", self.t0, 1, 999, "t0 is a timestep between 1 and 999 (deeper changes more).")
         if self.strength is not None:
             _check_range("Strength", self.strength, 0, 1, "0.5 to 0.8 suits most edits.")
+            if (
+                self.strength == 0
+            ):  # refused before the model loads (img2img at 0 returns the source; an edit has no depth)
+                raise InvalidRequest(
+                    "Strength 0 would edit nothing: an edit inverts the image to a depth above 0.",
+                    "Use a strength of 0.5 to 1 (deeper changes more).",
+                )
 
 
 Request = GenerateRequest

@@ -346,6 +346,23 @@ def run_any_edit(loaded: LoadedModel, work: EditRequest, seeds: list[int], emit:
         from desktop_app.engine.ledits import run_ledits
 
         return run_ledits(loaded, work, seeds, emit, cancel)
+    if method in FLOW_EDIT_METHODS:  # Prompt-to-Prompt reads a UNet's cross-attention maps: SD models only
+        asked = [
+            name
+            for name, on in (
+                ("Prompt-to-Prompt", work.attention_control == "p2p"),
+                ("re-weighting", bool(work.reweight.strip())),
+                ("local blend", bool(work.local_blend)),
+            )
+            if on
+        ]
+        if asked:
+            emit(
+                Notice(
+                    f"{', '.join(asked).capitalize()} is not applied on {loaded.model_id}: attention control works on "
+                    f"SD 1.x / 2.x / XL edits; {EDIT_METHOD_NAMES.get(method, method)} keeps the structure its own way."
+                )
+            )
     if method == "kontext":
         from desktop_app.engine.flow_sampling import run_kontext
 

@@ -211,14 +211,16 @@ def inversion_skip(scheduler, steps: int, t0: int) -> tuple[int, float, int]:
 
 
 def _concepts(request: EditRequest) -> tuple[tuple[EditConcept, ...], str | None]:
-    """The concepts to run: the request's, plus its target prompt as one more "+" concept when it names another
-    picture than the source prompt (and no concept has its words). Returns (concepts, a notice or None)."""
+    """The concepts to run: the request's own. LEDITS++ has no target prompt, and the window says so; a target
+    prompt left over from another method is not used (a notice says how to use it). Returns (concepts, notice)."""
     concepts = tuple(request.edit_concepts)
     prompt = request.prompt.strip()
     if prompt and prompt != request.source_prompt.strip() and all(c.prompt.strip() != prompt for c in concepts):
-        added = EditConcept(prompt)
-        note = f"LEDITS++ has no target prompt: the prompt was added as one more edit concept ({format_edit_concepts((added,))})."
-        return concepts + (added,), note
+        note = (
+            f"LEDITS++ edits by its concepts: the target prompt {prompt!r} is not used "
+            f"(add it as a concept, '+ {prompt}', to use it)."
+        )
+        return concepts, note
     return concepts, None
 
 
