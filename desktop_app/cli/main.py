@@ -20,6 +20,7 @@ from desktop_app.core.requests import (
     MASKED_CONTENT,
     OUTPAINT_FILLS,
     RESIZE_MODES,
+    EditRequest,
 )
 from desktop_app.core.samplers import SCHEDULES, labels
 
@@ -640,8 +641,8 @@ def _run_job(args: argparse.Namespace) -> int:
 
     request = _request_from_args(args)
     source, notes = _edit_source(args, request)
-    if source is not None and not request.source_prompt.strip():  # the picture says what it shows
-        request = request.replace(source_prompt=source.prompt)
+    if isinstance(request, EditRequest) and source is not None and not request.source_prompt.strip():
+        request = request.replace(source_prompt=source.prompt)  # the picture says what it shows
     request.validate()
     from desktop_app.cli.backends import backend_from_args
     from desktop_app.engine.engine import Engine, JobCancelled
@@ -713,7 +714,7 @@ def _edit_source(args: argparse.Namespace, request) -> tuple[Any, list[str]]:
     """The request that made an edit's source image, when the PNG is one of ours (its JSON chunk): the engine then
     replays that run's trajectory instead of inverting (exact reconstruction, as in the window), and an edit without
     --source-prompt takes the prompt the picture was made from. (None, []) for any other picture or kind of job."""
-    if getattr(args, "command", None) != "edit" or not str(args.image).lower().endswith(".png"):
+    if not isinstance(request, EditRequest) or not str(args.image).lower().endswith(".png"):
         return None, []
     from desktop_app.core.infotext import read_png_metadata
     from desktop_app.core.metadata import MetadataError
