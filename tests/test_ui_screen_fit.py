@@ -84,3 +84,154 @@ def test_the_window_fits_a_1366x768_screen(tmp_path, xvfb, scale):  # noqa: F811
     assert probe["off"] == []
     assert probe["slider"] >= 150
     assert probe["trajectory_slider"] >= 150 and not probe["label_cut"] and not probe["overlap"]
+
+
+def _probe(tmp_path, xvfb, scale: str, code: str) -> dict:  # noqa: F811
+    env = {**os.environ, "DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb", "QT_SCALE_FACTOR": scale}
+    env.pop("DIFFUSION_DESK_DATA_DIR", None)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=90
+    )
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    assert line is not None, run.stderr[-3000:]
+    return json.loads(line[6:])
+
+
+DIALOG_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from PySide6.QtCore import QPoint, QRect, Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication, QDialog, QDialogButtonBox, QFileDialog, QPushButton, QScrollArea
+    app = QApplication(sys.argv[:1])
+    browsed = []
+    QFileDialog.getExistingDirectory = staticmethod(lambda *a, **k: browsed.append("folder") or "")
+    QFileDialog.getOpenFileName = staticmethod(lambda *a, **k: browsed.append("file") or ("", ""))
+    from desktop_app.app.wiring import create_main_window
+    from desktop_app.ui.models_dialog import ModelsDialog
+    w = create_main_window(data_dir=sys.argv[1])
+    w.show()
+    dlg = ModelsDialog(w.models, w)
+    dlg.show()
+    for _ in range(20):
+        app.processEvents()
+    screen = dlg.screen().availableGeometry()
+    def rect(widget):
+        return QRect(widget.mapToGlobal(QPoint(0, 0)), widget.size())
+    out = {"screen": [screen.width(), screen.height()], "frame": list(dlg.frameGeometry().getRect()), "off": []}
+    scroll = dlg.findChild(QScrollArea)
+    viewport = rect(scroll.viewport()) if scroll is not None else screen
+    for button in dlg.findChildren(QPushButton):
+        if not button.isVisible():
+            continue
+        if scroll is not None and scroll.isAncestorOf(button):
+            scroll.ensureWidgetVisible(button)  # reachable by scrolling the body
+            for _ in range(5):
+                app.processEvents()
+            if not viewport.contains(rect(button)):
+                out["off"].append(f"{button.text()} at {rect(button).getRect()} outside the body {viewport.getRect()}")
+        if not screen.contains(rect(button)):
+            out["off"].append(f"{button.text()} at {rect(button).getRect()} is off the screen {screen.getRect()}")
+    ok = dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok)
+    out["ok_default"] = ok.isDefault()
+    out["auto_default"] = [b.text() for b in dlg.findChildren(QPushButton) if b.autoDefault() and b is not ok]
+    add = dlg.findChild(QPushButton, "addModelFolderButton")
+    add.setFocus()
+    for _ in range(5):
+        app.processEvents()
+    QTest.keyClick(add, Qt.Key.Key_Return)  # the focus on "Add diffusers folder…": Enter is still OK
+    for _ in range(5):
+        app.processEvents()
+    out["browsed"] = browsed
+    out["result"] = "accepted" if dlg.result() == QDialog.DialogCode.Accepted else "not accepted"
+    out["visible"] = dlg.isVisible()
+    print("PROBE", json.dumps(out))
+    w.close()
+    """
+)
+
+
+@pytest.mark.parametrize("scale", ["1", "1.5"])
+def test_the_models_dialog_fits_a_1366x768_screen_and_enter_is_ok(tmp_path, xvfb, scale):  # noqa: F811
+    """At 1.5 the dialog was taller than the screen: OK / Cancel could not be reached, and Enter clicked "Add
+    diffusers folder…" again, which had kept the focus."""
+    probe = _probe(tmp_path, xvfb, scale, DIALOG_PROBE)
+    sw, sh = probe["screen"]
+    x, y, fw, fh = probe["frame"]
+    assert x >= 0 and y >= 0 and x + fw <= sw and y + fh <= sh, f"dialog {probe['frame']} on a {sw}x{sh} screen"
+    assert probe["off"] == []
+    assert probe["ok_default"] and probe["auto_default"] == []
+    assert probe["browsed"] == [] and probe["result"] == "accepted" and not probe["visible"]
+
+
+HISTORY_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QApplication
+    from PIL import Image
+    app = QApplication(sys.argv[:1])
+    from desktop_app.app.wiring import create_main_window
+    from desktop_app.core.events import Result
+    from desktop_app.core.requests import GenerateRequest
+    w = create_main_window(data_dir=sys.argv[1])
+    for seed in range(6):
+        request = GenerateRequest(prompt=f"square {seed}", seed=seed, width=64, height=64)
+        w.history.add(Result(request=request, images=[Image.new("RGB", (64, 64), (220, 20, 20))], seeds=[seed]))
+    w.show()
+    panel = w.history_panel
+    panel.refresh()
+    view = panel.view
+    for _ in range(20):
+        app.processEvents()
+    import time
+    deadline = time.monotonic() + 10
+    while len(panel.model._thumbs) < min(3, panel.model.rowCount()) and time.monotonic() < deadline:
+        for row in range(panel.model.rowCount()):
+            panel.model.data(panel.model.index(row), Qt.ItemDataRole.DecorationRole)
+        app.processEvents()
+        time.sleep(0.02)
+    view.viewport().update()
+    for _ in range(10):
+        app.processEvents()
+    grab = view.viewport().grab().toImage()
+    ratio = grab.devicePixelRatio()
+    width = view.viewport().width()
+    out = {"rows": panel.model.rowCount(), "hbar": view.horizontalScrollBar().isVisible(), "cells": []}
+    red = QColor(220, 20, 20)
+    for row in range(panel.model.rowCount()):
+        cell = view.visualRect(panel.model.index(row))
+        if cell.bottom() >= view.viewport().height():
+            continue  # only partly scrolled into view
+        xs, ys = [], []
+        for y in range(max(cell.top(), 0), min(cell.bottom(), view.viewport().height() - 1)):
+            for x in range(max(cell.left(), 0), min(cell.right() + 1, width)):
+                c = grab.pixelColor(int(x * ratio), int(y * ratio))
+                if abs(c.red() - red.red()) + abs(c.green() - red.green()) + abs(c.blue() - red.blue()) < 40:
+                    xs.append(x)
+                    ys.append(y)
+        box = [min(xs), min(ys), max(xs), max(ys)] if xs else None
+        out["cells"].append({"cell": list(cell.getRect()), "box": box})
+    out["viewport"] = width
+    print("PROBE", json.dumps(out))
+    w.close()
+    """
+)
+
+
+@pytest.mark.parametrize("scale", ["1", "1.5"])
+def test_the_history_thumbnails_fit_the_panel(tmp_path, xvfb, scale):  # noqa: F811
+    """At 1.5 the history grid scrolled sideways and cut its thumbnails at the right edge: every cell now lies
+    within the list's width and shows its whole (square) thumbnail."""
+    probe = _probe(tmp_path, xvfb, scale, HISTORY_PROBE)
+    assert probe["rows"] == 6 and not probe["hbar"]
+    assert probe["cells"], probe
+    for shown in probe["cells"]:
+        x, _y, w, _h = shown["cell"]
+        assert x >= 0 and x + w <= probe["viewport"], (shown, probe["viewport"])
+        assert shown["box"] is not None, shown
+        left, top, right, bottom = shown["box"]
+        side_x, side_y = right - left + 1, bottom - top + 1
+        assert side_x >= 60 and abs(side_x - side_y) <= 2, shown  # the whole square, not its left part
+        assert right < probe["viewport"] - 1, shown
