@@ -20,8 +20,8 @@ controller wants them and hands them to it:
   Outside it the target latent is set to the source branch after every step (from BLEND_START of the steps on).
   (P2P takes the union with the source words' map; on the built-in model that map does not follow the shape.)
 
-The unconditional rows are never touched. `WordMaps` reuses the processor to collect the changed words'
-cross-attention for the attention-based suggested mask.
+The unconditional rows are never touched. `WordMaps` reuses the processor to collect token-weighted
+cross-attention maps for the attention-based suggested mask.
 """
 
 from __future__ import annotations
@@ -472,26 +472,25 @@ class PromptToPrompt:
 
 
 class WordMaps:
-    """Collects, per row of a UNet call, the cross-attention of chosen token positions in the layers local blend
-    reads, upsampled to the latent grid, summed over layers, averaged over heads: `maps` (R, h, w)."""
+    """Collects, per row of a UNet call, each query's cross-attention weighted by a weight per token: in every
+    layer local blend reads (the decoder's at `grid`), upsampled to the latent grid, averaged over heads.
 
-    def __init__(self, positions: list[list[int]], latent: tuple[int, int], grid: tuple[int, int]) -> None:
-        self.positions = positions  # per row
+    `maps[name]` (R, h, w) per layer, in the order the UNet runs them (the last one nearest the output). Weights
+    (R, Lk) of 1 at chosen positions give those words' maps; the suggested mask weighs each token by how much its
+    embedding changes between the prompts (a causal text encoder carries a changed word into every later token)."""
+
+    def __init__(self, weights: torch.Tensor, latent: tuple[int, int], grid: tuple[int, int]) -> None:
+        self.weights = weights  # (R, Lk)
         self.latent = latent
         self.grid = grid  # the layers read: MAP_PLACES blocks at this grid (`map_grid`)
-        self.maps: torch.Tensor | None = None
-        self.layers = 0
+        self.maps: dict[str, torch.Tensor] = {}
 
     def wants(self, is_cross: bool, queries: int, place: str = "", name: str = "") -> bool:
         return is_cross and place in MAP_PLACES and queries == self.grid[0] * self.grid[1]
 
     def edit(self, probs: torch.Tensor, is_cross: bool, queries: int, place: str = "", name: str = "") -> torch.Tensor:
-        grid = self.grid
-        mean = probs.mean(1)  # (R, Lq, Lk)
-        rows = torch.stack(
-            [mean[r][:, pos].sum(-1) if pos else mean.new_zeros(queries) for r, pos in enumerate(self.positions)]
-        )  # (R, Lq)
-        up = F.interpolate(rows.reshape(-1, 1, *grid).float(), size=self.latent, mode="bilinear", align_corners=False)
-        self.maps = up[:, 0] if self.maps is None else self.maps + up[:, 0]
-        self.layers += 1
+        weights = self.weights.to(probs.device, torch.float32)[:, :, None]  # (R, Lk, 1)
+        rows = (probs.float().mean(1) @ weights)[..., 0]  # (R, Lq)
+        up = F.interpolate(rows.reshape(-1, 1, *self.grid), size=self.latent, mode="bilinear", align_corners=False)
+        self.maps[name] = up[:, 0]  # (R, h, w)
         return probs
