@@ -873,6 +873,23 @@ def token_change(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (target.float() - source.float()).norm(dim=-1)
 
 
+def _mask_grid(loaded: LoadedModel, latent: tuple[int, int]) -> tuple[int, int]:
+    """The cross-attention grid the attention mask reads: the level `map_grid` picks at the UNet's own sample size
+    (16x16 of SD's 64x64 latent), taken at this latent's size. By cell count alone a bigger picture moves to a
+    deeper level: the built-in model (trained at 16x16 latents) read its bottleneck at 512x384 and the mask of
+    a red circle on blue covered the background (IoU 0.15; 0.87 at the same level as at 64x64)."""
+    size = loaded.pipe.unet.config.sample_size
+    here = cross_grids(loaded, latent)
+    if isinstance(size, int):
+        native = (size, size)
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        native = (int(size[0]), int(size[1]))
+    else:
+        return map_grid(here)
+    levels = cross_grids(loaded, native)
+    return here[min(levels.index(map_grid(levels)), len(here) - 1)]
+
+
 def suggest_mask(
     loaded: LoadedModel,
     image: Image.Image,
@@ -895,10 +912,10 @@ def suggest_mask(
     - how="attention": each query's cross-attention to the prompt's tokens, every token weighted by how much its
       embedding changes from the source prompt to the target (`token_change`: the changed words and, the text
       encoder being causal, every token after them; the start token and the words before weigh 0), in the last
-      decoder layer at the grid nearest 16x16 (`attention_control.map_grid`), under both prompts, averaged over
-      heads, rows and draws, upsampled to the latent grid and stretched to 0..1. On the built-in model only that
-      layer follows the shape (the layer before it attends to the colour word on the background), and the later
-      tokens localise the shape better than the colour word itself.
+      decoder layer at the level nearest 16x16 at the UNet's own size (`_mask_grid`), under both prompts,
+      averaged over heads, rows and draws, upsampled to the latent grid and stretched to 0..1. On the built-in
+      model only that layer follows the shape (the layer before it attends to the colour word on the
+      background), and the later tokens localise the shape better than the colour word itself.
 
     The map is smoothed, normalised, thresholded (`threshold`, default DIFFEDIT_THRESHOLD / ATTENTION_THRESHOLD),
     cleaned of specks smaller than `min_area` of the image and upsampled.
@@ -930,7 +947,7 @@ def suggest_mask(
         if source_prompt == target_prompt or float(change.max()) <= 1e-6:
             return Image.new("L", image.size, 0)
         latent = (int(z0.shape[2]), int(z0.shape[3]))
-        collector = WordMaps(change.expand(2 * draws, -1), latent, map_grid(cross_grids(loaded, latent)))
+        collector = WordMaps(change.expand(2 * draws, -1), latent, _mask_grid(loaded, latent))
         with controlled_attention(loaded.pipe.unet, collector):
             _unet(loaded.pipe, torch.cat([xt, xt]), t, rows)
         assert collector.maps  # the UNet has cross-attention in the decoder
