@@ -99,7 +99,7 @@ def _add_performance(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("auto", "bf16", "fp16", "fp32"),
         default="auto",
-        help="precision of the weights: auto (fp16 on a GPU, fp32 on the CPU), bf16 (GPUs that have it; Flux's "
+        help="precision of the weights: auto (on a GPU fp16, bf16 for SD 3 / FLUX.1 where it has it; fp32 on the CPU), bf16 (GPUs that have it; Flux's "
         "own), fp16 or fp32 (most exact, twice the memory)",
     )
     parser.add_argument(

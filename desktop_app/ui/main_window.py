@@ -816,7 +816,12 @@ class MainWindow(QMainWindow):
         n = len(result.images)
         extra = f" · {n} images" if n > 1 else ""
         notices, self._job_notices = self._job_notices, []
-        said = (" — " + "; ".join(notices)) if notices else ""  # what the engine left out must outlive "Done"
+        # what the engine left out must outlive "Done"; each notice is a sentence of its own
+        said = (
+            (" — " + " ".join(n if n.rstrip().endswith((".", "!", "?")) else n + "." for n in notices))
+            if notices
+            else ""
+        )
         text = f"Done in {result.elapsed:.1f} s · seed {result.seeds[0] if result.seeds else '?'}{extra}{said}"
         self._status(text, 20000 if notices else 10000)
         self.resultReady.emit(result)

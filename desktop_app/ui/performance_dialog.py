@@ -27,7 +27,7 @@ DEVICE_LABELS = {
     "cpu": "CPU",
 }
 DTYPE_LABELS = {
-    "auto": "Automatic (fp16 on a GPU, fp32 on the CPU)",
+    "auto": "Automatic (GPU: fp16, bf16 for SD 3 / FLUX.1; CPU: fp32)",
     "bf16": "bf16 (Flux's own; recent GPUs)",
     "fp16": "fp16 (half the memory of fp32)",
     "fp32": "fp32 (most exact, most memory)",
