@@ -315,25 +315,24 @@ def test_a_size_off_the_16_pixel_grid_runs_rounded_with_a_notice_and_keeps_the_s
 
 
 def test_the_forward_process_runs_from_the_source_to_noise_with_the_models_shift(engine, flow_dirs, source_image):
-    from desktop_app.engine.flow_sampling import flow_forward_process, flow_shift
+    from desktop_app.core.latents import flow_shift
     from desktop_app.engine.sampling import make_scheduler
 
-    engine.preload(str(flow_dirs["sd3"]))
-    sd3 = engine.models.loaded
-    process = flow_forward_process(sd3, source_image)
+    process = engine.forward_process(source_image, str(flow_dirs["sd3"]))
     assert process.axis == "sigma" and process.shift == 3.0 and process.x0.shape == (16, 8, 8)
     assert np.allclose(process.latent(0), process.x0) and process.sigma(500) == pytest.approx(0.75)
     assert process.preview(999).shape[:2] == (8, 8)
     engine.preload(str(flow_dirs["flux-dev"]))
     flux = engine.models.loaded
     # the shift is what the Flux pipeline's own schedule does at this size: its first sigma at strength s
-    shift = flow_shift(flux, 64, 64)
+    shift = flow_shift(flux.scheduler_config, (8, 8))  # 64x64 pixels: 8x8 latents, 16 tokens
+    assert engine.forward_process(source_image, str(flow_dirs["flux-dev"])).shift == pytest.approx(shift)
     scheduler = make_scheduler(None, None, flux.scheduler_config)
     scheduler.set_timesteps(sigmas=[0.5], mu=math.log(shift))
     assert float(scheduler.sigmas[0]) == pytest.approx(shift * 0.5 / (1 + (shift - 1) * 0.5), abs=1e-5)
     assert 1.0 < shift < math.exp(0.5)  # 16 tokens: below Flux's base shift at 256 tokens
     engine.preload(str(flow_dirs["flux-schnell"]))
-    assert flow_shift(engine.models.loaded, 1024, 1024) == 1.0
+    assert flow_shift(engine.models.loaded.scheduler_config, (128, 128)) == 1.0
 
 
 def test_memory_options_apply_to_flow_pipelines(flow_dirs):

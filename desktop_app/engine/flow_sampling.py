@@ -17,19 +17,17 @@ Diffusion features: on these models they bring a notice (`flow_option_notices`),
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from desktop_app.core.errors import InvalidRequest, ModelError
 from desktop_app.core.imaging import feather_mask, paste_back
-from desktop_app.core.latents import FlowForwardProcess, Trajectory
+from desktop_app.core.latents import Trajectory
 from desktop_app.core.requests import EditRequest, GenerateRequest, Img2ImgRequest, InpaintRequest
-from desktop_app.engine.encoding import encode_image, flow_prompt
+from desktop_app.engine.encoding import flow_prompt
 from desktop_app.engine.models import LoadedModel
 from desktop_app.engine.sampling import StepHooks, denoising_steps, generators
 
@@ -266,33 +264,3 @@ def run_kontext(
             feathered = feathered.resize(size, Image.Resampling.BILINEAR)
         images = [paste_back(im, source, feathered) for im in images]
     return images, trajectory, info
-
-
-# -- the slider before a run ---------------------------------------------------------------------------------------
-def flow_shift(loaded: LoadedModel, width: int, height: int) -> float:
-    """The timestep shift the model's scheduler applies at this image size: SD 3.x its static `shift` (3.0); Flux
-    dev / Fill / Kontext exp(mu), mu growing linearly with the image's token count (diffusers' `calculate_shift`,
-    as the Flux pipelines pass it); schnell none (1.0)."""
-    config = loaded.scheduler_config
-    if not config.get("use_dynamic_shifting", False):
-        return float(config.get("shift", 1.0))
-    tokens = (height // (2 * loaded.latent_factor)) * (width // (2 * loaded.latent_factor))
-    base_len, max_len = int(config.get("base_image_seq_len", 256)), int(config.get("max_image_seq_len", 4096))
-    base_shift, max_shift = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.15))
-    mu = base_shift + (max_shift - base_shift) * (tokens - base_len) / (max_len - base_len)
-    return math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu
-
-
-def flow_forward_process(loaded: LoadedModel, image: Image.Image) -> FlowForwardProcess:
-    """The source's path to noise, x_sigma = (1 - sigma) x0 + sigma noise, for the slider before a run (numpy, one
-    fixed noise so dragging shows one consistent path), with the shift a run at the image's size would use."""
-    latent = encode_image(loaded, image)[0].float().cpu().numpy()  # (C, h, w)
-    rng = np.random.default_rng(0)
-    height, width = latent.shape[1] * loaded.latent_factor, latent.shape[2] * loaded.latent_factor
-    return FlowForwardProcess(
-        x0=latent,
-        noise=rng.standard_normal(latent.shape).astype(np.float32),
-        previewer=loaded.previewer,
-        model_id=loaded.model_id,
-        shift=flow_shift(loaded, width, height),
-    )
